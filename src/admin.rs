@@ -1,0 +1,166 @@
+//! The admin API, on its own listener: health probes, the running config's identity, the
+//! compiled routes, and reload.
+
+use crate::body::ResponseBody;
+use crate::gateway::Gateway;
+use crate::reject::{json_error, json_response};
+use crate::request_id;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let gw = Arc::clone(&gateway);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let gw = Arc::clone(&gw);
+                async move { Ok::<_, Infallible>(handle(req, &gw).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(presented.as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<ResponseBody> {
+    let request_id = request_id::for_request(req.headers());
+    let snapshot = gateway.snapshot();
+    let path = req.uri().path();
+    let is_health = path.starts_with("/health/");
+    let mut resp = if !is_health && !authorized(&req, snapshot.admin_token.as_deref()) {
+        let mut r = json_error(
+            StatusCode::UNAUTHORIZED,
+            "admin token required",
+            &request_id,
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        r
+    } else {
+        match (req.method(), path) {
+            (&Method::GET, "/health/live") => {
+                json_response(StatusCode::OK, &json!({"status": "live"}))
+            }
+            (&Method::GET, "/health/ready") => {
+                if gateway.is_ready() {
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"status": "ready", "config_version": snapshot.version}),
+                    )
+                } else {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "starting"}),
+                    )
+                }
+            }
+            (&Method::GET, "/admin/config-version") => json_response(
+                StatusCode::OK,
+                &json!({
+                    "config_version": snapshot.version,
+                    "loaded_at": humantime::format_rfc3339_seconds(snapshot.loaded_at).to_string(),
+                    "checksum": snapshot.checksum,
+                }),
+            ),
+            (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &snapshot.routes_json),
+            (&Method::POST, "/admin/reload") => match gateway.reload().await {
+                Ok(applied) => {
+                    tracing::info!(
+                        version = applied.version,
+                        changed = applied.changed,
+                        "config reloaded via admin API"
+                    );
+                    json_response(
+                        StatusCode::OK,
+                        &json!({
+                            "status": if applied.changed { "reloaded" } else { "unchanged" },
+                            "config_version": applied.version,
+                            "checksum": applied.checksum,
+                        }),
+                    )
+                }
+                Err(errors) => {
+                    tracing::warn!(errors = %errors, "config reload refused; the running config keeps serving");
+                    let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+                    json_response(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &json!({
+                            "error": "config rejected; the running config keeps serving",
+                            "errors": list,
+                            "config_version": snapshot.version,
+                            "request_id": request_id.to_str().unwrap_or_default(),
+                        }),
+                    )
+                }
+            },
+            (
+                _,
+                "/health/live"
+                | "/health/ready"
+                | "/admin/config-version"
+                | "/admin/routes"
+                | "/admin/reload",
+            ) => json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                &request_id,
+            ),
+            _ => json_error(StatusCode::NOT_FOUND, "no such admin endpoint", &request_id),
+        }
+    };
+    resp.headers_mut().insert(request_id::HEADER, request_id);
+    resp
+}

@@ -1,0 +1,163 @@
+//! Configuration: parse (YAML, `${ENV}` expansion) → validate (every error, with its line) →
+//! hand a checked `Config` to `snapshot::compile`.
+
+pub mod located;
+pub mod model;
+mod validate;
+pub use validate::{MAX_RETRY_ATTEMPTS, MAX_TIMEOUT_MS, SPLIT_BUCKETS};
+
+pub use located::{Located, Text};
+pub use model::*;
+
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
+
+/// One problem in a config file, located as precisely as the parser allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the problem has no single place (e.g. an unreadable file).
+    pub line: u32,
+    /// The dotted path of the offending key, e.g. `routes[2].match.path`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.key.is_empty()) {
+            (0, true) => write!(f, "{}: {}", self.file, self.message),
+            (0, false) => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+            (line, true) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            (line, false) => write!(f, "{}:{}: {}: {}", self.file, line, self.key, self.message),
+        }
+    }
+}
+
+/// Every error found in one file; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed and validated configuration plus what identifies it.
+#[derive(Debug)]
+pub struct ValidConfig {
+    pub config: Config,
+    pub source: String,
+    /// `sha256:<hex>` of the canonical form (comments, layout and key order do not matter).
+    pub checksum: String,
+}
+
+/// Largest config file accepted; a gateway config is never this large, a mistake might be.
+const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
+
+pub fn load_file(path: &Path) -> Result<ValidConfig, ConfigErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: source.clone(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    load_str(&text, &source)
+}
+
+pub fn load_str(text: &str, source: &str) -> Result<ValidConfig, ConfigErrors> {
+    let config = parse(text, source)?;
+    let mut errors = validate::validate(&config, source);
+    if !errors.is_empty() {
+        refine_lines(text, &mut errors);
+        errors.sort_by_key(|e| e.line);
+        return Err(ConfigErrors(errors));
+    }
+    let checksum = checksum(&config);
+    Ok(ValidConfig {
+        config,
+        source: source.to_string(),
+        checksum,
+    })
+}
+
+fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+    let err = |line: u32, message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: source.to_string(),
+            line,
+            key: String::new(),
+            message,
+        }])
+    };
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(err(
+            0,
+            format!("file is larger than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+    };
+    serde_saphyr::from_str_with_options::<Config>(text, options).map_err(|e| {
+        let line = e.location().map(|l| l.line() as u32).unwrap_or(0);
+        let message = e.without_snippet().to_string();
+        // The plain rendering may repeat the location; keep the message itself.
+        let message = strip_location_suffix(&message);
+        err(line, message)
+    })
+}
+
+/// The parser locates a block mapping at its first entry, one line below its key. Point such
+/// errors at the key itself (`tls:` rather than the `certificates:` line under it).
+fn refine_lines(text: &str, errors: &mut [ConfigError]) {
+    let lines: Vec<&str> = text.lines().collect();
+    for e in errors.iter_mut() {
+        let Some(last) = e.key.rsplit('.').next() else {
+            continue;
+        };
+        let field = last.split('[').next().unwrap_or(last);
+        if e.line == 0 || field.is_empty() {
+            continue;
+        }
+        let is_key_line = |l: &str| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(field) && t[field.len()..].trim_start().starts_with(':')
+        };
+        let at = e.line as usize - 1;
+        if lines.get(at).is_some_and(|l| is_key_line(l)) {
+            continue;
+        }
+        if let Some(back) =
+            (1..=2).find(|d| at >= *d && lines.get(at - d).is_some_and(|l| is_key_line(l)))
+        {
+            e.line -= back as u32;
+        }
+    }
+}
+
+fn strip_location_suffix(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message).trim();
+    match first.rfind(" at line ") {
+        Some(i) => first[..i].trim_end_matches(',').to_string(),
+        None => first.to_string(),
+    }
+}
+
+fn checksum(config: &Config) -> String {
+    // serde_json writes struct fields in declaration order and maps are BTreeMaps, so the same
+    // configuration always serialises to the same bytes.
+    let canonical = serde_json::to_vec(config).expect("config serialises to JSON");
+    format!("sha256:{}", hex::encode(Sha256::digest(&canonical)))
+}

@@ -1,0 +1,393 @@
+//! The serde model of the configuration file. It mirrors `shared/contract/portcullis.example.yaml`:
+//! key names and shapes here are the user-facing contract. Sections whose capability has not been
+//! built yet are parsed (so their location is known) and refused by validation.
+
+use super::located::{Located, Text};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A section that is recognised but not implemented yet: kept only for its location.
+pub type Unsupported = Option<Located<IgnoredAny>>;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listeners: Vec<Located<Listener>>,
+    pub admin: Located<Admin>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub upstreams: Vec<Located<Upstream>>,
+    #[serde(default)]
+    pub routes: Vec<Located<Route>>,
+
+    #[serde(default, skip_serializing)]
+    pub auth: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub rate_limits: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub redis: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub observability: Unsupported,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: Located<Text>,
+    pub address: Located<Text>,
+    #[serde(default, skip_serializing)]
+    pub tls: Unsupported,
+    #[serde(default)]
+    pub limits: ListenerLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimits {
+    pub max_header_bytes: u64,
+    pub header_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_connections: u64,
+    pub max_concurrent_requests: u64,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_header_bytes: 65_536,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 50_000,
+            max_concurrent_requests: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub address: Located<Text>,
+    /// When set, every admin call except the health probes needs `Authorization: Bearer <token>`.
+    #[serde(default, serialize_with = "redact")]
+    pub token: Option<Text>,
+}
+
+fn redact<S: serde::Serializer>(v: &Option<Text>, s: S) -> Result<S::Ok, S::Error> {
+    use sha2::Digest;
+    // The checksum must change when the token changes, but the token itself is never written out.
+    match v {
+        Some(t) => s.serialize_str(&format!(
+            "redacted:{}",
+            hex::encode(sha2::Sha256::digest(t.as_bytes()))
+        )),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub auth: Option<Located<AuthSpec>>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: Located<u64>,
+    /// Request body limit for routes that do not set `request.max_body_bytes`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// `%2F` / `%5C` in a path are refused with 400 unless this is true (then they are kept
+    /// encoded, never treated as separators).
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            auth: None,
+            timeout_ms: default_timeout_ms(),
+            max_body_bytes: default_max_body_bytes(),
+            drain_timeout_ms: default_drain_timeout_ms(),
+            allow_encoded_slashes: false,
+        }
+    }
+}
+
+fn default_timeout_ms() -> Located<u64> {
+    Located::new(15_000, 0)
+}
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+
+/// `auth: none` or `auth: { jwt: NAME }` / `{ api_key: NAME }` / `{ any: [...] }` / `{ mtls: {} }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum AuthSpec {
+    Keyword(String),
+    Policy(AuthPolicy),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicy {
+    #[serde(default)]
+    pub jwt: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub any: Option<Vec<AuthSpec>>,
+    #[serde(default)]
+    pub mtls: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: Located<Text>,
+    pub targets: Located<Vec<Located<Target>>>,
+    #[serde(default)]
+    pub protocol: Located<Protocol>,
+    #[serde(default, skip_serializing)]
+    pub tls: Unsupported,
+    #[serde(default)]
+    pub load_balancing: Located<LoadBalancing>,
+    #[serde(default, skip_serializing)]
+    pub hash_key: Unsupported,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default, skip_serializing)]
+    pub max_concurrent_requests: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub health_check: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub circuit_breaker: Unsupported,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    Http2,
+    Https,
+}
+
+impl Default for Located<Protocol> {
+    fn default() -> Self {
+        Located::new(Protocol::Http1, 0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    ConsistentHash,
+}
+
+impl Default for Located<LoadBalancing> {
+    fn default() -> Self {
+        Located::new(LoadBalancing::RoundRobin, 0)
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub address: Located<Text>,
+    #[serde(default = "default_weight")]
+    pub weight: Located<u32>,
+}
+
+fn default_weight() -> Located<u32> {
+    Located::new(1, 0)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub max_idle_per_target: usize,
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle_per_target: 64,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: Located<Text>,
+    #[serde(rename = "match")]
+    pub matcher: Located<RouteMatch>,
+    #[serde(default)]
+    pub priority: i32,
+
+    // Exactly one action.
+    #[serde(default)]
+    pub upstream: Option<Located<Text>>,
+    #[serde(default)]
+    pub split: Option<Located<Vec<Located<SplitEntry>>>>,
+    #[serde(default)]
+    pub split_key: Option<Located<Text>>,
+    #[serde(default)]
+    pub direct_response: Option<Located<DirectResponse>>,
+
+    #[serde(default)]
+    pub rewrite: Option<Located<Rewrite>>,
+    #[serde(default)]
+    pub timeout_ms: Option<Located<u64>>,
+    #[serde(default)]
+    pub retries: Option<Located<Retries>>,
+    #[serde(default)]
+    pub auth: Option<Located<AuthSpec>>,
+    #[serde(default)]
+    pub request: RequestRules,
+    #[serde(default)]
+    pub headers: HeaderRules,
+
+    #[serde(default, skip_serializing)]
+    pub authorization: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub rate_limits: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub cache: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub cors: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub mirror: Unsupported,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub hosts: Vec<Located<Text>>,
+    pub path: Located<PathMatch>,
+    #[serde(default)]
+    pub methods: Option<Located<Vec<Text>>>,
+    #[serde(default)]
+    pub headers: Vec<Located<HeaderMatch>>,
+}
+
+/// `{ exact: P }`, `{ prefix: P }` or `{ regex: R }`; exactly one.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(default)]
+    pub exact: Option<Text>,
+    #[serde(default)]
+    pub prefix: Option<Text>,
+    #[serde(default)]
+    pub regex: Option<Text>,
+}
+
+/// A header predicate: present (only `name`), equal to `value`, or matching `regex`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: Text,
+    #[serde(default)]
+    pub value: Option<Text>,
+    #[serde(default)]
+    pub regex: Option<Text>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitEntry {
+    pub upstream: Located<Text>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub body: Text,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Text>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    #[serde(default)]
+    pub strip_prefix: Option<Text>,
+    #[serde(default)]
+    pub replace_prefix: Option<ReplacePrefix>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplacePrefix {
+    pub from: Text,
+    pub to: Text,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    pub attempts: Located<u32>,
+    #[serde(default)]
+    pub on: Vec<Text>,
+    #[serde(default)]
+    pub backoff_ms: Option<u64>,
+    #[serde(default)]
+    pub per_try_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub idempotency_key: Option<bool>,
+    #[serde(default)]
+    pub max_replay_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRules {
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub content_types: Option<Located<Vec<Text>>>,
+    #[serde(default)]
+    pub required_headers: Vec<Located<Text>>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    #[serde(default)]
+    pub request: HeaderOps,
+    #[serde(default)]
+    pub response: HeaderOps,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, Text>,
+    #[serde(default)]
+    pub remove: Vec<Text>,
+}

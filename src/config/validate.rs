@@ -1,0 +1,803 @@
+//! Semantic validation. Collects every problem in one pass, each with its line and key, so a
+//! user fixes a file in one round trip instead of one error per run.
+
+use super::model::*;
+use super::{ConfigError, Located};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+/// Above this a route timeout holds client connections and upstream capacity for longer than a
+/// gateway should: a slow dependency then ties up the whole gateway.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+/// More extra attempts than this multiply load on an already failing upstream (retry storms).
+pub const MAX_RETRY_ATTEMPTS: u32 = 2;
+/// Split weights are parts of this many buckets.
+pub const SPLIT_BUCKETS: u32 = 10_000;
+
+struct Checker<'a> {
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, line: u32, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn unsupported(&mut self, section: &Unsupported, key: String, issue: &str) {
+        if let Some(s) = section {
+            self.err(
+                s.line,
+                key,
+                format!("not supported yet ({issue}); remove this section for now"),
+            );
+        }
+    }
+
+    fn name(&mut self, name: &Located<super::Text>, key: String) {
+        if !is_kebab_case(name) {
+            self.err(
+                name.line,
+                key,
+                format!(
+                    "name `{}` must be kebab-case (^[a-z0-9][a-z0-9-]*$)",
+                    name.value
+                ),
+            );
+        }
+    }
+
+    fn duplicates<'n>(
+        &mut self,
+        what: &str,
+        names: impl Iterator<Item = (&'n Located<super::Text>, String)>,
+    ) {
+        let mut seen: HashMap<&str, u32> = HashMap::new();
+        for (name, key) in names {
+            if let Some(first) = seen.get(name.as_ref() as &str) {
+                self.err(
+                    name.line,
+                    key,
+                    format!(
+                        "duplicate {what} name `{}` (first defined on line {first})",
+                        name.value
+                    ),
+                );
+            } else {
+                seen.insert(name, name.line);
+            }
+        }
+    }
+}
+
+pub fn is_kebab_case(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+pub fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
+    let mut c = Checker {
+        file,
+        errors: Vec::new(),
+    };
+    c.unsupported(&config.auth, "auth".into(), "authentication issue");
+    c.unsupported(
+        &config.rate_limits,
+        "rate_limits".into(),
+        "rate limiting issue",
+    );
+    c.unsupported(&config.redis, "redis".into(), "rate limiting issue");
+    c.unsupported(
+        &config.observability,
+        "observability".into(),
+        "observability issue",
+    );
+
+    let listener_addrs = check_listeners(&mut c, config);
+    check_admin(&mut c, config, &listener_addrs);
+    check_defaults(&mut c, &config.defaults);
+    check_upstreams(&mut c, config);
+    check_routes(&mut c, config);
+    c.errors
+}
+
+fn check_listeners(c: &mut Checker, config: &Config) -> Vec<(SocketAddr, u32)> {
+    if config.listeners.is_empty() {
+        c.err(0, "listeners", "at least one listener is required");
+    }
+    let mut addrs = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        c.name(&l.name, format!("{key}.name"));
+        c.unsupported(&l.tls, format!("{key}.tls"), "TLS issue");
+        match l.address.parse::<SocketAddr>() {
+            Ok(a) => {
+                if let Some((_, line)) = addrs.iter().find(|(b, _)| same_socket(&a, b)) {
+                    c.err(
+                        l.address.line,
+                        format!("{key}.address"),
+                        format!("address {a} is already used by the listener on line {line}"),
+                    );
+                }
+                addrs.push((a, l.address.line));
+            }
+            Err(_) => c.err(
+                l.address.line,
+                format!("{key}.address"),
+                format!("`{}` is not an IP:port address", l.address.value),
+            ),
+        }
+        let lim = &l.limits;
+        let lkey = format!("{key}.limits");
+        if !(1024..=1024 * 1024).contains(&lim.max_header_bytes) {
+            c.err(
+                l.line,
+                format!("{lkey}.max_header_bytes"),
+                "must be between 1024 and 1048576",
+            );
+        }
+        for (v, k) in [
+            (lim.header_read_timeout_ms, "header_read_timeout_ms"),
+            (lim.idle_timeout_ms, "idle_timeout_ms"),
+            (lim.max_connections, "max_connections"),
+            (lim.max_concurrent_requests, "max_concurrent_requests"),
+        ] {
+            if v == 0 {
+                c.err(l.line, format!("{lkey}.{k}"), "must be greater than 0");
+            }
+        }
+    }
+    c.duplicates(
+        "listener",
+        config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (&l.name, format!("listeners[{i}].name"))),
+    );
+    addrs
+}
+
+/// Two socket addresses collide when they have the same port and the same IP, or one of them is
+/// the unspecified address (0.0.0.0 / ::) that binds every IP. Port 0 means "any free port".
+fn same_socket(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn check_admin(c: &mut Checker, config: &Config, listeners: &[(SocketAddr, u32)]) {
+    let admin = &config.admin;
+    match admin.address.parse::<SocketAddr>() {
+        Ok(a) => {
+            if let Some((_, line)) = listeners.iter().find(|(l, _)| same_socket(&a, l)) {
+                c.err(
+                    admin.address.line,
+                    "admin.address",
+                    format!(
+                        "the admin API must not share an address with a listener (line {line}): \
+                         it would expose reload and config to public traffic"
+                    ),
+                );
+            }
+        }
+        Err(_) => c.err(
+            admin.address.line,
+            "admin.address",
+            format!("`{}` is not an IP:port address", admin.address.value),
+        ),
+    }
+    if let Some(t) = &admin.token {
+        if t.len() < 16 {
+            c.err(admin.line, "admin.token", "must be at least 16 characters");
+        }
+    }
+}
+
+fn check_defaults(c: &mut Checker, d: &Defaults) {
+    check_timeout(c, &d.timeout_ms, "defaults.timeout_ms".into());
+    if let Some(a) = &d.auth {
+        check_auth(c, a, "defaults.auth".into());
+    }
+    if d.max_body_bytes == 0 {
+        c.err(0, "defaults.max_body_bytes", "must be greater than 0");
+    }
+}
+
+fn check_timeout(c: &mut Checker, t: &Located<u64>, key: String) {
+    if t.value == 0 {
+        c.err(t.line, key, "must be greater than 0");
+    } else if t.value > MAX_TIMEOUT_MS {
+        c.err(
+            t.line,
+            key,
+            format!(
+                "{} ms is above the {MAX_TIMEOUT_MS} ms maximum: a gateway that waits this long \
+                 lets one slow upstream hold connections and memory until the gateway itself \
+                 stops serving; use an asynchronous API for long work",
+                t.value
+            ),
+        );
+    }
+}
+
+fn check_auth(c: &mut Checker, auth: &Located<AuthSpec>, key: String) {
+    match &auth.value {
+        AuthSpec::Keyword(k) if k == "none" => {}
+        AuthSpec::Keyword(k) => c.err(
+            auth.line,
+            key,
+            format!("unknown auth `{k}`: use `none` or a policy such as `{{ jwt: NAME }}`"),
+        ),
+        AuthSpec::Policy(_) => c.err(
+            auth.line,
+            key,
+            "jwt / api_key / any / mtls auth is not supported yet (authentication issue); \
+             only `auth: none` is accepted for now",
+        ),
+    }
+}
+
+fn check_upstreams(c: &mut Checker, config: &Config) {
+    for (i, u) in config.upstreams.iter().enumerate() {
+        let key = format!("upstreams[{i}]");
+        c.name(&u.name, format!("{key}.name"));
+        if u.targets.is_empty() {
+            c.err(
+                u.targets.line,
+                format!("{key}.targets"),
+                "at least one target is required",
+            );
+        }
+        let mut total_weight = 0u64;
+        for (j, t) in u.targets.iter().enumerate() {
+            let tkey = format!("{key}.targets[{j}]");
+            if let Err(msg) = check_host_port(&t.address) {
+                c.err(t.address.line, format!("{tkey}.address"), msg);
+            }
+            if !(1..=10_000).contains(&t.weight.value) {
+                c.err(
+                    t.weight.line,
+                    format!("{tkey}.weight"),
+                    "must be between 1 and 10000",
+                );
+            }
+            total_weight += u64::from(t.weight.value);
+        }
+        if u.targets.len() > 1024 {
+            c.err(
+                u.targets.line,
+                format!("{key}.targets"),
+                "at most 1024 targets",
+            );
+        }
+        let _ = total_weight;
+        if u.protocol.value != Protocol::Http1 {
+            c.err(
+                u.protocol.line,
+                format!("{key}.protocol"),
+                "http2 and https upstreams are not supported yet (TLS / HTTP/2 issue); use http1",
+            );
+        }
+        if u.load_balancing.value != LoadBalancing::RoundRobin {
+            c.err(
+                u.load_balancing.line,
+                format!("{key}.load_balancing"),
+                "least_request and consistent_hash are not supported yet (resilience issue); use round_robin",
+            );
+        }
+        c.unsupported(&u.tls, format!("{key}.tls"), "TLS issue");
+        c.unsupported(&u.hash_key, format!("{key}.hash_key"), "resilience issue");
+        c.unsupported(
+            &u.max_concurrent_requests,
+            format!("{key}.max_concurrent_requests"),
+            "resilience issue",
+        );
+        c.unsupported(
+            &u.health_check,
+            format!("{key}.health_check"),
+            "resilience issue",
+        );
+        c.unsupported(
+            &u.circuit_breaker,
+            format!("{key}.circuit_breaker"),
+            "resilience issue",
+        );
+        if !(1..=MAX_TIMEOUT_MS).contains(&u.connect_timeout_ms) {
+            c.err(
+                u.line,
+                format!("{key}.connect_timeout_ms"),
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            );
+        }
+        if u.pool.max_idle_per_target > 100_000 {
+            c.err(
+                u.line,
+                format!("{key}.pool.max_idle_per_target"),
+                "must be at most 100000",
+            );
+        }
+    }
+    c.duplicates(
+        "upstream",
+        config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (&u.name, format!("upstreams[{i}].name"))),
+    );
+}
+
+/// `host:port` where host is an IP or a DNS name (resolved when connecting).
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("`{s}` is not a host:port address");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn check_routes(c: &mut Checker, config: &Config) {
+    let upstreams: BTreeSet<&str> = config.upstreams.iter().map(|u| &*u.name.value.0).collect();
+    for (i, r) in config.routes.iter().enumerate() {
+        check_route(c, config, &upstreams, i, r);
+    }
+    c.duplicates(
+        "route",
+        config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&r.name, format!("routes[{i}].name"))),
+    );
+    check_shadowing(c, config);
+}
+
+fn check_route(
+    c: &mut Checker,
+    config: &Config,
+    upstreams: &BTreeSet<&str>,
+    i: usize,
+    r: &Located<Route>,
+) {
+    let key = format!("routes[{i}]");
+    c.name(&r.name, format!("{key}.name"));
+    let m = &r.matcher;
+
+    for (j, h) in m.hosts.iter().enumerate() {
+        if let Err(msg) = check_host_pattern(h) {
+            c.err(h.line, format!("{key}.match.hosts[{j}]"), msg);
+        }
+    }
+    check_path_match(c, &m.path, format!("{key}.match.path"));
+    if let Some(methods) = &m.methods {
+        if methods.is_empty() {
+            c.err(
+                methods.line,
+                format!("{key}.match.methods"),
+                "must not be empty (omit it to match every method)",
+            );
+        }
+        for meth in methods.iter() {
+            if http::Method::from_bytes(meth.as_bytes()).is_err()
+                || meth.bytes().any(|b| b.is_ascii_lowercase())
+            {
+                c.err(
+                    methods.line,
+                    format!("{key}.match.methods"),
+                    format!("`{meth}` is not an upper-case HTTP method"),
+                );
+            }
+        }
+    }
+    for (j, h) in m.headers.iter().enumerate() {
+        let hkey = format!("{key}.match.headers[{j}]");
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            c.err(
+                h.line,
+                format!("{hkey}.name"),
+                format!("`{}` is not a valid header name", h.name),
+            );
+        }
+        if h.value.value.is_some() && h.regex.is_some() {
+            c.err(h.line, hkey.clone(), "give `value` or `regex`, not both");
+        }
+        if let Some(re) = &h.regex {
+            if let Err(e) = regex::Regex::new(re) {
+                c.err(
+                    h.line,
+                    format!("{hkey}.regex"),
+                    format!("invalid regex: {e}"),
+                );
+            }
+        }
+    }
+
+    // Exactly one action.
+    let actions = [
+        r.upstream.is_some(),
+        r.split.is_some(),
+        r.direct_response.is_some(),
+    ]
+    .iter()
+    .filter(|a| **a)
+    .count();
+    if actions != 1 {
+        c.err(
+            r.line,
+            key.clone(),
+            "a route needs exactly one of `upstream`, `split` or `direct_response`",
+        );
+    }
+    if let Some(u) = &r.upstream {
+        if !upstreams.contains(&*u.value.0) {
+            c.err(
+                u.line,
+                format!("{key}.upstream"),
+                format!("unknown upstream `{}`", u.value),
+            );
+        }
+    }
+    if let Some(split) = &r.split {
+        let mut sum = 0u64;
+        for (j, s) in split.iter().enumerate() {
+            if !upstreams.contains(&*s.upstream.value.0) {
+                c.err(
+                    s.upstream.line,
+                    format!("{key}.split[{j}].upstream"),
+                    format!("unknown upstream `{}`", s.upstream.value),
+                );
+            }
+            if s.weight == 0 {
+                c.err(
+                    s.line,
+                    format!("{key}.split[{j}].weight"),
+                    "must be greater than 0 (remove the entry instead)",
+                );
+            }
+            sum += u64::from(s.weight);
+        }
+        if sum != u64::from(SPLIT_BUCKETS) {
+            c.err(
+                split.line,
+                format!("{key}.split"),
+                format!(
+                    "weights add up to {sum}; they must add up to {SPLIT_BUCKETS} (parts of 10000)"
+                ),
+            );
+        }
+    }
+    if let Some(k) = &r.split_key {
+        if r.split.is_none() {
+            c.err(
+                k.line,
+                format!("{key}.split_key"),
+                "split_key needs a `split`",
+            );
+        }
+        if let Err(msg) = crate::upstream::split::SplitKey::parse(k) {
+            c.err(k.line, format!("{key}.split_key"), msg);
+        }
+    }
+    if let Some(d) = &r.direct_response {
+        if !(200..=599).contains(&d.status) {
+            c.err(
+                d.line,
+                format!("{key}.direct_response.status"),
+                "must be between 200 and 599",
+            );
+        }
+        for (name, value) in &d.headers {
+            check_header_pair(
+                c,
+                d.line,
+                format!("{key}.direct_response.headers"),
+                name,
+                value,
+            );
+        }
+    }
+    if let Some(rw) = &r.rewrite {
+        match (&rw.strip_prefix, &rw.replace_prefix) {
+            (Some(p), None) => {
+                check_path_literal(c, rw.line, format!("{key}.rewrite.strip_prefix"), p)
+            }
+            (None, Some(rp)) => {
+                check_path_literal(
+                    c,
+                    rw.line,
+                    format!("{key}.rewrite.replace_prefix.from"),
+                    &rp.from,
+                );
+                check_path_literal(
+                    c,
+                    rw.line,
+                    format!("{key}.rewrite.replace_prefix.to"),
+                    &rp.to,
+                );
+            }
+            _ => c.err(
+                rw.line,
+                format!("{key}.rewrite"),
+                "give exactly one of `strip_prefix` or `replace_prefix`",
+            ),
+        }
+        if r.direct_response.is_some() {
+            c.err(
+                rw.line,
+                format!("{key}.rewrite"),
+                "a direct_response route has nothing to rewrite",
+            );
+        }
+    }
+    if let Some(t) = &r.timeout_ms {
+        check_timeout(c, t, format!("{key}.timeout_ms"));
+    }
+    if let Some(retries) = &r.retries {
+        if retries.attempts.value > MAX_RETRY_ATTEMPTS {
+            c.err(
+                retries.attempts.line,
+                format!("{key}.retries.attempts"),
+                format!(
+                    "{} extra attempts is above the maximum of {MAX_RETRY_ATTEMPTS}: each layer that \
+                     retries multiplies the load on an upstream that is already failing (a retry storm)",
+                    retries.attempts.value
+                ),
+            );
+        }
+        c.err(
+            retries.line,
+            format!("{key}.retries"),
+            "not supported yet (resilience issue); remove this section for now",
+        );
+    }
+    match (&r.auth, &config.defaults.auth) {
+        (Some(a), _) => check_auth(c, a, format!("{key}.auth")),
+        (None, Some(_)) => {}
+        (None, None) => c.err(
+            r.line,
+            format!("{key}.auth"),
+            "route has no `auth` and `defaults` sets none: state `auth: none` explicitly for a public route",
+        ),
+    }
+    if r.request.max_body_bytes == Some(0) {
+        c.err(
+            r.line,
+            format!("{key}.request.max_body_bytes"),
+            "must be greater than 0",
+        );
+    }
+    if let Some(ct) = &r.request.content_types {
+        for t in ct.iter() {
+            let ok = t.split_once('/').is_some_and(|(a, b)| {
+                !a.is_empty() && !b.is_empty() && a != "*" && !t.contains(';') && !t.contains(' ')
+            });
+            if !ok {
+                c.err(
+                    ct.line,
+                    format!("{key}.request.content_types"),
+                    format!("`{t}` is not a media type such as application/json or text/*"),
+                );
+            }
+        }
+    }
+    for (j, h) in r.request.required_headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            c.err(
+                h.line,
+                format!("{key}.request.required_headers[{j}]"),
+                format!("`{}` is not a valid header name", h.value),
+            );
+        }
+    }
+    for (dir, ops) in [
+        ("request", &r.headers.request),
+        ("response", &r.headers.response),
+    ] {
+        for (name, value) in &ops.set {
+            check_header_pair(c, r.line, format!("{key}.headers.{dir}.set"), name, value);
+        }
+        for name in &ops.remove {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                c.err(
+                    r.line,
+                    format!("{key}.headers.{dir}.remove"),
+                    format!("`{name}` is not a valid header name"),
+                );
+            }
+        }
+    }
+    c.unsupported(
+        &r.authorization,
+        format!("{key}.authorization"),
+        "authorization issue",
+    );
+    c.unsupported(
+        &r.rate_limits,
+        format!("{key}.rate_limits"),
+        "rate limiting issue",
+    );
+    c.unsupported(&r.cache, format!("{key}.cache"), "cache issue");
+    c.unsupported(&r.cors, format!("{key}.cors"), "transform issue");
+    c.unsupported(&r.mirror, format!("{key}.mirror"), "shadow traffic issue");
+}
+
+fn check_header_pair(c: &mut Checker, line: u32, key: String, name: &str, value: &str) {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        c.err(
+            line,
+            key.clone(),
+            format!("`{name}` is not a valid header name"),
+        );
+    }
+    if http::HeaderValue::from_str(value).is_err() {
+        c.err(
+            line,
+            key,
+            format!("the value of `{name}` is not a valid header value"),
+        );
+    }
+}
+
+fn check_path_literal(c: &mut Checker, line: u32, key: String, p: &str) {
+    if !p.starts_with('/') {
+        c.err(line, key, format!("`{p}` must start with `/`"));
+    } else if crate::router::normalize::normalize_path(p, false).as_deref() != Ok(p) {
+        c.err(
+            line,
+            key,
+            format!("`{p}` is not in normalized form (no `//`, `.` or `..` segments, no encoded unreserved characters)"),
+        );
+    }
+}
+
+fn check_path_match(c: &mut Checker, p: &Located<PathMatch>, key: String) {
+    let set = [p.exact.is_some(), p.prefix.is_some(), p.regex.is_some()]
+        .iter()
+        .filter(|s| **s)
+        .count();
+    if set != 1 {
+        c.err(
+            p.line,
+            key,
+            "give exactly one of `exact`, `prefix` or `regex`",
+        );
+        return;
+    }
+    if let Some(e) = &p.exact {
+        check_path_literal(c, p.line, format!("{key}.exact"), e);
+    }
+    if let Some(pre) = &p.prefix {
+        check_path_literal(c, p.line, format!("{key}.prefix"), pre);
+    }
+    if let Some(re) = &p.regex {
+        if let Err(e) = regex::Regex::new(re) {
+            c.err(
+                p.line,
+                format!("{key}.regex"),
+                format!("invalid regex: {e}"),
+            );
+        }
+    }
+}
+
+/// `api.example.com` or `*.example.com`; compared case-insensitively.
+pub fn check_host_pattern(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if h == "*" {
+        return Err("`*` alone is not a host pattern: omit `hosts` to match every host".into());
+    }
+    let ok = !name.is_empty()
+        && !name.contains('*')
+        && !name.contains(':')
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{h}` is not a host name or a `*.suffix` wildcard (no port)"
+        ))
+    }
+}
+
+/// Reports pairs of routes that no request can tell apart: on the hosts they share, with the
+/// same path match, header predicates and priority and overlapping methods, the one later in
+/// the file can never be chosen for those methods.
+fn check_shadowing(c: &mut Checker, config: &Config) {
+    struct Key {
+        hosts: BTreeSet<String>,
+        path: String,
+        headers: BTreeSet<String>,
+        priority: i32,
+        methods: Option<BTreeSet<String>>,
+    }
+    let keys: Vec<Key> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let m = &r.matcher;
+            let path = match (&m.path.exact, &m.path.prefix, &m.path.regex) {
+                (Some(e), _, _) => format!("exact:{e}"),
+                (_, Some(p), _) => format!("prefix:{}", p.trim_end_matches('/')),
+                (_, _, Some(re)) => format!("regex:{re}"),
+                _ => String::new(),
+            };
+            Key {
+                hosts: m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                path,
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{}={:?}/{:?}",
+                            h.name.to_ascii_lowercase(),
+                            h.value.value.as_ref().map(|v| &v.0),
+                            h.regex.as_ref().map(|v| &v.0)
+                        )
+                    })
+                    .collect(),
+                priority: r.priority,
+                methods: m
+                    .methods
+                    .as_ref()
+                    .map(|ms| ms.iter().map(|s| s.0.clone()).collect()),
+            }
+        })
+        .collect();
+    for (j, b) in keys.iter().enumerate() {
+        for (i, a) in keys[..j].iter().enumerate() {
+            let hosts_overlap = (a.hosts.is_empty() && b.hosts.is_empty())
+                || a.hosts.intersection(&b.hosts).next().is_some();
+            let methods_overlap = match (&a.methods, &b.methods) {
+                (None, None) => true,
+                (Some(x), Some(y)) => x.intersection(y).next().is_some(),
+                // A route that lists methods is more specific than one that does not: it wins
+                // for its methods, and the other still gets the rest.
+                _ => false,
+            };
+            if hosts_overlap
+                && methods_overlap
+                && a.path == b.path
+                && a.headers == b.headers
+                && a.priority == b.priority
+            {
+                let first = &config.routes[i];
+                let second = &config.routes[j];
+                c.err(
+                    second.line,
+                    format!("routes[{j}]"),
+                    format!(
+                        "route `{}` is shadowed by route `{}` (line {}): same hosts, path match, \
+                         header predicates and priority with overlapping methods, so file order \
+                         alone would decide; give one a different priority, methods or headers",
+                        second.name.value, first.name.value, first.line
+                    ),
+                );
+            }
+        }
+    }
+}

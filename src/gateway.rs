@@ -1,0 +1,151 @@
+//! The running gateway's state: the current snapshot behind an `ArcSwap`, and reload
+//! (read → validate → compile → atomic swap). Reloads are serialised; requests never wait on
+//! them.
+
+use crate::config::{self, ConfigError, ConfigErrors, ValidConfig};
+use crate::snapshot::{self, Snapshot};
+use crate::upstream::pool::PoolRegistry;
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub struct Gateway {
+    current: ArcSwap<Snapshot>,
+    config_path: PathBuf,
+    /// Held while a reload compiles; also guards the pool registry and the version counter.
+    reload_state: Mutex<ReloadState>,
+    /// Serialises reloads without blocking a runtime thread.
+    reload_gate: tokio::sync::Mutex<()>,
+    ready: AtomicBool,
+}
+
+struct ReloadState {
+    pools: PoolRegistry,
+    last_version: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub version: u64,
+    pub checksum: String,
+    /// False when the file was identical (same checksum) and nothing was swapped.
+    pub changed: bool,
+}
+
+impl Gateway {
+    /// Loads and compiles the config file for a first start.
+    pub fn load(config_path: PathBuf) -> Result<Arc<Gateway>, ConfigErrors> {
+        let valid = config::load_file(&config_path)?;
+        let mut pools = PoolRegistry::default();
+        let snap = snapshot::compile(&valid, 1, &mut pools);
+        Ok(Arc::new(Gateway {
+            current: ArcSwap::from_pointee(snap),
+            config_path,
+            reload_state: Mutex::new(ReloadState {
+                pools,
+                last_version: 1,
+            }),
+            reload_gate: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    /// The snapshot a request should use from start to end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// Re-reads the config file and swaps it in if valid. On any error the running config keeps
+    /// serving and the errors are returned.
+    pub async fn reload(self: &Arc<Self>) -> Result<Applied, ConfigErrors> {
+        let _gate = self.reload_gate.lock().await;
+        let this = Arc::clone(self);
+        // Reading, parsing and compiling are blocking work: keep them off the request threads.
+        tokio::task::spawn_blocking(move || {
+            let valid = config::load_file(&this.config_path)?;
+            this.apply(valid)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigErrors(vec![ConfigError {
+                file: self.config_path.display().to_string(),
+                line: 0,
+                key: String::new(),
+                message: format!("reload task failed: {e}"),
+            }]))
+        })
+    }
+
+    fn apply(&self, valid: ValidConfig) -> Result<Applied, ConfigErrors> {
+        let current = self.snapshot();
+        if valid.checksum == current.checksum {
+            return Ok(Applied {
+                version: current.version,
+                checksum: current.checksum.clone(),
+                changed: false,
+            });
+        }
+        check_fixed_at_start(&current, &valid)?;
+        let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
+        let version = state.last_version + 1;
+        let snap = snapshot::compile(&valid, version, &mut state.pools);
+        state.last_version = version;
+        self.current.store(Arc::new(snap));
+        Ok(Applied {
+            version,
+            checksum: valid.checksum,
+            changed: true,
+        })
+    }
+}
+
+/// Listener and admin addresses are bound once at start; a reload that changes them is refused
+/// (restart to move a listener) rather than half-applied.
+fn check_fixed_at_start(current: &Snapshot, valid: &ValidConfig) -> Result<(), ConfigErrors> {
+    let cfg = &valid.config;
+    let mut errors = Vec::new();
+    let err = |line: u32, key: String, message: String| ConfigError {
+        file: valid.source.clone(),
+        line,
+        key,
+        message,
+    };
+    let same_set = cfg.listeners.len() == current.listeners.len()
+        && cfg.listeners.iter().all(|l| {
+            current
+                .listener(&l.name)
+                .is_some_and(|c| l.address.parse::<std::net::SocketAddr>().ok() == Some(c.address))
+        });
+    if !same_set {
+        errors.push(err(
+            0,
+            "listeners".into(),
+            "listener names or addresses changed: restart the gateway to rebind listeners".into(),
+        ));
+    }
+    if cfg.admin.address.parse::<std::net::SocketAddr>().ok() != Some(current.admin_address) {
+        errors.push(err(
+            cfg.admin.address.line,
+            "admin.address".into(),
+            "the admin address changed: restart the gateway to rebind it".into(),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}

@@ -1,0 +1,18 @@
+//! Portcullis, an API gateway.
+//!
+//! Configuration flows one way: YAML → `config` (parse, validate) → `snapshot` (compile) →
+//! `gateway` (atomic swap). Requests run through `pipeline` on the snapshot they started with.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod forwarded;
+pub mod gateway;
+pub mod pipeline;
+pub mod policy;
+pub mod reject;
+pub mod request_id;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

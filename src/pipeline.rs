@@ -1,0 +1,268 @@
+//! The request pipeline: every phase a proxied request goes through, in order, in one place.
+//! Each phase calls the module that owns it and either continues or answers the request.
+
+use crate::body::{RequestBodyError, ResponseBody, UpstreamBody};
+use crate::forwarded;
+use crate::policy::request_rules::BodyPlan;
+use crate::reject::Reject;
+use crate::request_id;
+use crate::router::normalize::normalize_path;
+use crate::router::RequestView;
+use crate::server::ConnContext;
+use crate::snapshot::{Action, CompiledRoute, Snapshot};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+/// Handles one request on the snapshot current when it arrived.
+pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<ResponseBody> {
+    let snapshot = conn.gateway.snapshot();
+    let request_id = request_id::for_request(req.headers());
+    let mut resp = match run(req, conn, &snapshot, &request_id).await {
+        Ok(resp) => resp,
+        Err(reject) => reject.into_response(&request_id),
+    };
+    resp.headers_mut().insert(request_id::HEADER, request_id);
+    resp
+}
+
+async fn run(
+    req: Request<Incoming>,
+    conn: &ConnContext,
+    snapshot: &Snapshot,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, Reject> {
+    // 1. accept: listener limits (load shedding, head size).
+    // Listeners cannot change on reload, so the snapshot always knows this one.
+    let limits = &snapshot
+        .listener(&conn.listener.name)
+        .ok_or(Reject::NoRoute)?
+        .limits;
+    let _slot = conn
+        .listener
+        .begin_request(limits.max_concurrent_requests)
+        .ok_or(Reject::Overloaded)?;
+    if head_size(&req) > limits.max_header_bytes {
+        return Err(Reject::HeadersTooLarge(limits.max_header_bytes));
+    }
+
+    // 2. route: host and normalized path against the compiled router.
+    let host_value = request_host(&req);
+    let host = host_value
+        .as_ref()
+        .map(|h| routing_host(h))
+        .unwrap_or_default();
+    let path = normalize_path(req.uri().path(), snapshot.allow_encoded_slashes)
+        .map_err(Reject::BadPath)?;
+    let route_index = snapshot
+        .router
+        .route(&RequestView {
+            host: &host,
+            path: &path,
+            method: req.method(),
+            headers: req.headers(),
+        })
+        .ok_or(Reject::NoRoute)?;
+    let route = &snapshot.routes[route_index];
+
+    // 3. authenticate, 4. authorize, 5. rate limit: every route is `auth: none` without
+    //    authorization or rate limits until those capabilities land (validation refuses them).
+
+    // 6. validate request: required headers, content type, declared body size.
+    let has_body = !req.body().is_end_stream();
+    let content_length = req.body().size_hint().exact();
+    let body_plan = route
+        .request_rules
+        .check(req.headers(), has_body, content_length)?;
+
+    // 7. cache lookup: not built yet.
+
+    // 8. direct responses are answered here.
+    let upstream_index = match &route.action {
+        Action::Direct(d) => return Ok(d.respond()),
+        Action::Upstream(u) => *u,
+        Action::Split(split) => split.pick(req.headers(), &conn.client_ip),
+    };
+
+    // 9. select upstream target.
+    let upstream = &snapshot.upstreams[upstream_index];
+    let target = upstream.pick_target();
+
+    // 10. transform request: path rewrite, header rules, forwarding headers, body plan.
+    let upstream_path = match &route.rewrite {
+        Some(rw) => rw.apply(&path),
+        None => path,
+    };
+    let uri = upstream_uri(target, &upstream_path, req.uri().query())?;
+    let (mut parts, incoming) = req.into_parts();
+    let body = match body_plan {
+        BodyPlan::None => UpstreamBody::empty(),
+        BodyPlan::Stream => UpstreamBody::Streaming {
+            inner: incoming,
+            limit: route.request_rules.max_body_bytes,
+            seen: 0,
+        },
+        BodyPlan::Buffer => buffer_body(incoming, route).await?,
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    prepare_upstream_headers(
+        &mut parts.headers,
+        conn,
+        host_value,
+        request_id,
+        route,
+        &body,
+    );
+    let upstream_req = Request::from_parts(parts, body);
+
+    // 11. forward, within the route's timeout.
+    let started = tokio::time::timeout(route.timeout, upstream.client.request(upstream_req)).await;
+    let mut resp = match started {
+        Err(_) => return Err(Reject::UpstreamTimeout(route.timeout.as_millis() as u64)),
+        Ok(Err(e)) => return Err(classify_upstream_error(&e, &upstream.name)),
+        Ok(Ok(resp)) => resp,
+    };
+
+    // 12. transform response.
+    forwarded::strip_hop_by_hop(resp.headers_mut());
+    route.response_headers.apply(resp.headers_mut());
+    Ok(resp.map(ResponseBody::Upstream))
+}
+
+/// Approximate size of the request head as it arrived: request line plus `name: value\r\n` per
+/// header.
+fn head_size(req: &Request<Incoming>) -> u64 {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    (line + headers) as u64
+}
+
+/// The host the client asked for, as sent (Host header, or the :authority of h2 and
+/// absolute-form requests).
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(a) = req.uri().authority() {
+        return HeaderValue::from_str(a.as_str()).ok();
+    }
+    req.headers().get(header::HOST).cloned()
+}
+
+/// The host for routing: lower-case, port and trailing dot removed.
+fn routing_host(h: &HeaderValue) -> String {
+    let s = h.to_str().unwrap_or("");
+    let without_port = if let Some(rest) = s.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match s.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => s,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn upstream_uri(target: &str, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
+    let mut s =
+        String::with_capacity(8 + target.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    s.push_str("http://");
+    s.push_str(target);
+    s.push_str(path);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    s.parse()
+        .map_err(|_| Reject::BadRequest("request target cannot be forwarded".into()))
+}
+
+/// Reads a chunked body whose route limit is small, refusing it whole if it is too large.
+async fn buffer_body(incoming: Incoming, route: &CompiledRoute) -> Result<UpstreamBody, Reject> {
+    let limit = route.request_rules.max_body_bytes;
+    let read = tokio::time::timeout(
+        route.timeout,
+        Limited::new(incoming, limit as usize).collect(),
+    )
+    .await;
+    match read {
+        Err(_) => Err(Reject::Status(
+            http::StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {} ms",
+                route.timeout.as_millis()
+            ),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Reject::PayloadTooLarge(limit))
+        }
+        Ok(Err(e)) => Err(Reject::ClientBody(format!(
+            "client request body failed: {e}"
+        ))),
+        Ok(Ok(collected)) => Ok(UpstreamBody::Full(Some(collected.to_bytes()))),
+    }
+}
+
+fn prepare_upstream_headers(
+    headers: &mut http::HeaderMap,
+    conn: &ConnContext,
+    host: Option<HeaderValue>,
+    request_id: &HeaderValue,
+    route: &CompiledRoute,
+    body: &UpstreamBody,
+) {
+    forwarded::strip_hop_by_hop(headers);
+    // The gateway answers `Expect: 100-continue` itself when it reads the body.
+    headers.remove(header::EXPECT);
+    forwarded::set_forwarded(headers, &conn.client_ip, conn.scheme, host.as_ref());
+    if let Some(h) = host {
+        headers.insert(header::HOST, h);
+    }
+    headers.insert(request_id::HEADER, request_id.clone());
+    if let UpstreamBody::Full(data) = body {
+        let len = data.as_ref().map_or(0, |d| d.len());
+        if len > 0 || headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    route.request_headers.apply(headers);
+}
+
+fn classify_upstream_error(e: &hyper_util::client::legacy::Error, upstream: &str) -> Reject {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(body_err) = err.downcast_ref::<RequestBodyError>() {
+            return match body_err {
+                RequestBodyError::TooLarge(n) => Reject::PayloadTooLarge(*n),
+                RequestBodyError::Client(e) => {
+                    Reject::ClientBody(format!("client request body failed: {e}"))
+                }
+            };
+        }
+        source = err.source();
+    }
+    if e.is_connect() {
+        Reject::UpstreamConnect(upstream.to_string())
+    } else {
+        Reject::UpstreamFailed(upstream.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_host_strips_port_and_case() {
+        let h = |s: &str| routing_host(&HeaderValue::from_str(s).unwrap());
+        assert_eq!(h("API.Example.com:8080"), "api.example.com");
+        assert_eq!(h("api.example.com."), "api.example.com");
+        assert_eq!(h("[::1]:8080"), "::1");
+        assert_eq!(h("localhost"), "localhost");
+    }
+}

@@ -1,0 +1,6 @@
+//! Per-route policies. Each is compiled from its config section once per snapshot and then
+//! offers a cheap per-request check or transform.
+
+pub mod header_ops;
+pub mod request_rules;
+pub mod rewrite;

@@ -1,0 +1,99 @@
+//! Every response the gateway produces itself on a refused or failed request goes through here,
+//! so each has the right status and the same JSON shape:
+//! `{"error": "...", "request_id": "..."}`.
+
+use crate::body::ResponseBody;
+use crate::router::normalize::PathError;
+use http::{header, HeaderValue, Response, StatusCode};
+
+#[derive(Debug)]
+pub enum Reject {
+    NoRoute,
+    BadPath(PathError),
+    BadRequest(String),
+    MissingHeader(String),
+    HeadersTooLarge(u64),
+    PayloadTooLarge(u64),
+    UnsupportedMediaType(String),
+    /// The listener's concurrent request limit is reached: shed load instead of queueing.
+    Overloaded,
+    UpstreamConnect(String),
+    UpstreamFailed(String),
+    UpstreamTimeout(u64),
+    ClientBody(String),
+    Status(StatusCode, String),
+}
+
+impl Reject {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::NoRoute => StatusCode::NOT_FOUND,
+            Reject::BadPath(_)
+            | Reject::BadRequest(_)
+            | Reject::MissingHeader(_)
+            | Reject::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Reject::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reject::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::UpstreamConnect(_) | Reject::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Reject::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Reject::Status(s, _) => *s,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Reject::NoRoute => "no route matches this request".into(),
+            Reject::BadPath(e) => e.to_string(),
+            Reject::BadRequest(m) | Reject::ClientBody(m) | Reject::Status(_, m) => m.clone(),
+            Reject::MissingHeader(h) => format!("missing required header {h}"),
+            Reject::HeadersTooLarge(n) => format!("request headers are larger than {n} bytes"),
+            Reject::PayloadTooLarge(n) => format!("request body is larger than {n} bytes"),
+            Reject::UnsupportedMediaType(t) => {
+                format!("content type {t} is not accepted on this route")
+            }
+            Reject::Overloaded => {
+                "gateway is at its concurrent request limit; retry shortly".into()
+            }
+            Reject::UpstreamConnect(u) => format!("cannot connect to upstream {u}"),
+            Reject::UpstreamFailed(u) => {
+                format!("upstream {u} closed the connection without a response")
+            }
+            Reject::UpstreamTimeout(ms) => format!("upstream did not answer within {ms} ms"),
+        }
+    }
+
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let mut resp = json_error(self.status(), &self.message(), request_id);
+        if matches!(self, Reject::Overloaded) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+pub fn json_error(
+    status: StatusCode,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": message,
+        "request_id": request_id.to_str().unwrap_or_default(),
+    });
+    json_response(status, &body)
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
+    let mut bytes = serde_json::to_vec(body).expect("JSON value serialises");
+    bytes.push(b'\n');
+    let mut resp = Response::new(ResponseBody::full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

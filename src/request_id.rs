@@ -1,0 +1,38 @@
+//! `x-request-id`: the client's value is kept when it is a sane token, otherwise one is minted.
+
+use http::{HeaderMap, HeaderValue};
+
+pub const HEADER: &str = "x-request-id";
+const MAX_LEN: usize = 128;
+
+pub fn is_sane(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= MAX_LEN && v.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+pub fn mint() -> HeaderValue {
+    let hex = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&hex).expect("hex is a valid header value")
+}
+
+/// The request id for this request: the client's when sane, else a new one.
+pub fn for_request(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(HEADER) {
+        Some(v) if is_sane(v.as_bytes()) => v.clone(),
+        _ => mint(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sane_ids_are_kept_others_minted() {
+        assert!(is_sane(b"abc-123"));
+        assert!(!is_sane(b""));
+        assert!(!is_sane(b"has space"));
+        assert!(!is_sane(&[b'a'; 129]));
+        assert!(is_sane(&[b'a'; 128]));
+        assert_eq!(mint().len(), 32);
+    }
+}

@@ -1,0 +1,401 @@
+//! The compiled router. Built once per config into hash tables keyed by host and path, so a
+//! request does a handful of lookups (one per host tier and path segment), never a scan of all
+//! routes.
+//!
+//! Precedence, in order: host tier (exact host, then wildcard suffixes longest first, then
+//! routes without hosts) → path (exact, then the longest matching prefix on a segment boundary,
+//! then regex) → routes that list methods before routes that accept any method → routes with
+//! more header predicates first → higher `priority` → earlier in the file.
+
+pub mod explain;
+pub mod normalize;
+
+use crate::config::{Config, HeaderMatch, PathMatch};
+use http::{HeaderMap, HeaderName, Method};
+use regex::{Regex, RegexSet};
+use std::collections::HashMap;
+
+/// What the router looks at in a request.
+pub struct RequestView<'a> {
+    /// Lower-case, without port or trailing dot; empty when the request named no host.
+    pub host: &'a str,
+    /// Normalized path (see `normalize`).
+    pub path: &'a str,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+#[derive(Debug)]
+pub enum PathRule {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl PathRule {
+    pub fn describe(&self) -> String {
+        match self {
+            PathRule::Exact(p) => format!("exact {p}"),
+            PathRule::Prefix(p) => format!("prefix {p}"),
+            PathRule::Regex(r) => format!("regex {}", r.as_str()),
+        }
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathRule::Exact(p) => path == p,
+            PathRule::Prefix(p) => prefix_matches(p, path),
+            PathRule::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// Prefixes match whole segments: `/v1/orders` matches `/v1/orders` and `/v1/orders/7`, never
+/// `/v1/ordersbackup`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+    path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+#[derive(Debug)]
+pub enum HeaderRule {
+    Present(HeaderName),
+    Equals(HeaderName, String),
+    Regex(HeaderName, Regex),
+}
+
+impl HeaderRule {
+    fn compile(h: &HeaderMatch) -> HeaderRule {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).expect("validated header name");
+        match (&h.value, &h.regex) {
+            (Some(v), _) => HeaderRule::Equals(name, v.0.clone()),
+            (None, Some(r)) => HeaderRule::Regex(name, Regex::new(r).expect("validated regex")),
+            (None, None) => HeaderRule::Present(name),
+        }
+    }
+
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        match self {
+            HeaderRule::Present(n) => headers.contains_key(n),
+            HeaderRule::Equals(n, v) => headers
+                .get_all(n)
+                .iter()
+                .any(|x| x.as_bytes() == v.as_bytes()),
+            HeaderRule::Regex(n, r) => headers
+                .get_all(n)
+                .iter()
+                .any(|x| x.to_str().is_ok_and(|s| r.is_match(s))),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            HeaderRule::Present(n) => format!("{n} present"),
+            HeaderRule::Equals(n, v) => format!("{n} = {v:?}"),
+            HeaderRule::Regex(n, r) => format!("{n} ~ /{}/", r.as_str()),
+        }
+    }
+}
+
+/// One route's match criteria in compiled form.
+#[derive(Debug)]
+pub struct RouteMatcher {
+    pub name: String,
+    /// Position in the file (0-based).
+    pub index: usize,
+    pub hosts: Vec<String>,
+    pub path: PathRule,
+    /// `None`: every method.
+    pub methods: Option<Vec<Method>>,
+    pub headers: Vec<HeaderRule>,
+    pub priority: i32,
+}
+
+impl RouteMatcher {
+    pub fn method_matches(&self, m: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|ms| ms.contains(m))
+    }
+
+    /// The first header predicate that fails, if any.
+    pub fn failing_header(&self, headers: &HeaderMap) -> Option<&HeaderRule> {
+        self.headers.iter().find(|h| !h.matches(headers))
+    }
+
+    /// Sort key within one path bucket; smaller wins.
+    fn rank(
+        &self,
+    ) -> (
+        bool,
+        std::cmp::Reverse<usize>,
+        std::cmp::Reverse<i32>,
+        usize,
+    ) {
+        (
+            self.methods.is_none(),
+            std::cmp::Reverse(self.headers.len()),
+            std::cmp::Reverse(self.priority),
+            self.index,
+        )
+    }
+}
+
+/// Routes of one host tier, indexed by path.
+#[derive(Default)]
+struct PathTable {
+    exact: HashMap<String, Vec<usize>>,
+    prefix: HashMap<String, Vec<usize>>,
+    regex_set: Option<RegexSet>,
+    /// Route indices in the order of `regex_set`'s patterns.
+    regex_routes: Vec<usize>,
+}
+
+/// Where a match was found; used by `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tier {
+    ExactHost(String),
+    WildcardHost(String),
+    AnyHost,
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tier::ExactHost(h) => write!(f, "exact host {h}"),
+            Tier::WildcardHost(s) => write!(f, "wildcard host *{s}"),
+            Tier::AnyHost => write!(f, "routes without hosts"),
+        }
+    }
+}
+
+/// Why a candidate that reached the method/header stage was not chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    Method,
+    Header(String),
+}
+
+/// Receives the candidates the router looked at, in order. The request path uses `()`.
+pub trait Trace {
+    fn candidate(&mut self, _route: usize, _tier: &Tier, _rejected: Option<Rejection>) {}
+}
+
+impl Trace for () {}
+
+pub struct Router {
+    routes: Vec<RouteMatcher>,
+    exact_hosts: HashMap<String, PathTable>,
+    /// Keyed by the suffix including its leading dot: `*.api.example.com` → `.api.example.com`.
+    wildcard_hosts: HashMap<String, PathTable>,
+    any_host: PathTable,
+}
+
+impl Router {
+    pub fn compile(config: &Config) -> Router {
+        let routes: Vec<RouteMatcher> = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let m = &r.matcher;
+                RouteMatcher {
+                    name: r.name.value.0.clone(),
+                    index,
+                    hosts: m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    path: compile_path(&m.path),
+                    methods: m.methods.as_ref().map(|ms| {
+                        ms.iter()
+                            .map(|s| Method::from_bytes(s.as_bytes()).expect("validated method"))
+                            .collect()
+                    }),
+                    headers: m.headers.iter().map(|h| HeaderRule::compile(h)).collect(),
+                    priority: r.priority,
+                }
+            })
+            .collect();
+
+        let mut exact_hosts: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard_hosts: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_host = Vec::new();
+        for r in &routes {
+            if r.hosts.is_empty() {
+                any_host.push(r.index);
+            }
+            for h in &r.hosts {
+                match h.strip_prefix('*') {
+                    Some(suffix) => wildcard_hosts
+                        .entry(suffix.to_string())
+                        .or_default()
+                        .push(r.index),
+                    None => exact_hosts.entry(h.clone()).or_default().push(r.index),
+                }
+            }
+        }
+        let build = |ids: Vec<usize>| PathTable::build(&routes, ids);
+        Router {
+            exact_hosts: exact_hosts
+                .into_iter()
+                .map(|(k, v)| (k, build(v)))
+                .collect(),
+            wildcard_hosts: wildcard_hosts
+                .into_iter()
+                .map(|(k, v)| (k, build(v)))
+                .collect(),
+            any_host: build(any_host),
+            routes,
+        }
+    }
+
+    pub fn routes(&self) -> &[RouteMatcher] {
+        &self.routes
+    }
+
+    /// The index of the route for this request, if any.
+    pub fn route(&self, req: &RequestView) -> Option<usize> {
+        self.route_traced(req, &mut ())
+    }
+
+    pub fn route_traced(&self, req: &RequestView, trace: &mut impl Trace) -> Option<usize> {
+        if !req.host.is_empty() {
+            if let Some(t) = self.exact_hosts.get(req.host) {
+                if let Some(r) = t.find(
+                    &self.routes,
+                    req,
+                    &Tier::ExactHost(req.host.to_string()),
+                    trace,
+                ) {
+                    return Some(r);
+                }
+            }
+            if !self.wildcard_hosts.is_empty() {
+                // Longest suffix first: for a.b.example.com try .b.example.com, then .example.com, ...
+                for (i, _) in req.host.match_indices('.') {
+                    let suffix = &req.host[i..];
+                    if let Some(t) = self.wildcard_hosts.get(suffix) {
+                        if let Some(r) = t.find(
+                            &self.routes,
+                            req,
+                            &Tier::WildcardHost(suffix.to_string()),
+                            trace,
+                        ) {
+                            return Some(r);
+                        }
+                    }
+                }
+            }
+        }
+        self.any_host.find(&self.routes, req, &Tier::AnyHost, trace)
+    }
+}
+
+fn compile_path(p: &PathMatch) -> PathRule {
+    match (&p.exact, &p.prefix, &p.regex) {
+        (Some(e), _, _) => PathRule::Exact(e.0.clone()),
+        (_, Some(pre), _) => {
+            let pre = if pre.len() > 1 {
+                pre.trim_end_matches('/')
+            } else {
+                pre
+            };
+            PathRule::Prefix(pre.to_string())
+        }
+        (_, _, Some(r)) => PathRule::Regex(Regex::new(r).expect("validated regex")),
+        _ => unreachable!("validated: exactly one path rule"),
+    }
+}
+
+impl PathTable {
+    fn build(routes: &[RouteMatcher], ids: Vec<usize>) -> PathTable {
+        let mut t = PathTable::default();
+        let mut patterns = Vec::new();
+        for id in ids {
+            match &routes[id].path {
+                PathRule::Exact(p) => t.exact.entry(p.clone()).or_default().push(id),
+                PathRule::Prefix(p) => t.prefix.entry(p.clone()).or_default().push(id),
+                PathRule::Regex(r) => {
+                    patterns.push(r.as_str().to_string());
+                    t.regex_routes.push(id);
+                }
+            }
+        }
+        let rank = |a: &usize, b: &usize| routes[*a].rank().cmp(&routes[*b].rank());
+        for v in t.exact.values_mut().chain(t.prefix.values_mut()) {
+            v.sort_by(rank);
+        }
+        if !patterns.is_empty() {
+            t.regex_set = Some(RegexSet::new(&patterns).expect("validated regexes"));
+        }
+        t
+    }
+
+    fn find(
+        &self,
+        routes: &[RouteMatcher],
+        req: &RequestView,
+        tier: &Tier,
+        trace: &mut impl Trace,
+    ) -> Option<usize> {
+        let pick =
+            |ids: &[usize], trace: &mut dyn FnMut(usize, Option<Rejection>)| -> Option<usize> {
+                for &id in ids {
+                    let r = &routes[id];
+                    if !r.method_matches(req.method) {
+                        trace(id, Some(Rejection::Method));
+                        continue;
+                    }
+                    if let Some(h) = r.failing_header(req.headers) {
+                        trace(id, Some(Rejection::Header(h.describe())));
+                        continue;
+                    }
+                    trace(id, None);
+                    return Some(id);
+                }
+                None
+            };
+        let mut report = |id: usize, rej: Option<Rejection>| trace.candidate(id, tier, rej);
+
+        if let Some(ids) = self.exact.get(req.path) {
+            if let Some(id) = pick(ids, &mut report) {
+                return Some(id);
+            }
+        }
+        if !self.prefix.is_empty() {
+            // Walk the path's segment-boundary prefixes from longest to shortest; stored
+            // prefixes have no trailing slash, so `/a/b/` starts at `/a/b`.
+            let mut candidate = match req.path.trim_end_matches('/') {
+                "" => "/",
+                p => p,
+            };
+            loop {
+                if let Some(ids) = self.prefix.get(candidate) {
+                    if let Some(id) = pick(ids, &mut report) {
+                        return Some(id);
+                    }
+                }
+                if candidate == "/" {
+                    break;
+                }
+                candidate = match candidate.rfind('/') {
+                    Some(0) | None => "/",
+                    Some(i) => &candidate[..i],
+                };
+            }
+        }
+        if let Some(set) = &self.regex_set {
+            let mut ids: Vec<usize> = set
+                .matches(req.path)
+                .iter()
+                .map(|i| self.regex_routes[i])
+                .collect();
+            if !ids.is_empty() {
+                ids.sort_by(|a, b| routes[*a].rank().cmp(&routes[*b].rank()));
+                if let Some(id) = pick(&ids, &mut report) {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+}

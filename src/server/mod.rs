@@ -1,0 +1,300 @@
+//! Listeners: accept with a connection limit, serve HTTP/1.1 and h2c on each connection with
+//! the listener's limits, close idle connections, and drain on shutdown.
+
+mod io;
+
+use crate::admin;
+use crate::gateway::Gateway;
+use crate::pipeline;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use io::{Activity, ActivityIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+/// Per-listener counters shared by its connections.
+pub struct ListenerRuntime {
+    pub name: String,
+    connections: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// Releases a listener request slot when the request's handler finishes.
+pub struct RequestSlot<'a>(&'a AtomicU64);
+
+impl Drop for RequestSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ListenerRuntime {
+    /// Takes a concurrent-request slot, or `None` when the listener is at `limit`.
+    pub fn begin_request(&self, limit: u64) -> Option<RequestSlot<'_>> {
+        let before = self.requests.fetch_add(1, Ordering::Relaxed);
+        let slot = RequestSlot(&self.requests);
+        (before < limit).then_some(slot)
+    }
+}
+
+/// What a request handler knows about its connection.
+pub struct ConnContext {
+    pub gateway: Arc<Gateway>,
+    pub listener: Arc<ListenerRuntime>,
+    pub client_ip: String,
+    pub scheme: &'static str,
+    /// Requests in flight on this connection (the idle timer never closes a busy connection).
+    inflight: AtomicUsize,
+}
+
+/// Counts live connections so shutdown can wait for them to drain.
+#[derive(Default)]
+pub struct ConnTracker {
+    live: AtomicUsize,
+    drained: Notify,
+}
+
+struct ConnGuard(Arc<ConnTracker>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+impl ConnTracker {
+    fn enter(self: &Arc<Self>) -> ConnGuard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(Arc::clone(self))
+    }
+
+    async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A started gateway: bound addresses and the handle to stop it.
+pub struct Running {
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tracker: Arc<ConnTracker>,
+}
+
+impl Running {
+    /// The bound address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
+    /// `drain` for them. Returns false if connections were still open at the deadline.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        tokio::time::timeout(drain, self.tracker.wait_drained())
+            .await
+            .is_ok()
+    }
+}
+
+/// Binds every listener and the admin API of the gateway's current config and starts serving.
+pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
+    let snapshot = gateway.snapshot();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tracker = Arc::new(ConnTracker::default());
+    let mut bound = Vec::new();
+    for spec in &snapshot.listeners {
+        let listener = TcpListener::bind(spec.address).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot bind listener {} on {}: {e}",
+                    spec.name, spec.address
+                ),
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        bound.push((spec.name.clone(), addr));
+        let rt = Arc::new(ListenerRuntime {
+            name: spec.name.clone(),
+            connections: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        });
+        tokio::spawn(accept_loop(
+            listener,
+            rt,
+            Arc::clone(&gateway),
+            shutdown_rx.clone(),
+            Arc::clone(&tracker),
+        ));
+    }
+    let admin_listener = TcpListener::bind(snapshot.admin_address)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind admin API on {}: {e}", snapshot.admin_address),
+            )
+        })?;
+    let admin_addr = admin_listener.local_addr()?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&gateway),
+        shutdown_rx,
+    ));
+    gateway.set_ready();
+    Ok(Running {
+        listeners: bound,
+        admin: admin_addr,
+        shutdown: shutdown_tx,
+        tracker,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    rt: Arc<ListenerRuntime>,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    tracker: Arc<ConnTracker>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(listener = %rt.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let limits = match gateway.snapshot().listener(&rt.name) {
+            Some(l) => l.limits.clone(),
+            None => return,
+        };
+        if rt.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            rt.connections.fetch_sub(1, Ordering::AcqRel);
+            // Over max_connections: close at once rather than queue.
+            drop(stream);
+            continue;
+        }
+        let guard = tracker.enter();
+        let ctx = Arc::new(ConnContext {
+            gateway: Arc::clone(&gateway),
+            listener: Arc::clone(&rt),
+            client_ip: peer.ip().to_string(),
+            scheme: "http",
+            inflight: AtomicUsize::new(0),
+        });
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, ctx, &limits, shutdown).await;
+            drop(guard);
+        });
+    }
+}
+
+struct InflightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    ctx: Arc<ConnContext>,
+    limits: &crate::config::ListenerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(ActivityIo::new(stream, Arc::clone(&activity)));
+    // hyper's own buffer is a little larger than the limit so that the pipeline can answer an
+    // oversized head with a JSON 431; heads beyond it get hyper's bare 431.
+    let head_buffer = (limits.max_header_bytes as usize + 4096).max(8192);
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_buf_size(head_buffer)
+        .max_headers(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(head_buffer as u32)
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(Some(256));
+
+    let svc_ctx = Arc::clone(&ctx);
+    let service = service_fn(move |req| {
+        let ctx = Arc::clone(&svc_ctx);
+        async move {
+            ctx.inflight.fetch_add(1, Ordering::Acquire);
+            let _busy = InflightGuard(&ctx.inflight);
+            Ok::<_, Infallible>(pipeline::handle(req, &ctx).await)
+        }
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = idle_expired(&activity, &ctx.inflight, idle), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = shutdown.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+    ctx.listener.connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Resolves once the connection has moved no bytes for `idle` and has no request in flight.
+async fn idle_expired(activity: &Activity, inflight: &AtomicUsize, idle: Duration) {
+    loop {
+        let deadline = activity.last() + idle;
+        if tokio::time::Instant::now() >= deadline {
+            if inflight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::time::sleep(idle.min(Duration::from_secs(1))).await;
+        } else {
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}

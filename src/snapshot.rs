@@ -1,0 +1,228 @@
+//! One config version compiled into an immutable snapshot: the router, each route's policies
+//! and action, the upstreams with their pools. Requests read a snapshot and never change it.
+
+use crate::body::ResponseBody;
+use crate::config::{ListenerLimits, ValidConfig};
+use crate::policy::header_ops::HeaderOps;
+use crate::policy::request_rules::RequestRules;
+use crate::policy::rewrite::Rewrite;
+use crate::router::Router;
+use crate::upstream::balancer::RoundRobin;
+use crate::upstream::pool::{PoolKey, PoolRegistry};
+use crate::upstream::split::{Split, SplitKey};
+use crate::upstream::CompiledUpstream;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub struct DirectResponse {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub headers: HeaderMap,
+}
+
+impl DirectResponse {
+    pub fn respond(&self) -> Response<ResponseBody> {
+        let mut resp = Response::new(ResponseBody::full(self.body.clone()));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers.clone();
+        resp
+    }
+}
+
+pub enum Action {
+    Upstream(usize),
+    Split(Split),
+    Direct(DirectResponse),
+}
+
+pub struct CompiledRoute {
+    pub name: String,
+    pub action: Action,
+    pub rewrite: Option<Rewrite>,
+    pub timeout: Duration,
+    pub request_rules: RequestRules,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    pub limits: ListenerLimits,
+}
+
+pub struct Snapshot {
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    pub checksum: String,
+    pub source: String,
+    pub router: Router,
+    pub routes: Vec<CompiledRoute>,
+    pub upstreams: Vec<CompiledUpstream>,
+    pub listeners: Vec<ListenerSpec>,
+    pub admin_address: SocketAddr,
+    pub admin_token: Option<String>,
+    pub allow_encoded_slashes: bool,
+    pub drain_timeout: Duration,
+    /// The `/admin/routes` document, prepared at load time.
+    pub routes_json: serde_json::Value,
+}
+
+impl Snapshot {
+    pub fn listener(&self, name: &str) -> Option<&ListenerSpec> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}
+
+/// Compiles a validated config. Pools are taken from `pools` when their settings are unchanged.
+pub fn compile(valid: &ValidConfig, version: u64, pools: &mut PoolRegistry) -> Snapshot {
+    let cfg = &valid.config;
+    let upstreams: Vec<CompiledUpstream> = cfg
+        .upstreams
+        .iter()
+        .map(|u| {
+            let key = PoolKey {
+                connect_timeout_ms: u.connect_timeout_ms,
+                pool: u.pool.clone(),
+            };
+            let weights: Vec<u32> = u.targets.iter().map(|t| t.weight.value).collect();
+            CompiledUpstream {
+                name: u.name.value.0.clone(),
+                targets: u
+                    .targets
+                    .iter()
+                    .map(|t| t.address.value.0.clone())
+                    .collect(),
+                balancer: RoundRobin::new(&weights),
+                client: pools.client_for(&u.name.value, key),
+            }
+        })
+        .collect();
+    let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    pools.retain(&names);
+    let upstream_index: HashMap<&str, usize> =
+        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+
+    let routes = cfg
+        .routes
+        .iter()
+        .map(|r| {
+            let action = if let Some(u) = &r.upstream {
+                Action::Upstream(upstream_index[&*u.value.0])
+            } else if let Some(split) = &r.split {
+                let entries: Vec<(u32, usize)> = split
+                    .iter()
+                    .map(|s| (s.weight, upstream_index[&*s.upstream.value.0]))
+                    .collect();
+                let key = r
+                    .split_key
+                    .as_ref()
+                    .map(|k| SplitKey::parse(k).expect("validated split key"));
+                Action::Split(Split::new(&entries, key))
+            } else {
+                let d = r.direct_response.as_ref().expect("validated: one action");
+                let mut headers = HeaderMap::new();
+                for (k, v) in &d.headers {
+                    headers.insert(
+                        HeaderName::from_bytes(k.as_bytes()).expect("validated"),
+                        HeaderValue::from_str(v).expect("validated"),
+                    );
+                }
+                Action::Direct(DirectResponse {
+                    status: StatusCode::from_u16(d.status).expect("validated status"),
+                    body: Bytes::from(d.body.0.clone()),
+                    headers,
+                })
+            };
+            CompiledRoute {
+                name: r.name.value.0.clone(),
+                action,
+                rewrite: r.rewrite.as_ref().map(|rw| Rewrite::compile(rw)),
+                timeout: Duration::from_millis(
+                    r.timeout_ms
+                        .as_ref()
+                        .map_or(cfg.defaults.timeout_ms.value, |t| t.value),
+                ),
+                request_rules: RequestRules::compile(&r.request, cfg.defaults.max_body_bytes),
+                request_headers: HeaderOps::compile(&r.headers.request),
+                response_headers: HeaderOps::compile(&r.headers.response),
+            }
+        })
+        .collect();
+
+    Snapshot {
+        version,
+        loaded_at: SystemTime::now(),
+        checksum: valid.checksum.clone(),
+        source: valid.source.clone(),
+        router: Router::compile(cfg),
+        routes,
+        upstreams,
+        listeners: cfg
+            .listeners
+            .iter()
+            .map(|l| ListenerSpec {
+                name: l.name.value.0.clone(),
+                address: l.address.parse().expect("validated address"),
+                limits: l.limits.clone(),
+            })
+            .collect(),
+        admin_address: cfg.admin.address.parse().expect("validated address"),
+        admin_token: cfg.admin.token.as_ref().map(|t| t.0.clone()),
+        allow_encoded_slashes: cfg.defaults.allow_encoded_slashes,
+        drain_timeout: Duration::from_millis(cfg.defaults.drain_timeout_ms),
+        routes_json: routes_document(valid),
+    }
+}
+
+/// Header names whose configured values are secrets and are never shown by the admin API.
+fn is_secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "authorization"
+        || n == "cookie"
+        || ["token", "secret", "key", "password", "auth"]
+            .iter()
+            .any(|s| n.contains(s))
+}
+
+fn routes_document(valid: &ValidConfig) -> serde_json::Value {
+    let cfg = &valid.config;
+    let routes: Vec<serde_json::Value> = cfg
+        .routes
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r.value).expect("route serialises");
+            // Redact configured header values that carry credentials.
+            for dir in ["request", "response"] {
+                if let Some(set) = v
+                    .pointer_mut(&format!("/headers/{dir}/set"))
+                    .and_then(|s| s.as_object_mut())
+                {
+                    for (k, val) in set.iter_mut() {
+                        if is_secret_header(k) {
+                            *val = serde_json::Value::String("<redacted>".into());
+                        }
+                    }
+                }
+            }
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "timeout_ms".into(),
+                    serde_json::json!(r
+                        .timeout_ms
+                        .as_ref()
+                        .map_or(cfg.defaults.timeout_ms.value, |t| t.value)),
+                );
+                obj.retain(|_, val| !val.is_null());
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({ "routes": routes })
+}
+
+pub type SharedSnapshot = Arc<Snapshot>;
