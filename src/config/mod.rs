@@ -131,17 +131,28 @@ fn refine_lines(text: &str, errors: &mut [ConfigError]) {
         if e.line == 0 || field.is_empty() {
             continue;
         }
+        // Indentation of a line's content, counting a list item's "- " as indentation.
+        let indent = |l: &str| {
+            let spaces = l.len() - l.trim_start().len();
+            let rest = l.trim_start();
+            spaces + (rest.len() - rest.trim_start_matches("- ").len())
+        };
         let is_key_line = |l: &str| {
             let t = l.trim_start().trim_start_matches("- ");
             t.starts_with(field) && t[field.len()..].trim_start().starts_with(':')
         };
         let at = e.line as usize - 1;
-        if lines.get(at).is_some_and(|l| is_key_line(l)) {
+        let Some(here) = lines.get(at) else { continue };
+        if is_key_line(here) {
             continue;
         }
-        if let Some(back) =
-            (1..=2).find(|d| at >= *d && lines.get(at - d).is_some_and(|l| is_key_line(l)))
-        {
+        // Only a parent key (less indented) can own the reported line.
+        if let Some(back) = (1..=2).find(|d| {
+            at >= *d
+                && lines
+                    .get(at - d)
+                    .is_some_and(|l| is_key_line(l) && indent(l) < indent(here))
+        }) {
             e.line -= back as u32;
         }
     }

@@ -424,7 +424,7 @@ fn check_route(
                 c.err(
                     h.line,
                     format!("{hkey}.regex"),
-                    format!("invalid regex: {e}"),
+                    format!("invalid regex: {}", regex_error(&e)),
                 );
             }
         }
@@ -692,7 +692,7 @@ fn check_path_match(c: &mut Checker, p: &Located<PathMatch>, key: String) {
             c.err(
                 p.line,
                 format!("{key}.regex"),
-                format!("invalid regex: {e}"),
+                format!("invalid regex: {}", regex_error(&e)),
             );
         }
     }
@@ -799,5 +799,20 @@ fn check_shadowing(c: &mut Checker, config: &Config) {
                 );
             }
         }
+    }
+}
+
+/// regex's error text spans several lines (pattern, caret, message); keep it on one.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let message = text
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .trim_start_matches("error: ");
+    match text.lines().nth(1) {
+        Some(pattern) => format!("{message} in `{}`", pattern.trim()),
+        None => message.to_string(),
     }
 }

@@ -1,0 +1,212 @@
+//! The command line: `validate` reports every error with its line, `explain` shows the router's
+//! decision, `--version` prints the version.
+
+use std::process::Command;
+
+fn portcullis(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const BROKEN: &str = r#"listeners:
+  - name: public
+    address: 127.0.0.1:8080
+admin:
+  address: 127.0.0.1:8080
+upstreams:
+  - name: Orders_V1
+    targets:
+      - address: 127.0.0.1:9001
+routes:
+  - name: orders
+    match:
+      path: { prefix: v1/orders }
+    upstream: orders-v9
+    timeout_ms: 120000
+    auth: none
+  - name: split
+    match:
+      path: { regex: "^/v1/(" }
+    split:
+      - { upstream: Orders_V1, weight: 9000 }
+    auth: none
+  - name: public
+    match:
+      path: { prefix: /v1/public }
+    upstream: Orders_V1
+  - name: public-twin
+    match:
+      path: { prefix: /v1/public }
+    upstream: Orders_V1
+    auth: none
+  - name: public
+    match:
+      path: { exact: /x }
+    direct_response: { status: 200 }
+    auth: none
+  - name: retried
+    match:
+      path: { exact: /r }
+    upstream: Orders_V1
+    auth: none
+    retries:
+      attempts: 5
+"#;
+
+#[test]
+fn validate_prints_every_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, BROKEN).unwrap();
+    let (code, out, _) = portcullis(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let f = file.display().to_string();
+    let expected = [
+        (5, "admin.address", "must not share an address"),
+        (7, "upstreams[0].name", "kebab-case"),
+        (13, "routes[0].match.path.prefix", "must start with `/`"),
+        (14, "routes[0].upstream", "unknown upstream `orders-v9`"),
+        (15, "routes[0].timeout_ms", "above the 60000 ms maximum"),
+        (19, "routes[1].match.path.regex", "invalid regex"),
+        (20, "routes[1].split", "must add up to 10000"),
+        (23, "routes[2].auth", "no `auth`"),
+        (27, "routes[3]", "shadowed by route `public`"),
+        (32, "routes[4].name", "duplicate route name `public`"),
+        (42, "routes[5].retries", "not supported yet"),
+        (43, "routes[5].retries.attempts", "retry storm"),
+    ];
+    for (line, key, text) in expected {
+        let prefix = format!("{f}:{line}: {key}: ");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(text)),
+            "no `{prefix}…{text}…` in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn validate_reports_parse_errors_with_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(&file, "listeners:\n  - name: public\n    address: 127.0.0.1:8080\n    adress_typo: 1\nadmin:\n  address: 127.0.0.1:9901\n").unwrap();
+    let (code, out, _) = portcullis(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!("{}:4:", file.display())) && out.contains("adress_typo"),
+        "{out}"
+    );
+
+    std::fs::write(
+        &file,
+        "listeners: []\nadmin:\n  address: ${PORTCULLIS_TEST_UNSET_VARIABLE}\n",
+    )
+    .unwrap();
+    let (code, out, _) = portcullis(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(":3:") && out.contains("PORTCULLIS_TEST_UNSET_VARIABLE"),
+        "{out}"
+    );
+}
+
+#[test]
+fn env_variables_are_expanded_in_quoted_and_plain_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env.yaml");
+    std::fs::write(
+        &file,
+        "listeners:\n  - name: public\n    address: \"${PORTCULLIS_TEST_HOST}:8080\"\nadmin:\n  address: ${PORTCULLIS_TEST_HOST}:9901\n  # token: ${NOT_SET_BUT_COMMENTED}\ndefaults: { auth: none }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", file.to_str().unwrap()])
+        .env("PORTCULLIS_TEST_HOST", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn explain_shows_the_winner_and_why_others_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        r#"listeners: [{ name: public, address: 127.0.0.1:8080 }]
+admin: { address: 127.0.0.1:9901 }
+defaults: { auth: none }
+routes:
+  - name: v1-all
+    match: { path: { prefix: /v1 } }
+    direct_response: { status: 200 }
+  - name: v1-admin
+    match: { path: { prefix: /v1/admin }, methods: [GET] }
+    direct_response: { status: 200 }
+  - name: other-host
+    match: { hosts: [other.example.com], path: { prefix: / } }
+    direct_response: { status: 200 }
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, _) = portcullis(&[
+        "explain",
+        "-c",
+        f,
+        "GET",
+        "http://api.example.com/v1/x/../admin/users",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("path=/v1/admin/users"), "{out}");
+    assert!(out.contains("matched: v1-admin"), "{out}");
+    assert!(
+        out.contains("v1-all: lost: `v1-admin` has a longer prefix"),
+        "{out}"
+    );
+    assert!(
+        out.contains("other-host: host api.example.com does not match"),
+        "{out}"
+    );
+
+    let (code, out, _) = portcullis(&[
+        "explain",
+        "-c",
+        f,
+        "POST",
+        "/v1/admin",
+        "-H",
+        "Host: api.example.com",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("matched: v1-all"), "{out}");
+    assert!(
+        out.contains("v1-admin: method POST not in its method list"),
+        "{out}"
+    );
+
+    let (code, out, _) = portcullis(&["explain", "-c", f, "GET", "/v1/a%2Fb"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("refused: 400"), "{out}");
+}
+
+#[test]
+fn version_is_printed() {
+    let (code, out, _) = portcullis(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("portcullis ") && out.contains(env!("CARGO_PKG_VERSION")),
+        "{out}"
+    );
+}

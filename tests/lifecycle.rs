@@ -1,0 +1,280 @@
+//! Reload and shutdown: atomic swaps under load, refused reloads that keep the old config,
+//! SIGHUP, SIGTERM with draining, and the admin API.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn marked_config(up: &Upstream, marker: &str, valid: bool) -> String {
+    let upstream_ref = if valid { "up" } else { "missing-upstream" };
+    format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: all\n    match: {{ path: {{ prefix: / }} }}\n    upstream: {upstream_ref}\n    headers:\n      response:\n        set: {{ x-config-marker: \"{marker}\" }}\n",
+        up.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_every_200ms_under_load_loses_no_request_and_never_mixes_versions() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&marked_config(&up, "0", true)).await;
+    let applied = Arc::new(AtomicU64::new(0)); // marker known to be in force
+    let attempted = Arc::new(AtomicU64::new(0)); // newest marker a reload may have installed
+    let stop = Arc::new(AtomicBool::new(false));
+    let run_for = Duration::from_secs(20);
+
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, applied, attempted, stop) = (
+            gw.url("/work"),
+            applied.clone(),
+            attempted.clone(),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut last) = (0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                let lo = applied.load(Ordering::SeqCst);
+                let r = get(&c, &url, &[]).await;
+                let hi = attempted.load(Ordering::SeqCst);
+                assert_eq!(r.status, 200, "request failed during reloads: {}", r.text());
+                let marker: u64 = r.headers["x-config-marker"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .expect("marker from a valid config");
+                assert!(
+                    marker >= lo && marker <= hi,
+                    "response from config {marker}, in force: {lo}..={hi}"
+                );
+                assert!(marker >= last, "went back from config {last} to {marker}");
+                last = marker;
+                ok += 1;
+            }
+            ok
+        }));
+    }
+
+    let admin = client();
+    let reload_url = format!("http://{}/admin/reload", gw.admin);
+    let started = Instant::now();
+    let (mut good, mut bad, mut n) = (0, 0, 0u64);
+    while started.elapsed() < run_for {
+        n += 1;
+        let valid = n % 2 == 0;
+        if valid {
+            attempted.store(n, Ordering::SeqCst);
+        }
+        gw.write_config(&marked_config(
+            &up,
+            &if valid {
+                n.to_string()
+            } else {
+                format!("invalid-{n}")
+            },
+            valid,
+        ));
+        let r = send(
+            &admin,
+            http::Request::post(&reload_url)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        if valid {
+            assert_eq!(r.status, 200, "{}", r.text());
+            applied.store(n, Ordering::SeqCst);
+            good += 1;
+        } else {
+            assert_eq!(r.status, 422, "{}", r.text());
+            let errors = r.json()["errors"].to_string();
+            assert!(errors.contains("unknown upstream"), "{errors}");
+            bad += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for c in clients {
+        total += c.await.expect("client task panicked");
+    }
+    eprintln!("{total} requests, {good} valid and {bad} invalid reloads");
+    assert!(
+        good >= 40 && bad >= 40,
+        "{good} valid, {bad} invalid reloads"
+    );
+    assert!(total > 1000, "only {total} requests in 20 s");
+    assert_eq!(gw.gateway.snapshot().version, 1 + good as u64);
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_the_running_config_and_reports_every_error() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&marked_config(&up, "1", true)).await;
+    let before = gw.gateway.snapshot();
+    gw.write_config("listeners: [{ name: public, address: \"127.0.0.1:0\" }]\nadmin: { address: \"127.0.0.1:0\" }\nroutes:\n  - name: Bad_Name\n    match: { path: { prefix: nope } }\n    upstream: ghost\n");
+    let errors = gw
+        .gateway
+        .reload()
+        .await
+        .expect_err("invalid config must be refused");
+    let text = errors.to_string();
+    for want in [
+        "kebab-case",
+        "must start with `/`",
+        "unknown upstream `ghost`",
+        "no `auth`",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let after = gw.gateway.snapshot();
+    assert_eq!(after.version, before.version);
+    assert_eq!(after.checksum, before.checksum);
+    let r = get(&client(), &gw.url("/x"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-config-marker"], "1");
+    // Reloading an identical file changes nothing.
+    gw.write_config(&marked_config(&up, "1", true));
+    let applied = gw.gateway.reload().await.unwrap();
+    assert!(!applied.changed);
+    assert_eq!(applied.version, before.version);
+}
+
+#[tokio::test]
+async fn admin_api_reports_version_routes_and_health() {
+    let up = Upstream::start("up").await;
+    let yaml = format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\", token: \"0123456789abcdef-admin\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: all\n    match: {{ path: {{ prefix: / }} }}\n    upstream: up\n    headers:\n      request:\n        set: {{ authorization: \"Bearer upstream-secret\", x-plain: visible }}\n",
+        up.addr
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let admin = |p: &str| format!("http://{}{p}", gw.admin);
+    let auth = ("authorization", "Bearer 0123456789abcdef-admin");
+
+    assert_eq!(get(&c, &admin("/health/live"), &[]).await.status, 200);
+    assert_eq!(get(&c, &admin("/health/ready"), &[]).await.status, 200);
+    get(&c, &admin("/admin/config-version"), &[])
+        .await
+        .assert_gateway_error(401);
+    get(
+        &c,
+        &admin("/admin/config-version"),
+        &[("authorization", "Bearer wrong")],
+    )
+    .await
+    .assert_gateway_error(401);
+
+    let v = get(&c, &admin("/admin/config-version"), &[auth])
+        .await
+        .json();
+    assert_eq!(v["config_version"], 1);
+    assert!(v["checksum"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        v["checksum"].as_str().unwrap(),
+        gw.gateway.snapshot().checksum
+    );
+    assert!(
+        humantime::parse_rfc3339(v["loaded_at"].as_str().unwrap()).is_ok(),
+        "{v}"
+    );
+
+    let routes = get(&c, &admin("/admin/routes"), &[auth]).await;
+    assert_eq!(routes.status, 200);
+    let text = routes.text();
+    assert!(text.contains("\"name\":\"all\""), "{text}");
+    assert!(text.contains("visible"), "{text}");
+    assert!(!text.contains("upstream-secret"), "secret shown: {text}");
+    assert!(
+        !text.contains("0123456789abcdef-admin"),
+        "admin token shown: {text}"
+    );
+
+    let reload = send(
+        &c,
+        http::Request::post(admin("/admin/reload"))
+            .header(auth.0, auth.1)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reload.status, 200);
+    assert_eq!(reload.json()["status"], "unchanged");
+    get(&c, &admin("/nope"), &[auth])
+        .await
+        .assert_gateway_error(404);
+}
+
+#[test]
+fn checksum_ignores_layout_and_comments() {
+    let a = "listeners: [{ name: public, address: \"127.0.0.1:0\" }]\nadmin: { address: \"127.0.0.1:0\" }\ndefaults: { auth: none }\nroutes:\n  - name: r\n    match: { path: { exact: /x } }\n    direct_response: { status: 200 }\n";
+    let b = "# same config, other layout\nadmin:\n  address: 127.0.0.1:0\nlisteners:\n  - address: 127.0.0.1:0\n    name: public\ndefaults:\n  auth: none\nroutes:\n  - match:\n      path:\n        exact: /x\n    name: r\n    direct_response:\n      status: 200\n";
+    let ca = portcullis::config::load_str(a, "a.yaml").unwrap().checksum;
+    let cb = portcullis::config::load_str(b, "b.yaml").unwrap().checksum;
+    assert_eq!(ca, cb);
+    let c = portcullis::config::load_str(&a.replace("/x", "/y"), "c.yaml")
+        .unwrap()
+        .checksum;
+    assert_ne!(ca, c);
+}
+
+fn process_config(up: &Upstream, marker: &str) -> String {
+    format!(
+        "listeners: [{{ name: public, address: \"{{LISTEN}}\" }}]\nadmin: {{ address: \"{{ADMIN}}\" }}\ndefaults: {{ auth: none, drain_timeout_ms: 5000 }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: all\n    match: {{ path: {{ prefix: / }} }}\n    upstream: up\n    headers: {{ response: {{ set: {{ x-config-marker: \"{marker}\" }} }} }}\n",
+        up.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_sigterm_drains_in_flight_requests_then_exits_0() {
+    let up = Upstream::start("up").await;
+    let mut gw = GatewayProcess::spawn(&process_config(&up, "a"), 1).await;
+    let c = client();
+    assert_eq!(gw.config_version().await, 1);
+
+    // SIGHUP with a valid change.
+    gw.write_config(&process_config(&up, "b"));
+    gw.signal(libc::SIGHUP);
+    let mut version = 1;
+    for _ in 0..100 {
+        version = gw.config_version().await;
+        if version == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(version, 2);
+    assert_eq!(
+        get(&c, &format!("http://{}/x", gw.addr), &[]).await.headers["x-config-marker"],
+        "b"
+    );
+
+    // SIGHUP with a broken file: refused, old config serves.
+    gw.write_config("listeners: [oops");
+    gw.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.config_version().await, 2);
+    assert_eq!(
+        get(&c, &format!("http://{}/x", gw.addr), &[]).await.headers["x-config-marker"],
+        "b"
+    );
+
+    // SIGTERM while a request is in flight: it completes, then the process exits 0.
+    let url = format!("http://{}/sleep/700", gw.addr);
+    let in_flight = {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, &url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal(libc::SIGTERM);
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200, "in-flight request was cut off");
+    assert_eq!(r.text(), "slept");
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

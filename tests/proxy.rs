@@ -1,0 +1,403 @@
+//! Proxying through real sockets: header hygiene, request ids, the gateway's own refusals (each
+//! with its JSON body, and none of them reaching the upstream), and listener limits.
+
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use std::time::Duration;
+use support::*;
+
+fn base(upstreams: &str, routes: &str, limits: &str) -> String {
+    format!(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:0\n{limits}admin:\n  address: 127.0.0.1:0\ndefaults:\n  auth: none\nupstreams:\n{upstreams}routes:\n{routes}"
+    )
+}
+
+fn upstream_yaml(name: &str, addr: std::net::SocketAddr) -> String {
+    format!(
+        "  - name: {name}\n    targets: [{{ address: \"{addr}\" }}]\n    connect_timeout_ms: 500\n"
+    )
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
+    let up = Upstream::start("up").await;
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n    headers:\n      request:\n        set: { x-added: yes }\n        remove: [x-internal-debug]\n      response:\n        remove: [x-upstream]\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
+
+    let req = "GET /echo?a=1 HTTP/1.1\r\nHost: api.test:8080\r\nConnection: keep-alive, x-conn-named\r\nx-conn-named: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x-t\r\nUpgrade: websocket\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 203.0.113.7\r\nx-request-id: client-id-123\r\nx-internal-debug: 1\r\nx-kept: kept\r\nContent-Length: 0\r\n\r\n";
+    let resp = raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let seen = up.last();
+    for h in [
+        "x-conn-named",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "connection",
+        "x-internal-debug",
+    ] {
+        assert!(
+            !seen.headers.contains_key(h),
+            "{h} reached the upstream: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(seen.headers["x-kept"], "kept");
+    assert_eq!(seen.headers["x-added"], "yes");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "api.test:8080");
+    assert_eq!(seen.headers["host"], "api.test:8080");
+    assert_eq!(seen.headers["x-request-id"], "client-id-123");
+    assert_eq!(seen.uri, "/echo?a=1");
+    // Response: the id comes back, the upstream's hop-by-hop headers and removed headers do not.
+    let head = resp.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.contains("x-request-id: client-id-123"), "{head}");
+    assert!(!head.contains("keep-alive: timeout"), "{head}");
+    assert!(!head.contains("x-upstream:"), "{head}");
+}
+
+#[tokio::test]
+async fn insane_request_ids_are_replaced() {
+    let up = Upstream::start("up").await;
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
+    let c = client();
+    let long = "a".repeat(129);
+    for bad in [long.as_str(), "has space", ""] {
+        let r = get(&c, &gw.url("/x"), &[("x-request-id", bad)]).await;
+        assert_eq!(r.status, 200);
+        let sent = up.last().headers["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_ne!(sent, bad);
+        assert_eq!(sent.len(), 32);
+        assert_eq!(r.headers["x-request-id"].to_str().unwrap(), sent);
+    }
+    let r = get(&c, &gw.url("/x"), &[]).await;
+    assert_eq!(r.headers["x-request-id"], up.last().headers["x-request-id"]);
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_downstream_to_h1_upstream() {
+    let up = Upstream::start("up").await;
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
+    let r = get(&h2_client(), &gw.url("/over-h2"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["uri"], "/over-h2");
+    assert!(up.last().headers.contains_key("host"));
+}
+
+fn refusals_config(
+    up: &Upstream,
+    dead: std::net::SocketAddr,
+    reset: std::net::SocketAddr,
+) -> String {
+    let upstreams = format!(
+        "{}{}{}",
+        upstream_yaml("up", up.addr),
+        upstream_yaml("dead", dead),
+        upstream_yaml("reset", reset)
+    );
+    let routes = r#"  - name: shaped
+    match: { path: { prefix: /shaped } }
+    upstream: up
+    request:
+      max_body_bytes: 1000
+      content_types: [application/json, "text/*"]
+      required_headers: [x-tenant]
+  - name: big
+    match: { path: { prefix: /big } }
+    upstream: up
+    request:
+      max_body_bytes: 2000000
+  - name: slow
+    match: { path: { prefix: /sleep } }
+    upstream: up
+    timeout_ms: 300
+  - name: dead
+    match: { path: { prefix: /dead } }
+    upstream: dead
+  - name: reset
+    match: { path: { prefix: /reset } }
+    upstream: reset
+"#;
+    let limits = "    limits: { max_header_bytes: 2048 }\n";
+    base(&upstreams, routes, limits)
+}
+
+fn post(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Request<Full<Bytes>> {
+    let mut b = Request::post(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body))).unwrap()
+}
+
+#[tokio::test]
+async fn refusals_have_the_right_status_and_json_body_and_never_reach_the_upstream() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&refusals_config(
+        &up,
+        closed_port(),
+        closing_upstream().await,
+    ))
+    .await;
+    let c = client();
+    let json = ("content-type", "application/json");
+    let tenant = ("x-tenant", "acme");
+
+    // Accepted: the control case reaches the upstream.
+    let ok = send(
+        &c,
+        post(&gw.url("/shaped"), &[json, tenant], b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(up.count(), 1);
+
+    // 413 by Content-Length.
+    send(
+        &c,
+        post(&gw.url("/shaped"), &[json, tenant], vec![b'a'; 1001]),
+    )
+    .await
+    .assert_gateway_error(413);
+    // 415: wrong or missing content type.
+    send(
+        &c,
+        post(
+            &gw.url("/shaped"),
+            &[("content-type", "application/xml"), tenant],
+            b"<a/>".to_vec(),
+        ),
+    )
+    .await
+    .assert_gateway_error(415);
+    send(&c, post(&gw.url("/shaped"), &[tenant], b"{}".to_vec()))
+        .await
+        .assert_gateway_error(415);
+    // text/* matches any text type.
+    assert_eq!(
+        send(
+            &c,
+            post(
+                &gw.url("/shaped"),
+                &[("content-type", "text/plain; charset=utf-8"), tenant],
+                b"hi".to_vec()
+            )
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(up.count(), 2);
+    // 400: missing required header.
+    send(&c, post(&gw.url("/shaped"), &[json], b"{}".to_vec()))
+        .await
+        .assert_gateway_error(400);
+    // 404: no route.
+    get(&c, &gw.url("/nowhere"), &[])
+        .await
+        .assert_gateway_error(404);
+    // 431: request head over max_header_bytes.
+    let big = "v".repeat(3000);
+    get(&c, &gw.url("/shaped"), &[("x-big", &big)])
+        .await
+        .assert_gateway_error(431);
+    assert_eq!(up.count(), 2, "a refused request reached the upstream");
+
+    // 413 for a chunked body that grows past the limit mid-stream (small limit: read first,
+    // so the upstream sees nothing at all).
+    let chunked = format!(
+        "POST /shaped HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-tenant: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}",
+        "1f4\r\n".to_string() + &"a".repeat(500) + "\r\n" + "1f4\r\n" + &"a".repeat(500) + "\r\n" + "1f4\r\n" + &"a".repeat(500) + "\r\n0\r\n\r\n"
+    );
+    let resp = raw(gw.addr, chunked.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&resp), 413, "{resp}");
+    assert!(raw_json(&resp)["request_id"].is_string());
+    assert_eq!(up.count(), 2);
+    assert_eq!(up.arrivals.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // 413 for a chunked body past a large limit (streamed): the upstream never receives a
+    // complete request.
+    let uploads_before = up
+        .completed_uploads
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let mut chunked = String::from("POST /big/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    let chunk = "a".repeat(65536);
+    for _ in 0..40 {
+        chunked.push_str(&format!("10000\r\n{chunk}\r\n"));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let resp = raw(gw.addr, chunked.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(raw_status(&resp), 413, "{}", &resp[..resp.len().min(300)]);
+    assert!(raw_json(&resp)["error"].is_string());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        up.completed_uploads
+            .load(std::sync::atomic::Ordering::SeqCst),
+        uploads_before
+    );
+
+    // 502: connection refused, and a connection closed without a response.
+    get(&c, &gw.url("/dead"), &[])
+        .await
+        .assert_gateway_error(502);
+    get(&c, &gw.url("/reset"), &[])
+        .await
+        .assert_gateway_error(502);
+    // 504: the route's timeout.
+    let started = std::time::Instant::now();
+    get(&c, &gw.url("/sleep/3000"), &[])
+        .await
+        .assert_gateway_error(504);
+    assert!(started.elapsed() < Duration::from_millis(2500));
+}
+
+#[tokio::test]
+async fn concurrent_request_limit_sheds_load_with_503_and_retry_after() {
+    let up = Upstream::start("up").await;
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
+    let limits = "    limits: { max_concurrent_requests: 1 }\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, limits)).await;
+    let c = client();
+    let url = gw.url("/sleep/800");
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, &url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = up.count();
+    let shed = get(&c, &gw.url("/fast"), &[]).await;
+    shed.assert_gateway_error(503);
+    assert_eq!(shed.headers["retry-after"], "1");
+    assert_eq!(up.count(), before, "a shed request reached the upstream");
+    assert_eq!(slow.await.unwrap().status, 200);
+    // The slot is free again.
+    assert_eq!(get(&c, &gw.url("/fast"), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn max_connections_closes_extra_connections() {
+    let up = Upstream::start("up").await;
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
+    let limits = "    limits: { max_connections: 2 }\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, limits)).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let b = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("closed promptly");
+    assert!(matches!(n, Ok(0) | Err(_)), "third connection was served");
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = raw(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(raw_status(&r), 200, "{r}");
+}
+
+#[tokio::test]
+async fn slow_loris_and_idle_connections_are_closed() {
+    let up = Upstream::start("up").await;
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
+    let limits = "    limits: { header_read_timeout_ms: 300, idle_timeout_ms: 500 }\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, limits)).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Slow loris: a head that never completes is cut off after the header read timeout.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "slow-loris connection was not closed");
+    assert!(started.elapsed() < Duration::from_millis(2000));
+    assert_eq!(up.count(), 0);
+
+    // Idle keep-alive connection: closed after idle_timeout_ms without traffic.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 4096];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "idle connection was not closed");
+    let idle_for = started.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(300) && idle_for < Duration::from_millis(3000),
+        "{idle_for:?}"
+    );
+
+    // A request that is slower than the idle timeout is not cut off while in flight.
+    let r = get(&client(), &gw.url("/sleep/900"), &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn direct_response_and_rewrites() {
+    let up = Upstream::start("up").await;
+    let routes = r#"  - name: health
+    match: { path: { exact: /healthz } }
+    direct_response: { status: 203, body: "fine", headers: { content-type: text/plain, x-a: b } }
+  - name: strip
+    match: { path: { prefix: /v1 } }
+    upstream: up
+    rewrite: { strip_prefix: /v1 }
+  - name: replace
+    match: { path: { prefix: /old } }
+    upstream: up
+    rewrite: { replace_prefix: { from: /old, to: /internal/new } }
+"#;
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
+    let c = client();
+    let r = get(&c, &gw.url("/healthz"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (203, "fine"));
+    assert_eq!(r.headers["x-a"], "b");
+    assert!(r.headers.contains_key("x-request-id"));
+    assert_eq!(up.count(), 0);
+    get(&c, &gw.url("/v1/orders/7?x=1"), &[]).await;
+    assert_eq!(up.last().uri, "/orders/7?x=1");
+    get(&c, &gw.url("/v1"), &[]).await;
+    assert_eq!(up.last().uri, "/");
+    get(&c, &gw.url("/old/a"), &[]).await;
+    assert_eq!(up.last().uri, "/internal/new/a");
+}
+
+#[tokio::test]
+async fn weighted_round_robin_across_targets() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let upstreams = format!(
+        "  - name: up\n    targets:\n      - {{ address: \"{}\", weight: 3 }}\n      - {{ address: \"{}\", weight: 1 }}\n",
+        a.addr, b.addr
+    );
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
+    let gw = TestGateway::start(&base(&upstreams, routes, "")).await;
+    let c = client();
+    for _ in 0..400 {
+        assert_eq!(get(&c, &gw.url("/x"), &[]).await.status, 200);
+    }
+    assert_eq!((a.count(), b.count()), (300, 100));
+}

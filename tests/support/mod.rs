@@ -1,0 +1,525 @@
+//! Shared helpers for the end-to-end tests: real in-process upstreams, a gateway started from a
+//! YAML string on random ports, and small HTTP clients (hyper for ordinary requests, raw TCP for
+//! exact bytes on the wire).
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::gateway::Gateway;
+use portcullis::server::Running;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+}
+
+/// A real HTTP/1.1 + h2c upstream on 127.0.0.1 with a few behaviours chosen by path:
+/// `/status/N`, `/sleep/MS`, `/download/BYTES`, `/upload` (counts the body), anything else
+/// echoes. Every response carries `x-upstream: NAME`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Requests whose body was read to the end.
+    pub completed_uploads: Arc<AtomicU64>,
+    /// Requests that arrived (counted before the body is read).
+    pub arrivals: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Upstream {
+            addr,
+            name: name.to_string(),
+            seen: Arc::new(Mutex::new(Vec::new())),
+            completed_uploads: Arc::new(AtomicU64::new(0)),
+            arrivals: Arc::new(AtomicU64::new(0)),
+        };
+        let (seen, uploads, arrivals, name) = (
+            up.seen.clone(),
+            up.completed_uploads.clone(),
+            up.arrivals.clone(),
+            up.name.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, uploads, arrivals, name) = (
+                    seen.clone(),
+                    uploads.clone(),
+                    arrivals.clone(),
+                    name.clone(),
+                );
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (seen, uploads, arrivals, name) = (
+                            seen.clone(),
+                            uploads.clone(),
+                            arrivals.clone(),
+                            name.clone(),
+                        );
+                        async move {
+                            Ok::<_, Infallible>(
+                                upstream_handle(req, seen, uploads, arrivals, name).await,
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        up
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw a request")
+    }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn upstream_handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    uploads: Arc<AtomicU64>,
+    arrivals: Arc<AtomicU64>,
+    name: String,
+) -> Response<BoxBody> {
+    arrivals.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    // Read the body as a stream, counting bytes, never holding it.
+    let mut body = body;
+    let mut n = 0u64;
+    let mut ok = true;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    n += d.len() as u64;
+                }
+            }
+            Err(_) => {
+                ok = false;
+                break;
+            }
+        }
+    }
+    if !ok {
+        return Response::builder()
+            .status(400)
+            .body(full("body aborted"))
+            .unwrap();
+    }
+    if n > 0 {
+        uploads.fetch_add(1, Ordering::SeqCst);
+    }
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body_len: n,
+    });
+    let builder = Response::builder().header("x-upstream", name.as_str());
+    if let Some(code) = path.strip_prefix("/status/") {
+        let code: u16 = code.parse().unwrap_or(500);
+        return builder
+            .status(code)
+            .body(full(format!("status {code}")))
+            .unwrap();
+    }
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        return builder.body(full("slept")).unwrap();
+    }
+    if let Some(size) = path.strip_prefix("/download/") {
+        let total: u64 = size.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(0u64, move |sent| {
+            let chunk = chunk.clone();
+            async move {
+                if sent >= total {
+                    return None;
+                }
+                let n = (total - sent).min(chunk.len() as u64);
+                Some((
+                    Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.slice(..n as usize))),
+                    sent + n,
+                ))
+            }
+        });
+        return builder
+            .header("content-length", total.to_string())
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+            .unwrap();
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
+        .collect();
+    let echo = serde_json::json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "body_bytes": n,
+    });
+    builder
+        .header("content-type", "application/json")
+        .header("connection", "keep-alive")
+        .header("keep-alive", "timeout=5")
+        .body(full(echo.to_string()))
+        .unwrap()
+}
+
+/// A TCP server that accepts and immediately closes every connection (a "reset" upstream).
+pub async fn closing_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            drop(s);
+        }
+    });
+    addr
+}
+
+/// A 127.0.0.1 port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A gateway started in-process from YAML, on random ports.
+pub struct TestGateway {
+    pub gateway: Arc<Gateway>,
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: std::path::PathBuf,
+}
+
+impl TestGateway {
+    pub async fn start(yaml: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("portcullis.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        let gateway = match Gateway::load(config_path.clone()) {
+            Ok(g) => g,
+            Err(e) => panic!("test config is invalid:\n{e}"),
+        };
+        let running = portcullis::server::start(gateway.clone()).await.unwrap();
+        let addr = running.listeners[0].1;
+        let admin = running.admin;
+        TestGateway {
+            gateway,
+            running: Some(running),
+            addr,
+            admin,
+            dir,
+            config_path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Writes a new config file (for a later reload).
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::write(&self.config_path, yaml).unwrap();
+    }
+}
+
+/// A simple response for assertions.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the gateway's JSON error shape and that its request id matches the header.
+    pub fn assert_gateway_error(&self, status: u16) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        let j = self.json();
+        assert!(
+            j["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "no error message: {j}"
+        );
+        let rid = self
+            .headers
+            .get("x-request-id")
+            .expect("x-request-id header");
+        assert_eq!(j["request_id"].as_str(), Some(rid.to_str().unwrap()), "{j}");
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(client, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes or `wait` passes.
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if complete_response(&out) {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// True once `buf` holds a full response with a Content-Length body.
+fn complete_response(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let len = text[..head_end].lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    match len {
+        Some(n) => buf.len() >= head_end + 4 + n,
+        None => false,
+    }
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn raw_status(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The JSON body of a raw response.
+pub fn raw_json(resp: &str) -> serde_json::Value {
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {resp}"))
+}
+
+/// A free 127.0.0.1 port (bound and released; good enough for tests on loopback).
+pub fn free_addr() -> SocketAddr {
+    closed_port()
+}
+
+/// The `portcullis` binary running as a child process.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    /// `yaml` may use `{LISTEN}` and `{ADMIN}`, replaced with free addresses.
+    pub async fn spawn(yaml: &str, threads: usize) -> GatewayProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, admin) = (free_addr(), free_addr());
+        let config_path = dir.path().join("portcullis.yaml");
+        std::fs::write(
+            &config_path,
+            yaml.replace("{LISTEN}", &addr.to_string())
+                .replace("{ADMIN}", &admin.to_string()),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .args(["--worker-threads", &threads.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start portcullis");
+        let p = GatewayProcess {
+            child,
+            addr,
+            admin,
+            dir,
+            config_path,
+        };
+        let c = client();
+        for _ in 0..100 {
+            let ready = tokio::time::timeout(
+                Duration::from_millis(500),
+                c.request(
+                    Request::get(format!("http://{admin}/health/ready"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                ),
+            )
+            .await;
+            if let Ok(Ok(r)) = ready {
+                if r.status() == 200 {
+                    return p;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway process did not become ready");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the PID of a child this test started.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Resident memory (kB) and its peak, from /proc.
+    pub fn rss_kb(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::write(
+            &self.config_path,
+            yaml.replace("{LISTEN}", &self.addr.to_string())
+                .replace("{ADMIN}", &self.admin.to_string()),
+        )
+        .unwrap();
+    }
+
+    pub async fn config_version(&self) -> u64 {
+        let r = get(
+            &client(),
+            &format!("http://{}/admin/config-version", self.admin),
+            &[],
+        )
+        .await;
+        r.json()["config_version"].as_u64().unwrap()
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
