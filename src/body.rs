@@ -82,7 +82,7 @@ impl Body for UpstreamBody {
 /// The response body sent to the client.
 pub enum ResponseBody {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(crate::upstream::pool::PooledBody),
 }
 
 impl ResponseBody {

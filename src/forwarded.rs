@@ -10,6 +10,18 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// Removes Connection and every header it names, Keep-Alive, TE, Trailer, Transfer-Encoding,
 /// Upgrade and all Proxy-* headers (RFC 9110 §7.6.1).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names is cheaper than hashing each
+    // hop-by-hop name for a removal.
+    let present = headers.keys().any(|k| {
+        let n = k.as_str();
+        matches!(
+            n,
+            "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        ) || n.starts_with("proxy-")
+    });
+    if !present {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -49,14 +61,14 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let previous: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let xff = if previous.is_empty() {
+    let xff = if !headers.contains_key(&X_FORWARDED_FOR) {
         HeaderValue::from_str(client_ip)
     } else {
+        let previous: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         HeaderValue::from_str(&format!("{}, {client_ip}", previous.join(", ")))
     };
     if let Ok(v) = xff {

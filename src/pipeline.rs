@@ -10,7 +10,9 @@ use crate::router::normalize::normalize_path;
 use crate::router::RequestView;
 use crate::server::ConnContext;
 use crate::snapshot::{Action, CompiledRoute, Snapshot};
+use crate::upstream::pool::UpstreamError;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
@@ -50,10 +52,7 @@ async fn run(
 
     // 2. route: host and normalized path against the compiled router.
     let host_value = request_host(&req);
-    let host = host_value
-        .as_ref()
-        .map(|h| routing_host(h))
-        .unwrap_or_default();
+    let host = host_value.as_ref().map(routing_host).unwrap_or_default();
     let path = normalize_path(req.uri().path(), snapshot.allow_encoded_slashes)
         .map_err(Reject::BadPath)?;
     let route_index = snapshot
@@ -95,7 +94,7 @@ async fn run(
         Some(rw) => rw.apply(&path),
         None => path,
     };
-    let uri = upstream_uri(target, &upstream_path, req.uri().query())?;
+    let uri = upstream_path_and_query(&upstream_path, req.uri())?;
     let (mut parts, incoming) = req.into_parts();
     let body = match body_plan {
         BodyPlan::None => UpstreamBody::empty(),
@@ -119,7 +118,7 @@ async fn run(
     let upstream_req = Request::from_parts(parts, body);
 
     // 11. forward, within the route's timeout.
-    let started = tokio::time::timeout(route.timeout, upstream.client.request(upstream_req)).await;
+    let started = tokio::time::timeout(route.timeout, target.send(upstream_req)).await;
     let mut resp = match started {
         Err(_) => return Err(Reject::UpstreamTimeout(route.timeout.as_millis() as u64)),
         Ok(Err(e)) => return Err(classify_upstream_error(&e, &upstream.name)),
@@ -135,7 +134,11 @@ async fn run(
 /// Approximate size of the request head as it arrived: request line plus `name: value\r\n` per
 /// header.
 fn head_size(req: &Request<Incoming>) -> u64 {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let line = req.method().as_str().len()
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
     let headers: usize = req
         .headers()
         .iter()
@@ -168,18 +171,24 @@ fn routing_host(h: &HeaderValue) -> String {
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn upstream_uri(target: &str, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
-    let mut s =
-        String::with_capacity(8 + target.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-    s.push_str("http://");
-    s.push_str(target);
-    s.push_str(path);
-    if let Some(q) = query {
-        s.push('?');
-        s.push_str(q);
-    }
-    s.parse()
-        .map_err(|_| Reject::BadRequest("request target cannot be forwarded".into()))
+/// The origin-form target sent upstream. When the path is unchanged (already normal, not
+/// rewritten) the client's path-and-query is reused as it is.
+fn upstream_path_and_query(path: &str, original: &Uri) -> Result<Uri, Reject> {
+    let path_and_query = match original.path_and_query() {
+        Some(pq) if pq.path() == path => pq.clone(),
+        _ => {
+            let query = original.query();
+            let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+            s.push_str(path);
+            if let Some(q) = query {
+                s.push('?');
+                s.push_str(q);
+            }
+            PathAndQuery::from_maybe_shared(s)
+                .map_err(|_| Reject::BadRequest("request target cannot be forwarded".into()))?
+        }
+    };
+    Ok(Uri::from(path_and_query))
 }
 
 /// Reads a chunked body whose route limit is small, refusing it whole if it is too large.
@@ -233,7 +242,7 @@ fn prepare_upstream_headers(
     route.request_headers.apply(headers);
 }
 
-fn classify_upstream_error(e: &hyper_util::client::legacy::Error, upstream: &str) -> Reject {
+fn classify_upstream_error(e: &UpstreamError, upstream: &str) -> Reject {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(body_err) = err.downcast_ref::<RequestBodyError>() {

@@ -10,8 +10,14 @@ pub fn is_sane(v: &[u8]) -> bool {
 }
 
 pub fn mint() -> HeaderValue {
-    let hex = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&hex).expect("hex is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
 /// The request id for this request: the client's when sane, else a new one.

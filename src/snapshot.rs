@@ -8,7 +8,7 @@ use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
 use crate::router::Router;
 use crate::upstream::balancer::RoundRobin;
-use crate::upstream::pool::{PoolKey, PoolRegistry};
+use crate::upstream::pool::{PoolRegistry, PoolSettings};
 use crate::upstream::split::{Split, SplitKey};
 use crate::upstream::CompiledUpstream;
 use bytes::Bytes;
@@ -85,7 +85,7 @@ pub fn compile(valid: &ValidConfig, version: u64, pools: &mut PoolRegistry) -> S
         .upstreams
         .iter()
         .map(|u| {
-            let key = PoolKey {
+            let settings = PoolSettings {
                 connect_timeout_ms: u.connect_timeout_ms,
                 pool: u.pool.clone(),
             };
@@ -95,15 +95,26 @@ pub fn compile(valid: &ValidConfig, version: u64, pools: &mut PoolRegistry) -> S
                 targets: u
                     .targets
                     .iter()
-                    .map(|t| t.address.value.0.clone())
+                    .map(|t| {
+                        let authority = t
+                            .address
+                            .value
+                            .0
+                            .parse::<http::uri::Authority>()
+                            .expect("validated host:port");
+                        pools.pool_for(&u.name.value, &authority, &settings)
+                    })
                     .collect(),
                 balancer: RoundRobin::new(&weights),
-                client: pools.client_for(&u.name.value, key),
             }
         })
         .collect();
+    let in_use: Vec<_> = upstreams
+        .iter()
+        .flat_map(|u| u.targets.iter().cloned())
+        .collect();
+    pools.retain(&in_use);
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-    pools.retain(&names);
     let upstream_index: HashMap<&str, usize> =
         names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
 

@@ -1,24 +1,24 @@
-//! Upstreams: compiled targets, balancing, splitting, and pooled clients.
+//! Upstreams: compiled targets, balancing, splitting, and pooled connections.
 
 pub mod balancer;
 pub mod pool;
 pub mod split;
 
 use balancer::RoundRobin;
-use pool::UpstreamClient;
+use pool::TargetPool;
+use std::sync::Arc;
 
 /// One upstream in compiled form.
 pub struct CompiledUpstream {
     pub name: String,
-    /// `host:port` of each target, in file order.
-    pub targets: Vec<String>,
+    /// One pool per target, in file order.
+    pub targets: Vec<Arc<TargetPool>>,
     pub balancer: RoundRobin,
-    pub client: UpstreamClient,
 }
 
 impl CompiledUpstream {
-    /// The next target's `host:port`.
-    pub fn pick_target(&self) -> &str {
+    /// The next target.
+    pub fn pick_target(&self) -> &Arc<TargetPool> {
         &self.targets[self.balancer.pick()]
     }
 }

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Plain-proxy benchmark: wrk against (a) the upstream directly, (b) Portcullis, (c) nginx, all
+in front of the same upstream on 127.0.0.1, interleaved round by round.
+
+Each proxy runs one worker thread pinned to CPU 0; wrk and the upstream share CPU 1. For every
+run it prints requests/s, p50/p99 latency and the proxy's CPU time per request (user+sys of the
+proxy process from /proc, divided by the requests wrk completed).
+
+Usage: bench/run [--rounds N] [--duration S] [--connections C]
+Every process it starts is stopped by PID when it ends; all traffic stays on 127.0.0.1.
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BODY = "x" * 63 + "\n"  # 64-byte response body
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on port {port}")
+
+
+def cpu_seconds(pid):
+    """user+sys CPU seconds of a process and all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def nginx_conf(workdir, port, body=None, upstream_port=None):
+    if body is not None:
+        location = f'return 200 "{body.strip()}\\n";'
+        upstream = ""
+    else:
+        location = ("proxy_pass http://backend; proxy_http_version 1.1; "
+                    'proxy_set_header Connection "";')
+        upstream = f"upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
+    return f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx-{port}.pid;
+error_log {workdir}/nginx-{port}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/body-{port};
+  proxy_temp_path {workdir}/proxy-{port};
+  fastcgi_temp_path {workdir}/fcgi-{port};
+  uwsgi_temp_path {workdir}/uwsgi-{port};
+  scgi_temp_path {workdir}/scgi-{port};
+  keepalive_requests 1000000;
+  {upstream}
+  server {{ listen 127.0.0.1:{port}; location / {{ {location} }} }}
+}}
+"""
+
+
+def start_nginx(workdir, name, cpu, **kw):
+    port = free_port()
+    conf = os.path.join(workdir, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(nginx_conf(workdir, port, **kw))
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), "nginx", "-c", conf, "-p", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    # The master forks one worker: that worker does the proxying; measure it.
+    time.sleep(0.3)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    worker = int(children[0]) if children else proc.pid
+    return proc, port, worker
+
+
+def start_portcullis(workdir, upstream_port, cpu):
+    port, admin = free_port(), free_port()
+    conf = os.path.join(workdir, "portcullis.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""
+listeners: [{{ name: public, address: "127.0.0.1:{port}" }}]
+admin: {{ address: "127.0.0.1:{admin}" }}
+defaults: {{ auth: none }}
+upstreams:
+  - name: backend
+    targets: [{{ address: "127.0.0.1:{upstream_port}" }}]
+    pool: {{ max_idle_per_target: 256 }}
+routes:
+  - name: all
+    match: {{ path: {{ prefix: / }} }}
+    upstream: backend
+""")
+    binary = os.path.join(ROOT, "target", "release", "portcullis")
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), binary, "run", "-c", conf, "--worker-threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, RUST_LOG="warn"))
+    wait_port(port)
+    return proc, port, proc.pid
+
+
+def wrk(port, duration, connections, cpu):
+    out = subprocess.run(
+        ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=duration + 30).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    return {
+        "requests": requests, "rps": rps, "p50_ms": pct(50), "p99_ms": pct(99),
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    args = ap.parse_args()
+    if os.cpu_count() < 2:
+        sys.exit("needs 2 CPUs (proxy on CPU 0, wrk and upstream on CPU 1)")
+
+    workdir = tempfile.mkdtemp(prefix="portcullis-bench-")
+    procs = []
+    try:
+        up, up_port, _ = start_nginx(workdir, "upstream", 1, body=BODY)
+        procs.append(up)
+        pc, pc_port, pc_pid = start_portcullis(workdir, up_port, 0)
+        procs.append(pc)
+        ng, ng_port, ng_pid = start_nginx(workdir, "proxy", 0, upstream_port=up_port)
+        procs.append(ng)
+        targets = [("upstream-direct", up_port, None), ("portcullis", pc_port, pc_pid), ("nginx", ng_port, ng_pid)]
+
+        for _, port, _ in targets:  # warm-up: pools, caches
+            wrk(port, 2, args.connections, 1)
+
+        results = {name: [] for name, _, _ in targets}
+        print(f"{'round':>5} {'target':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11}")
+        for rnd in range(1, args.rounds + 1):
+            for name, port, pid in targets:
+                cpu_before = cpu_seconds(pid) if pid else None
+                r = wrk(port, args.duration, args.connections, 1)
+                if pid:
+                    r["cpu_us"] = (cpu_seconds(pid) - cpu_before) / max(r["requests"], 1) * 1e6
+                results[name].append(r)
+                cpu = f"{r['cpu_us']:.1f}" if "cpu_us" in r else "-"
+                bad = f"  non-2xx={r['non2xx']}" if r["non2xx"] else ""
+                bad += f"  socket errors: {r['socket_errors']}" if r["socket_errors"] else ""
+                print(f"{rnd:>5} {name:<16} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {cpu:>11}{bad}",
+                      flush=True)
+
+        print("\nmedian over rounds")
+        print(f"{'target':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11}")
+
+        def median(xs):
+            xs = sorted(xs)
+            return xs[len(xs) // 2]
+
+        for name, runs in results.items():
+            cpu = f"{median([r['cpu_us'] for r in runs]):.1f}" if "cpu_us" in runs[0] else "-"
+            print(f"{name:<16} {median([r['rps'] for r in runs]):>10.0f} {median([r['p50_ms'] for r in runs]):>8.3f} "
+                  f"{median([r['p99_ms'] for r in runs]):>8.3f} {cpu:>11}")
+    finally:
+        for p in procs:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+                p.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                p.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
