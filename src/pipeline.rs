@@ -16,6 +16,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
+use std::borrow::Cow;
 use hyper::body::Incoming;
 
 /// Handles one request on the snapshot current when it arrived.
@@ -91,7 +92,7 @@ async fn run(
 
     // 10. transform request: path rewrite, header rules, forwarding headers, body plan.
     let upstream_path = match &route.rewrite {
-        Some(rw) => rw.apply(&path),
+        Some(rw) => Cow::Owned(rw.apply(&path)),
         None => path,
     };
     let uri = upstream_path_and_query(&upstream_path, req.uri())?;
@@ -157,7 +158,7 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 }
 
 /// The host for routing: lower-case, port and trailing dot removed.
-fn routing_host(h: &HeaderValue) -> String {
+fn routing_host(h: &HeaderValue) -> Cow<'_, str> {
     let s = h.to_str().unwrap_or("");
     let without_port = if let Some(rest) = s.strip_prefix('[') {
         // [v6]:port
@@ -168,7 +169,12 @@ fn routing_host(h: &HeaderValue) -> String {
             _ => s,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// The origin-form target sent upstream. When the path is unchanged (already normal, not
@@ -268,7 +274,7 @@ mod tests {
 
     #[test]
     fn routing_host_strips_port_and_case() {
-        let h = |s: &str| routing_host(&HeaderValue::from_str(s).unwrap());
+        let h = |s: &str| routing_host(&HeaderValue::from_str(s).unwrap()).into_owned();
         assert_eq!(h("API.Example.com:8080"), "api.example.com");
         assert_eq!(h("api.example.com."), "api.example.com");
         assert_eq!(h("[::1]:8080"), "::1");

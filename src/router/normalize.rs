@@ -2,6 +2,7 @@
 //! route that its canonical form reaches (`/v1/orders/../admin`, `//v1//admin` and
 //! `/v1/%61dmin` all become `/v1/admin` or are refused).
 
+use std::borrow::Cow;
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +42,7 @@ fn is_unreserved(b: u8) -> bool {
 /// percent-encoded unreserved characters decoded, other escapes upper-cased, repeated slashes
 /// merged, `.` and `..` segments removed (`..` never climbs above the root). A trailing slash is
 /// kept. `allow_encoded_slashes` keeps `%2F` / `%5C` encoded instead of refusing them.
-pub fn normalize_path(path: &str, allow_encoded_slashes: bool) -> Result<String, PathError> {
+pub fn normalize_path(path: &str, allow_encoded_slashes: bool) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -54,7 +55,7 @@ pub fn normalize_path(path: &str, allow_encoded_slashes: bool) -> Result<String,
         && !path.ends_with("/.")
         && !path.ends_with("/..");
     if clean {
-        return Ok(path.to_string());
+        return Ok(Cow::Borrowed(path));
     }
 
     // 1. Decode unreserved escapes; refuse separators in any spelling.
@@ -113,7 +114,7 @@ pub fn normalize_path(path: &str, allow_encoded_slashes: bool) -> Result<String,
     if out.is_empty() || trailing_slash {
         out.push('/');
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 #[cfg(test)]

@@ -229,7 +229,7 @@ async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::default());
     let io = TokioIo::new(ActivityIo::new(stream, Arc::clone(&activity)));
     // hyper's own buffer is a little larger than the limit so that the pipeline can answer an
     // oversized head with a JSON 431; heads beyond it get hyper's bare 431.
@@ -285,16 +285,22 @@ async fn serve_connection(
 }
 
 /// Resolves once the connection has moved no bytes for `idle` and has no request in flight.
+/// Checked in quarter steps, so a connection closes between `idle` and `1.25 × idle`.
 async fn idle_expired(activity: &Activity, inflight: &AtomicUsize, idle: Duration) {
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    let mut last = activity.count();
+    let mut quiet = Duration::ZERO;
     loop {
-        let deadline = activity.last() + idle;
-        if tokio::time::Instant::now() >= deadline {
-            if inflight.load(Ordering::Acquire) == 0 {
+        tokio::time::sleep(tick).await;
+        let now = activity.count();
+        if now != last || inflight.load(Ordering::Acquire) > 0 {
+            last = now;
+            quiet = Duration::ZERO;
+        } else {
+            quiet += tick;
+            if quiet >= idle {
                 return;
             }
-            tokio::time::sleep(idle.min(Duration::from_secs(1))).await;
-        } else {
-            tokio::time::sleep_until(deadline).await;
         }
     }
 }
