@@ -10,47 +10,48 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// Removes Connection and every header it names, Keep-Alive, TE, Trailer, Transfer-Encoding,
 /// Upgrade and all Proxy-* headers (RFC 9110 §7.6.1).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names is cheaper than hashing each
-    // hop-by-hop name for a removal.
-    let present = headers.keys().any(|k| {
-        let n = k.as_str();
-        matches!(
-            n,
-            "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-        ) || n.starts_with("proxy-")
-    });
-    if !present {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in [
+    // One pass over the names finds what is present, so only those are hashed and removed:
+    // most requests carry none, most upstream responses only `Connection: keep-alive`.
+    const FIXED: [HeaderName; 6] = [
         header::CONNECTION,
         HeaderName::from_static("keep-alive"),
         header::TE,
         header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
-    ] {
-        headers.remove(n);
+    ];
+    let mut fixed = [false; 6];
+    let mut proxy: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if let Some(i) = FIXED.iter().position(|f| f == name) {
+            fixed[i] = true;
+        } else if name.as_str().starts_with("proxy-") {
+            proxy.push(name.clone());
+        }
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
+    if fixed[0] {
+        // Headers named by Connection are hop-by-hop too; `close` and `keep-alive` are the
+        // usual values and name nothing else.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
-        for n in proxy {
+        for n in named {
             headers.remove(n);
         }
+    }
+    for (name, present) in FIXED.into_iter().zip(fixed) {
+        if present {
+            headers.remove(name);
+        }
+    }
+    for name in proxy {
+        headers.remove(name);
     }
 }
 

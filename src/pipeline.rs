@@ -16,8 +16,8 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use std::borrow::Cow;
 use hyper::body::Incoming;
+use std::borrow::Cow;
 
 /// Handles one request on the snapshot current when it arrived.
 pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<ResponseBody> {
@@ -104,7 +104,8 @@ async fn run(
             limit: route.request_rules.max_body_bytes,
             seen: 0,
         },
-        BodyPlan::Buffer => buffer_body(incoming, route).await?,
+        // Boxed: a rare path whose future would otherwise enlarge every request's.
+        BodyPlan::Buffer => Box::pin(buffer_body(incoming, route)).await?,
     };
     parts.uri = uri;
     parts.version = Version::HTTP_11;

@@ -401,3 +401,77 @@ async fn weighted_round_robin_across_targets() {
     }
     assert_eq!((a.count(), b.count()), (300, 100));
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_survive_a_reload() {
+    let up = Upstream::start("up").await;
+    let config = |marker: &str| {
+        base(
+            &upstream_yaml("up", up.addr),
+            &format!("  - name: all\n    match: {{ path: {{ prefix: / }} }}\n    upstream: up\n    headers: {{ response: {{ set: {{ x-marker: \"{marker}\" }} }} }}\n"),
+            "",
+        )
+    };
+    let gw = TestGateway::start(&config("a")).await;
+    let c = client();
+    for _ in 0..50 {
+        assert_eq!(get(&c, &gw.url("/x"), &[]).await.status, 200);
+    }
+    // Bodies of several sizes, and a HEAD, all leave the connection reusable.
+    assert_eq!(
+        get(&c, &gw.url("/download/300000"), &[]).await.body.len(),
+        300_000
+    );
+    let head = send(
+        &c,
+        Request::head(gw.url("/x"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "sequential requests opened extra upstream connections"
+    );
+
+    gw.write_config(&config("b"));
+    gw.gateway.reload().await.unwrap();
+    let r = get(&c, &gw.url("/x"), &[]).await;
+    assert_eq!(r.headers["x-marker"], "b");
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the reload dropped the pool"
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_upstream_is_replaced_without_an_error() {
+    // An upstream that closes every connection after one response (like a short keep-alive).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(s);
+            });
+        }
+    });
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", addr), routes, "")).await;
+    let c = client();
+    for _ in 0..20 {
+        let r = get(&c, &gw.url("/x"), &[]).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -253,34 +253,43 @@ async fn serve_connection(
     let svc_ctx = Arc::clone(&ctx);
     let service = service_fn(move |req| {
         let ctx = Arc::clone(&svc_ctx);
-        async move {
+        // Boxed once here so hyper moves a pointer, not the multi-kilobyte request future.
+        Box::pin(async move {
             ctx.inflight.fetch_add(1, Ordering::Acquire);
             let _busy = InflightGuard(&ctx.inflight);
             Ok::<_, Infallible>(pipeline::handle(req, &ctx).await)
-        }
+        })
     });
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let idle = Duration::from_millis(limits.idle_timeout_ms);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                break;
+    // The idle timer and the shutdown signal live in a watcher task, so the connection's own
+    // task polls only a oneshot receiver besides the connection on each wake-up.
+    let (close_tx, mut close_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn({
+        let ctx = Arc::clone(&ctx);
+        let idle = Duration::from_millis(limits.idle_timeout_ms);
+        async move {
+            tokio::select! {
+                _ = idle_expired(&activity, &ctx.inflight, idle) => {}
+                _ = shutdown.changed() => {}
             }
-            _ = idle_expired(&activity, &ctx.inflight, idle), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            let _ = close_tx.send(());
+        }
+    });
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-            _ = shutdown.changed(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+        }
+        Ok(()) = &mut close_rx => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
         }
     }
+    watcher.abort();
     ctx.listener.connections.fetch_sub(1, Ordering::AcqRel);
 }
 

@@ -18,7 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -67,7 +67,8 @@ struct Idle {
 pub struct TargetPool {
     authority: Authority,
     settings: PoolSettings,
-    idle: Mutex<Vec<Idle>>,
+    /// Oldest at the front, newest at the back.
+    idle: Mutex<VecDeque<Idle>>,
 }
 
 impl TargetPool {
@@ -75,7 +76,7 @@ impl TargetPool {
         Arc::new(TargetPool {
             authority,
             settings,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -92,7 +93,7 @@ impl TargetPool {
         let max_age = Duration::from_millis(self.settings.pool.idle_timeout_ms);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Newest first: it is the least likely to have been closed by the upstream.
-        while let Some(c) = idle.pop() {
+        while let Some(c) = idle.pop_back() {
             if c.since.elapsed() < max_age && !c.sender.is_closed() {
                 return Some(c.sender);
             }
@@ -105,18 +106,20 @@ impl TargetPool {
             return;
         }
         let max_idle = self.settings.pool.max_idle_per_target;
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() >= max_idle {
-            // Drop the oldest rather than the newest.
-            if max_idle == 0 {
-                return;
-            }
-            idle.remove(0);
+        if max_idle == 0 {
+            return;
         }
-        idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
+        let max_age = Duration::from_millis(self.settings.pool.idle_timeout_ms);
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Evict the oldest: past their idle timeout, or to stay within max_idle_per_target.
+        while idle
+            .front()
+            .is_some_and(|c| idle.len() >= max_idle || now.duration_since(c.since) >= max_age)
+        {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { sender, since: now });
     }
 
     async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
@@ -178,7 +181,7 @@ impl TargetPool {
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => {
                         req = unsent;
-                        sender = self.connect().await?;
+                        sender = Box::pin(self.connect()).await?;
                         fresh = true;
                     }
                     _ => {

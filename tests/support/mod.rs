@@ -41,6 +41,8 @@ pub struct Upstream {
     pub completed_uploads: Arc<AtomicU64>,
     /// Requests that arrived (counted before the body is read).
     pub arrivals: Arc<AtomicU64>,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -53,7 +55,9 @@ impl Upstream {
             seen: Arc::new(Mutex::new(Vec::new())),
             completed_uploads: Arc::new(AtomicU64::new(0)),
             arrivals: Arc::new(AtomicU64::new(0)),
+            connections: Arc::new(AtomicU64::new(0)),
         };
+        let connections = up.connections.clone();
         let (seen, uploads, arrivals, name) = (
             up.seen.clone(),
             up.completed_uploads.clone(),
@@ -65,6 +69,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                connections.fetch_add(1, Ordering::SeqCst);
                 let (seen, uploads, arrivals, name) = (
                     seen.clone(),
                     uploads.clone(),
