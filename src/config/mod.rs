@@ -112,11 +112,33 @@ fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
     };
     serde_saphyr::from_str_with_options::<Config>(text, options).map_err(|e| {
         let line = e.location().map(|l| l.line() as u32).unwrap_or(0);
-        let message = e.without_snippet().to_string();
-        // The plain rendering may repeat the location; keep the message itself.
-        let message = strip_location_suffix(&message);
-        err(line, message)
+        let message = strip_location_suffix(&e.without_snippet().to_string());
+        let message = match message.split_once(", set DuplicateKeyPolicy") {
+            Some((m, _)) => m.to_string(),
+            None => message,
+        };
+        ConfigErrors(vec![ConfigError {
+            file: source.to_string(),
+            line,
+            key: key_on_line(text, line),
+            message,
+        }])
     })
+}
+
+/// The mapping key written on `line` (1-based), if that line starts with one; parse errors
+/// point at the offending value, and naming its key makes the message self-explanatory.
+fn key_on_line(text: &str, line: u32) -> String {
+    let Some(l) = line.checked_sub(1).and_then(|i| text.lines().nth(i as usize)) else {
+        return String::new();
+    };
+    let t = l.trim_start().trim_start_matches("- ");
+    match t.split_once(':') {
+        Some((k, _)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
+            k.to_string()
+        }
+        _ => String::new(),
+    }
 }
 
 /// The parser locates a block mapping at its first entry, one line below its key. Point such
