@@ -129,12 +129,19 @@ fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
 /// The mapping key written on `line` (1-based), if that line starts with one; parse errors
 /// point at the offending value, and naming its key makes the message self-explanatory.
 fn key_on_line(text: &str, line: u32) -> String {
-    let Some(l) = line.checked_sub(1).and_then(|i| text.lines().nth(i as usize)) else {
+    let Some(l) = line
+        .checked_sub(1)
+        .and_then(|i| text.lines().nth(i as usize))
+    else {
         return String::new();
     };
     let t = l.trim_start().trim_start_matches("- ");
     match t.split_once(':') {
-        Some((k, _)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
+        Some((k, _))
+            if !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
             k.to_string()
         }
         _ => String::new(),
