@@ -113,6 +113,7 @@ async fn run(
         &mut parts.headers,
         conn,
         host_value,
+        target.authority(),
         request_id,
         route,
         &body,
@@ -228,6 +229,7 @@ fn prepare_upstream_headers(
     headers: &mut http::HeaderMap,
     conn: &ConnContext,
     host: Option<HeaderValue>,
+    target: &http::uri::Authority,
     request_id: &HeaderValue,
     route: &CompiledRoute,
     body: &UpstreamBody,
@@ -236,9 +238,15 @@ fn prepare_upstream_headers(
     // The gateway answers `Expect: 100-continue` itself when it reads the body.
     headers.remove(header::EXPECT);
     forwarded::set_forwarded(headers, &conn.client_ip, conn.scheme, host.as_ref());
-    if let Some(h) = host {
-        headers.insert(header::HOST, h);
-    }
+    // The client's Host goes upstream; HTTP/1.0 clients may send none, and HTTP/1.1 upstreams
+    // require one, so the target's address stands in.
+    match host {
+        Some(h) => headers.insert(header::HOST, h),
+        None => headers.insert(
+            header::HOST,
+            HeaderValue::from_str(target.as_str()).expect("authority is a valid header value"),
+        ),
+    };
     headers.insert(request_id::HEADER, request_id.clone());
     if let UpstreamBody::Full(data) = body {
         let len = data.as_ref().map_or(0, |d| d.len());

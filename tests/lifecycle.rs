@@ -102,8 +102,9 @@ async fn reload_every_200ms_under_load_loses_no_request_and_never_mixes_versions
         total += c.await.expect("client task panicked");
     }
     eprintln!("{total} requests, {good} valid and {bad} invalid reloads");
+    // About 45 of each at 200 ms apart; the bound leaves room for a slow CI machine.
     assert!(
-        good >= 40 && bad >= 40,
+        good >= 25 && bad >= 25,
         "{good} valid, {bad} invalid reloads"
     );
     assert!(total > 1000, "only {total} requests in 20 s");

@@ -475,3 +475,19 @@ async fn a_pooled_connection_closed_by_the_upstream_is_replaced_without_an_error
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn http10_request_without_host_gets_the_target_as_host() {
+    let up = Upstream::start("up").await;
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
+    let resp = raw(
+        gw.addr,
+        b"GET /old HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert_eq!(up.last().headers["host"], up.addr.to_string().as_str());
+    assert!(!up.last().headers.contains_key("x-forwarded-host"));
+}
