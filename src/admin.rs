@@ -116,6 +116,9 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
                 }),
             ),
             (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &snapshot.routes_json),
+            (&Method::GET, "/admin/upstreams") => {
+                json_response(StatusCode::OK, &upstreams_document(&snapshot))
+            }
             (&Method::POST, "/admin/reload") => match gateway.reload().await {
                 Ok(applied) => {
                     tracing::info!(
@@ -163,4 +166,51 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
     };
     resp.headers_mut().insert(request_id::HEADER, request_id);
     resp
+}
+
+/// `GET /admin/upstreams`: every upstream's bulkhead and retry counters and, per target, health,
+/// breaker state, requests in flight and error counts.
+fn upstreams_document(snapshot: &crate::snapshot::Snapshot) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = tokio::time::Instant::now();
+    let upstreams: Vec<serde_json::Value> = snapshot
+        .upstreams
+        .iter()
+        .map(|u| {
+            let targets: Vec<serde_json::Value> = u
+                .targets
+                .iter()
+                .map(|t| {
+                    let requests = t.state.requests.load(Relaxed);
+                    let failures = t.state.failures.load(Relaxed);
+                    let breaker = u.breaker.as_ref().map(|cfg| {
+                        let (state, transitions) = t.state.breaker.state(cfg, now);
+                        json!({"state": state.as_str(), "transitions": transitions})
+                    });
+                    json!({
+                        "address": t.pool.authority().as_str(),
+                        "weight": t.weight,
+                        "healthy": t.state.is_healthy(),
+                        "health_checked": t.state.checked.load(Relaxed),
+                        "breaker": breaker,
+                        "in_flight": t.state.in_flight.load(Relaxed),
+                        "idle_connections": t.pool.idle_count(),
+                        "requests": requests,
+                        "failures": failures,
+                        "error_rate": if requests == 0 { 0.0 } else { failures as f64 / requests as f64 },
+                    })
+                })
+                .collect();
+            json!({
+                "name": u.name,
+                "in_flight": u.runtime.in_flight.load(Relaxed),
+                "max_concurrent_requests": u.max_concurrent_requests,
+                "bulkhead_rejections": u.runtime.bulkhead_rejections.load(Relaxed),
+                "retries": u.runtime.retries.load(Relaxed),
+                "retries_denied_by_budget": u.runtime.retries_denied_by_budget.load(Relaxed),
+                "targets": targets,
+            })
+        })
+        .collect();
+    json!({ "upstreams": upstreams })
 }

@@ -4,7 +4,8 @@
 
 use crate::config::{self, ConfigError, ConfigErrors, ValidConfig};
 use crate::snapshot::{self, Snapshot};
-use crate::upstream::pool::PoolRegistry;
+use crate::upstream::health::HealthCheckers;
+use crate::upstream::UpstreamRegistry;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,8 @@ pub struct Gateway {
 }
 
 struct ReloadState {
-    pools: PoolRegistry,
+    registry: UpstreamRegistry,
+    health: HealthCheckers,
     last_version: u64,
 }
 
@@ -37,13 +39,14 @@ impl Gateway {
     /// Loads and compiles the config file for a first start.
     pub fn load(config_path: PathBuf) -> Result<Arc<Gateway>, ConfigErrors> {
         let valid = config::load_file(&config_path)?;
-        let mut pools = PoolRegistry::default();
-        let snap = snapshot::compile(&valid, 1, &mut pools);
+        let mut registry = UpstreamRegistry::default();
+        let snap = snapshot::compile(&valid, 1, &mut registry);
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(snap),
             config_path,
             reload_state: Mutex::new(ReloadState {
-                pools,
+                registry,
+                health: HealthCheckers::default(),
                 last_version: 1,
             }),
             reload_gate: tokio::sync::Mutex::new(()),
@@ -68,9 +71,30 @@ impl Gateway {
         &self.config_path
     }
 
+    /// Starts, restarts or stops health checkers to match the current snapshot. Runs inside the
+    /// runtime (at start and after each reload).
+    pub fn sync_health_checks(&self) {
+        let snapshot = self.snapshot();
+        let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
+        state.health.sync(&snapshot.upstreams);
+    }
+
+    pub fn stop_health_checks(&self) {
+        let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
+        state.health.stop_all();
+    }
+
     /// Re-reads the config file and swaps it in if valid. On any error the running config keeps
     /// serving and the errors are returned.
     pub async fn reload(self: &Arc<Self>) -> Result<Applied, ConfigErrors> {
+        let applied = self.reload_file().await?;
+        if applied.changed {
+            self.sync_health_checks();
+        }
+        Ok(applied)
+    }
+
+    async fn reload_file(self: &Arc<Self>) -> Result<Applied, ConfigErrors> {
         let _gate = self.reload_gate.lock().await;
         let this = Arc::clone(self);
         // Reading, parsing and compiling are blocking work: keep them off the request threads.
@@ -101,7 +125,7 @@ impl Gateway {
         check_fixed_at_start(&current, &valid)?;
         let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
         let version = state.last_version + 1;
-        let snap = snapshot::compile(&valid, version, &mut state.pools);
+        let snap = snapshot::compile(&valid, version, &mut state.registry);
         state.last_version = version;
         self.current.store(Arc::new(snap));
         Ok(Applied {

@@ -1,7 +1,7 @@
 //! The request pipeline: every phase a proxied request goes through, in order, in one place.
 //! Each phase calls the module that owns it and either continues or answers the request.
 
-use crate::body::{RequestBodyError, ResponseBody, UpstreamBody};
+use crate::body::{ResponseBody, UpstreamBody};
 use crate::forwarded;
 use crate::policy::request_rules::BodyPlan;
 use crate::reject::Reject;
@@ -10,7 +10,7 @@ use crate::router::normalize::normalize_path;
 use crate::router::RequestView;
 use crate::server::ConnContext;
 use crate::snapshot::{Action, CompiledRoute, Snapshot};
-use crate::upstream::pool::UpstreamError;
+use crate::upstream::forward::forward;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
@@ -86,11 +86,7 @@ async fn run(
         Action::Split(split) => split.pick(req.headers(), &conn.client_ip),
     };
 
-    // 9. select upstream target.
-    let upstream = &snapshot.upstreams[upstream_index];
-    let target = upstream.pick_target();
-
-    // 10. transform request: path rewrite, header rules, forwarding headers, body plan.
+    // 9. transform request: path rewrite, header rules, forwarding headers, body plan.
     let upstream_path = match &route.rewrite {
         Some(rw) => Cow::Owned(rw.apply(&path)),
         None => path,
@@ -113,20 +109,22 @@ async fn run(
         &mut parts.headers,
         conn,
         host_value,
-        target.authority(),
         request_id,
         route,
         &body,
     );
-    let upstream_req = Request::from_parts(parts, body);
 
-    // 11. forward, within the route's timeout.
-    let started = tokio::time::timeout(route.timeout, target.send(upstream_req)).await;
-    let mut resp = match started {
-        Err(_) => return Err(Reject::UpstreamTimeout(route.timeout.as_millis() as u64)),
-        Ok(Err(e)) => return Err(classify_upstream_error(&e, &upstream.name)),
-        Ok(Ok(resp)) => resp,
-    };
+    // 10-11. select a target and forward: bulkhead, balancer, breaker, timeouts, retries.
+    let upstream = &snapshot.upstreams[upstream_index];
+    let mut resp = forward(
+        upstream,
+        route.retry.as_ref(),
+        route.timeout,
+        parts,
+        body,
+        &conn.client_ip,
+    )
+    .await?;
 
     // 12. transform response.
     forwarded::strip_hop_by_hop(resp.headers_mut());
@@ -229,7 +227,6 @@ fn prepare_upstream_headers(
     headers: &mut http::HeaderMap,
     conn: &ConnContext,
     host: Option<HeaderValue>,
-    target: &http::uri::Authority,
     request_id: &HeaderValue,
     route: &CompiledRoute,
     body: &UpstreamBody,
@@ -238,15 +235,11 @@ fn prepare_upstream_headers(
     // The gateway answers `Expect: 100-continue` itself when it reads the body.
     headers.remove(header::EXPECT);
     forwarded::set_forwarded(headers, &conn.client_ip, conn.scheme, host.as_ref());
-    // The client's Host goes upstream; HTTP/1.0 clients may send none, and HTTP/1.1 upstreams
-    // require one, so the target's address stands in.
-    match host {
-        Some(h) => headers.insert(header::HOST, h),
-        None => headers.insert(
-            header::HOST,
-            HeaderValue::from_str(target.as_str()).expect("authority is a valid header value"),
-        ),
-    };
+    // The client's Host goes upstream (for HTTP/1.0 requests without one, `forward` uses the
+    // target's address).
+    if let Some(h) = host {
+        headers.insert(header::HOST, h);
+    }
     headers.insert(request_id::HEADER, request_id.clone());
     if let UpstreamBody::Full(data) = body {
         let len = data.as_ref().map_or(0, |d| d.len());
@@ -255,26 +248,6 @@ fn prepare_upstream_headers(
         }
     }
     route.request_headers.apply(headers);
-}
-
-fn classify_upstream_error(e: &UpstreamError, upstream: &str) -> Reject {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(body_err) = err.downcast_ref::<RequestBodyError>() {
-            return match body_err {
-                RequestBodyError::TooLarge(n) => Reject::PayloadTooLarge(*n),
-                RequestBodyError::Client(e) => {
-                    Reject::ClientBody(format!("client request body failed: {e}"))
-                }
-            };
-        }
-        source = err.source();
-    }
-    if e.is_connect() {
-        Reject::UpstreamConnect(upstream.to_string())
-    } else {
-        Reject::UpstreamFailed(upstream.to_string())
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,10 @@ pub enum Reject {
     UnsupportedMediaType(String),
     /// The listener's concurrent request limit is reached: shed load instead of queueing.
     Overloaded,
+    /// The upstream's bulkhead (`max_concurrent_requests`) is full.
+    UpstreamBusy(String),
+    /// Every target is unhealthy or held off by its circuit breaker.
+    NoTargetAvailable(String),
     UpstreamConnect(String),
     UpstreamFailed(String),
     UpstreamTimeout(u64),
@@ -35,7 +39,9 @@ impl Reject {
             Reject::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Overloaded | Reject::UpstreamBusy(_) | Reject::NoTargetAvailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reject::UpstreamConnect(_) | Reject::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Reject::Status(s, _) => *s,
@@ -56,6 +62,8 @@ impl Reject {
             Reject::Overloaded => {
                 "gateway is at its concurrent request limit; retry shortly".into()
             }
+            Reject::UpstreamBusy(u) => format!("upstream {u} is at its concurrent request limit"),
+            Reject::NoTargetAvailable(u) => format!("no healthy target in upstream {u}"),
             Reject::UpstreamConnect(u) => format!("cannot connect to upstream {u}"),
             Reject::UpstreamFailed(u) => {
                 format!("upstream {u} closed the connection without a response")
@@ -66,7 +74,10 @@ impl Reject {
 
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let mut resp = json_error(self.status(), &self.message(), request_id);
-        if matches!(self, Reject::Overloaded) {
+        if matches!(
+            self,
+            Reject::Overloaded | Reject::UpstreamBusy(_) | Reject::NoTargetAvailable(_)
+        ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -7,10 +7,9 @@ use crate::policy::header_ops::HeaderOps;
 use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
 use crate::router::Router;
-use crate::upstream::balancer::RoundRobin;
-use crate::upstream::pool::{PoolRegistry, PoolSettings};
+use crate::upstream::retry::RetryPolicy;
 use crate::upstream::split::{Split, SplitKey};
-use crate::upstream::CompiledUpstream;
+use crate::upstream::{CompiledUpstream, UpstreamRegistry};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use std::collections::HashMap;
@@ -44,6 +43,7 @@ pub struct CompiledRoute {
     pub action: Action,
     pub rewrite: Option<Rewrite>,
     pub timeout: Duration,
+    pub retry: Option<RetryPolicy>,
     pub request_rules: RequestRules,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -78,42 +78,13 @@ impl Snapshot {
     }
 }
 
-/// Compiles a validated config. Pools are taken from `pools` when their settings are unchanged.
-pub fn compile(valid: &ValidConfig, version: u64, pools: &mut PoolRegistry) -> Snapshot {
+/// Compiles a validated config. Pools and target state are taken from `registry` when they
+/// still apply.
+pub fn compile(valid: &ValidConfig, version: u64, registry: &mut UpstreamRegistry) -> Snapshot {
     let cfg = &valid.config;
-    let upstreams: Vec<CompiledUpstream> = cfg
-        .upstreams
-        .iter()
-        .map(|u| {
-            let settings = PoolSettings {
-                connect_timeout_ms: u.connect_timeout_ms,
-                pool: u.pool.clone(),
-            };
-            let weights: Vec<u32> = u.targets.iter().map(|t| t.weight.value).collect();
-            CompiledUpstream {
-                name: u.name.value.0.clone(),
-                targets: u
-                    .targets
-                    .iter()
-                    .map(|t| {
-                        let authority = t
-                            .address
-                            .value
-                            .0
-                            .parse::<http::uri::Authority>()
-                            .expect("validated host:port");
-                        pools.pool_for(&u.name.value, &authority, &settings)
-                    })
-                    .collect(),
-                balancer: RoundRobin::new(&weights),
-            }
-        })
-        .collect();
-    let in_use: Vec<_> = upstreams
-        .iter()
-        .flat_map(|u| u.targets.iter().cloned())
-        .collect();
-    pools.retain(&in_use);
+    let upstreams: Vec<CompiledUpstream> =
+        cfg.upstreams.iter().map(|u| registry.compile(u)).collect();
+    registry.retain(&upstreams);
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let upstream_index: HashMap<&str, usize> =
         names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
@@ -158,6 +129,7 @@ pub fn compile(valid: &ValidConfig, version: u64, pools: &mut PoolRegistry) -> S
                         .as_ref()
                         .map_or(cfg.defaults.timeout_ms.value, |t| t.value),
                 ),
+                retry: r.retries.as_ref().map(|rt| RetryPolicy::compile(rt)),
                 request_rules: RequestRules::compile(&r.request, cfg.defaults.max_body_bytes),
                 request_headers: HeaderOps::compile(&r.headers.request),
                 response_headers: HeaderOps::compile(&r.headers.response),

@@ -79,7 +79,6 @@ fn validate_prints_every_error_with_its_line() {
         (23, "routes[2].auth", "no `auth`"),
         (27, "routes[3]", "shadowed by route `public`"),
         (32, "routes[4].name", "duplicate route name `public`"),
-        (42, "routes[5].retries", "not supported yet"),
         (43, "routes[5].retries.attempts", "retry storm"),
     ];
     for (line, key, text) in expected {

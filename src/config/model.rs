@@ -159,18 +159,88 @@ pub struct Upstream {
     pub tls: Unsupported,
     #[serde(default)]
     pub load_balancing: Located<LoadBalancing>,
-    #[serde(default, skip_serializing)]
-    pub hash_key: Unsupported,
+    /// consistent_hash only: `header:NAME`, `cookie:NAME`, `client_ip` (or `claim:NAME` once auth exists).
+    #[serde(default)]
+    pub hash_key: Option<Located<Text>>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     #[serde(default)]
     pub pool: PoolConfig,
-    #[serde(default, skip_serializing)]
-    pub max_concurrent_requests: Unsupported,
-    #[serde(default, skip_serializing)]
-    pub health_check: Unsupported,
-    #[serde(default, skip_serializing)]
-    pub circuit_breaker: Unsupported,
+    /// Bulkhead: requests in flight to this upstream above this get 503 at once.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<Located<u64>>,
+    #[serde(default)]
+    pub health_check: Option<Located<HealthCheck>>,
+    #[serde(default)]
+    pub circuit_breaker: Option<Located<CircuitBreaker>>,
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: Text,
+    #[serde(default = "default_hc_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_hc_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_hc_healthy")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_hc_unhealthy")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_hc_interval_ms() -> u64 {
+    2_000
+}
+fn default_hc_timeout_ms() -> u64 {
+    500
+}
+fn default_hc_healthy() -> u32 {
+    2
+}
+fn default_hc_unhealthy() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    #[serde(default = "default_cb_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_cb_open_ms")]
+    pub open_ms: u64,
+    #[serde(default = "default_cb_half_open")]
+    pub half_open_requests: u32,
+}
+
+fn default_cb_failures() -> u32 {
+    5
+}
+fn default_cb_open_ms() -> u64 {
+    30_000
+}
+fn default_cb_half_open() -> u32 {
+    3
+}
+
+/// Retries to an upstream may add at most `percent` of its recent request rate, plus
+/// `min_retries_per_second`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetConfig {
+    pub percent: u32,
+    pub min_retries_per_second: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            percent: 20,
+            min_retries_per_second: 3,
+        }
+    }
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -351,16 +421,30 @@ pub struct ReplacePrefix {
 #[serde(deny_unknown_fields)]
 pub struct Retries {
     pub attempts: Located<u32>,
+    /// `connect_failure`, `reset`, `timeout`, or a status code such as "503".
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<Located<Text>>,
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
     #[serde(default)]
-    pub on: Vec<Text>,
+    pub per_try_timeout_ms: Option<Located<u64>>,
     #[serde(default)]
-    pub backoff_ms: Option<u64>,
-    #[serde(default)]
-    pub per_try_timeout_ms: Option<u64>,
-    #[serde(default)]
-    pub idempotency_key: Option<bool>,
-    #[serde(default)]
-    pub max_replay_bytes: Option<u64>,
+    pub idempotency_key: bool,
+    #[serde(default = "default_max_replay_bytes")]
+    pub max_replay_bytes: u64,
+}
+
+fn default_retry_on() -> Vec<Located<Text>> {
+    ["connect_failure", "reset"]
+        .iter()
+        .map(|s| Located::new(Text::from(*s), 0))
+        .collect()
+}
+fn default_backoff_ms() -> u64 {
+    25
+}
+fn default_max_replay_bytes() -> u64 {
+    64 * 1024
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

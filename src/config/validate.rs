@@ -287,30 +287,36 @@ fn check_upstreams(c: &mut Checker, config: &Config) {
                 "http2 and https upstreams are not supported yet (TLS / HTTP/2 issue); use http1",
             );
         }
-        if u.load_balancing.value != LoadBalancing::RoundRobin {
+        check_balancing(c, u, &key);
+        c.unsupported(&u.tls, format!("{key}.tls"), "TLS issue");
+        if let Some(m) = &u.max_concurrent_requests {
+            if m.value == 0 {
+                c.err(
+                    m.line,
+                    format!("{key}.max_concurrent_requests"),
+                    "must be greater than 0",
+                );
+            }
+        }
+        if let Some(hc) = &u.health_check {
+            check_health_check(c, hc, &key);
+        }
+        if let Some(cb) = &u.circuit_breaker {
+            if cb.consecutive_failures == 0 || cb.half_open_requests == 0 || cb.open_ms == 0 {
+                c.err(
+                    cb.line,
+                    format!("{key}.circuit_breaker"),
+                    "consecutive_failures, open_ms and half_open_requests must be greater than 0",
+                );
+            }
+        }
+        if u.retry_budget.percent > 100 {
             c.err(
-                u.load_balancing.line,
-                format!("{key}.load_balancing"),
-                "least_request and consistent_hash are not supported yet (resilience issue); use round_robin",
+                u.line,
+                format!("{key}.retry_budget.percent"),
+                "must be between 0 and 100",
             );
         }
-        c.unsupported(&u.tls, format!("{key}.tls"), "TLS issue");
-        c.unsupported(&u.hash_key, format!("{key}.hash_key"), "resilience issue");
-        c.unsupported(
-            &u.max_concurrent_requests,
-            format!("{key}.max_concurrent_requests"),
-            "resilience issue",
-        );
-        c.unsupported(
-            &u.health_check,
-            format!("{key}.health_check"),
-            "resilience issue",
-        );
-        c.unsupported(
-            &u.circuit_breaker,
-            format!("{key}.circuit_breaker"),
-            "resilience issue",
-        );
         if !(1..=MAX_TIMEOUT_MS).contains(&u.connect_timeout_ms) {
             c.err(
                 u.line,
@@ -551,22 +557,7 @@ fn check_route(
         check_timeout(c, t, format!("{key}.timeout_ms"));
     }
     if let Some(retries) = &r.retries {
-        if retries.attempts.value > MAX_RETRY_ATTEMPTS {
-            c.err(
-                retries.attempts.line,
-                format!("{key}.retries.attempts"),
-                format!(
-                    "{} extra attempts is above the maximum of {MAX_RETRY_ATTEMPTS}: each layer that \
-                     retries multiplies the load on an upstream that is already failing (a retry storm)",
-                    retries.attempts.value
-                ),
-            );
-        }
-        c.err(
-            retries.line,
-            format!("{key}.retries"),
-            "not supported yet (resilience issue); remove this section for now",
-        );
+        check_retries(c, r, retries, &key);
     }
     match (&r.auth, &config.defaults.auth) {
         (Some(a), _) => check_auth(c, a, format!("{key}.auth")),
@@ -814,5 +805,117 @@ fn regex_error(e: &regex::Error) -> String {
     match text.lines().nth(1) {
         Some(pattern) => format!("{message} in `{}`", pattern.trim()),
         None => message.to_string(),
+    }
+}
+
+fn check_balancing(c: &mut Checker, u: &Located<Upstream>, key: &str) {
+    match (&u.load_balancing.value, &u.hash_key) {
+        (LoadBalancing::ConsistentHash, None) => c.err(
+            u.load_balancing.line,
+            format!("{key}.hash_key"),
+            "consistent_hash needs a hash_key (header:NAME, cookie:NAME or client_ip)",
+        ),
+        (LoadBalancing::ConsistentHash, Some(k)) => {
+            if k.starts_with("claim:") {
+                c.err(
+                    k.line,
+                    format!("{key}.hash_key"),
+                    "claim: keys are not supported yet (authentication issue)",
+                );
+            } else if let Err(msg) = crate::upstream::split::SplitKey::parse(k) {
+                c.err(
+                    k.line,
+                    format!("{key}.hash_key"),
+                    msg.replace("split key", "hash key"),
+                );
+            }
+        }
+        (_, Some(k)) => c.err(
+            k.line,
+            format!("{key}.hash_key"),
+            "hash_key is only used with load_balancing: consistent_hash",
+        ),
+        (_, None) => {}
+    }
+}
+
+fn check_health_check(c: &mut Checker, hc: &Located<HealthCheck>, key: &str) {
+    let hkey = format!("{key}.health_check");
+    if !hc.path.starts_with('/') {
+        c.err(hc.line, format!("{hkey}.path"), "must start with `/`");
+    }
+    if !(100..=300_000).contains(&hc.interval_ms) {
+        c.err(
+            hc.line,
+            format!("{hkey}.interval_ms"),
+            "must be between 100 and 300000",
+        );
+    }
+    if hc.timeout_ms == 0 || hc.timeout_ms > hc.interval_ms {
+        c.err(
+            hc.line,
+            format!("{hkey}.timeout_ms"),
+            "must be greater than 0 and at most interval_ms",
+        );
+    }
+    if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+        c.err(
+            hc.line,
+            hkey,
+            "healthy_threshold and unhealthy_threshold must be at least 1",
+        );
+    }
+}
+
+fn check_retries(c: &mut Checker, r: &Located<Route>, retries: &Located<Retries>, key: &str) {
+    if retries.attempts.value > MAX_RETRY_ATTEMPTS {
+        c.err(
+            retries.attempts.line,
+            format!("{key}.retries.attempts"),
+            format!(
+                "{} extra attempts is above the maximum of {MAX_RETRY_ATTEMPTS}: each layer that \
+                 retries multiplies the load on an upstream that is already failing (a retry storm)",
+                retries.attempts.value
+            ),
+        );
+    }
+    for cond in &retries.on {
+        if crate::upstream::retry::RetryOn::parse(cond).is_none() {
+            c.err(
+                cond.line,
+                format!("{key}.retries.on"),
+                format!("`{}` is not a retry condition: use connect_failure, reset, timeout or a status code such as \"503\"", cond.value),
+            );
+        }
+    }
+    if let Some(t) = &retries.per_try_timeout_ms {
+        if t.value == 0 || t.value > MAX_TIMEOUT_MS {
+            c.err(
+                t.line,
+                format!("{key}.retries.per_try_timeout_ms"),
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            );
+        }
+    }
+    if retries.backoff_ms > 10_000 {
+        c.err(
+            retries.line,
+            format!("{key}.retries.backoff_ms"),
+            "must be at most 10000",
+        );
+    }
+    if retries.max_replay_bytes > 16 * 1024 * 1024 {
+        c.err(
+            retries.line,
+            format!("{key}.retries.max_replay_bytes"),
+            "must be at most 16777216",
+        );
+    }
+    if r.direct_response.is_some() {
+        c.err(
+            retries.line,
+            format!("{key}.retries"),
+            "a direct_response route has nothing to retry",
+        );
     }
 }

@@ -93,6 +93,7 @@ pub struct Running {
     pub admin: SocketAddr,
     shutdown: watch::Sender<bool>,
     tracker: Arc<ConnTracker>,
+    gateway: Arc<Gateway>,
 }
 
 impl Running {
@@ -108,6 +109,7 @@ impl Running {
     /// `drain` for them. Returns false if connections were still open at the deadline.
     pub async fn shutdown(self, drain: Duration) -> bool {
         let _ = self.shutdown.send(true);
+        self.gateway.stop_health_checks();
         tokio::time::timeout(drain, self.tracker.wait_drained())
             .await
             .is_ok()
@@ -159,12 +161,14 @@ pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
         Arc::clone(&gateway),
         shutdown_rx,
     ));
+    gateway.sync_health_checks();
     gateway.set_ready();
     Ok(Running {
         listeners: bound,
         admin: admin_addr,
         shutdown: shutdown_tx,
         tracker,
+        gateway,
     })
 }
 

@@ -1,24 +1,159 @@
-//! Upstreams: compiled targets, balancing, splitting, and pooled connections.
+//! Upstreams: targets with their pools and shared state, balancing, splitting, breakers,
+//! bulkheads, retries and health checks.
 
 pub mod balancer;
+pub mod breaker;
+pub mod forward;
+pub mod health;
 pub mod pool;
+pub mod retry;
 pub mod split;
+pub mod target;
 
-use balancer::RoundRobin;
-use pool::TargetPool;
+use crate::config::{HealthCheck, RetryBudgetConfig, Upstream as UpstreamConfig};
+use balancer::{Balancer, HashRing, RoundRobin};
+use breaker::BreakerConfig;
+use pool::{PoolSettings, TargetPool};
+use retry::RetryBudget;
+use split::SplitKey;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use target::{Target, TargetState};
+
+/// Per-upstream state that outlives snapshots: bulkhead occupancy, retry budget, counters.
+#[derive(Debug, Default)]
+pub struct UpstreamRuntime {
+    pub in_flight: AtomicU64,
+    pub bulkhead_rejections: AtomicU64,
+    pub retries: AtomicU64,
+    pub retries_denied_by_budget: AtomicU64,
+    pub budget: RetryBudget,
+}
 
 /// One upstream in compiled form.
 pub struct CompiledUpstream {
     pub name: String,
-    /// One pool per target, in file order.
-    pub targets: Vec<Arc<TargetPool>>,
-    pub balancer: RoundRobin,
+    pub targets: Vec<Target>,
+    pub balancer: Balancer,
+    pub breaker: Option<BreakerConfig>,
+    pub max_concurrent_requests: Option<u64>,
+    pub retry_budget: RetryBudgetConfig,
+    pub health_check: Option<HealthCheck>,
+    pub runtime: Arc<UpstreamRuntime>,
+}
+
+/// Takes a bulkhead slot until dropped.
+pub struct BulkheadSlot<'a>(&'a AtomicU64);
+
+impl Drop for BulkheadSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl CompiledUpstream {
-    /// The next target.
-    pub fn pick_target(&self) -> &Arc<TargetPool> {
-        &self.targets[self.balancer.pick()]
+    /// A bulkhead slot, or `None` when `max_concurrent_requests` are already in flight.
+    pub fn enter(&self) -> Option<BulkheadSlot<'_>> {
+        let before = self.runtime.in_flight.fetch_add(1, Ordering::AcqRel);
+        let slot = BulkheadSlot(&self.runtime.in_flight);
+        if self
+            .max_concurrent_requests
+            .is_some_and(|max| before >= max)
+        {
+            self.runtime
+                .bulkhead_rejections
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(slot)
+    }
+}
+
+/// Pools and target state by (upstream, target address), and upstream runtimes by name; only
+/// the config loader touches it. Reusing them across reloads keeps warm connections, breaker
+/// and health state, and retry budgets.
+#[derive(Default)]
+pub struct UpstreamRegistry {
+    targets: HashMap<(String, String), (Arc<TargetPool>, Arc<TargetState>)>,
+    runtimes: HashMap<String, Arc<UpstreamRuntime>>,
+}
+
+impl UpstreamRegistry {
+    pub fn compile(&mut self, u: &UpstreamConfig) -> CompiledUpstream {
+        let name = u.name.value.0.clone();
+        let settings = PoolSettings {
+            connect_timeout_ms: u.connect_timeout_ms,
+            pool: u.pool.clone(),
+        };
+        let targets: Vec<Target> = u
+            .targets
+            .iter()
+            .map(|t| {
+                let address = t.address.value.0.clone();
+                let key = (name.clone(), address.clone());
+                let entry = self.targets.entry(key).or_insert_with(|| {
+                    let authority = address.parse().expect("validated host:port");
+                    (
+                        TargetPool::new(authority, settings.clone()),
+                        Arc::new(TargetState::new()),
+                    )
+                });
+                if *entry.0.settings() != settings {
+                    entry.0 = TargetPool::new(entry.0.authority().clone(), settings.clone());
+                }
+                Target {
+                    pool: Arc::clone(&entry.0),
+                    state: Arc::clone(&entry.1),
+                    weight: t.weight.value,
+                }
+            })
+            .collect();
+        let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+        let balancer = match u.load_balancing.value {
+            crate::config::LoadBalancing::RoundRobin => {
+                Balancer::RoundRobin(RoundRobin::new(&weights))
+            }
+            crate::config::LoadBalancing::LeastRequest => Balancer::LeastRequest,
+            crate::config::LoadBalancing::ConsistentHash => {
+                let addrs: Vec<(&str, u32)> = u
+                    .targets
+                    .iter()
+                    .map(|t| (&*t.address.value.0, t.weight.value))
+                    .collect();
+                Balancer::ConsistentHash {
+                    ring: HashRing::new(&addrs),
+                    key: SplitKey::parse(u.hash_key.as_ref().expect("validated hash_key"))
+                        .expect("validated hash_key"),
+                }
+            }
+        };
+        CompiledUpstream {
+            runtime: Arc::clone(self.runtimes.entry(name.clone()).or_default()),
+            name,
+            targets,
+            balancer,
+            breaker: u.circuit_breaker.as_ref().map(|cb| BreakerConfig {
+                consecutive_failures: cb.consecutive_failures,
+                open: Duration::from_millis(cb.open_ms),
+                half_open_requests: cb.half_open_requests,
+            }),
+            max_concurrent_requests: u.max_concurrent_requests.as_ref().map(|m| m.value),
+            retry_budget: u.retry_budget.clone(),
+            health_check: u.health_check.as_ref().map(|h| h.value.clone()),
+        }
+    }
+
+    /// Forgets what the latest config no longer uses (older snapshots keep theirs alive until
+    /// their last request ends).
+    pub fn retain(&mut self, upstreams: &[CompiledUpstream]) {
+        self.targets.retain(|_, (pool, _)| {
+            upstreams
+                .iter()
+                .any(|u| u.targets.iter().any(|t| Arc::ptr_eq(&t.pool, pool)))
+        });
+        self.runtimes
+            .retain(|name, _| upstreams.iter().any(|u| &u.name == name));
     }
 }

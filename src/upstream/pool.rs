@@ -18,7 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -78,6 +78,10 @@ impl TargetPool {
             settings,
             idle: Mutex::new(VecDeque::new()),
         })
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
     }
 
     pub fn authority(&self) -> &Authority {
@@ -253,38 +257,5 @@ impl Drop for PooledBody {
         if self.inner.is_end_stream() {
             self.release();
         }
-    }
-}
-
-/// Target pools by upstream name and target; only the config loader touches it.
-#[derive(Default)]
-pub struct PoolRegistry {
-    pools: HashMap<(String, Authority), Arc<TargetPool>>,
-}
-
-impl PoolRegistry {
-    /// The pool for this upstream's target, reused when its settings did not change.
-    pub fn pool_for(
-        &mut self,
-        upstream: &str,
-        target: &Authority,
-        settings: &PoolSettings,
-    ) -> Arc<TargetPool> {
-        let key = (upstream.to_string(), target.clone());
-        if let Some(p) = self.pools.get(&key) {
-            if p.settings == *settings {
-                return Arc::clone(p);
-            }
-        }
-        let p = TargetPool::new(target.clone(), settings.clone());
-        self.pools.insert(key, Arc::clone(&p));
-        p
-    }
-
-    /// Keeps only the pools in use by the latest config (older snapshots hold theirs until
-    /// their last request ends).
-    pub fn retain(&mut self, in_use: &[Arc<TargetPool>]) {
-        self.pools
-            .retain(|_, p| in_use.iter().any(|u| Arc::ptr_eq(u, p)));
     }
 }

@@ -1,0 +1,177 @@
+//! Retry policy (which failures, how often, how far apart) and the per-upstream retry budget
+//! that keeps retries from multiplying the load on an upstream that is already failing.
+
+use crate::config::{Retries, RetryBudgetConfig};
+use http::Method;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    Status(u16),
+}
+
+impl RetryOn {
+    pub fn parse(s: &str) -> Option<RetryOn> {
+        match s {
+            "connect_failure" => Some(RetryOn::ConnectFailure),
+            "reset" => Some(RetryOn::Reset),
+            "timeout" => Some(RetryOn::Timeout),
+            code => code
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .map(RetryOn::Status),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub on: Vec<RetryOn>,
+    pub backoff: Duration,
+    pub per_try_timeout: Option<Duration>,
+    pub idempotency_key: bool,
+    pub max_replay_bytes: u64,
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+impl RetryPolicy {
+    pub fn compile(cfg: &Retries) -> RetryPolicy {
+        RetryPolicy {
+            attempts: cfg.attempts.value,
+            on: cfg.on.iter().filter_map(|s| RetryOn::parse(s)).collect(),
+            backoff: Duration::from_millis(cfg.backoff_ms),
+            per_try_timeout: cfg
+                .per_try_timeout_ms
+                .as_ref()
+                .map(|t| Duration::from_millis(t.value)),
+            idempotency_key: cfg.idempotency_key,
+            max_replay_bytes: cfg.max_replay_bytes,
+        }
+    }
+
+    /// Only idempotent methods are retried, unless the route opted in to `Idempotency-Key` and
+    /// the request carries one.
+    pub fn may_retry(&self, method: &Method, headers: &http::HeaderMap) -> bool {
+        self.attempts > 0
+            && (matches!(
+                *method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::PUT
+                    | Method::DELETE
+                    | Method::TRACE
+            ) || (self.idempotency_key && headers.contains_key(IDEMPOTENCY_KEY)))
+    }
+
+    pub fn retries_on(&self, what: RetryOn) -> bool {
+        self.on.contains(&what)
+    }
+
+    /// Jittered exponential backoff before retry number `n` (1-based): base × 2^(n-1) × [0.5, 1.5).
+    pub fn backoff(&self, n: u32) -> Duration {
+        let base = self.backoff.as_secs_f64() * f64::from(1u32 << (n.saturating_sub(1)).min(10));
+        Duration::from_secs_f64(base * (0.5 + fastrand::f64()))
+    }
+}
+
+/// Token bucket in thousandths of a retry: every request deposits `percent`% of a retry, every
+/// retry withdraws a whole one, and `min_retries_per_second` trickles in with time. The balance
+/// is capped so a quiet period cannot bank a retry storm.
+#[derive(Debug)]
+pub struct RetryBudget {
+    balance: AtomicI64,
+    last_refill_ms: AtomicU64,
+}
+
+const MILLI: i64 = 1000;
+const CAP: i64 = 10 * MILLI;
+
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            balance: AtomicI64::new(0),
+            last_refill_ms: AtomicU64::new(now_ms()),
+        }
+    }
+}
+
+impl RetryBudget {
+    fn add(&self, amount: i64) {
+        let _ = self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some((b + amount).min(CAP))
+            });
+    }
+
+    /// Called once per client request sent to the upstream.
+    pub fn deposit(&self, cfg: &RetryBudgetConfig) {
+        self.add(i64::from(cfg.percent) * MILLI / 100);
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub fn withdraw(&self, cfg: &RetryBudgetConfig) -> bool {
+        let now = now_ms();
+        let last = self.last_refill_ms.load(Ordering::Acquire);
+        let elapsed = now.saturating_sub(last);
+        if elapsed >= 100
+            && self
+                .last_refill_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.add(i64::from(cfg.min_retries_per_second) * MILLI * elapsed as i64 / 1000);
+        }
+        self.balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b >= MILLI).then_some(b - MILLI)
+            })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_about_percent_of_requests() {
+        let cfg = RetryBudgetConfig {
+            percent: 20,
+            min_retries_per_second: 0,
+        };
+        let b = RetryBudget::default();
+        let mut granted = 0;
+        for _ in 0..1000 {
+            b.deposit(&cfg);
+            if b.withdraw(&cfg) {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 200);
+    }
+
+    #[test]
+    fn conditions_parse() {
+        assert_eq!(RetryOn::parse("503"), Some(RetryOn::Status(503)));
+        assert_eq!(RetryOn::parse("reset"), Some(RetryOn::Reset));
+        assert_eq!(RetryOn::parse("200"), None);
+        assert_eq!(RetryOn::parse("sometimes"), None);
+    }
+}
