@@ -43,12 +43,19 @@ pub struct Upstream {
     pub arrivals: Arc<AtomicU64>,
     /// TCP connections accepted.
     pub connections: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with(name, "127.0.0.1:0".parse().unwrap(), Duration::ZERO).await
+    }
+
+    /// An upstream on `addr` (port 0: any) that delays every answer by `delay`.
+    pub async fn start_with(name: &str, addr: SocketAddr, delay: Duration) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let up = Upstream {
             addr,
             name: name.to_string(),
@@ -56,6 +63,7 @@ impl Upstream {
             completed_uploads: Arc::new(AtomicU64::new(0)),
             arrivals: Arc::new(AtomicU64::new(0)),
             connections: Arc::new(AtomicU64::new(0)),
+            stop,
         };
         let connections = up.connections.clone();
         let (seen, uploads, arrivals, name) = (
@@ -64,11 +72,17 @@ impl Upstream {
             up.arrivals.clone(),
             up.name.clone(),
         );
+        let mut stop_accept = stop_rx.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = stop_accept.changed() => return,
+                };
+                let Ok((stream, _)) = accepted else {
                     return;
                 };
+                let mut stop_conn = stop_rx.clone();
                 connections.fetch_add(1, Ordering::SeqCst);
                 let (seen, uploads, arrivals, name) = (
                     seen.clone(),
@@ -85,18 +99,31 @@ impl Upstream {
                             name.clone(),
                         );
                         async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
                             Ok::<_, Infallible>(
                                 upstream_handle(req, seen, uploads, arrivals, name).await,
                             )
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    // Stopping the upstream drops its connections mid-flight, like a crash.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop_conn.changed() => {}
+                    }
                 });
             }
         });
         up
+    }
+
+    /// Stops accepting and drops every open connection, like a crashed process.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
     }
 
     pub fn count(&self) -> usize {
