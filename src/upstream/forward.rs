@@ -35,7 +35,8 @@ pub async fn forward(
     body: UpstreamBody,
     client_ip: &str,
 ) -> Result<Response<PooledBody>, Reject> {
-    let deadline = Instant::now() + timeout;
+    let mut now = Instant::now();
+    let deadline = now + timeout;
     let timeout_ms = timeout.as_millis() as u64;
     let Some(_slot) = upstream.enter() else {
         return Err(Reject::UpstreamBusy(upstream.name.clone()));
@@ -58,7 +59,6 @@ pub async fn forward(
     let mut tried: Vec<usize> = Vec::new();
     let mut retries_done = 0;
     loop {
-        let now = Instant::now();
         if now >= deadline {
             return Err(Reject::UpstreamTimeout(timeout_ms));
         }
@@ -82,6 +82,7 @@ pub async fn forward(
         };
         if admission == Admission::Rejected {
             // The breaker opened between the pick and now; try another target.
+            now = Instant::now();
             tried.push(index);
             if tried.len() > upstream.targets.len() * 2 {
                 return Err(Reject::NoTargetAvailable(upstream.name.clone()));
@@ -164,6 +165,7 @@ pub async fn forward(
             .backoff(retries_done)
             .min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
+        now = Instant::now();
     }
 }
 
