@@ -410,3 +410,54 @@ async fn every_target_out_answers_503_fast() {
     assert_eq!(r.headers["retry-after"], "1");
     assert!(started.elapsed() < Duration::from_millis(100));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_removed_by_reload_finishes_its_requests_then_its_connections_close() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start_with(
+        "b",
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_millis(600),
+    )
+    .await;
+    let both = format!("  - name: up\n    targets:\n{}", targets(&[&a, &b]));
+    let gw = TestGateway::start(&config(&both, ALL_TO_UP)).await;
+    let c = client();
+    // Round robin: the first request goes to a, the second to b (slow).
+    assert_eq!(get(&c, &gw.url("/x"), &[]).await.headers["x-upstream"], "a");
+    let url = gw.url("/x");
+    let in_flight = tokio::spawn(async move { get(&client(), &url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        b.open_connections.load(Ordering::SeqCst),
+        1,
+        "the slow request is not at b"
+    );
+
+    gw.write_config(&config(
+        &format!("  - name: up\n    targets:\n{}", targets(&[&a])),
+        ALL_TO_UP,
+    ));
+    gw.gateway.reload().await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(get(&c, &gw.url("/x"), &[]).await.headers["x-upstream"], "a");
+    }
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.headers["x-upstream"].to_str().unwrap()),
+        (200, "b")
+    );
+    // Once the old snapshot's last request is done, b's pooled connection is closed.
+    for _ in 0..100 {
+        if b.open_connections.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        b.open_connections.load(Ordering::SeqCst),
+        0,
+        "removed target's connection still open"
+    );
+    assert_eq!(b.arrivals.load(Ordering::SeqCst), 1);
+}

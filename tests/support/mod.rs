@@ -43,6 +43,8 @@ pub struct Upstream {
     pub arrivals: Arc<AtomicU64>,
     /// TCP connections accepted.
     pub connections: Arc<AtomicU64>,
+    /// TCP connections currently open.
+    pub open_connections: Arc<AtomicU64>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -63,9 +65,11 @@ impl Upstream {
             completed_uploads: Arc::new(AtomicU64::new(0)),
             arrivals: Arc::new(AtomicU64::new(0)),
             connections: Arc::new(AtomicU64::new(0)),
+            open_connections: Arc::new(AtomicU64::new(0)),
             stop,
         };
         let connections = up.connections.clone();
+        let open_connections = up.open_connections.clone();
         let (seen, uploads, arrivals, name) = (
             up.seen.clone(),
             up.completed_uploads.clone(),
@@ -84,6 +88,8 @@ impl Upstream {
                 };
                 let mut stop_conn = stop_rx.clone();
                 connections.fetch_add(1, Ordering::SeqCst);
+                open_connections.fetch_add(1, Ordering::SeqCst);
+                let open_connections = open_connections.clone();
                 let (seen, uploads, arrivals, name) = (
                     seen.clone(),
                     uploads.clone(),
@@ -115,6 +121,7 @@ impl Upstream {
                         _ = conn => {}
                         _ = stop_conn.changed() => {}
                     }
+                    open_connections.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
