@@ -82,6 +82,7 @@ impl Snapshot {
 /// still apply.
 pub fn compile(valid: &ValidConfig, version: u64, registry: &mut UpstreamRegistry) -> Snapshot {
     let cfg = &valid.config;
+    registry.set_dns(&cfg.dns);
     let upstreams: Vec<CompiledUpstream> =
         cfg.upstreams.iter().map(|u| registry.compile(u)).collect();
     registry.retain(&upstreams);

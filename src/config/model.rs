@@ -22,6 +22,9 @@ pub struct Config {
     #[serde(default)]
     pub routes: Vec<Located<Route>>,
 
+    #[serde(default)]
+    pub dns: DnsConfig,
+
     #[serde(default, skip_serializing)]
     pub auth: Unsupported,
     #[serde(default, skip_serializing)]
@@ -474,4 +477,28 @@ pub struct HeaderOps {
     pub set: BTreeMap<String, Text>,
     #[serde(default)]
     pub remove: Vec<Text>,
+}
+
+/// How upstream host names are resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// `IP:port` of DNS servers; empty: the system's (/etc/resolv.conf).
+    pub nameservers: Vec<Text>,
+    /// Re-resolve no sooner than this, whatever the record's TTL (and this long after a failure).
+    pub min_ttl_s: u64,
+    /// Re-resolve at least this often.
+    pub max_ttl_s: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            min_ttl_s: 5,
+            max_ttl_s: 300,
+            timeout_ms: 2000,
+        }
+    }
 }

@@ -101,6 +101,7 @@ pub fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
         "observability issue",
     );
 
+    check_dns(&mut c, &config.dns);
     let listener_addrs = check_listeners(&mut c, config);
     check_admin(&mut c, config, &listener_addrs);
     check_defaults(&mut c, &config.defaults);
@@ -917,5 +918,27 @@ fn check_retries(c: &mut Checker, r: &Located<Route>, retries: &Located<Retries>
             format!("{key}.retries"),
             "a direct_response route has nothing to retry",
         );
+    }
+}
+
+fn check_dns(c: &mut Checker, dns: &DnsConfig) {
+    for n in &dns.nameservers {
+        if n.parse::<SocketAddr>().is_err() {
+            c.err(
+                0,
+                "dns.nameservers",
+                format!("`{n}` is not an IP:port address"),
+            );
+        }
+    }
+    if dns.min_ttl_s == 0 || dns.min_ttl_s > dns.max_ttl_s {
+        c.err(
+            0,
+            "dns.min_ttl_s",
+            "must be at least 1 and at most max_ttl_s",
+        );
+    }
+    if !(100..=30_000).contains(&dns.timeout_ms) {
+        c.err(0, "dns.timeout_ms", "must be between 100 and 30000");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod balancer;
 pub mod breaker;
+pub mod dns;
 pub mod forward;
 pub mod health;
 pub mod pool;
@@ -10,9 +11,10 @@ pub mod retry;
 pub mod split;
 pub mod target;
 
-use crate::config::{HealthCheck, RetryBudgetConfig, Upstream as UpstreamConfig};
+use crate::config::{DnsConfig, HealthCheck, RetryBudgetConfig, Upstream as UpstreamConfig};
 use balancer::{Balancer, HashRing, RoundRobin};
 use breaker::BreakerConfig;
+use dns::{Dns, ResolvedTarget};
 use pool::{PoolSettings, TargetPool};
 use retry::RetryBudget;
 use split::SplitKey;
@@ -78,38 +80,73 @@ impl CompiledUpstream {
 pub struct UpstreamRegistry {
     targets: HashMap<(String, String), (Arc<TargetPool>, Arc<TargetState>)>,
     runtimes: HashMap<String, Arc<UpstreamRuntime>>,
+    dns_config: Option<DnsConfig>,
+    /// Built on first use by a host-name target; `None` inside if it could not be built.
+    dns: Option<Option<Arc<Dns>>>,
 }
 
 impl UpstreamRegistry {
+    /// Applies the `dns` section; a change rebuilds the resolver and every host-name target.
+    pub fn set_dns(&mut self, cfg: &DnsConfig) {
+        if self.dns_config.as_ref() != Some(cfg) {
+            self.dns_config = Some(cfg.clone());
+            self.dns = None;
+            self.targets
+                .retain(|(_, address), _| address.parse::<std::net::SocketAddr>().is_ok());
+        }
+    }
+
+    fn resolved(&mut self, address: &str) -> Option<Arc<ResolvedTarget>> {
+        if address.parse::<std::net::SocketAddr>().is_ok() {
+            return None;
+        }
+        let (host, port) = address.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let cfg = self.dns_config.clone().unwrap_or_default();
+        let dns = self.dns.get_or_insert_with(|| match Dns::new(&cfg) {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver; host names are resolved by the system at connect time");
+                None
+            }
+        });
+        dns.as_ref()
+            .map(|d| ResolvedTarget::new(host, port, Arc::clone(d)))
+    }
+
     pub fn compile(&mut self, u: &UpstreamConfig) -> CompiledUpstream {
         let name = u.name.value.0.clone();
         let settings = PoolSettings {
             connect_timeout_ms: u.connect_timeout_ms,
             pool: u.pool.clone(),
         };
-        let targets: Vec<Target> = u
-            .targets
-            .iter()
-            .map(|t| {
-                let address = t.address.value.0.clone();
-                let key = (name.clone(), address.clone());
-                let entry = self.targets.entry(key).or_insert_with(|| {
-                    let authority = address.parse().expect("validated host:port");
-                    (
-                        TargetPool::new(authority, settings.clone()),
-                        Arc::new(TargetState::new()),
-                    )
-                });
-                if *entry.0.settings() != settings {
-                    entry.0 = TargetPool::new(entry.0.authority().clone(), settings.clone());
+        let mut targets: Vec<Target> = Vec::with_capacity(u.targets.len());
+        for t in u.targets.iter() {
+            let address = t.address.value.0.clone();
+            let key = (name.clone(), address.clone());
+            let reusable = self
+                .targets
+                .get(&key)
+                .is_some_and(|(pool, _)| *pool.settings() == settings);
+            if !reusable {
+                let authority = address.parse().expect("validated host:port");
+                let pool = TargetPool::new(authority, settings.clone(), self.resolved(&address));
+                match self.targets.get_mut(&key) {
+                    // New settings: a new pool, but the target keeps its health and breaker.
+                    Some(entry) => entry.0 = pool,
+                    None => {
+                        self.targets
+                            .insert(key.clone(), (pool, Arc::new(TargetState::new())));
+                    }
                 }
-                Target {
-                    pool: Arc::clone(&entry.0),
-                    state: Arc::clone(&entry.1),
-                    weight: t.weight.value,
-                }
-            })
-            .collect();
+            }
+            let (pool, state) = &self.targets[&key];
+            targets.push(Target {
+                pool: Arc::clone(pool),
+                state: Arc::clone(state),
+                weight: t.weight.value,
+            });
+        }
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
         let balancer = match u.load_balancing.value {
             crate::config::LoadBalancing::RoundRobin => {

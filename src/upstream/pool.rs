@@ -11,6 +11,7 @@
 
 use crate::body::UpstreamBody;
 use crate::config::PoolConfig;
+use crate::upstream::dns::ResolvedTarget;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
@@ -58,8 +59,15 @@ impl UpstreamError {
     }
 }
 
-struct Idle {
+/// A connection's send handle and remote address (so that connections to addresses a host name
+/// no longer resolves to are not reused).
+pub struct Conn {
     sender: SendRequest<UpstreamBody>,
+    peer: Option<std::net::SocketAddr>,
+}
+
+struct Idle {
+    conn: Conn,
     since: Instant,
 }
 
@@ -67,15 +75,22 @@ struct Idle {
 pub struct TargetPool {
     authority: Authority,
     settings: PoolSettings,
+    /// Set for targets given by host name.
+    resolved: Option<Arc<ResolvedTarget>>,
     /// Oldest at the front, newest at the back.
     idle: Mutex<VecDeque<Idle>>,
 }
 
 impl TargetPool {
-    pub fn new(authority: Authority, settings: PoolSettings) -> Arc<TargetPool> {
+    pub fn new(
+        authority: Authority,
+        settings: PoolSettings,
+        resolved: Option<Arc<ResolvedTarget>>,
+    ) -> Arc<TargetPool> {
         Arc::new(TargetPool {
             authority,
             settings,
+            resolved,
             idle: Mutex::new(VecDeque::new()),
         })
     }
@@ -93,20 +108,26 @@ impl TargetPool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn take_idle(&self) -> Option<SendRequest<UpstreamBody>> {
+    fn take_idle(&self) -> Option<Conn> {
         let max_age = Duration::from_millis(self.settings.pool.idle_timeout_ms);
+        // For host names: only connections to addresses the name still resolves to.
+        let current = self.resolved.as_ref().map(|r| r.current());
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Newest first: it is the least likely to have been closed by the upstream.
         while let Some(c) = idle.pop_back() {
-            if c.since.elapsed() < max_age && !c.sender.is_closed() {
-                return Some(c.sender);
+            let still_resolved = match (&current, c.conn.peer) {
+                (Some(addrs), Some(peer)) => addrs.contains(&peer),
+                _ => true,
+            };
+            if c.since.elapsed() < max_age && !c.conn.sender.is_closed() && still_resolved {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn put_back(&self, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+    fn put_back(&self, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         let max_idle = self.settings.pool.max_idle_per_target;
@@ -123,28 +144,42 @@ impl TargetPool {
         {
             idle.pop_front();
         }
-        idle.push_back(Idle { sender, since: now });
+        idle.push_back(Idle { conn, since: now });
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
         let target = self.authority.as_str();
         let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
-        // A host name is resolved on every new connection, so DNS changes are picked up.
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        let connect = async {
+            match &self.resolved {
+                // Host names: the addresses kept fresh by the DNS refresher, tried in order.
+                Some(r) => {
+                    let addrs = r
+                        .addresses()
+                        .await
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+                    TcpStream::connect(&addrs[..]).await
+                }
+                None => TcpStream::connect(target).await,
+            }
+        };
+        let stream = match tokio::time::timeout(timeout, connect).await {
             Err(_) => {
                 return Err(UpstreamError::ConnectTimeout {
                     target: target.to_string(),
                 })
             }
             Ok(Err(source)) => {
+                tracing::debug!(target = %target, error = %source, "upstream connect failed");
                 return Err(UpstreamError::Connect {
                     target: target.to_string(),
                     source,
-                })
+                });
             }
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -157,7 +192,7 @@ impl TargetPool {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Conn { sender, peer })
     }
 
     /// Sends `req` (its URI already in origin-form) on a pooled or new connection.
@@ -168,24 +203,25 @@ impl TargetPool {
         let target = || self.authority.as_str().to_string();
         // A pooled connection may have been closed by the upstream a moment ago; hyper hands
         // the request back unsent in that case and it goes out on a fresh connection.
-        let (mut sender, mut fresh) = match self.take_idle() {
+        let (mut conn, mut fresh) = match self.take_idle() {
             // Wait for the connection task to finish with the previous exchange.
-            Some(mut s) => match s.ready().await {
-                Ok(()) => (s, false),
-                Err(_) => (self.connect().await?, true),
+            Some(mut c) => match c.sender.ready().await {
+                Ok(()) => (c, false),
+                Err(_) => (Box::pin(self.connect()).await?, true),
             },
-            None => (self.connect().await?, true),
+            // Boxed: connecting is the rare path, and its future is large.
+            None => (Box::pin(self.connect()).await?, true),
         };
         loop {
-            match sender.try_send_request(req).await {
+            match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     let pool = Arc::clone(self);
-                    return Ok(resp.map(|inner| PooledBody::new(inner, sender, pool)));
+                    return Ok(resp.map(|inner| PooledBody::new(inner, conn, pool)));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => {
                         req = unsent;
-                        sender = Box::pin(self.connect()).await?;
+                        conn = Box::pin(self.connect()).await?;
                         fresh = true;
                     }
                     _ => {
@@ -204,24 +240,20 @@ impl TargetPool {
 /// has been read to the end, and is closed if the body is abandoned halfway.
 pub struct PooledBody {
     inner: Incoming,
-    owner: Option<(SendRequest<UpstreamBody>, Arc<TargetPool>)>,
+    owner: Option<(Conn, Arc<TargetPool>)>,
 }
 
 impl PooledBody {
-    fn new(
-        inner: Incoming,
-        sender: SendRequest<UpstreamBody>,
-        pool: Arc<TargetPool>,
-    ) -> PooledBody {
+    fn new(inner: Incoming, conn: Conn, pool: Arc<TargetPool>) -> PooledBody {
         PooledBody {
             inner,
-            owner: Some((sender, pool)),
+            owner: Some((conn, pool)),
         }
     }
 
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.owner.take() {
-            pool.put_back(sender);
+        if let Some((conn, pool)) = self.owner.take() {
+            pool.put_back(conn);
         }
     }
 }

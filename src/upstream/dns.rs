@@ -1,0 +1,161 @@
+//! Upstream host names: resolved off the request path and re-resolved when their DNS TTL runs
+//! out (never sooner than `dns.min_ttl_s`, never later than `dns.max_ttl_s`). A failed lookup
+//! keeps the last good addresses; connections go to the addresses in hand.
+
+use crate::config::DnsConfig;
+use arc_swap::ArcSwap;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// The resolver the gateway uses for upstream host names.
+pub struct Dns {
+    resolver: TokioResolver,
+    min_ttl: Duration,
+    max_ttl: Duration,
+}
+
+impl Dns {
+    pub fn new(cfg: &DnsConfig) -> Result<Dns, String> {
+        let mut builder = if cfg.nameservers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
+        } else {
+            let servers = cfg
+                .nameservers
+                .iter()
+                .map(|s| {
+                    let addr: SocketAddr = s.parse().expect("validated nameserver address");
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let opts = builder.options_mut();
+        opts.timeout = Duration::from_millis(cfg.timeout_ms);
+        opts.attempts = 2;
+        let resolver = builder
+            .build()
+            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        Ok(Dns {
+            resolver,
+            min_ttl: Duration::from_secs(cfg.min_ttl_s),
+            max_ttl: Duration::from_secs(cfg.max_ttl_s),
+        })
+    }
+
+    /// Resolves `host`; returns the addresses (with `port`) and how long to keep them.
+    pub async fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(Vec<SocketAddr>, Duration), String> {
+        let found = self
+            .resolver
+            .lookup_ip(host)
+            .await
+            .map_err(|e| e.to_string())?;
+        let addrs: Vec<SocketAddr> = found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+        if addrs.is_empty() {
+            return Err(format!("{host} has no addresses"));
+        }
+        let ttl = found
+            .valid_until()
+            .saturating_duration_since(std::time::Instant::now());
+        Ok((addrs, ttl.clamp(self.min_ttl, self.max_ttl)))
+    }
+}
+
+/// A target given by host name: its last good addresses, kept fresh by a background task.
+pub struct ResolvedTarget {
+    host: String,
+    port: u16,
+    dns: Arc<Dns>,
+    addrs: ArcSwap<Vec<SocketAddr>>,
+    refresher: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ResolvedTarget {
+    pub fn new(host: &str, port: u16, dns: Arc<Dns>) -> Arc<ResolvedTarget> {
+        let target = Arc::new(ResolvedTarget {
+            host: host.to_string(),
+            port,
+            dns,
+            addrs: ArcSwap::from_pointee(Vec::new()),
+            refresher: std::sync::Mutex::new(None),
+        });
+        // Outside a runtime (never in the gateway itself) lookups simply happen at connect time.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&target);
+            let task = handle.spawn(async move {
+                loop {
+                    let Some(t) = weak.upgrade() else { return };
+                    let wait = t.refresh().await;
+                    drop(t);
+                    tokio::time::sleep(wait).await;
+                }
+            });
+            *target.refresher.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+        target
+    }
+
+    /// One lookup; returns how long to wait before the next.
+    async fn refresh(&self) -> Duration {
+        match self.dns.lookup(&self.host, self.port).await {
+            Ok((addrs, ttl)) => {
+                if **self.addrs.load() != addrs {
+                    tracing::info!(host = %self.host, addresses = ?addrs, "upstream host resolved");
+                }
+                self.addrs.store(Arc::new(addrs));
+                ttl
+            }
+            Err(e) => {
+                let kept = self.addrs.load().len();
+                tracing::warn!(host = %self.host, error = %e, kept_addresses = kept, "DNS lookup failed; keeping the last good addresses");
+                self.dns.min_ttl
+            }
+        }
+    }
+
+    /// The addresses in hand (possibly none yet).
+    pub fn current(&self) -> Arc<Vec<SocketAddr>> {
+        self.addrs.load_full()
+    }
+
+    /// The addresses to connect to; looked up now if none is known yet.
+    pub async fn addresses(&self) -> Result<Arc<Vec<SocketAddr>>, String> {
+        let current = self.addrs.load_full();
+        if !current.is_empty() {
+            return Ok(current);
+        }
+        let (addrs, _) = self.dns.lookup(&self.host, self.port).await?;
+        let addrs = Arc::new(addrs);
+        self.addrs.store(Arc::clone(&addrs));
+        Ok(addrs)
+    }
+}
+
+impl Drop for ResolvedTarget {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .refresher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
