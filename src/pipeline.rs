@@ -3,6 +3,7 @@
 
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::forwarded;
+use crate::observe::trace_context::TraceContext;
 use crate::policy::request_rules::BodyPlan;
 use crate::reject::Reject;
 use crate::request_id;
@@ -23,10 +24,18 @@ use std::borrow::Cow;
 pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<ResponseBody> {
     let snapshot = conn.gateway.snapshot();
     let request_id = request_id::for_request(req.headers());
-    let mut resp = match run(req, conn, &snapshot, &request_id).await {
+    let trace = snapshot
+        .trace_context
+        .then(|| TraceContext::from_headers(req.headers()));
+    let mut resp = match run(req, conn, &snapshot, &request_id, trace.as_ref()).await {
         Ok(resp) => resp,
         Err(reject) => reject.into_response(&request_id),
     };
+    if let (Some(name), Some(t)) = (&snapshot.trace_id_header, &trace) {
+        if let Ok(v) = HeaderValue::from_str(&t.trace_id_hex()) {
+            resp.headers_mut().insert(name.clone(), v);
+        }
+    }
     resp.headers_mut().insert(request_id::HEADER, request_id);
     resp
 }
@@ -36,6 +45,7 @@ async fn run(
     conn: &ConnContext,
     snapshot: &Snapshot,
     request_id: &HeaderValue,
+    trace: Option<&TraceContext>,
 ) -> Result<Response<ResponseBody>, Reject> {
     // 1. accept: listener limits (load shedding, head size).
     // Listeners cannot change on reload, so the snapshot always knows this one.
@@ -113,6 +123,9 @@ async fn run(
         route,
         &body,
     );
+    if let Some(t) = trace {
+        t.apply(&mut parts.headers);
+    }
 
     // 10-11. select a target and forward: bulkhead, balancer, breaker, timeouts, retries.
     let upstream = &snapshot.upstreams[upstream_index];

@@ -68,6 +68,9 @@ pub struct Snapshot {
     pub admin_token: Option<String>,
     pub allow_encoded_slashes: bool,
     pub drain_timeout: Duration,
+    pub trace_context: bool,
+    /// Response header that carries the trace id, if configured.
+    pub trace_id_header: Option<HeaderName>,
     /// The `/admin/routes` document, prepared at load time.
     pub routes_json: serde_json::Value,
 }
@@ -159,6 +162,13 @@ pub fn compile(valid: &ValidConfig, version: u64, registry: &mut UpstreamRegistr
         admin_token: cfg.admin.token.as_ref().map(|t| t.0.clone()),
         allow_encoded_slashes: cfg.defaults.allow_encoded_slashes,
         drain_timeout: Duration::from_millis(cfg.defaults.drain_timeout_ms),
+        trace_context: cfg.observability.trace_context.enabled,
+        trace_id_header: cfg
+            .observability
+            .trace_context
+            .response_header
+            .as_ref()
+            .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("validated header name")),
         routes_json: routes_document(valid),
     }
 }

@@ -31,8 +31,8 @@ pub struct Config {
     pub rate_limits: Unsupported,
     #[serde(default, skip_serializing)]
     pub redis: Unsupported,
-    #[serde(default, skip_serializing)]
-    pub observability: Unsupported,
+    #[serde(default)]
+    pub observability: Observability,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -499,6 +499,39 @@ impl Default for DnsConfig {
             min_ttl_s: 5,
             max_ttl_s: 300,
             timeout_ms: 2000,
+        }
+    }
+}
+
+/// Telemetry. Sections not built yet are refused.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observability {
+    #[serde(default)]
+    pub trace_context: TraceContextConfig,
+    #[serde(default, skip_serializing)]
+    pub metrics: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub access_log: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub otlp: Unsupported,
+}
+
+/// W3C Trace Context propagation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceContextConfig {
+    /// Continue or start a trace and send `traceparent` / `tracestate` upstream.
+    pub enabled: bool,
+    /// When set, every response carries the trace id in this header.
+    pub response_header: Option<Text>,
+}
+
+impl Default for TraceContextConfig {
+    fn default() -> Self {
+        TraceContextConfig {
+            enabled: true,
+            response_header: None,
         }
     }
 }

@@ -95,11 +95,7 @@ pub fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
         "rate limiting issue",
     );
     c.unsupported(&config.redis, "redis".into(), "rate limiting issue");
-    c.unsupported(
-        &config.observability,
-        "observability".into(),
-        "observability issue",
-    );
+    check_observability(&mut c, &config.observability);
 
     check_dns(&mut c, &config.dns);
     let listener_addrs = check_listeners(&mut c, config);
@@ -940,5 +936,32 @@ fn check_dns(c: &mut Checker, dns: &DnsConfig) {
     }
     if !(100..=30_000).contains(&dns.timeout_ms) {
         c.err(0, "dns.timeout_ms", "must be between 100 and 30000");
+    }
+}
+
+fn check_observability(c: &mut Checker, o: &Observability) {
+    c.unsupported(
+        &o.metrics,
+        "observability.metrics".into(),
+        "observability issue: Prometheus metrics",
+    );
+    c.unsupported(
+        &o.access_log,
+        "observability.access_log".into(),
+        "observability issue: access log",
+    );
+    c.unsupported(
+        &o.otlp,
+        "observability.otlp".into(),
+        "observability issue: OpenTelemetry export",
+    );
+    if let Some(h) = &o.trace_context.response_header {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            c.err(
+                0,
+                "observability.trace_context.response_header",
+                format!("`{h}` is not a valid header name"),
+            );
+        }
     }
 }

@@ -1,0 +1,3 @@
+//! Telemetry: trace context propagation (metrics, access log and export come later).
+
+pub mod trace_context;

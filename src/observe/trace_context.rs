@@ -1,0 +1,347 @@
+//! W3C Trace Context (Level 2): continue a valid incoming `traceparent` with the gateway's own
+//! span id, start a new trace otherwise, and pass `tracestate` on within the spec's limits.
+
+use http::{HeaderMap, HeaderValue};
+
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+const MAX_TRACESTATE_BYTES: usize = 512;
+/// When tracestate must be shortened, members longer than this go first (spec §3.3.1.5).
+const LONG_MEMBER: usize = 128;
+
+/// The trace this request belongs to, as the gateway forwards it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The gateway's own span: the parent-id sent upstream.
+    pub span_id: [u8; 8],
+    /// The caller's span, when the trace was continued.
+    pub parent_id: Option<[u8; 8]>,
+    pub flags: u8,
+    /// Passed upstream only when the incoming traceparent was valid.
+    pub tracestate: Option<String>,
+}
+
+/// Flag bits: sampled (Level 1) and random-trace-id (Level 2).
+const SAMPLED: u8 = 0x01;
+const RANDOM_TRACE_ID: u8 = 0x02;
+
+fn hex_lower(s: &[u8]) -> bool {
+    s.iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+fn decode<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != N * 2 || !hex_lower(s) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks(2).enumerate() {
+        let v = |c: u8| {
+            if c.is_ascii_digit() {
+                c - b'0'
+            } else {
+                c - b'a' + 10
+            }
+        };
+        out[i] = v(pair[0]) << 4 | v(pair[1]);
+    }
+    Some(out)
+}
+
+fn encode(bytes: &[u8], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0xf) as usize] as char);
+    }
+}
+
+fn random_nonzero<const N: usize>() -> [u8; N] {
+    loop {
+        let mut out = [0u8; N];
+        for chunk in out.chunks_mut(8) {
+            let r = fastrand::u64(..).to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        if out.iter().any(|b| *b != 0) {
+            return out;
+        }
+    }
+}
+
+/// Parses a traceparent value by the version rules: version 00 must be exactly 55 characters;
+/// a higher version is read by the 00 layout and may carry more fields after a `-`; `ff` is
+/// never valid.
+pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    if v.len() < 55 {
+        return None;
+    }
+    let version = decode::<1>(&v[0..2])?[0];
+    if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let trace_id = decode::<16>(&v[3..35])?;
+    let parent_id = decode::<8>(&v[36..52])?;
+    let flags = decode::<1>(&v[53..55])?[0];
+    if trace_id.iter().all(|b| *b == 0) || parent_id.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some((trace_id, parent_id, flags))
+}
+
+fn valid_key(k: &str) -> bool {
+    let simple = |s: &str, max: usize| {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= max
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-*/".contains(c))
+    };
+    match k.split_once('@') {
+        // Multi-tenant key: tenant@system.
+        Some((tenant, system)) => {
+            simple(tenant, 241) && simple(system, 14) && system.as_bytes()[0].is_ascii_lowercase()
+        }
+        None => simple(k, 256) && k.as_bytes()[0].is_ascii_lowercase(),
+    }
+}
+
+fn valid_value(v: &str) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && b.iter()
+            .all(|c| (0x20..=0x7e).contains(c) && *c != b',' && *c != b'=')
+        && b[b.len() - 1] != b' '
+}
+
+/// Validates and normalizes tracestate (all header lines joined by `,`): `None` when any member
+/// is malformed, keys repeat or there are more than 32 members; shortened to 512 bytes by the
+/// spec's rule (long members first, then from the end).
+pub fn parse_tracestate(values: &[&str]) -> Option<String> {
+    let mut members: Vec<&str> = Vec::new();
+    for v in values {
+        for m in v.split(',') {
+            let m = m.trim_matches(|c| c == ' ' || c == '\t');
+            if m.is_empty() {
+                continue;
+            }
+            let (k, val) = m.split_once('=')?;
+            if !valid_key(k)
+                || !valid_value(val)
+                || members
+                    .iter()
+                    .any(|p| p.split_once('=').map(|x| x.0) == Some(k))
+            {
+                return None;
+            }
+            members.push(m);
+        }
+    }
+    if members.is_empty() || members.len() > MAX_TRACESTATE_MEMBERS {
+        return None;
+    }
+    let joined_len =
+        |ms: &[&str]| ms.iter().map(|m| m.len()).sum::<usize>() + ms.len().saturating_sub(1);
+    while joined_len(&members) > MAX_TRACESTATE_BYTES {
+        match members.iter().rposition(|m| m.len() > LONG_MEMBER) {
+            Some(i) => {
+                members.remove(i);
+            }
+            None => {
+                members.pop();
+            }
+        }
+    }
+    (!members.is_empty()).then(|| members.join(","))
+}
+
+impl TraceContext {
+    /// The context for a request with these headers.
+    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+        let mut parents = headers.get_all(TRACEPARENT).iter();
+        let incoming = match (parents.next(), parents.next()) {
+            (Some(v), None) => parse_traceparent(v.as_bytes()),
+            // Absent, or more than one: not a trace to continue.
+            _ => None,
+        };
+        match incoming {
+            Some((trace_id, parent_id, flags)) => {
+                let states: Vec<&str> = headers
+                    .get_all(TRACESTATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                TraceContext {
+                    trace_id,
+                    span_id: random_nonzero(),
+                    parent_id: Some(parent_id),
+                    // Only the flags version 00 defines are forwarded.
+                    flags: flags & (SAMPLED | RANDOM_TRACE_ID),
+                    tracestate: if states.is_empty() {
+                        None
+                    } else {
+                        parse_tracestate(&states)
+                    },
+                }
+            }
+            None => TraceContext {
+                trace_id: random_nonzero(),
+                span_id: random_nonzero(),
+                parent_id: None,
+                flags: SAMPLED | RANDOM_TRACE_ID,
+                tracestate: None,
+            },
+        }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        encode(&self.trace_id, &mut s);
+        s
+    }
+
+    /// The traceparent sent upstream: version 00 with the gateway's span as the parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        encode(&self.trace_id, &mut s);
+        s.push('-');
+        encode(&self.span_id, &mut s);
+        s.push('-');
+        encode(&[self.flags], &mut s);
+        HeaderValue::from_str(&s).expect("hex is a valid header value")
+    }
+
+    /// Replaces the client's trace headers with the gateway's.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(TRACEPARENT, self.traceparent());
+        headers.remove(TRACESTATE);
+        if let Some(ts) = &self.tracestate {
+            if let Ok(v) = HeaderValue::from_str(ts) {
+                headers.insert(TRACESTATE, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn ctx(tp: &[&str], ts: &[&str]) -> TraceContext {
+        let mut h = HeaderMap::new();
+        for v in tp {
+            h.append(TRACEPARENT, v.parse().unwrap());
+        }
+        for v in ts {
+            h.append(TRACESTATE, v.parse().unwrap());
+        }
+        TraceContext::from_headers(&h)
+    }
+
+    #[test]
+    fn continues_a_valid_trace_with_a_new_span() {
+        let c = ctx(&[VALID], &["congo=t61rcWkgMzE"]);
+        assert_eq!(c.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            c.parent_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        assert_ne!(c.span_id, c.parent_id.unwrap());
+        let tp = c.traceparent();
+        let tp = tp.to_str().unwrap();
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"),
+            "{tp}"
+        );
+        assert_eq!(c.tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
+    }
+
+    #[test]
+    fn invalid_traceparents_start_a_new_trace_and_drop_tracestate() {
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", // too short
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent id
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // upper case
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", // short trace id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01", // short parent id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // v00 with extra data
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g", // bad flags
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // bad version
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01", // bad separators
+        ] {
+            let c = ctx(&[bad], &["congo=t61rcWkgMzE"]);
+            assert_ne!(
+                c.trace_id_hex(),
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{bad}"
+            );
+            assert_eq!(c.parent_id, None, "{bad}");
+            assert_eq!(c.tracestate, None, "{bad}");
+        }
+        // Two traceparent headers: not continued either.
+        assert_eq!(ctx(&[VALID, VALID], &[]).parent_id, None);
+    }
+
+    #[test]
+    fn future_versions_are_read_by_the_00_layout() {
+        let c = ctx(
+            &["cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds"],
+            &[],
+        );
+        assert_eq!(c.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(c.traceparent().to_str().unwrap().starts_with("00-"));
+        let c = ctx(
+            &["cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x"],
+            &[],
+        );
+        assert_eq!(c.parent_id, None, "extra data must follow a dash");
+    }
+
+    #[test]
+    fn tracestate_limits() {
+        let members: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_tracestate(&[&members.join(",")]), None, "33 members");
+        assert!(parse_tracestate(&[&members[..32].join(",")]).is_some());
+        assert_eq!(parse_tracestate(&["a=1,a=2"]), None, "duplicate key");
+        assert_eq!(parse_tracestate(&["A=1"]), None, "upper-case key");
+        assert_eq!(parse_tracestate(&["a=1,b"]), None);
+        assert_eq!(
+            parse_tracestate(&["a=1", "b=2"]).as_deref(),
+            Some("a=1,b=2"),
+            "lines are joined"
+        );
+        assert_eq!(
+            parse_tracestate(&["a=1, ,b=2"]).as_deref(),
+            Some("a=1,b=2"),
+            "empty members skipped"
+        );
+        assert_eq!(
+            parse_tracestate(&["tenant@vendor=x"]).as_deref(),
+            Some("tenant@vendor=x")
+        );
+        // Over 512 bytes: long members are dropped first, then from the end.
+        let long = format!("long={}", "x".repeat(200));
+        let short: Vec<String> = (0..20)
+            .map(|i| format!("s{i}={}", "y".repeat(20)))
+            .collect();
+        let mut all = vec![long.clone()];
+        all.extend(short.iter().cloned());
+        let out = parse_tracestate(&[&all.join(",")]).unwrap();
+        assert!(out.len() <= 512, "{}", out.len());
+        assert!(!out.contains("long="));
+        assert!(out.starts_with("s0="));
+    }
+}
