@@ -116,6 +116,20 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
                 }),
             ),
             (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &snapshot.routes_json),
+            (&Method::GET, "/admin/access-log") => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let doc = match &snapshot.access_log {
+                    Some(log) => json!({
+                        "enabled": true,
+                        "destination": log.config.destination,
+                        "written": log.written.load(Relaxed),
+                        "dropped": log.dropped.load(Relaxed),
+                        "sampled_out": log.sampled_out.load(Relaxed),
+                    }),
+                    None => json!({"enabled": false}),
+                };
+                json_response(StatusCode::OK, &doc)
+            }
             (&Method::GET, "/admin/upstreams") => {
                 json_response(StatusCode::OK, &upstreams_document(&snapshot))
             }

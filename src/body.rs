@@ -25,6 +25,8 @@ pub enum UpstreamBody {
         inner: Incoming,
         limit: u64,
         seen: u64,
+        /// Mirrors `seen` for the access log, when one is written.
+        counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     },
 }
 
@@ -44,22 +46,28 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             UpstreamBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            UpstreamBody::Streaming { inner, limit, seen } => {
-                match Pin::new(inner).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(d) = frame.data_ref() {
-                            *seen += d.len() as u64;
-                            if *seen > *limit {
-                                return Poll::Ready(Some(Err(RequestBodyError::TooLarge(*limit))));
-                            }
+            UpstreamBody::Streaming {
+                inner,
+                limit,
+                seen,
+                counter,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        *seen += d.len() as u64;
+                        if let Some(c) = counter {
+                            c.store(*seen, std::sync::atomic::Ordering::Relaxed);
                         }
-                        Poll::Ready(Some(Ok(frame)))
+                        if *seen > *limit {
+                            return Poll::Ready(Some(Err(RequestBodyError::TooLarge(*limit))));
+                        }
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                    Poll::Ready(None) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Some(Ok(frame)))
                 }
-            }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -119,5 +127,68 @@ impl Body for ResponseBody {
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Upstream(inner) => inner.size_hint(),
         }
+    }
+}
+
+/// The body the server sends: the response plus, when this request is logged, its pending
+/// access-log line, written when the body ends or is abandoned.
+pub struct ServedBody {
+    inner: ResponseBody,
+    log: Option<crate::observe::access_log::PendingLog>,
+    bytes: u64,
+}
+
+impl ServedBody {
+    pub fn new(
+        inner: ResponseBody,
+        log: Option<crate::observe::access_log::PendingLog>,
+    ) -> ServedBody {
+        ServedBody {
+            inner,
+            log,
+            bytes: 0,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(pending) = self.log.take() {
+            pending.finish(self.bytes);
+        }
+    }
+}
+
+impl Body for ServedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ServedBody {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

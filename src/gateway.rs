@@ -2,7 +2,8 @@
 //! (read → validate → compile → atomic swap). Reloads are serialised; requests never wait on
 //! them.
 
-use crate::config::{self, ConfigError, ConfigErrors, ValidConfig};
+use crate::config::{self, AccessLogConfig, ConfigError, ConfigErrors, ValidConfig};
+use crate::observe::access_log::AccessLog;
 use crate::snapshot::{self, Snapshot};
 use crate::upstream::health::HealthCheckers;
 use crate::upstream::UpstreamRegistry;
@@ -23,6 +24,8 @@ pub struct Gateway {
 
 struct ReloadState {
     registry: UpstreamRegistry,
+    /// The running access log and the config it was started with.
+    access_log: Option<(AccessLogConfig, Arc<AccessLog>)>,
     health: HealthCheckers,
     last_version: u64,
 }
@@ -40,12 +43,19 @@ impl Gateway {
     pub fn load(config_path: PathBuf) -> Result<Arc<Gateway>, ConfigErrors> {
         let valid = config::load_file(&config_path)?;
         let mut registry = UpstreamRegistry::default();
-        let snap = snapshot::compile(&valid, 1, &mut registry);
+        let access_log = access_log_for(&valid, None)?;
+        let snap = snapshot::compile(
+            &valid,
+            1,
+            &mut registry,
+            access_log.as_ref().map(|(_, l)| Arc::clone(l)),
+        );
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(snap),
             config_path,
             reload_state: Mutex::new(ReloadState {
                 registry,
+                access_log,
                 health: HealthCheckers::default(),
                 last_version: 1,
             }),
@@ -77,6 +87,13 @@ impl Gateway {
         let snapshot = self.snapshot();
         let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
         state.health.sync(&snapshot.upstreams);
+    }
+
+    /// Reopens the access log file (SIGUSR1, after log rotation).
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = &self.snapshot().access_log {
+            log.reopen();
+        }
     }
 
     pub fn stop_health_checks(&self) {
@@ -125,7 +142,10 @@ impl Gateway {
         check_fixed_at_start(&current, &valid)?;
         let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
         let version = state.last_version + 1;
-        let snap = snapshot::compile(&valid, version, &mut state.registry);
+        let access_log = access_log_for(&valid, state.access_log.clone())?;
+        let log = access_log.as_ref().map(|(_, l)| Arc::clone(l));
+        state.access_log = access_log;
+        let snap = snapshot::compile(&valid, version, &mut state.registry, log);
         state.last_version = version;
         self.current.store(Arc::new(snap));
         Ok(Applied {
@@ -133,6 +153,31 @@ impl Gateway {
             checksum: valid.checksum,
             changed: true,
         })
+    }
+}
+
+/// The access log for `valid`: the running one if its settings did not change, else a new one.
+#[allow(clippy::type_complexity)]
+fn access_log_for(
+    valid: &ValidConfig,
+    current: Option<(AccessLogConfig, Arc<AccessLog>)>,
+) -> Result<Option<(AccessLogConfig, Arc<AccessLog>)>, ConfigErrors> {
+    let Some(cfg) = &valid.config.observability.access_log else {
+        return Ok(None);
+    };
+    if let Some((c, log)) = current {
+        if c == *cfg {
+            return Ok(Some((c, log)));
+        }
+    }
+    match AccessLog::start(cfg) {
+        Ok(log) => Ok(Some((cfg.clone(), Arc::new(log)))),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: valid.source.clone(),
+            line: 0,
+            key: "observability.access_log.destination".into(),
+            message: format!("cannot open `{}`: {e}", cfg.destination),
+        }])),
     }
 }
 

@@ -211,12 +211,17 @@ fn run(config_path: PathBuf, worker_threads: Option<usize>) -> anyhow::Result<()
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         loop {
             tokio::select! {
                 _ = hup.recv() => match gateway.reload().await {
                     Ok(a) => tracing::info!(version = a.version, changed = a.changed, checksum = %a.checksum, "config reloaded (SIGHUP)"),
                     Err(errors) => tracing::warn!(errors = %errors, "config reload refused; the running config keeps serving"),
                 },
+                _ = usr1.recv() => {
+                    gateway.reopen_access_log();
+                    tracing::info!("access log reopened (SIGUSR1)");
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }

@@ -1,8 +1,9 @@
 //! The request pipeline: every phase a proxied request goes through, in order, in one place.
 //! Each phase calls the module that owns it and either continues or answers the request.
 
-use crate::body::{ResponseBody, UpstreamBody};
+use crate::body::{ResponseBody, ServedBody, UpstreamBody};
 use crate::forwarded;
+use crate::observe::access_log::{mask_query, PendingLog, Record, Trail};
 use crate::observe::trace_context::TraceContext;
 use crate::policy::request_rules::BodyPlan;
 use crate::reject::Reject;
@@ -19,15 +20,37 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// Handles one request on the snapshot current when it arrived.
-pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<ResponseBody> {
+pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<ServedBody> {
+    let started = std::time::Instant::now();
     let snapshot = conn.gateway.snapshot();
     let request_id = request_id::for_request(req.headers());
     let trace = snapshot
         .trace_context
         .then(|| TraceContext::from_headers(req.headers()));
-    let mut resp = match run(req, conn, &snapshot, &request_id, trace.as_ref()).await {
+    // What the access log needs from the request itself, taken only when there is a log.
+    let logged = snapshot.access_log.as_ref().map(|log| {
+        let path = match req.uri().query() {
+            Some(q) if log.config.include_query => {
+                format!("{}?{}", req.uri().path(), mask_query(q))
+            }
+            _ => req.uri().path().to_string(),
+        };
+        (req.method().to_string(), path)
+    });
+    let mut trail = Trail::default();
+    let mut resp = match run(
+        req,
+        conn,
+        &snapshot,
+        &request_id,
+        trace.as_ref(),
+        &mut trail,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(reject) => reject.into_response(&request_id),
     };
@@ -36,8 +59,62 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Resp
             resp.headers_mut().insert(name.clone(), v);
         }
     }
+    let pending = match (&snapshot.access_log, logged) {
+        (Some(log), Some((method, path))) if log.wants(resp.status().as_u16()) => {
+            Some(PendingLog {
+                record: Box::new(record(
+                    &snapshot,
+                    &trail,
+                    &request_id,
+                    trace.as_ref(),
+                    conn,
+                    method,
+                    path,
+                    resp.status().as_u16(),
+                )),
+                started,
+                log: Arc::clone(log),
+                bytes_in_counter: trail.bytes_in_counter.take(),
+            })
+        }
+        _ => None,
+    };
     resp.headers_mut().insert(request_id::HEADER, request_id);
-    resp
+    resp.map(|b| ServedBody::new(b, pending))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    snapshot: &Snapshot,
+    trail: &Trail,
+    request_id: &HeaderValue,
+    trace: Option<&TraceContext>,
+    conn: &ConnContext,
+    method: String,
+    path: String,
+    status: u16,
+) -> Record {
+    let upstream = trail.upstream.map(|u| &snapshot.upstreams[u]);
+    Record {
+        timestamp: Some(std::time::SystemTime::now()),
+        request_id: request_id.to_str().unwrap_or_default().to_string(),
+        trace_id: trace.map(|t| t.trace_id_hex()),
+        route: trail.route.map(|r| snapshot.routes[r].name.clone()),
+        config_version: snapshot.version,
+        method,
+        path,
+        status,
+        upstream: upstream.map(|u| u.name.clone()),
+        target: upstream
+            .zip(trail.target)
+            .map(|(u, t)| u.targets[t].pool.authority().to_string()),
+        latency_ms: 0.0,
+        upstream_latency_ms: trail.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
+        bytes_in: trail.bytes_in,
+        bytes_out: 0,
+        client_ip: conn.client_ip.clone(),
+        retries: trail.retries,
+    }
 }
 
 async fn run(
@@ -46,6 +123,7 @@ async fn run(
     snapshot: &Snapshot,
     request_id: &HeaderValue,
     trace: Option<&TraceContext>,
+    trail: &mut Trail,
 ) -> Result<Response<ResponseBody>, Reject> {
     // 1. accept: listener limits (load shedding, head size).
     // Listeners cannot change on reload, so the snapshot always knows this one.
@@ -76,6 +154,7 @@ async fn run(
         })
         .ok_or(Reject::NoRoute)?;
     let route = &snapshot.routes[route_index];
+    trail.route = Some(route_index);
 
     // 3. authenticate, 4. authorize, 5. rate limit: every route is `auth: none` without
     //    authorization or rate limits until those capabilities land (validation refuses them).
@@ -86,6 +165,7 @@ async fn run(
     let body_plan = route
         .request_rules
         .check(req.headers(), has_body, content_length)?;
+    trail.bytes_in = content_length.unwrap_or(0);
 
     // 7. cache lookup: not built yet.
 
@@ -109,9 +189,23 @@ async fn run(
             inner: incoming,
             limit: route.request_rules.max_body_bytes,
             seen: 0,
+            counter: match (&snapshot.access_log, content_length) {
+                (Some(_), None) => {
+                    let c = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    trail.bytes_in_counter = Some(Arc::clone(&c));
+                    Some(c)
+                }
+                _ => None,
+            },
         },
         // Boxed: a rare path whose future would otherwise enlarge every request's.
-        BodyPlan::Buffer => Box::pin(buffer_body(incoming, route)).await?,
+        BodyPlan::Buffer => {
+            let body = Box::pin(buffer_body(incoming, route)).await?;
+            if let UpstreamBody::Full(Some(b)) = &body {
+                trail.bytes_in = b.len() as u64;
+            }
+            body
+        }
     };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -129,6 +223,7 @@ async fn run(
 
     // 10-11. select a target and forward: bulkhead, balancer, breaker, timeouts, retries.
     let upstream = &snapshot.upstreams[upstream_index];
+    trail.upstream = Some(upstream_index);
     let mut resp = forward(
         upstream,
         route.retry.as_ref(),
@@ -136,6 +231,7 @@ async fn run(
         parts,
         body,
         &conn.client_ip,
+        trail,
     )
     .await?;
 

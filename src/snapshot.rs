@@ -3,6 +3,7 @@
 
 use crate::body::ResponseBody;
 use crate::config::{ListenerLimits, ValidConfig};
+use crate::observe::access_log::AccessLog;
 use crate::policy::header_ops::HeaderOps;
 use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
@@ -69,6 +70,7 @@ pub struct Snapshot {
     pub allow_encoded_slashes: bool,
     pub drain_timeout: Duration,
     pub trace_context: bool,
+    pub access_log: Option<Arc<AccessLog>>,
     /// Response header that carries the trace id, if configured.
     pub trace_id_header: Option<HeaderName>,
     /// The `/admin/routes` document, prepared at load time.
@@ -83,7 +85,12 @@ impl Snapshot {
 
 /// Compiles a validated config. Pools and target state are taken from `registry` when they
 /// still apply.
-pub fn compile(valid: &ValidConfig, version: u64, registry: &mut UpstreamRegistry) -> Snapshot {
+pub fn compile(
+    valid: &ValidConfig,
+    version: u64,
+    registry: &mut UpstreamRegistry,
+    access_log: Option<Arc<AccessLog>>,
+) -> Snapshot {
     let cfg = &valid.config;
     registry.set_dns(&cfg.dns);
     let upstreams: Vec<CompiledUpstream> =
@@ -163,6 +170,7 @@ pub fn compile(valid: &ValidConfig, version: u64, registry: &mut UpstreamRegistr
         allow_encoded_slashes: cfg.defaults.allow_encoded_slashes,
         drain_timeout: Duration::from_millis(cfg.defaults.drain_timeout_ms),
         trace_context: cfg.observability.trace_context.enabled,
+        access_log,
         trace_id_header: cfg
             .observability
             .trace_context

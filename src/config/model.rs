@@ -511,8 +511,8 @@ pub struct Observability {
     pub trace_context: TraceContextConfig,
     #[serde(default, skip_serializing)]
     pub metrics: Unsupported,
-    #[serde(default, skip_serializing)]
-    pub access_log: Unsupported,
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
     #[serde(default, skip_serializing)]
     pub otlp: Unsupported,
 }
@@ -534,4 +534,32 @@ impl Default for TraceContextConfig {
             response_header: None,
         }
     }
+}
+
+/// One JSON line per request, written off the request path.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// `stdout`, `stderr` or a file path (reopened on SIGUSR1).
+    #[serde(default = "default_log_destination")]
+    pub destination: Text,
+    /// Lines waiting for the writer; beyond this, lines are dropped and counted.
+    #[serde(default = "default_log_queue")]
+    pub queue_size: usize,
+    /// Fraction of 2xx lines kept (errors are always logged).
+    #[serde(default = "default_sample")]
+    pub sample_2xx: f64,
+    /// Log query strings (secret parameters are always masked).
+    #[serde(default)]
+    pub include_query: bool,
+}
+
+fn default_log_destination() -> Text {
+    Text::from("stdout")
+}
+fn default_log_queue() -> usize {
+    8192
+}
+fn default_sample() -> f64 {
+    1.0
 }

@@ -945,11 +945,29 @@ fn check_observability(c: &mut Checker, o: &Observability) {
         "observability.metrics".into(),
         "observability issue: Prometheus metrics",
     );
-    c.unsupported(
-        &o.access_log,
-        "observability.access_log".into(),
-        "observability issue: access log",
-    );
+    if let Some(a) = &o.access_log {
+        if !(1..=1_000_000).contains(&a.queue_size) {
+            c.err(
+                0,
+                "observability.access_log.queue_size",
+                "must be between 1 and 1000000",
+            );
+        }
+        if !(0.0..=1.0).contains(&a.sample_2xx) {
+            c.err(
+                0,
+                "observability.access_log.sample_2xx",
+                "must be between 0.0 and 1.0",
+            );
+        }
+        if a.destination.is_empty() {
+            c.err(
+                0,
+                "observability.access_log.destination",
+                "must be stdout, stderr or a file path",
+            );
+        }
+    }
     c.unsupported(
         &o.otlp,
         "observability.otlp".into(),

@@ -1,3 +1,4 @@
-//! Telemetry: trace context propagation (metrics, access log and export come later).
+//! Telemetry: trace context propagation and the access log (metrics and export come later).
 
+pub mod access_log;
 pub mod trace_context;

@@ -8,6 +8,7 @@ use super::retry::{RetryOn, RetryPolicy};
 use super::target::InFlight;
 use super::CompiledUpstream;
 use crate::body::{RequestBodyError, UpstreamBody};
+use crate::observe::access_log::Trail;
 use crate::reject::Reject;
 use bytes::Bytes;
 use http::request::Parts;
@@ -34,6 +35,7 @@ pub async fn forward(
     parts: Parts,
     body: UpstreamBody,
     client_ip: &str,
+    trail: &mut Trail,
 ) -> Result<Response<PooledBody>, Reject> {
     let mut now = Instant::now();
     let deadline = now + timeout;
@@ -113,12 +115,16 @@ pub async fn forward(
             .map_or(remaining, |t| t.min(remaining));
 
         let in_flight = InFlight::new(&target.state.in_flight);
+        let try_started = Instant::now();
         let result = tokio::time::timeout(
             try_timeout,
             target.pool.send(Request::from_parts(req_parts, req_body)),
         )
         .await;
         drop(in_flight);
+        trail.target = Some(index);
+        trail.upstream_latency = Some(try_started.elapsed());
+        trail.retries = retries_done;
         let outcome = classify(result, &upstream.name, try_timeout);
 
         let healthy_answer = matches!(&outcome, Outcome::Response(r) if r.status().as_u16() < 500);
@@ -200,7 +206,12 @@ async fn replayable(
                 Ok((Some(UpstreamBody::Full(data)), None))
             }
         }
-        UpstreamBody::Streaming { inner, limit, seen } => match inner.size_hint().exact() {
+        UpstreamBody::Streaming {
+            inner,
+            limit,
+            seen,
+            counter,
+        } => match inner.size_hint().exact() {
             // Declared and small enough: read it now so it can be sent more than once.
             Some(len) if len <= max_replay => {
                 let read = tokio::time::timeout_at(
@@ -226,7 +237,15 @@ async fn replayable(
                     }
                 }
             }
-            _ => Ok((Some(UpstreamBody::Streaming { inner, limit, seen }), None)),
+            _ => Ok((
+                Some(UpstreamBody::Streaming {
+                    inner,
+                    limit,
+                    seen,
+                    counter,
+                }),
+                None,
+            )),
         },
     }
 }
