@@ -116,6 +116,14 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
                 }),
             ),
             (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &snapshot.routes_json),
+            (&Method::GET, "/metrics") => {
+                let mut r = Response::new(ResponseBody::full(render_metrics(gateway, &snapshot)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
             (&Method::GET, "/admin/access-log") => {
                 use std::sync::atomic::Ordering::Relaxed;
                 let doc = match &snapshot.access_log {
@@ -227,4 +235,185 @@ fn upstreams_document(snapshot: &crate::snapshot::Snapshot) -> serde_json::Value
         })
         .collect();
     json!({ "upstreams": upstreams })
+}
+
+/// `GET /metrics`: request series recorded on the request path plus live state read now.
+fn render_metrics(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> String {
+    use crate::observe::metrics::{family, label};
+    use crate::upstream::breaker::BreakerState;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::with_capacity(16 * 1024);
+    gateway.metrics.render_requests(&mut out);
+    family(
+        &mut out,
+        "portcullis_requests_in_flight",
+        "gauge",
+        "Requests being handled.",
+        &[(
+            String::new(),
+            gateway.metrics.in_flight.load(Relaxed) as f64,
+        )],
+    );
+    let now = tokio::time::Instant::now();
+    let per_upstream =
+        |f: &dyn Fn(&crate::upstream::CompiledUpstream) -> f64| -> Vec<(String, f64)> {
+            snapshot
+                .upstreams
+                .iter()
+                .map(|u| (label("upstream", &u.name), f(u)))
+                .collect()
+        };
+    family(
+        &mut out,
+        "portcullis_upstream_retries_total",
+        "counter",
+        "Retries sent, by upstream.",
+        &per_upstream(&|u| u.runtime.retries.load(Relaxed) as f64),
+    );
+    family(
+        &mut out,
+        "portcullis_upstream_retries_denied_total",
+        "counter",
+        "Retries refused by the retry budget, by upstream.",
+        &per_upstream(&|u| u.runtime.retries_denied_by_budget.load(Relaxed) as f64),
+    );
+    family(
+        &mut out,
+        "portcullis_upstream_bulkhead_rejections_total",
+        "counter",
+        "Requests refused by the upstream's max_concurrent_requests.",
+        &per_upstream(&|u| u.runtime.bulkhead_rejections.load(Relaxed) as f64),
+    );
+    family(
+        &mut out,
+        "portcullis_upstream_requests_in_flight",
+        "gauge",
+        "Requests in flight to the upstream.",
+        &per_upstream(&|u| u.runtime.in_flight.load(Relaxed) as f64),
+    );
+
+    let mut healthy = Vec::new();
+    let mut breaker = Vec::new();
+    let mut transitions = Vec::new();
+    let mut pool = Vec::new();
+    let mut created = Vec::new();
+    for u in &snapshot.upstreams {
+        for t in &u.targets {
+            let labels = format!(
+                "{},{}",
+                label("upstream", &u.name),
+                label("target", t.pool.authority().as_str())
+            );
+            healthy.push((labels.clone(), if t.state.is_healthy() { 1.0 } else { 0.0 }));
+            if let Some(cfg) = &u.breaker {
+                let (state, n) = t.state.breaker.state(cfg, now);
+                for s in [
+                    BreakerState::Closed,
+                    BreakerState::Open,
+                    BreakerState::HalfOpen,
+                ] {
+                    breaker.push((
+                        format!("{labels},{}", label("state", s.as_str())),
+                        if s == state { 1.0 } else { 0.0 },
+                    ));
+                }
+                transitions.push((labels.clone(), n as f64));
+            }
+            pool.push((
+                format!("{labels},state=\"idle\""),
+                t.pool.idle_count() as f64,
+            ));
+            pool.push((
+                format!("{labels},state=\"in_use\""),
+                t.state.in_flight.load(Relaxed) as f64,
+            ));
+            created.push((labels, t.pool.created.load(Relaxed) as f64));
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_target_healthy",
+        "gauge",
+        "1 when the target passes its health checks (or has none).",
+        &healthy,
+    );
+    family(
+        &mut out,
+        "portcullis_breaker_state",
+        "gauge",
+        "Circuit breaker state by target (1 for the current state).",
+        &breaker,
+    );
+    family(
+        &mut out,
+        "portcullis_breaker_transitions_total",
+        "counter",
+        "Circuit breaker state changes by target.",
+        &transitions,
+    );
+    family(
+        &mut out,
+        "portcullis_pool_connections",
+        "gauge",
+        "Upstream connections by target and state.",
+        &pool,
+    );
+    family(
+        &mut out,
+        "portcullis_pool_connections_created_total",
+        "counter",
+        "Upstream connections opened by target.",
+        &created,
+    );
+    if let Some(log) = &snapshot.access_log {
+        family(
+            &mut out,
+            "portcullis_access_log_lines_total",
+            "counter",
+            "Access log lines by result.",
+            &[
+                (
+                    "result=\"written\"".into(),
+                    log.written.load(Relaxed) as f64,
+                ),
+                (
+                    "result=\"dropped\"".into(),
+                    log.dropped.load(Relaxed) as f64,
+                ),
+                (
+                    "result=\"sampled_out\"".into(),
+                    log.sampled_out.load(Relaxed) as f64,
+                ),
+            ],
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_config_info",
+        "gauge",
+        "The running config version and checksum.",
+        &[(
+            format!(
+                "{},{}",
+                label("version", &snapshot.version.to_string()),
+                label("checksum", &snapshot.checksum)
+            ),
+            1.0,
+        )],
+    );
+    family(
+        &mut out,
+        "portcullis_config_version",
+        "gauge",
+        "The running config version.",
+        &[(String::new(), snapshot.version as f64)],
+    );
+    family(
+        &mut out,
+        "portcullis_build_info",
+        "gauge",
+        "Build information.",
+        &[(label("version", env!("CARGO_PKG_VERSION")), 1.0)],
+    );
+    out
 }

@@ -130,29 +130,26 @@ impl Body for ResponseBody {
     }
 }
 
-/// The body the server sends: the response plus, when this request is logged, its pending
-/// access-log line, written when the body ends or is abandoned.
+/// The body the server sends: the response plus what is recorded when it ends or is abandoned
+/// (metrics, access-log line).
 pub struct ServedBody {
     inner: ResponseBody,
-    log: Option<crate::observe::access_log::PendingLog>,
+    done: Option<crate::observe::Completion>,
     bytes: u64,
 }
 
 impl ServedBody {
-    pub fn new(
-        inner: ResponseBody,
-        log: Option<crate::observe::access_log::PendingLog>,
-    ) -> ServedBody {
+    pub fn new(inner: ResponseBody, done: Option<crate::observe::Completion>) -> ServedBody {
         ServedBody {
             inner,
-            log,
+            done,
             bytes: 0,
         }
     }
 
     fn finish(&mut self) {
-        if let Some(pending) = self.log.take() {
-            pending.finish(self.bytes);
+        if let Some(done) = self.done.take() {
+            done.finish(self.bytes);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::config::{self, AccessLogConfig, ConfigError, ConfigErrors, ValidConfig};
 use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
 use crate::snapshot::{self, Snapshot};
 use crate::upstream::health::HealthCheckers;
 use crate::upstream::UpstreamRegistry;
@@ -14,6 +15,8 @@ use std::sync::{Arc, Mutex};
 
 pub struct Gateway {
     current: ArcSwap<Snapshot>,
+    /// Metric series, carried across reloads.
+    pub metrics: Arc<Metrics>,
     config_path: PathBuf,
     /// Held while a reload compiles; also guards the pool registry and the version counter.
     reload_state: Mutex<ReloadState>,
@@ -44,14 +47,17 @@ impl Gateway {
         let valid = config::load_file(&config_path)?;
         let mut registry = UpstreamRegistry::default();
         let access_log = access_log_for(&valid, None)?;
+        let metrics = Arc::new(Metrics::default());
         let snap = snapshot::compile(
             &valid,
             1,
             &mut registry,
             access_log.as_ref().map(|(_, l)| Arc::clone(l)),
+            &metrics,
         );
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(snap),
+            metrics,
             config_path,
             reload_state: Mutex::new(ReloadState {
                 registry,
@@ -104,7 +110,14 @@ impl Gateway {
     /// Re-reads the config file and swaps it in if valid. On any error the running config keeps
     /// serving and the errors are returned.
     pub async fn reload(self: &Arc<Self>) -> Result<Applied, ConfigErrors> {
-        let applied = self.reload_file().await?;
+        let result = self.reload_file().await;
+        let counter = if result.is_ok() {
+            &self.metrics.reloads_ok
+        } else {
+            &self.metrics.reloads_failed
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let applied = result?;
         if applied.changed {
             self.sync_health_checks();
         }
@@ -145,7 +158,7 @@ impl Gateway {
         let access_log = access_log_for(&valid, state.access_log.clone())?;
         let log = access_log.as_ref().map(|(_, l)| Arc::clone(l));
         state.access_log = access_log;
-        let snap = snapshot::compile(&valid, version, &mut state.registry, log);
+        let snap = snapshot::compile(&valid, version, &mut state.registry, log, &self.metrics);
         state.last_version = version;
         self.current.store(Arc::new(snap));
         Ok(Applied {

@@ -3,8 +3,9 @@
 
 use crate::body::{ResponseBody, ServedBody, UpstreamBody};
 use crate::forwarded;
-use crate::observe::access_log::{mask_query, PendingLog, Record, Trail};
+use crate::observe::access_log::{mask_query, Record, Trail};
 use crate::observe::trace_context::TraceContext;
+use crate::observe::Completion;
 use crate::policy::request_rules::BodyPlan;
 use crate::reject::Reject;
 use crate::request_id;
@@ -40,6 +41,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
         };
         (req.method().to_string(), path)
     });
+    let method = req.method().clone();
     let mut trail = Trail::default();
     let mut resp = match run(
         req,
@@ -59,28 +61,38 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
             resp.headers_mut().insert(name.clone(), v);
         }
     }
-    let pending = match (&snapshot.access_log, logged) {
-        (Some(log), Some((method, path))) if log.wants(resp.status().as_u16()) => {
-            Some(PendingLog {
-                record: Box::new(record(
-                    &snapshot,
-                    &trail,
-                    &request_id,
-                    trace.as_ref(),
-                    conn,
-                    method,
-                    path,
-                    resp.status().as_u16(),
-                )),
-                started,
-                log: Arc::clone(log),
-                bytes_in_counter: trail.bytes_in_counter.take(),
-            })
-        }
+    let status = resp.status().as_u16();
+    let log = match (&snapshot.access_log, logged) {
+        (Some(log), Some((method, path))) if log.wants(status) => Some((
+            Box::new(record(
+                &snapshot,
+                &trail,
+                &request_id,
+                trace.as_ref(),
+                conn,
+                method,
+                path,
+                status,
+            )),
+            Arc::clone(log),
+        )),
         _ => None,
     };
+    let metrics = snapshot.metrics_enabled.then(|| match trail.route {
+        Some(r) => Arc::clone(&snapshot.routes[r].metrics),
+        None => Arc::clone(&snapshot.no_route_metrics),
+    });
+    let done = (metrics.is_some() || log.is_some()).then(|| Completion {
+        metrics,
+        method,
+        status,
+        started,
+        bytes_in: trail.bytes_in,
+        bytes_in_counter: trail.bytes_in_counter.take(),
+        log,
+    });
     resp.headers_mut().insert(request_id::HEADER, request_id);
-    resp.map(|b| ServedBody::new(b, pending))
+    resp.map(|b| ServedBody::new(b, done))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -189,13 +201,13 @@ async fn run(
             inner: incoming,
             limit: route.request_rules.max_body_bytes,
             seen: 0,
-            counter: match (&snapshot.access_log, content_length) {
-                (Some(_), None) => {
+            counter: match content_length {
+                None => {
                     let c = Arc::new(std::sync::atomic::AtomicU64::new(0));
                     trail.bytes_in_counter = Some(Arc::clone(&c));
                     Some(c)
                 }
-                _ => None,
+                Some(_) => None,
             },
         },
         // Boxed: a rare path whose future would otherwise enlarge every request's.

@@ -4,6 +4,7 @@
 use crate::body::ResponseBody;
 use crate::config::{ListenerLimits, ValidConfig};
 use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::policy::header_ops::HeaderOps;
 use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
@@ -46,6 +47,7 @@ pub struct CompiledRoute {
     pub timeout: Duration,
     pub retry: Option<RetryPolicy>,
     pub request_rules: RequestRules,
+    pub metrics: Arc<RouteMetrics>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
 }
@@ -71,6 +73,9 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     pub trace_context: bool,
     pub access_log: Option<Arc<AccessLog>>,
+    /// Request metrics are recorded (`observability.metrics.enabled`).
+    pub metrics_enabled: bool,
+    pub no_route_metrics: Arc<RouteMetrics>,
     /// Response header that carries the trace id, if configured.
     pub trace_id_header: Option<HeaderName>,
     /// The `/admin/routes` document, prepared at load time.
@@ -90,11 +95,15 @@ pub fn compile(
     version: u64,
     registry: &mut UpstreamRegistry,
     access_log: Option<Arc<AccessLog>>,
+    metrics: &Metrics,
 ) -> Snapshot {
     let cfg = &valid.config;
     registry.set_dns(&cfg.dns);
-    let upstreams: Vec<CompiledUpstream> =
-        cfg.upstreams.iter().map(|u| registry.compile(u)).collect();
+    let upstreams: Vec<CompiledUpstream> = cfg
+        .upstreams
+        .iter()
+        .map(|u| registry.compile(u, metrics))
+        .collect();
     registry.retain(&upstreams);
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let upstream_index: HashMap<&str, usize> =
@@ -142,12 +151,16 @@ pub fn compile(
                 ),
                 retry: r.retries.as_ref().map(|rt| RetryPolicy::compile(rt)),
                 request_rules: RequestRules::compile(&r.request, cfg.defaults.max_body_bytes),
+                metrics: metrics.route(&r.name.value),
                 request_headers: HeaderOps::compile(&r.headers.request),
                 response_headers: HeaderOps::compile(&r.headers.response),
             }
         })
         .collect();
 
+    let route_names: Vec<&str> = cfg.routes.iter().map(|r| &*r.name.value.0).collect();
+    let upstream_names: Vec<&str> = cfg.upstreams.iter().map(|u| &*u.name.value.0).collect();
+    metrics.retain(&route_names, &upstream_names);
     Snapshot {
         version,
         loaded_at: SystemTime::now(),
@@ -171,6 +184,8 @@ pub fn compile(
         drain_timeout: Duration::from_millis(cfg.defaults.drain_timeout_ms),
         trace_context: cfg.observability.trace_context.enabled,
         access_log,
+        metrics_enabled: cfg.observability.metrics.enabled,
+        no_route_metrics: Arc::clone(&metrics.no_route),
         trace_id_header: cfg
             .observability
             .trace_context

@@ -509,8 +509,8 @@ impl Default for DnsConfig {
 pub struct Observability {
     #[serde(default)]
     pub trace_context: TraceContextConfig,
-    #[serde(default, skip_serializing)]
-    pub metrics: Unsupported,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub access_log: Option<AccessLogConfig>,
     #[serde(default, skip_serializing)]
@@ -562,4 +562,18 @@ fn default_log_queue() -> usize {
 }
 fn default_sample() -> f64 {
     1.0
+}
+
+/// Prometheus metrics at `GET /metrics` on the admin listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record request metrics (gauges of live state are always available).
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
 }

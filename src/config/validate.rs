@@ -940,11 +940,6 @@ fn check_dns(c: &mut Checker, dns: &DnsConfig) {
 }
 
 fn check_observability(c: &mut Checker, o: &Observability) {
-    c.unsupported(
-        &o.metrics,
-        "observability.metrics".into(),
-        "observability issue: Prometheus metrics",
-    );
     if let Some(a) = &o.access_log {
         if !(1..=1_000_000).contains(&a.queue_size) {
             c.err(

@@ -240,22 +240,3 @@ pub struct Trail {
     /// Counts a streamed request body of unknown length (only when logging).
     pub bytes_in_counter: Option<Arc<AtomicU64>>,
 }
-
-/// A line waiting for the response body to end (for `bytes_out` and the full latency).
-pub struct PendingLog {
-    pub record: Box<Record>,
-    pub started: std::time::Instant,
-    pub log: Arc<AccessLog>,
-    pub bytes_in_counter: Option<Arc<AtomicU64>>,
-}
-
-impl PendingLog {
-    pub fn finish(mut self, bytes_out: u64) {
-        self.record.bytes_out = bytes_out;
-        self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        if let Some(c) = &self.bytes_in_counter {
-            self.record.bytes_in = c.load(Ordering::Relaxed);
-        }
-        self.log.submit(self.record);
-    }
-}

@@ -261,6 +261,11 @@ async fn serve_connection(
         Box::pin(async move {
             ctx.inflight.fetch_add(1, Ordering::Acquire);
             let _busy = InflightGuard(&ctx.inflight);
+            ctx.gateway
+                .metrics
+                .in_flight
+                .fetch_add(1, Ordering::Relaxed);
+            let _counted = InflightGuard(&ctx.gateway.metrics.in_flight);
             Ok::<_, Infallible>(pipeline::handle(req, &ctx).await)
         })
     });

@@ -123,7 +123,9 @@ pub async fn forward(
         .await;
         drop(in_flight);
         trail.target = Some(index);
-        trail.upstream_latency = Some(try_started.elapsed());
+        let upstream_latency = try_started.elapsed();
+        upstream.metrics.duration.observe(upstream_latency);
+        trail.upstream_latency = Some(upstream_latency);
         trail.retries = retries_done;
         let outcome = classify(result, &upstream.name, try_timeout);
 

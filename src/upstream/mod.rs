@@ -44,6 +44,7 @@ pub struct CompiledUpstream {
     pub retry_budget: RetryBudgetConfig,
     pub health_check: Option<HealthCheck>,
     pub runtime: Arc<UpstreamRuntime>,
+    pub metrics: Arc<crate::observe::metrics::UpstreamMetrics>,
 }
 
 /// Takes a bulkhead slot until dropped.
@@ -114,7 +115,11 @@ impl UpstreamRegistry {
             .map(|d| ResolvedTarget::new(host, port, Arc::clone(d)))
     }
 
-    pub fn compile(&mut self, u: &UpstreamConfig) -> CompiledUpstream {
+    pub fn compile(
+        &mut self,
+        u: &UpstreamConfig,
+        metrics: &crate::observe::metrics::Metrics,
+    ) -> CompiledUpstream {
         let name = u.name.value.0.clone();
         let settings = PoolSettings {
             connect_timeout_ms: u.connect_timeout_ms,
@@ -179,6 +184,7 @@ impl UpstreamRegistry {
             max_concurrent_requests: u.max_concurrent_requests.as_ref().map(|m| m.value),
             retry_budget: u.retry_budget.clone(),
             health_check: u.health_check.as_ref().map(|h| h.value.clone()),
+            metrics: metrics.upstream(&u.name.value),
         }
     }
 

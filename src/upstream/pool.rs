@@ -79,6 +79,8 @@ pub struct TargetPool {
     resolved: Option<Arc<ResolvedTarget>>,
     /// Oldest at the front, newest at the back.
     idle: Mutex<VecDeque<Idle>>,
+    /// Connections opened over the pool's life.
+    pub created: std::sync::atomic::AtomicU64,
 }
 
 impl TargetPool {
@@ -92,6 +94,7 @@ impl TargetPool {
             settings,
             resolved,
             idle: Mutex::new(VecDeque::new()),
+            created: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -180,6 +183,8 @@ impl TargetPool {
         };
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -1,0 +1,250 @@
+//! Prometheus metrics. Every series a request touches is resolved when the config is compiled
+//! (a route's or upstream's handles live in the snapshot), so recording is a handful of relaxed
+//! atomic adds: no lock, no label lookup, no allocation on the request path. Written by hand
+//! rather than with prometheus-client because that crate's histogram takes a lock per
+//! observation and its label families a lock per lookup — the Canva 2024-11-12 failure mode.
+//! Labels come only from config names (route, upstream, target address), so cardinality is
+//! bounded by the config.
+
+use http::Method;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds of the duration histograms, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
+];
+
+fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::CONNECT => 8,
+        _ => 9,
+    }
+}
+
+/// Series of one route (or of requests that matched none).
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    requests: [[AtomicU64; 5]; METHODS.len()],
+    pub duration: Histogram,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl RouteMetrics {
+    pub fn record(
+        &self,
+        method: &Method,
+        status: u16,
+        latency: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        let class = (usize::from(status / 100)).clamp(1, 5) - 1;
+        self.requests[method_index(method)][class].fetch_add(1, Relaxed);
+        self.duration.observe(latency);
+        self.bytes_in.fetch_add(bytes_in, Relaxed);
+        self.bytes_out.fetch_add(bytes_out, Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct UpstreamMetrics {
+    pub duration: Histogram,
+}
+
+/// All series; the maps are touched only when a config is compiled and when `/metrics` is read.
+#[derive(Default)]
+pub struct Metrics {
+    routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+    pub no_route: Arc<RouteMetrics>,
+    upstreams: Mutex<HashMap<String, Arc<UpstreamMetrics>>>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Requests being handled, all listeners.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        let mut m = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(m.entry(name.to_string()).or_default())
+    }
+
+    pub fn upstream(&self, name: &str) -> Arc<UpstreamMetrics> {
+        let mut m = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(m.entry(name.to_string()).or_default())
+    }
+
+    /// Drops series of routes and upstreams the latest config no longer has.
+    pub fn retain(&self, routes: &[&str], upstreams: &[&str]) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| routes.contains(&k.as_str()));
+        self.upstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| upstreams.contains(&k.as_str()));
+    }
+
+    /// Text exposition of everything the gateway knows; `extra` appends live state gathered
+    /// by the caller (snapshot, upstream runtimes, access log).
+    pub fn render_requests(&self, out: &mut String) {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<&String> = routes.keys().collect();
+        names.sort();
+        let all: Vec<(&str, &RouteMetrics)> = names
+            .iter()
+            .map(|n| (n.as_str(), &*routes[*n]))
+            .chain(std::iter::once(("", &*self.no_route)))
+            .collect();
+
+        out.push_str("# HELP portcullis_requests_total Requests by route (empty: no route matched), method and status class.\n");
+        out.push_str("# TYPE portcullis_requests_total counter\n");
+        for (route, m) in &all {
+            for (mi, method) in METHODS.iter().enumerate() {
+                for class in 0..5 {
+                    let v = m.requests[mi][class].load(Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "portcullis_requests_total{{route=\"{}\",method=\"{method}\",status_class=\"{}xx\"}} {v}",
+                            escape(route),
+                            class + 1
+                        );
+                    }
+                }
+            }
+        }
+        out.push_str("# HELP portcullis_request_duration_seconds Time from request head to the last response byte, by route.\n");
+        out.push_str("# TYPE portcullis_request_duration_seconds histogram\n");
+        for (route, m) in &all {
+            m.duration.render(
+                out,
+                "portcullis_request_duration_seconds",
+                &format!("route=\"{}\"", escape(route)),
+            );
+        }
+        for (metric, help, pick) in [
+            (
+                "portcullis_request_bytes_total",
+                "Request body bytes received, by route.",
+                0,
+            ),
+            (
+                "portcullis_response_bytes_total",
+                "Response body bytes sent, by route.",
+                1,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (route, m) in &all {
+                let v = if pick == 0 {
+                    m.bytes_in.load(Relaxed)
+                } else {
+                    m.bytes_out.load(Relaxed)
+                };
+                let _ = writeln!(out, "{metric}{{route=\"{}\"}} {v}", escape(route));
+            }
+        }
+        drop(routes);
+
+        let ups = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<&String> = ups.keys().collect();
+        names.sort();
+        out.push_str("# HELP portcullis_upstream_duration_seconds Time to the upstream's response head, per try, by upstream.\n");
+        out.push_str("# TYPE portcullis_upstream_duration_seconds histogram\n");
+        for n in names {
+            ups[n].duration.render(
+                out,
+                "portcullis_upstream_duration_seconds",
+                &format!("upstream=\"{}\"", escape(n)),
+            );
+        }
+        drop(ups);
+
+        out.push_str("# HELP portcullis_config_reloads_total Config reloads by result.\n# TYPE portcullis_config_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "portcullis_config_reloads_total{{result=\"success\"}} {}",
+            self.reloads_ok.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_config_reloads_total{{result=\"failure\"}} {}",
+            self.reloads_failed.load(Relaxed)
+        );
+    }
+}
+
+/// Appends one gauge or counter family.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+pub fn label(k: &str, v: &str) -> String {
+    format!("{k}=\"{}\"", escape(v))
+}

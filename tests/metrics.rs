@@ -1,0 +1,204 @@
+//! `/metrics` after a scripted mix of requests: valid Prometheus text, and every counter equal
+//! to what the test sent, by label.
+
+mod support;
+
+use std::collections::HashMap;
+use support::*;
+
+/// Parses the text exposition strictly enough to catch malformed output: every sample belongs to
+/// a family declared with # HELP and # TYPE, names and labels are well-formed, values are numbers.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    let mut typed: HashMap<String, String> = HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split(' ').next().unwrap().to_string());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (name, kind) = (it.next().unwrap(), it.next().unwrap());
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(
+                typed.insert(name.to_string(), kind.to_string()).is_none(),
+                "family declared twice: {name}"
+            );
+            continue;
+        }
+        assert!(
+            !line.is_empty() && !line.starts_with('#'),
+            "unexpected line {line:?}"
+        );
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "bad name {name}"
+        );
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| typed.get(*f).map(String::as_str) == Some("histogram"))
+            })
+            .unwrap_or(name);
+        assert!(
+            typed.contains_key(family) && helped.contains(family),
+            "sample before its # TYPE/# HELP: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for pair in labels[1..labels.len() - 1].split("\",") {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label in {line}"));
+                    assert!(
+                        k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                        "{line}"
+                    );
+                    let _ = v;
+                }
+            }
+        }
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "duplicate series {series}"
+        );
+    }
+    samples
+}
+
+#[tokio::test]
+async fn counters_match_a_scripted_mix_of_requests() {
+    let up = Upstream::start("up").await;
+    let yaml = format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\", token: \"metrics-token-0123456789\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\n  - {{ name: dead, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: /api }} }}\n    upstream: up\n    rewrite: {{ strip_prefix: /api }}\n  - name: broken\n    match: {{ path: {{ prefix: /broken }} }}\n    upstream: dead\n  - name: health\n    match: {{ path: {{ exact: /healthz }} }}\n    direct_response: {{ status: 200, body: ok }}\n",
+        up.addr,
+        closed_port()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    for _ in 0..7 {
+        assert_eq!(get(&c, &gw.url("/api/x"), &[]).await.status, 200);
+    }
+    for _ in 0..3 {
+        let post = http::Request::post(gw.url("/api/upload"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                b'z';
+                100
+            ])))
+            .unwrap();
+        assert_eq!(send(&c, post).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(get(&c, &gw.url("/api/status/503"), &[]).await.status, 503);
+    }
+    for _ in 0..4 {
+        assert_eq!(get(&c, &gw.url("/nowhere"), &[]).await.status, 404);
+    }
+    for _ in 0..5 {
+        assert_eq!(get(&c, &gw.url("/broken"), &[]).await.status, 502);
+    }
+    assert_eq!(get(&c, &gw.url("/healthz"), &[]).await.status, 200);
+    // A reload that fails and one that succeeds.
+    gw.write_config("listeners: [oops");
+    assert!(gw.gateway.reload().await.is_err());
+    gw.write_config(&yaml.replace("body: ok", "body: fine"));
+    gw.gateway.reload().await.unwrap();
+
+    let url = format!("http://{}/metrics", gw.admin);
+    get(&c, &url, &[]).await.assert_gateway_error(401);
+    let r = get(
+        &c,
+        &url,
+        &[("authorization", "Bearer metrics-token-0123456789")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let m = parse(&r.text());
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("missing series {k}\n{}", r.text()))
+    };
+
+    assert_eq!(
+        get(r#"portcullis_requests_total{route="api",method="GET",status_class="2xx"}"#),
+        7.0
+    );
+    assert_eq!(
+        get(r#"portcullis_requests_total{route="api",method="POST",status_class="2xx"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"portcullis_requests_total{route="api",method="GET",status_class="5xx"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"portcullis_requests_total{route="",method="GET",status_class="4xx"}"#),
+        4.0
+    );
+    assert_eq!(
+        get(r#"portcullis_requests_total{route="broken",method="GET",status_class="5xx"}"#),
+        5.0
+    );
+    assert_eq!(
+        get(r#"portcullis_requests_total{route="health",method="GET",status_class="2xx"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"portcullis_request_duration_seconds_count{route="api"}"#),
+        12.0
+    );
+    assert_eq!(
+        get(r#"portcullis_request_duration_seconds_bucket{route="api",le="+Inf"}"#),
+        12.0
+    );
+    assert_eq!(get(r#"portcullis_request_bytes_total{route="api"}"#), 300.0);
+    assert!(get(r#"portcullis_response_bytes_total{route="api"}"#) > 0.0);
+    assert_eq!(
+        get(r#"portcullis_upstream_duration_seconds_count{upstream="up"}"#),
+        12.0
+    );
+    assert_eq!(
+        get(r#"portcullis_config_reloads_total{result="success"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"portcullis_config_reloads_total{result="failure"}"#),
+        1.0
+    );
+    assert_eq!(get("portcullis_config_version"), 2.0);
+    assert_eq!(
+        get(&format!(
+            r#"portcullis_target_healthy{{upstream="up",target="{}"}}"#,
+            up.addr
+        )),
+        1.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"portcullis_pool_connections_created_total{{upstream="up",target="{}"}}"#,
+            up.addr
+        )),
+        1.0
+    );
+    assert_eq!(get("portcullis_requests_in_flight"), 0.0);
+    assert!(m
+        .keys()
+        .any(|k| k.starts_with("portcullis_build_info{version=")));
+    // Cardinality is bounded by the config: no raw paths in any label.
+    assert!(!r.text().contains("/api/x") && !r.text().contains("/nowhere"));
+}
