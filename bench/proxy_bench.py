@@ -6,7 +6,10 @@ Each proxy runs one worker thread pinned to CPU 0; wrk and the upstream share CP
 run it prints requests/s, p50/p99 latency and the proxy's CPU time per request (user+sys of the
 proxy process from /proc, divided by the requests wrk completed).
 
-Usage: bench/run [--rounds N] [--duration S] [--connections C]
+Usage: bench/run [--rounds N] [--duration S] [--connections C] [--telemetry]
+
+Portcullis runs with telemetry off (trace context, metrics and access log disabled: the plain
+proxy path); --telemetry adds a second Portcullis with all three on (access log to a file).
 Every process it starts is stopped by PID when it ends; all traffic stays on 127.0.0.1.
 """
 import argparse
@@ -92,14 +95,31 @@ def start_nginx(workdir, name, cpu, **kw):
     return proc, port, worker
 
 
-def start_portcullis(workdir, upstream_port, cpu):
+TELEMETRY_OFF = """
+observability:
+  trace_context: { enabled: false }
+  metrics: { enabled: false }
+"""
+
+
+def telemetry_on(workdir):
+    return f"""
+observability:
+  trace_context: {{ enabled: true, response_header: x-trace-id }}
+  metrics: {{ enabled: true }}
+  access_log: {{ destination: "{workdir}/access.log" }}
+"""
+
+
+def start_portcullis(workdir, upstream_port, cpu, name="portcullis", observability=TELEMETRY_OFF):
     port, admin = free_port(), free_port()
-    conf = os.path.join(workdir, "portcullis.yaml")
+    conf = os.path.join(workdir, f"{name}.yaml")
     with open(conf, "w") as f:
         f.write(f"""
 listeners: [{{ name: public, address: "127.0.0.1:{port}" }}]
 admin: {{ address: "127.0.0.1:{admin}" }}
 defaults: {{ auth: none }}
+{observability}
 upstreams:
   - name: backend
     targets: [{{ address: "127.0.0.1:{upstream_port}" }}]
@@ -144,6 +164,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--telemetry", action="store_true",
+                    help="also run Portcullis with metrics + access log (file) + trace context on")
     args = ap.parse_args()
     if os.cpu_count() < 2:
         sys.exit("needs 2 CPUs (proxy on CPU 0, wrk and upstream on CPU 1)")
@@ -158,6 +180,10 @@ def main():
         ng, ng_port, ng_pid = start_nginx(workdir, "proxy", 0, upstream_port=up_port)
         procs.append(ng)
         targets = [("upstream-direct", up_port, None), ("portcullis", pc_port, pc_pid), ("nginx", ng_port, ng_pid)]
+        if args.telemetry:
+            pt, pt_port, pt_pid = start_portcullis(workdir, up_port, 0, "portcullis-telemetry", telemetry_on(workdir))
+            procs.append(pt)
+            targets.insert(2, ("portcullis+telem", pt_port, pt_pid))
 
         for _, port, _ in targets:  # warm-up: pools, caches
             wrk(port, 2, args.connections, 1)

@@ -57,9 +57,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
         Err(reject) => reject.into_response(&request_id),
     };
     if let (Some(name), Some(t)) = (&snapshot.trace_id_header, &trace) {
-        if let Ok(v) = HeaderValue::from_str(&t.trace_id_hex()) {
-            resp.headers_mut().insert(name.clone(), v);
-        }
+        resp.headers_mut().insert(name.clone(), t.trace_id_header());
     }
     let status = resp.status().as_u16();
     let log = match (&snapshot.access_log, logged) {
@@ -120,8 +118,8 @@ fn record(
         target: upstream
             .zip(trail.target)
             .map(|(u, t)| u.targets[t].pool.authority().to_string()),
-        latency_ms: 0.0,
-        upstream_latency_ms: trail.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
+        latency_us: 0,
+        upstream_latency_us: trail.upstream_latency.map(|d| d.as_micros() as u64),
         bytes_in: trail.bytes_in,
         bytes_out: 0,
         client_ip: conn.client_ip.clone(),

@@ -36,7 +36,7 @@ impl Completion {
         if let Some((mut record, log)) = self.log {
             record.bytes_out = bytes_out;
             record.bytes_in = bytes_in;
-            record.latency_ms = latency.as_secs_f64() * 1000.0;
+            record.latency_us = latency.as_micros() as u64;
             log.submit(record);
         }
     }

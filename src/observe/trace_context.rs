@@ -51,11 +51,12 @@ fn decode<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn encode(bytes: &[u8], out: &mut String) {
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn encode(bytes: &[u8], out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 0xf) as usize] as char);
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 0xf) as usize];
     }
 }
 
@@ -203,30 +204,36 @@ impl TraceContext {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        let mut s = String::with_capacity(32);
-        encode(&self.trace_id, &mut s);
-        s
+        let mut buf = [0u8; 32];
+        encode(&self.trace_id, &mut buf);
+        String::from_utf8(buf.to_vec()).expect("hex is ASCII")
+    }
+
+    /// The trace id as a header value.
+    pub fn trace_id_header(&self) -> HeaderValue {
+        let mut buf = [0u8; 32];
+        encode(&self.trace_id, &mut buf);
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
     }
 
     /// The traceparent sent upstream: version 00 with the gateway's span as the parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        encode(&self.trace_id, &mut s);
-        s.push('-');
-        encode(&self.span_id, &mut s);
-        s.push('-');
-        encode(&[self.flags], &mut s);
-        HeaderValue::from_str(&s).expect("hex is a valid header value")
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        encode(&self.trace_id, &mut buf[3..35]);
+        encode(&self.span_id, &mut buf[36..52]);
+        encode(&[self.flags], &mut buf[53..55]);
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
     }
 
     /// Replaces the client's trace headers with the gateway's.
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.insert(TRACEPARENT, self.traceparent());
-        headers.remove(TRACESTATE);
-        if let Some(ts) = &self.tracestate {
-            if let Ok(v) = HeaderValue::from_str(ts) {
+        match self.tracestate.as_deref().map(HeaderValue::from_str) {
+            Some(Ok(v)) => {
                 headers.insert(TRACESTATE, v);
+            }
+            _ => {
+                headers.remove(TRACESTATE);
             }
         }
     }
