@@ -147,10 +147,12 @@ fn open(d: &Destination) -> io::Result<Box<dyn Write + Send>> {
     })
 }
 
-/// Buffered output is flushed when this much is waiting, or when no line has come for
-/// `FLUSH_AFTER`: a busy gateway writes in large blocks, a quiet one within a fraction of a second.
+/// Buffered output is flushed when this much is waiting, or at the latest every `FLUSH_AFTER`.
 const FLUSH_BYTES: usize = 32 * 1024;
 const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+/// The writer drains the queue on this period instead of blocking on it: a blocked receiver
+/// would make every request's send a futex wake-up and a context switch.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 fn writer(
     rx: Receiver<Message>,
@@ -161,39 +163,47 @@ fn writer(
     let mut out = BufWriter::with_capacity(2 * FLUSH_BYTES, out);
     let mut line = Vec::with_capacity(512);
     let mut clock = Clock::default();
+    let mut last_flush = std::time::Instant::now();
     loop {
-        let msg = match rx.recv_timeout(FLUSH_AFTER) {
-            Ok(m) => m,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let _ = out.flush();
-                continue;
-            }
-            // Every sender (every snapshot using this log) is gone.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        match msg {
-            Message::Line(r) => {
-                line.clear();
-                write_json(&mut line, &mut clock, &r);
-                if out.write_all(&line).is_ok() {
-                    written.fetch_add(1, Ordering::Relaxed);
-                }
-                if out.buffer().len() >= FLUSH_BYTES {
+        loop {
+            let msg = match rx.try_recv() {
+                Ok(m) => m,
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                // Every sender (every snapshot using this log) is gone.
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     let _ = out.flush();
+                    return;
                 }
-            }
-            Message::Reopen => {
-                let _ = out.flush();
-                match open(&destination) {
-                    Ok(f) => out = BufWriter::with_capacity(2 * FLUSH_BYTES, f),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot reopen the access log; keeping the old file")
+            };
+            match msg {
+                Message::Line(r) => {
+                    line.clear();
+                    write_json(&mut line, &mut clock, &r);
+                    if out.write_all(&line).is_ok() {
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if out.buffer().len() >= FLUSH_BYTES {
+                        let _ = out.flush();
+                        last_flush = std::time::Instant::now();
+                    }
+                }
+                Message::Reopen => {
+                    let _ = out.flush();
+                    match open(&destination) {
+                        Ok(f) => out = BufWriter::with_capacity(2 * FLUSH_BYTES, f),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot reopen the access log; keeping the old file")
+                        }
                     }
                 }
             }
         }
+        if !out.buffer().is_empty() && last_flush.elapsed() >= FLUSH_AFTER {
+            let _ = out.flush();
+            last_flush = std::time::Instant::now();
+        }
+        std::thread::sleep(DRAIN_EVERY);
     }
-    let _ = out.flush();
 }
 
 /// Appends `s` as a JSON string literal.
