@@ -209,3 +209,11 @@ fn version_is_printed() {
         "{out}"
     );
 }
+
+#[test]
+fn the_bundled_quickstart_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.yaml");
+    let (code, out, err) = portcullis(&["validate", path]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ok ("), "{out}");
+}
