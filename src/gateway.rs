@@ -83,10 +83,6 @@ impl Gateway {
         self.ready.load(Ordering::Acquire)
     }
 
-    pub fn config_path(&self) -> &std::path::Path {
-        &self.config_path
-    }
-
     /// Starts, restarts or stops health checkers to match the current snapshot. Runs inside the
     /// runtime (at start and after each reload).
     pub fn sync_health_checks(&self) {

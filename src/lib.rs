@@ -8,6 +8,7 @@ pub mod body;
 pub mod config;
 pub mod forwarded;
 pub mod gateway;
+pub mod held;
 pub mod observe;
 pub mod pipeline;
 pub mod policy;

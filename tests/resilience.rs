@@ -181,14 +181,13 @@ async fn a_killed_target_costs_no_client_failures_and_rejoins_when_back() {
         &failures[..failures.len().min(5)]
     );
     let b2 = b_again.unwrap().await.unwrap();
-    // The health check saw it go (and come back), and it serves traffic again.
+    // It failed while it was down, is healthy again now, and serves traffic again.
     let doc = admin_upstreams(&gw).await;
     let t = &doc["upstreams"][0]["targets"][1];
     assert_eq!(t["address"], b_addr.to_string());
     assert_eq!(t["healthy"], true, "{doc}");
     assert!(t["failures"].as_u64().unwrap() > 0, "{doc}");
     assert!(b2.count() > 0, "the restarted target got no traffic");
-    let _ = (a.count(), c.count());
 }
 
 #[tokio::test]

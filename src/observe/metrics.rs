@@ -111,7 +111,7 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     /// Requests being handled, all listeners.
-    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub in_flight: AtomicU64,
 }
 
 fn escape(v: &str) -> String {

@@ -5,6 +5,7 @@ mod io;
 
 use crate::admin;
 use crate::gateway::Gateway;
+use crate::held::Held;
 use crate::pipeline;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,21 +26,10 @@ pub struct ListenerRuntime {
     requests: AtomicU64,
 }
 
-/// Releases a listener request slot when the request's handler finishes.
-pub struct RequestSlot<'a>(&'a AtomicU64);
-
-impl Drop for RequestSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl ListenerRuntime {
     /// Takes a concurrent-request slot, or `None` when the listener is at `limit`.
-    pub fn begin_request(&self, limit: u64) -> Option<RequestSlot<'_>> {
-        let before = self.requests.fetch_add(1, Ordering::Relaxed);
-        let slot = RequestSlot(&self.requests);
-        (before < limit).then_some(slot)
+    pub fn begin_request(&self, limit: u64) -> Option<Held<'_>> {
+        Held::take_within(&self.requests, limit)
     }
 }
 
@@ -50,7 +40,7 @@ pub struct ConnContext {
     pub client_ip: String,
     pub scheme: &'static str,
     /// Requests in flight on this connection (the idle timer never closes a busy connection).
-    inflight: AtomicUsize,
+    inflight: AtomicU64,
 }
 
 /// Counts live connections so shutdown can wait for them to drain.
@@ -208,21 +198,13 @@ async fn accept_loop(
             listener: Arc::clone(&rt),
             client_ip: peer.ip().to_string(),
             scheme: "http",
-            inflight: AtomicUsize::new(0),
+            inflight: AtomicU64::new(0),
         });
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             serve_connection(stream, ctx, &limits, shutdown).await;
             drop(guard);
         });
-    }
-}
-
-struct InflightGuard<'a>(&'a AtomicUsize);
-
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -259,13 +241,8 @@ async fn serve_connection(
         let ctx = Arc::clone(&svc_ctx);
         // Boxed once here so hyper moves a pointer, not the multi-kilobyte request future.
         Box::pin(async move {
-            ctx.inflight.fetch_add(1, Ordering::Acquire);
-            let _busy = InflightGuard(&ctx.inflight);
-            ctx.gateway
-                .metrics
-                .in_flight
-                .fetch_add(1, Ordering::Relaxed);
-            let _counted = InflightGuard(&ctx.gateway.metrics.in_flight);
+            let _busy = Held::take(&ctx.inflight);
+            let _counted = Held::take(&ctx.gateway.metrics.in_flight);
             Ok::<_, Infallible>(pipeline::handle(req, &ctx).await)
         })
     });
@@ -304,7 +281,7 @@ async fn serve_connection(
 
 /// Resolves once the connection has moved no bytes for `idle` and has no request in flight.
 /// Checked in quarter steps, so a connection closes between `idle` and `1.25 × idle`.
-async fn idle_expired(activity: &Activity, inflight: &AtomicUsize, idle: Duration) {
+async fn idle_expired(activity: &Activity, inflight: &AtomicU64, idle: Duration) {
     let tick = (idle / 4).max(Duration::from_millis(10));
     let mut last = activity.count();
     let mut quiet = Duration::ZERO;

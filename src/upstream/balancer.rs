@@ -103,12 +103,6 @@ impl RoundRobin {
         }
     }
 
-    /// Index of the next target.
-    pub fn pick(&self) -> usize {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.schedule[n % self.schedule.len()]
-    }
-
     /// The next target in the schedule that satisfies `ok`.
     pub fn pick_where(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -178,12 +172,14 @@ mod tests {
     #[test]
     fn smooth_and_weighted() {
         let rr = RoundRobin::new(&[5, 1, 1]);
-        let picks: Vec<usize> = (0..7).map(|_| rr.pick()).collect();
+        let picks: Vec<usize> = (0..7).filter_map(|_| rr.pick_where(|_| true)).collect();
         // nginx's documented sequence for weights 5,1,1: a a b a c a a
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
         let rr = RoundRobin::new(&[1, 1]);
         assert_eq!(
-            (0..4).map(|_| rr.pick()).collect::<Vec<_>>(),
+            (0..4)
+                .filter_map(|_| rr.pick_where(|_| true))
+                .collect::<Vec<_>>(),
             vec![0, 1, 0, 1]
         );
     }

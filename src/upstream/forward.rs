@@ -5,9 +5,9 @@ use super::balancer::PickContext;
 use super::breaker::Admission;
 use super::pool::{PooledBody, UpstreamError};
 use super::retry::{RetryOn, RetryPolicy};
-use super::target::InFlight;
 use super::CompiledUpstream;
 use crate::body::{RequestBodyError, UpstreamBody};
+use crate::held::Held;
 use crate::observe::access_log::Trail;
 use crate::reject::Reject;
 use bytes::Bytes;
@@ -114,7 +114,7 @@ pub async fn forward(
             .and_then(|p| p.per_try_timeout)
             .map_or(remaining, |t| t.min(remaining));
 
-        let in_flight = InFlight::new(&target.state.in_flight);
+        let in_flight = Held::take(&target.state.in_flight);
         let try_started = Instant::now();
         let result = tokio::time::timeout(
             try_timeout,

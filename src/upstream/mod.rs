@@ -12,6 +12,7 @@ pub mod split;
 pub mod target;
 
 use crate::config::{DnsConfig, HealthCheck, RetryBudgetConfig, Upstream as UpstreamConfig};
+use crate::held::Held;
 use balancer::{Balancer, HashRing, RoundRobin};
 use breaker::BreakerConfig;
 use dns::{Dns, ResolvedTarget};
@@ -47,30 +48,19 @@ pub struct CompiledUpstream {
     pub metrics: Arc<crate::observe::metrics::UpstreamMetrics>,
 }
 
-/// Takes a bulkhead slot until dropped.
-pub struct BulkheadSlot<'a>(&'a AtomicU64);
-
-impl Drop for BulkheadSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl CompiledUpstream {
     /// A bulkhead slot, or `None` when `max_concurrent_requests` are already in flight.
-    pub fn enter(&self) -> Option<BulkheadSlot<'_>> {
-        let before = self.runtime.in_flight.fetch_add(1, Ordering::AcqRel);
-        let slot = BulkheadSlot(&self.runtime.in_flight);
-        if self
-            .max_concurrent_requests
-            .is_some_and(|max| before >= max)
-        {
+    pub fn enter(&self) -> Option<Held<'_>> {
+        let slot = Held::take_within(
+            &self.runtime.in_flight,
+            self.max_concurrent_requests.unwrap_or(u64::MAX),
+        );
+        if slot.is_none() {
             self.runtime
                 .bulkhead_rejections
                 .fetch_add(1, Ordering::Relaxed);
-            return None;
         }
-        Some(slot)
+        slot
     }
 }
 

@@ -58,19 +58,3 @@ impl Target {
             && breaker.is_none_or(|cfg| self.state.breaker.would_admit(cfg, now))
     }
 }
-
-/// Counts a request in flight to a target until dropped.
-pub struct InFlight<'a>(&'a AtomicU64);
-
-impl<'a> InFlight<'a> {
-    pub fn new(counter: &'a AtomicU64) -> InFlight<'a> {
-        counter.fetch_add(1, Ordering::AcqRel);
-        InFlight(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
