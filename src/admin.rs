@@ -126,7 +126,7 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
             }
             (&Method::GET, "/admin/access-log") => {
                 use std::sync::atomic::Ordering::Relaxed;
-                let doc = match &snapshot.access_log {
+                let doc = match &snapshot.sinks.access_log {
                     Some(log) => json!({
                         "enabled": true,
                         "destination": log.config.destination,
@@ -365,7 +365,43 @@ fn render_metrics(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> St
         "Upstream connections opened by target.",
         &created,
     );
-    if let Some(log) = &snapshot.access_log {
+    if let Some(spans) = &snapshot.sinks.spans {
+        let s = &spans.stats;
+        family(
+            &mut out,
+            "portcullis_otlp_spans_total",
+            "counter",
+            "Spans handed to the OTLP exporter, by result.",
+            &[
+                (
+                    "result=\"exported\"".into(),
+                    s.exported.load(Relaxed) as f64,
+                ),
+                (
+                    "result=\"dropped_queue_full\"".into(),
+                    s.dropped_queue_full.load(Relaxed) as f64,
+                ),
+                (
+                    "result=\"dropped_export_failed\"".into(),
+                    s.dropped_export_failed.load(Relaxed) as f64,
+                ),
+            ],
+        );
+        family(
+            &mut out,
+            "portcullis_otlp_export_requests_total",
+            "counter",
+            "OTLP export requests by result.",
+            &[
+                ("result=\"ok\"".into(), s.requests_ok.load(Relaxed) as f64),
+                (
+                    "result=\"failed\"".into(),
+                    s.requests_failed.load(Relaxed) as f64,
+                ),
+            ],
+        );
+    }
+    if let Some(log) = &snapshot.sinks.access_log {
         family(
             &mut out,
             "portcullis_access_log_lines_total",

@@ -2,9 +2,11 @@
 //! (read → validate → compile → atomic swap). Reloads are serialised; requests never wait on
 //! them.
 
-use crate::config::{self, AccessLogConfig, ConfigError, ConfigErrors, ValidConfig};
+use crate::config::{self, AccessLogConfig, ConfigError, ConfigErrors, OtlpConfig, ValidConfig};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
+use crate::observe::otlp::SpanExporter;
+use crate::observe::Sinks;
 use crate::snapshot::{self, Snapshot};
 use crate::upstream::health::HealthCheckers;
 use crate::upstream::UpstreamRegistry;
@@ -27,8 +29,9 @@ pub struct Gateway {
 
 struct ReloadState {
     registry: UpstreamRegistry,
-    /// The running access log and the config it was started with.
-    access_log: Option<(AccessLogConfig, Arc<AccessLog>)>,
+    /// The running access log and span exporter, each with the config it was started with.
+    access_log: Running<AccessLogConfig, AccessLog>,
+    spans: Running<OtlpConfig, SpanExporter>,
     health: HealthCheckers,
     last_version: u64,
 }
@@ -46,13 +49,13 @@ impl Gateway {
     pub fn load(config_path: PathBuf) -> Result<Arc<Gateway>, ConfigErrors> {
         let valid = config::load_file(&config_path)?;
         let mut registry = UpstreamRegistry::default();
-        let access_log = access_log_for(&valid, None)?;
+        let (access_log, spans) = sinks_for(&valid, None, None)?;
         let metrics = Arc::new(Metrics::default());
         let snap = snapshot::compile(
             &valid,
             1,
             &mut registry,
-            access_log.as_ref().map(|(_, l)| Arc::clone(l)),
+            sinks(&access_log, &spans),
             &metrics,
         );
         Ok(Arc::new(Gateway {
@@ -62,6 +65,7 @@ impl Gateway {
             reload_state: Mutex::new(ReloadState {
                 registry,
                 access_log,
+                spans,
                 health: HealthCheckers::default(),
                 last_version: 1,
             }),
@@ -93,7 +97,7 @@ impl Gateway {
 
     /// Reopens the access log file (SIGUSR1, after log rotation).
     pub fn reopen_access_log(&self) {
-        if let Some(log) = &self.snapshot().access_log {
+        if let Some(log) = &self.snapshot().sinks.access_log {
             log.reopen();
         }
     }
@@ -151,10 +155,11 @@ impl Gateway {
         check_fixed_at_start(&current, &valid)?;
         let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
         let version = state.last_version + 1;
-        let access_log = access_log_for(&valid, state.access_log.clone())?;
-        let log = access_log.as_ref().map(|(_, l)| Arc::clone(l));
+        let (access_log, spans) = sinks_for(&valid, state.access_log.clone(), state.spans.clone())?;
+        let sinks = sinks(&access_log, &spans);
         state.access_log = access_log;
-        let snap = snapshot::compile(&valid, version, &mut state.registry, log, &self.metrics);
+        state.spans = spans;
+        let snap = snapshot::compile(&valid, version, &mut state.registry, sinks, &self.metrics);
         state.last_version = version;
         self.current.store(Arc::new(snap));
         Ok(Applied {
@@ -165,27 +170,73 @@ impl Gateway {
     }
 }
 
-/// The access log for `valid`: the running one if its settings did not change, else a new one.
+/// A telemetry sink and the settings it was started with.
+type Running<C, T> = Option<(C, Arc<T>)>;
+
+fn sinks(
+    access_log: &Running<AccessLogConfig, AccessLog>,
+    spans: &Running<OtlpConfig, SpanExporter>,
+) -> Sinks {
+    Sinks {
+        access_log: access_log.as_ref().map(|(_, l)| Arc::clone(l)),
+        spans: spans.as_ref().map(|(_, s)| Arc::clone(s)),
+    }
+}
+
+/// The access log and span exporter for `valid`: the running ones where their settings did not
+/// change, new ones otherwise.
 #[allow(clippy::type_complexity)]
-fn access_log_for(
+fn sinks_for(
     valid: &ValidConfig,
-    current: Option<(AccessLogConfig, Arc<AccessLog>)>,
-) -> Result<Option<(AccessLogConfig, Arc<AccessLog>)>, ConfigErrors> {
-    let Some(cfg) = &valid.config.observability.access_log else {
+    access_log: Running<AccessLogConfig, AccessLog>,
+    spans: Running<OtlpConfig, SpanExporter>,
+) -> Result<
+    (
+        Running<AccessLogConfig, AccessLog>,
+        Running<OtlpConfig, SpanExporter>,
+    ),
+    ConfigErrors,
+> {
+    let o = &valid.config.observability;
+    let access_log = keep_or_start(
+        valid,
+        o.access_log.as_ref(),
+        access_log,
+        |c| AccessLog::start(c).map_err(|e| format!("cannot open `{}`: {e}", c.destination)),
+        "observability.access_log.destination",
+    )?;
+    let spans = keep_or_start(
+        valid,
+        o.otlp.as_ref(),
+        spans,
+        |c| SpanExporter::start(c).map_err(|e| format!("cannot start the exporter: {e}")),
+        "observability.otlp",
+    )?;
+    Ok((access_log, spans))
+}
+
+fn keep_or_start<C: Clone + PartialEq, T>(
+    valid: &ValidConfig,
+    wanted: Option<&C>,
+    current: Running<C, T>,
+    start: impl FnOnce(&C) -> Result<T, String>,
+    key: &str,
+) -> Result<Running<C, T>, ConfigErrors> {
+    let Some(cfg) = wanted else {
         return Ok(None);
     };
-    if let Some((c, log)) = current {
+    if let Some((c, running)) = current {
         if c == *cfg {
-            return Ok(Some((c, log)));
+            return Ok(Some((c, running)));
         }
     }
-    match AccessLog::start(cfg) {
-        Ok(log) => Ok(Some((cfg.clone(), Arc::new(log)))),
+    match start(cfg) {
+        Ok(t) => Ok(Some((cfg.clone(), Arc::new(t)))),
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             file: valid.source.clone(),
             line: 0,
-            key: "observability.access_log.destination".into(),
-            message: format!("cannot open `{}`: {e}", cfg.destination),
+            key: key.into(),
+            message: e,
         }])),
     }
 }

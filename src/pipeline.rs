@@ -3,7 +3,8 @@
 
 use crate::body::{ResponseBody, ServedBody, UpstreamBody};
 use crate::forwarded;
-use crate::observe::access_log::{mask_query, Record, Trail};
+use crate::observe::access_log::mask_query;
+use crate::observe::record::{Record, Trail};
 use crate::observe::trace_context::TraceContext;
 use crate::observe::Completion;
 use crate::policy::request_rules::BodyPlan;
@@ -30,16 +31,30 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
     let request_id = request_id::for_request(req.headers());
     let trace = snapshot
         .trace_context
-        .then(|| TraceContext::from_headers(req.headers()));
-    // What the access log needs from the request itself, taken only when there is a log.
-    let logged = snapshot.access_log.as_ref().map(|log| {
+        .then(|| TraceContext::from_headers(req.headers(), &snapshot.sampler));
+    // Spans are exported for sampled traces only.
+    let spans = snapshot
+        .sinks
+        .spans
+        .as_ref()
+        .filter(|_| trace.as_ref().is_some_and(|t| t.sampled()));
+    // What the record needs from the request itself, taken only when something will use it.
+    let taken = (snapshot.sinks.access_log.is_some() || spans.is_some()).then(|| {
+        let include_query = snapshot
+            .sinks
+            .access_log
+            .as_ref()
+            .is_some_and(|l| l.config.include_query);
         let path = match req.uri().query() {
-            Some(q) if log.config.include_query => {
-                format!("{}?{}", req.uri().path(), mask_query(q))
-            }
+            Some(q) if include_query => format!("{}?{}", req.uri().path(), mask_query(q)),
             _ => req.uri().path().to_string(),
         };
-        (req.method().to_string(), path)
+        let started_at = if spans.is_some() {
+            std::time::SystemTime::now()
+        } else {
+            std::time::SystemTime::UNIX_EPOCH
+        };
+        (req.method().to_string(), path, started_at)
     });
     let method = req.method().clone();
     let mut trail = Trail::default();
@@ -60,59 +75,78 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
         resp.headers_mut().insert(name.clone(), t.trace_id_header());
     }
     let status = resp.status().as_u16();
-    let log = match (&snapshot.access_log, logged) {
-        (Some(log), Some((method, path))) if log.wants(status) => Some((
-            Box::new(record(
+    let log = snapshot
+        .sinks
+        .access_log
+        .as_ref()
+        .filter(|log| log.wants(status))
+        .cloned();
+    let record = match taken {
+        Some((method, path, started_at)) if log.is_some() || spans.is_some() => {
+            Some(Arc::new(record(
                 &snapshot,
-                &trail,
+                &mut trail,
                 &request_id,
-                trace.as_ref(),
+                trace,
                 conn,
-                method,
-                path,
+                Taken {
+                    method,
+                    path,
+                    started,
+                    started_at,
+                },
                 status,
-            )),
-            Arc::clone(log),
-        )),
+            )))
+        }
         _ => None,
     };
     let metrics = snapshot.metrics_enabled.then(|| match trail.route {
         Some(r) => Arc::clone(&snapshot.routes[r].metrics),
         None => Arc::clone(&snapshot.no_route_metrics),
     });
-    let done = (metrics.is_some() || log.is_some()).then(|| Completion {
+    let done = (metrics.is_some() || record.is_some()).then(|| Completion {
         metrics,
         method,
         status,
         started,
         bytes_in: trail.bytes_in,
         bytes_in_counter: trail.bytes_in_counter.take(),
+        record,
         log,
+        spans: spans.cloned(),
     });
     resp.headers_mut().insert(request_id::HEADER, request_id);
     resp.map(|b| ServedBody::new(b, done))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn record(
-    snapshot: &Snapshot,
-    trail: &Trail,
-    request_id: &HeaderValue,
-    trace: Option<&TraceContext>,
-    conn: &ConnContext,
+/// Taken from the request before it is consumed, for its record.
+struct Taken {
     method: String,
     path: String,
+    started: std::time::Instant,
+    started_at: std::time::SystemTime,
+}
+
+fn record(
+    snapshot: &Snapshot,
+    trail: &mut Trail,
+    request_id: &HeaderValue,
+    trace: Option<TraceContext>,
+    conn: &ConnContext,
+    taken: Taken,
     status: u16,
 ) -> Record {
     let upstream = trail.upstream.map(|u| &snapshot.upstreams[u]);
     Record {
-        timestamp: Some(std::time::SystemTime::now()),
+        timestamp: std::time::SystemTime::now(),
+        started_at: taken.started_at,
+        started: taken.started,
         request_id: request_id.to_str().unwrap_or_default().to_string(),
-        trace_id: trace.map(|t| t.trace_id_hex()),
+        trace,
         route: trail.route.map(|r| snapshot.routes[r].name.clone()),
         config_version: snapshot.version,
-        method,
-        path,
+        method: taken.method,
+        path: taken.path,
         status,
         upstream: upstream.map(|u| u.name.clone()),
         target: upstream
@@ -123,7 +157,10 @@ fn record(
         bytes_in: trail.bytes_in,
         bytes_out: 0,
         client_ip: conn.client_ip.clone(),
+        auth_result: "none",
+        rate_limited: false,
         retries: trail.retries,
+        retry_events: std::mem::take(&mut trail.retry_events),
     }
 }
 

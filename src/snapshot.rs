@@ -3,8 +3,9 @@
 
 use crate::body::ResponseBody;
 use crate::config::{ListenerLimits, ValidConfig};
-use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{Metrics, RouteMetrics};
+use crate::observe::trace_context::Sampler;
+use crate::observe::Sinks;
 use crate::policy::header_ops::HeaderOps;
 use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
@@ -72,7 +73,10 @@ pub struct Snapshot {
     pub allow_encoded_slashes: bool,
     pub drain_timeout: Duration,
     pub trace_context: bool,
-    pub access_log: Option<Arc<AccessLog>>,
+    /// Sets the sampled flag of new (and, unless parent-based, continued) traces.
+    pub sampler: Sampler,
+    /// The access log and span exporter requests are handed to.
+    pub sinks: Sinks,
     /// Request metrics are recorded (`observability.metrics.enabled`).
     pub metrics_enabled: bool,
     pub no_route_metrics: Arc<RouteMetrics>,
@@ -94,7 +98,7 @@ pub fn compile(
     valid: &ValidConfig,
     version: u64,
     registry: &mut UpstreamRegistry,
-    access_log: Option<Arc<AccessLog>>,
+    sinks: Sinks,
     metrics: &Metrics,
 ) -> Snapshot {
     let cfg = &valid.config;
@@ -183,7 +187,14 @@ pub fn compile(
         allow_encoded_slashes: cfg.defaults.allow_encoded_slashes,
         drain_timeout: Duration::from_millis(cfg.defaults.drain_timeout_ms),
         trace_context: cfg.observability.trace_context.enabled,
-        access_log,
+        sampler: cfg
+            .observability
+            .otlp
+            .as_ref()
+            .map_or(Sampler::ALWAYS, |o| {
+                Sampler::ratio(o.sample_ratio, o.parent_based)
+            }),
+        sinks,
         metrics_enabled: cfg.observability.metrics.enabled,
         no_route_metrics: Arc::clone(&metrics.no_route),
         trace_id_header: cfg

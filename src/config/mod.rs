@@ -157,7 +157,11 @@ fn refine_lines(text: &str, errors: &mut [ConfigError]) {
             continue;
         };
         let field = last.split('[').next().unwrap_or(last);
-        if e.line == 0 || field.is_empty() {
+        if e.line == 0 {
+            e.line = line_of_key_path(&lines, &e.key);
+            continue;
+        }
+        if field.is_empty() {
             continue;
         }
         // Indentation of a line's content, counting a list item's "- " as indentation.
@@ -187,6 +191,57 @@ fn refine_lines(text: &str, errors: &mut [ConfigError]) {
     }
 }
 
+/// The line of a plain dotted key path (`observability.otlp.endpoint`) for errors found on
+/// values that carry no position: each segment is looked for below the previous one, more
+/// indented (or later on the same line, for flow mappings). The deepest segment found wins;
+/// 0 when even the first is missing or the path has list indices.
+fn line_of_key_path(lines: &[&str], path: &str) -> u32 {
+    if path.is_empty() || path.contains('[') {
+        return 0;
+    }
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut found: Option<(usize, usize)> = None; // (line index, indent)
+    for seg in path.split('.') {
+        let key = format!("{seg}:");
+        // A flow mapping on the parent's line: `otlp: { endpoint: x }`.
+        if let Some((i, _)) = found {
+            let in_flow = lines[i].split_once('{').is_some_and(|(_, rest)| {
+                rest.split([',', '{'])
+                    .any(|part| part.trim_start().starts_with(&key))
+            });
+            if in_flow {
+                continue;
+            }
+        }
+        let start = found.map_or(0, |(i, _)| i + 1);
+        let parent_indent = found.map(|(_, ind)| ind);
+        let mut hit = None;
+        for (i, l) in lines.iter().enumerate().skip(start) {
+            let t = l.trim_start();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            // Left the parent's block: stop looking.
+            if let Some(p) = parent_indent {
+                if indent(l) <= p {
+                    break;
+                }
+            } else if indent(l) > 0 {
+                continue;
+            }
+            if t.starts_with(&key) {
+                hit = Some((i, indent(l)));
+                break;
+            }
+        }
+        match hit {
+            Some(h) => found = Some(h),
+            None => break,
+        }
+    }
+    found.map_or(0, |(i, _)| i as u32 + 1)
+}
+
 fn strip_location_suffix(message: &str) -> String {
     let first = message.lines().next().unwrap_or(message).trim();
     match first.rfind(" at line ") {
@@ -200,4 +255,51 @@ fn checksum(config: &Config) -> String {
     // configuration always serialises to the same bytes.
     let canonical = serde_json::to_vec(config).expect("config serialises to JSON");
     format!("sha256:{}", hex::encode(Sha256::digest(&canonical)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listeners: [{ name: public, address: \"127.0.0.1:8080\" }]\nadmin: { address: \"127.0.0.1:9901\" }\ndefaults: { auth: none }\nroutes:\n  - name: hello\n    match: { path: { prefix: / } }\n    direct_response: { status: 200 }\n";
+
+    fn errors(extra: &str) -> Vec<(u32, String, String)> {
+        let text = format!("{BASE}{extra}");
+        match load_str(&text, "t.yaml") {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|e| (e.line, e.key, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn otlp_settings_are_checked_and_located() {
+        assert_eq!(
+            errors("observability:\n  otlp:\n    endpoint: http://127.0.0.1:4318\n"),
+            vec![]
+        );
+        let e = errors(
+            "observability:\n  otlp:\n    endpoint: https://collector:4318\n    sample_ratio: 2\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(
+            (e[0].0, e[0].1.as_str()),
+            (10, "observability.otlp.endpoint")
+        );
+        assert!(e[0].2.contains("https"), "{e:?}");
+        assert_eq!(
+            (e[1].0, e[1].1.as_str()),
+            (11, "observability.otlp.sample_ratio")
+        );
+        let e = errors("observability:\n  trace_context: { enabled: false }\n  otlp: { endpoint: \"http://c:4318\", batch_size: 0 }\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e.iter().all(|e| e.0 == 10),
+            "flow mappings point at their line: {e:?}"
+        );
+        assert!(e.iter().any(|e| e.2.contains("trace_context.enabled")));
+    }
 }

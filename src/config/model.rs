@@ -513,8 +513,62 @@ pub struct Observability {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub access_log: Option<AccessLogConfig>,
-    #[serde(default, skip_serializing)]
-    pub otlp: Unsupported,
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// OpenTelemetry span export over OTLP/HTTP (protobuf), batched by a background thread.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Collector URL (`http://host:port/v1/traces`; a bare `http://host:port` gets `/v1/traces`).
+    pub endpoint: Text,
+    /// Fraction of new traces exported. A continued trace follows the caller's sampled flag
+    /// unless `parent_based` is false.
+    #[serde(default = "default_sample")]
+    pub sample_ratio: f64,
+    #[serde(default = "default_true")]
+    pub parent_based: bool,
+    /// `service.name` of the exported resource.
+    #[serde(default = "default_service_name")]
+    pub service_name: Text,
+    /// More resource attributes (e.g. `deployment.environment`).
+    #[serde(default)]
+    pub resource: BTreeMap<String, Text>,
+    /// Headers sent with every export (e.g. a collector's authorization).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Text>,
+    /// Spans per export request.
+    #[serde(default = "default_otlp_batch")]
+    pub batch_size: usize,
+    /// A partial batch is sent after this long.
+    #[serde(default = "default_otlp_interval")]
+    pub export_interval_ms: u64,
+    /// Spans waiting for the exporter; beyond this, spans are dropped and counted.
+    #[serde(default = "default_otlp_queue")]
+    pub queue_size: usize,
+    /// Limit for one export request (connect + send + answer).
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_service_name() -> Text {
+    Text::from("portcullis")
+}
+fn default_otlp_batch() -> usize {
+    512
+}
+fn default_otlp_interval() -> u64 {
+    1000
+}
+fn default_otlp_queue() -> usize {
+    8192
+}
+fn default_otlp_timeout() -> u64 {
+    5000
 }
 
 /// W3C Trace Context propagation.

@@ -963,17 +963,74 @@ fn check_observability(c: &mut Checker, o: &Observability) {
             );
         }
     }
-    c.unsupported(
-        &o.otlp,
-        "observability.otlp".into(),
-        "observability issue: OpenTelemetry export",
-    );
+    if let Some(otlp) = &o.otlp {
+        check_otlp(c, otlp, o.trace_context.enabled);
+    }
     if let Some(h) = &o.trace_context.response_header {
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
             c.err(
                 0,
                 "observability.trace_context.response_header",
                 format!("`{h}` is not a valid header name"),
+            );
+        }
+    }
+}
+
+fn check_otlp(c: &mut Checker, o: &OtlpConfig, trace_context: bool) {
+    if let Err(e) = crate::observe::otlp::Endpoint::parse(&o.endpoint) {
+        c.err(0, "observability.otlp.endpoint", e);
+    }
+    if !trace_context {
+        c.err(
+            0,
+            "observability.otlp",
+            "span export needs observability.trace_context.enabled: true",
+        );
+    }
+    if !(0.0..=1.0).contains(&o.sample_ratio) {
+        c.err(
+            0,
+            "observability.otlp.sample_ratio",
+            "must be between 0.0 and 1.0",
+        );
+    }
+    if !(1..=10_000).contains(&o.batch_size) {
+        c.err(
+            0,
+            "observability.otlp.batch_size",
+            "must be between 1 and 10000",
+        );
+    }
+    if !(1..=1_000_000).contains(&o.queue_size) {
+        c.err(
+            0,
+            "observability.otlp.queue_size",
+            "must be between 1 and 1000000",
+        );
+    }
+    if !(10..=60_000).contains(&o.export_interval_ms) {
+        c.err(
+            0,
+            "observability.otlp.export_interval_ms",
+            "must be between 10 and 60000",
+        );
+    }
+    if !(10..=60_000).contains(&o.timeout_ms) {
+        c.err(
+            0,
+            "observability.otlp.timeout_ms",
+            "must be between 10 and 60000",
+        );
+    }
+    for (k, v) in &o.headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(v).is_err()
+        {
+            c.err(
+                0,
+                "observability.otlp.headers",
+                format!("`{k}` is not a valid header"),
             );
         }
     }

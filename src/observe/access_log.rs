@@ -2,6 +2,7 @@
 //! queue: the request path only does a non-blocking `try_send`; when the queue is full the line
 //! is dropped and counted, never waited for. Serialization happens on the writer thread.
 
+use super::record::Record;
 use crate::config::AccessLogConfig;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -11,29 +12,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// Everything one line says about a request.
-#[derive(Debug, Default)]
-pub struct Record {
-    pub timestamp: Option<SystemTime>,
-    pub request_id: String,
-    pub trace_id: Option<String>,
-    pub route: Option<String>,
-    pub config_version: u64,
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    pub upstream: Option<String>,
-    pub target: Option<String>,
-    pub latency_us: u64,
-    pub upstream_latency_us: Option<u64>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub client_ip: String,
-    pub retries: u32,
-}
-
 enum Message {
-    Line(Box<Record>),
+    Line(Arc<Record>),
     Reopen,
 }
 
@@ -122,7 +102,7 @@ impl AccessLog {
     }
 
     /// Queues a line; never blocks.
-    pub fn submit(&self, record: Box<Record>) {
+    pub fn submit(&self, record: Arc<Record>) {
         match self.tx.try_send(Message::Line(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -303,11 +283,18 @@ impl Clock {
 /// times as much).
 fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
     out.extend_from_slice(b"{\"timestamp\":\"");
-    clock.push(out, r.timestamp.unwrap_or_else(SystemTime::now));
+    clock.push(out, r.timestamp);
     out.extend_from_slice(b"\",\"request_id\":");
     json_str(out, &r.request_id);
     out.extend_from_slice(b",\"trace_id\":");
-    json_plain(out, r.trace_id.as_deref());
+    match &r.trace {
+        Some(t) => {
+            out.push(b'"');
+            out.extend_from_slice(&t.trace_id_hex_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b",\"route\":");
     json_plain(out, r.route.as_deref());
     out.extend_from_slice(b",\"config_version\":");
@@ -335,7 +322,13 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
     push_u64(out, r.bytes_out);
     out.extend_from_slice(b",\"client_ip\":");
     json_plain(out, Some(&r.client_ip));
-    out.extend_from_slice(b",\"tenant\":null,\"subject\":null,\"auth_result\":\"none\",\"rate_limited\":false,\"retries\":");
+    out.extend_from_slice(b",\"tenant\":null,\"subject\":null,\"auth_result\":");
+    json_plain(out, Some(r.auth_result));
+    out.extend_from_slice(if r.rate_limited {
+        b",\"rate_limited\":true,\"retries\":"
+    } else {
+        b",\"rate_limited\":false,\"retries\":"
+    });
     push_u64(out, u64::from(r.retries));
     out.extend_from_slice(b"}\n");
 }
@@ -372,19 +365,4 @@ mod tests {
             "a=1&access_token=***&API_KEY=***&b"
         );
     }
-}
-
-/// What the pipeline learns about a request along the way, for its log line. Plain fields set
-/// by the phases that know them; turned into a `Record` only when a line will be written.
-#[derive(Debug, Default)]
-pub struct Trail {
-    pub route: Option<usize>,
-    pub upstream: Option<usize>,
-    /// Index of the last target tried, in the upstream's target list.
-    pub target: Option<usize>,
-    pub upstream_latency: Option<std::time::Duration>,
-    pub retries: u32,
-    pub bytes_in: u64,
-    /// Counts a streamed request body of unknown length (only when logging).
-    pub bytes_in_counter: Option<Arc<AtomicU64>>,
 }

@@ -28,6 +28,45 @@ pub struct TraceContext {
 const SAMPLED: u8 = 0x01;
 const RANDOM_TRACE_ID: u8 = 0x02;
 
+/// Decides the sampled flag: by trace-id ratio for new traces, and for continued ones too when
+/// not `parent_based` (then the caller's flag is ignored).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampler {
+    /// Traces whose lowest 56 bits of trace id are below this are sampled (the W3C Level 2
+    /// random part of the id, so every hop with the same ratio decides alike).
+    threshold: u64,
+    pub parent_based: bool,
+}
+
+const RANDOM_BITS: u32 = 56;
+
+impl Sampler {
+    /// Every new trace is sampled and a caller's decision is kept.
+    pub const ALWAYS: Sampler = Sampler {
+        threshold: 1 << RANDOM_BITS,
+        parent_based: true,
+    };
+
+    pub fn ratio(ratio: f64, parent_based: bool) -> Sampler {
+        let ratio = ratio.clamp(0.0, 1.0);
+        Sampler {
+            threshold: (ratio * (1u64 << RANDOM_BITS) as f64) as u64,
+            parent_based,
+        }
+    }
+
+    fn flag(&self, trace_id: &[u8; 16]) -> u8 {
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&trace_id[8..]);
+        let random = u64::from_be_bytes(low) & ((1 << RANDOM_BITS) - 1);
+        if random < self.threshold {
+            SAMPLED
+        } else {
+            0
+        }
+    }
+}
+
 fn hex_lower(s: &[u8]) -> bool {
     s.iter()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
@@ -165,8 +204,8 @@ pub fn parse_tracestate(values: &[&str]) -> Option<String> {
 }
 
 impl TraceContext {
-    /// The context for a request with these headers.
-    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+    /// The context for a request with these headers; `sampler` sets the sampled flag.
+    pub fn from_headers(headers: &HeaderMap, sampler: &Sampler) -> TraceContext {
         let mut parents = headers.get_all(TRACEPARENT).iter();
         let incoming = match (parents.next(), parents.next()) {
             (Some(v), None) => parse_traceparent(v.as_bytes()),
@@ -185,7 +224,11 @@ impl TraceContext {
                     span_id: random_nonzero(),
                     parent_id: Some(parent_id),
                     // Only the flags version 00 defines are forwarded.
-                    flags: flags & (SAMPLED | RANDOM_TRACE_ID),
+                    flags: if sampler.parent_based {
+                        flags & (SAMPLED | RANDOM_TRACE_ID)
+                    } else {
+                        flags & RANDOM_TRACE_ID | sampler.flag(&trace_id)
+                    },
                     tracestate: if states.is_empty() {
                         None
                     } else {
@@ -193,20 +236,32 @@ impl TraceContext {
                     },
                 }
             }
-            None => TraceContext {
-                trace_id: random_nonzero(),
-                span_id: random_nonzero(),
-                parent_id: None,
-                flags: SAMPLED | RANDOM_TRACE_ID,
-                tracestate: None,
-            },
+            None => {
+                let trace_id = random_nonzero();
+                TraceContext {
+                    trace_id,
+                    span_id: random_nonzero(),
+                    parent_id: None,
+                    flags: sampler.flag(&trace_id) | RANDOM_TRACE_ID,
+                    tracestate: None,
+                }
+            }
         }
     }
 
     pub fn trace_id_hex(&self) -> String {
+        String::from_utf8(self.trace_id_hex_bytes().to_vec()).expect("hex is ASCII")
+    }
+
+    pub fn trace_id_hex_bytes(&self) -> [u8; 32] {
         let mut buf = [0u8; 32];
         encode(&self.trace_id, &mut buf);
-        String::from_utf8(buf.to_vec()).expect("hex is ASCII")
+        buf
+    }
+
+    /// Whether this request's span is recorded (the sampled flag sent upstream).
+    pub fn sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
     }
 
     /// The trace id as a header value.
@@ -253,7 +308,7 @@ mod tests {
         for v in ts {
             h.append(TRACESTATE, v.parse().unwrap());
         }
-        TraceContext::from_headers(&h)
+        TraceContext::from_headers(&h, &Sampler::ALWAYS)
     }
 
     #[test]
@@ -350,5 +405,35 @@ mod tests {
         assert!(out.len() <= 512, "{}", out.len());
         assert!(!out.contains("long="));
         assert!(out.starts_with("s0="));
+    }
+
+    #[test]
+    fn sampling_by_ratio_and_parent() {
+        let mut h = HeaderMap::new();
+        let none = Sampler::ratio(0.0, true);
+        let all = Sampler::ratio(1.0, true);
+        assert!(!TraceContext::from_headers(&h, &none).sampled());
+        assert!(TraceContext::from_headers(&h, &all).sampled());
+        // About half of new traces at 0.5.
+        let half = Sampler::ratio(0.5, true);
+        let n = (0..4000)
+            .filter(|_| TraceContext::from_headers(&h, &half).sampled())
+            .count();
+        assert!((1700..2300).contains(&n), "{n}");
+        // Decided by the trace id: the same id always gets the same answer.
+        let low = "00-4bf92f3577b34da600000000000000ff-00f067aa0ba902b7-00";
+        let high = "00-4bf92f3577b34da600ff0000000000ff-00f067aa0ba902b7-01";
+        h.insert(TRACEPARENT, low.parse().unwrap());
+        assert!(
+            !TraceContext::from_headers(&h, &half).sampled(),
+            "parent said no"
+        );
+        assert!(TraceContext::from_headers(&h, &Sampler::ratio(0.5, false)).sampled());
+        h.insert(TRACEPARENT, high.parse().unwrap());
+        assert!(
+            TraceContext::from_headers(&h, &none).sampled(),
+            "parent said yes"
+        );
+        assert!(!TraceContext::from_headers(&h, &Sampler::ratio(0.5, false)).sampled());
     }
 }

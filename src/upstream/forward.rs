@@ -8,7 +8,7 @@ use super::retry::{RetryOn, RetryPolicy};
 use super::CompiledUpstream;
 use crate::body::{RequestBodyError, UpstreamBody};
 use crate::held::Held;
-use crate::observe::access_log::Trail;
+use crate::observe::record::{RetryEvent, Trail};
 use crate::reject::Reject;
 use bytes::Bytes;
 use http::request::Parts;
@@ -168,6 +168,12 @@ pub async fn forward(
         drop(outcome);
         retries_done += 1;
         upstream.runtime.retries.fetch_add(1, Ordering::Relaxed);
+        trail.retry_events.push(RetryEvent {
+            at: std::time::Instant::now(),
+            attempt: retries_done,
+            reason: condition.to_string(),
+            target: target.pool.authority().to_string(),
+        });
         tried.push(index);
         let pause = p
             .backoff(retries_done)

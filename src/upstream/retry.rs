@@ -29,6 +29,17 @@ impl RetryOn {
     }
 }
 
+impl std::fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetryOn::ConnectFailure => f.write_str("connect_failure"),
+            RetryOn::Reset => f.write_str("reset"),
+            RetryOn::Timeout => f.write_str("timeout"),
+            RetryOn::Status(code) => write!(f, "{code}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub attempts: u32,

@@ -1,0 +1,478 @@
+//! OpenTelemetry span export over OTLP/HTTP (protobuf). The request path only does a
+//! non-blocking `try_send` of the request's shared `Record`; a background thread batches,
+//! encodes and posts. A slow or unreachable collector fills the bounded queue and spans are
+//! dropped and counted — requests never wait for it.
+
+use super::record::Record;
+use crate::config::OtlpConfig;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
+use prost::Message as _;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where spans are posted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    /// Path and query of the export request.
+    pub path: String,
+    /// `host:port` for the Host header.
+    pub authority: String,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "`{url}`: https collectors are not supported yet (TLS issue); use http"
+                ))
+            }
+            _ => return Err(format!("`{url}` must be an http:// URL")),
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("`{url}` has no host"))?;
+        let host = authority.host().trim_matches(|c| c == '[' || c == ']');
+        if host.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        let path = match uri.path_and_query().map(|p| p.as_str()) {
+            None | Some("") | Some("/") => "/v1/traces".to_string(),
+            Some(p) => p.to_string(),
+        };
+        Ok(Endpoint {
+            host: host.to_string(),
+            port: authority.port_u16().unwrap_or(80),
+            path,
+            authority: authority.as_str().to_string(),
+        })
+    }
+}
+
+/// Export counters, shown at `/metrics`.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub exported: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_export_failed: AtomicU64,
+    pub requests_ok: AtomicU64,
+    pub requests_failed: AtomicU64,
+}
+
+pub struct SpanExporter {
+    tx: SyncSender<Arc<Record>>,
+    pub stats: Arc<ExportStats>,
+}
+
+impl SpanExporter {
+    /// Starts the exporter thread. It ends by itself, after sending what is queued, once every
+    /// snapshot holding this exporter is gone.
+    pub fn start(config: &OtlpConfig) -> io::Result<SpanExporter> {
+        let endpoint = Endpoint::parse(&config.endpoint)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let (tx, rx) = sync_channel(config.queue_size);
+        let stats = Arc::new(ExportStats::default());
+        let exporter = Exporter {
+            rx,
+            batch_size: config.batch_size,
+            interval: Duration::from_millis(config.export_interval_ms),
+            resource: resource(config),
+            client: Client {
+                endpoint,
+                headers: config
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            HeaderName::from_bytes(k.as_bytes()).ok()?,
+                            HeaderValue::from_str(v).ok()?,
+                        ))
+                    })
+                    .collect(),
+                timeout: Duration::from_millis(config.timeout_ms),
+                conn: None,
+            },
+            stats: Arc::clone(&stats),
+        };
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || exporter.run())?;
+        Ok(SpanExporter { tx, stats })
+    }
+
+    /// Queues a finished request's span; never blocks.
+    pub fn submit(&self, record: Arc<Record>) {
+        if self.tx.try_send(record).is_err() {
+            self.stats
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The queue is drained on this period rather than by blocking on it, so a request's send is
+/// never a thread wake-up.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// Largest collector answer read (its body is only drained to keep the connection).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+struct Exporter {
+    rx: Receiver<Arc<Record>>,
+    batch_size: usize,
+    interval: Duration,
+    resource: Resource,
+    client: Client,
+    stats: Arc<ExportStats>,
+}
+
+impl Exporter {
+    fn run(mut self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the OTLP exporter; spans will be dropped");
+                return;
+            }
+        };
+        let mut batch: Vec<Arc<Record>> = Vec::with_capacity(self.batch_size);
+        let mut oldest = Instant::now();
+        let mut failing = false;
+        loop {
+            let mut closed = false;
+            while batch.len() < self.batch_size {
+                match self.rx.try_recv() {
+                    Ok(r) => {
+                        if batch.is_empty() {
+                            oldest = Instant::now();
+                        }
+                        batch.push(r);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let due = batch.len() >= self.batch_size
+                || (!batch.is_empty() && (closed || oldest.elapsed() >= self.interval));
+            if due {
+                let body = Bytes::from(encode(&self.resource, &batch));
+                let result = runtime.block_on(self.client.post(body));
+                let n = batch.len() as u64;
+                match result {
+                    Ok(()) => {
+                        self.stats.exported.fetch_add(n, Ordering::Relaxed);
+                        self.stats.requests_ok.fetch_add(1, Ordering::Relaxed);
+                        if failing {
+                            tracing::info!("OTLP export recovered");
+                            failing = false;
+                        }
+                    }
+                    Err(e) => {
+                        self.stats
+                            .dropped_export_failed
+                            .fetch_add(n, Ordering::Relaxed);
+                        self.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
+                        // One line per change of state, not one per failed batch.
+                        if !failing {
+                            tracing::warn!(error = %e, endpoint = %self.client.endpoint.authority,
+                                "OTLP export failing; spans are dropped until it recovers");
+                            failing = true;
+                        }
+                    }
+                }
+                batch.clear();
+            }
+            if closed {
+                return;
+            }
+            if !due {
+                std::thread::sleep(DRAIN_EVERY);
+            }
+        }
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A single kept-alive HTTP/1.1 connection to the collector.
+struct Client {
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    timeout: Duration,
+    conn: Option<Sender>,
+}
+
+impl Client {
+    async fn post(&mut self, body: Bytes) -> Result<(), String> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.post_inner(body)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.conn = None;
+                Err(format!("no answer within {} ms", timeout.as_millis()))
+            }
+        }
+    }
+
+    async fn post_inner(&mut self, body: Bytes) -> Result<(), String> {
+        // A kept-alive connection the collector closed meanwhile gets one retry on a new one.
+        for _ in 0..2 {
+            let reused = self.conn.is_some();
+            let mut sender = match self.conn.take() {
+                Some(s) => s,
+                None => self.connect().await?,
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err("connection closed".into());
+            }
+            let mut req = Request::post(&self.endpoint.path)
+                .header(http::header::HOST, &self.endpoint.authority)
+                .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                .body(Full::new(body.clone()))
+                .map_err(|e| e.to_string())?;
+            for (k, v) in &self.headers {
+                req.headers_mut().insert(k, v.clone());
+            }
+            let resp = match sender.send_request(req).await {
+                Ok(r) => r,
+                Err(e) if reused => {
+                    tracing::debug!(error = %e, "OTLP connection went stale; reconnecting");
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let status = resp.status();
+            let drained = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .is_ok();
+            if drained {
+                self.conn = Some(sender);
+            }
+            return if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("collector answered {status}"))
+            };
+        }
+        Err("connection closed".into())
+    }
+
+    async fn connect(&self) -> Result<Sender, String> {
+        let stream =
+            tokio::net::TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
+                .await
+                .map_err(|e| format!("connect to {}: {e}", self.endpoint.authority))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+}
+
+fn string_value(s: impl Into<String>) -> Option<AnyValue> {
+    Some(AnyValue {
+        value: Some(any_value::Value::StringValue(s.into())),
+    })
+}
+
+fn attr(key: &str, value: Option<AnyValue>) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value,
+        ..Default::default()
+    }
+}
+
+fn str_attr(key: &str, value: impl Into<String>) -> KeyValue {
+    attr(key, string_value(value))
+}
+
+fn int_attr(key: &str, value: i64) -> KeyValue {
+    attr(
+        key,
+        Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+    )
+}
+
+fn resource(config: &OtlpConfig) -> Resource {
+    let mut attributes = vec![
+        str_attr("service.name", config.service_name.to_string()),
+        str_attr("service.version", env!("CARGO_PKG_VERSION")),
+        str_attr("telemetry.sdk.name", "portcullis"),
+        str_attr("telemetry.sdk.language", "rust"),
+    ];
+    for (k, v) in &config.resource {
+        attributes.retain(|a| a.key != *k);
+        attributes.push(str_attr(k, v.to_string()));
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Span flags: the W3C trace flags plus whether the parent is known to be remote.
+const HAS_IS_REMOTE: u32 = 0x100;
+const IS_REMOTE: u32 = 0x200;
+
+/// The gateway's server span for one request.
+pub fn span(r: &Record) -> Option<Span> {
+    let trace = r.trace.as_ref()?;
+    let (path, query) = match r.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (r.path.as_str(), None),
+    };
+    let mut attributes = vec![
+        str_attr("http.request.method", r.method.clone()),
+        str_attr("url.path", path),
+        int_attr("http.response.status_code", i64::from(r.status)),
+        str_attr("client.address", r.client_ip.clone()),
+        str_attr("portcullis.request_id", r.request_id.clone()),
+        int_attr("portcullis.config_version", r.config_version as i64),
+        int_attr("http.request.body.size", r.bytes_in as i64),
+        int_attr("http.response.body.size", r.bytes_out as i64),
+        str_attr("portcullis.auth_result", r.auth_result),
+        str_attr(
+            "portcullis.rate_limit_result",
+            if r.rate_limited { "limited" } else { "allowed" },
+        ),
+        int_attr("portcullis.retries", i64::from(r.retries)),
+    ];
+    if let Some(q) = query {
+        attributes.push(str_attr("url.query", q));
+    }
+    if let Some(route) = &r.route {
+        attributes.push(str_attr("portcullis.route", route.clone()));
+    }
+    if let Some(u) = &r.upstream {
+        attributes.push(str_attr("portcullis.upstream", u.clone()));
+    }
+    if let Some(t) = &r.target {
+        attributes.push(str_attr("portcullis.target", t.clone()));
+    }
+    if let Some(us) = r.upstream_latency_us {
+        attributes.push(int_attr("portcullis.upstream_latency_us", us as i64));
+    }
+    let events = r
+        .retry_events
+        .iter()
+        .map(|e| span::Event {
+            time_unix_nano: unix_nanos(r.wall_time(e.at)),
+            name: "retry".into(),
+            attributes: vec![
+                int_attr("portcullis.retry.attempt", i64::from(e.attempt)),
+                str_attr("portcullis.retry.reason", e.reason.clone()),
+                str_attr("portcullis.retry.failed_target", e.target.clone()),
+            ],
+            dropped_attributes_count: 0,
+        })
+        .collect();
+    let start = unix_nanos(r.started_at);
+    Some(Span {
+        trace_id: trace.trace_id.to_vec(),
+        span_id: trace.span_id.to_vec(),
+        trace_state: trace.tracestate.clone().unwrap_or_default(),
+        parent_span_id: trace.parent_id.map(|p| p.to_vec()).unwrap_or_default(),
+        flags: u32::from(trace.flags)
+            | HAS_IS_REMOTE
+            | if trace.parent_id.is_some() {
+                IS_REMOTE
+            } else {
+                0
+            },
+        name: match &r.route {
+            Some(route) => format!("{} {route}", r.method),
+            None => r.method.clone(),
+        },
+        kind: span::SpanKind::Server as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: start + r.latency_us * 1000,
+        attributes,
+        events,
+        // Server spans: 5xx is an error, 4xx is the client's (OpenTelemetry HTTP conventions).
+        status: (r.status >= 500).then(|| Status {
+            message: format!("HTTP {}", r.status),
+            code: status::StatusCode::Error as i32,
+        }),
+        ..Default::default()
+    })
+}
+
+/// One export request's body.
+pub fn encode(resource: &Resource, batch: &[Arc<Record>]) -> Vec<u8> {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "portcullis".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans: batch.iter().filter_map(|r| span(r)).collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+    .encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let e = Endpoint::parse("http://collector:4318").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("collector", 4318, "/v1/traces")
+        );
+        let e = Endpoint::parse("http://127.0.0.1/custom/traces?x=1").unwrap();
+        assert_eq!((e.port, e.path.as_str()), (80, "/custom/traces?x=1"));
+        assert!(Endpoint::parse("https://c:4318")
+            .unwrap_err()
+            .contains("TLS"));
+        assert!(Endpoint::parse("ftp://c").is_err());
+        assert!(Endpoint::parse("collector:4318").is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! What the gateway records about one request: gathered along the pipeline (`Trail`), turned
+//! into a `Record` only when something consumes it (the access log, span export), and shared by
+//! those consumers without copying.
+
+use super::trace_context::TraceContext;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What the pipeline learns about a request along the way. Plain fields set by the phases that
+/// know them.
+#[derive(Debug, Default)]
+pub struct Trail {
+    pub route: Option<usize>,
+    pub upstream: Option<usize>,
+    /// Index of the last target tried, in the upstream's target list.
+    pub target: Option<usize>,
+    pub upstream_latency: Option<Duration>,
+    pub retries: u32,
+    /// One entry per retry (rare; no allocation when there is none).
+    pub retry_events: Vec<RetryEvent>,
+    pub bytes_in: u64,
+    /// Counts a streamed request body of unknown length (only when recording).
+    pub bytes_in_counter: Option<Arc<AtomicU64>>,
+}
+
+/// A retry: when it was decided, which try it starts and why the previous one failed.
+#[derive(Debug, Clone)]
+pub struct RetryEvent {
+    pub at: Instant,
+    pub attempt: u32,
+    pub reason: String,
+    /// The target that failed (`host:port`).
+    pub target: String,
+}
+
+/// Everything the access log line and the exported span say about a request.
+#[derive(Debug)]
+pub struct Record {
+    /// When the response head was ready (the access log's timestamp).
+    pub timestamp: SystemTime,
+    /// When the request arrived, for spans.
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub request_id: String,
+    pub trace: Option<TraceContext>,
+    pub route: Option<String>,
+    pub config_version: u64,
+    pub method: String,
+    /// Path, with the masked query when the access log includes queries.
+    pub path: String,
+    pub status: u16,
+    pub upstream: Option<String>,
+    pub target: Option<String>,
+    pub latency_us: u64,
+    pub upstream_latency_us: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub client_ip: String,
+    /// `none` until a route authenticates.
+    pub auth_result: &'static str,
+    pub rate_limited: bool,
+    pub retries: u32,
+    pub retry_events: Vec<RetryEvent>,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            timestamp: SystemTime::UNIX_EPOCH,
+            started_at: SystemTime::UNIX_EPOCH,
+            started: Instant::now(),
+            request_id: String::new(),
+            trace: None,
+            route: None,
+            config_version: 0,
+            method: String::new(),
+            path: String::new(),
+            status: 0,
+            upstream: None,
+            target: None,
+            latency_us: 0,
+            upstream_latency_us: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            client_ip: String::new(),
+            auth_result: "none",
+            rate_limited: false,
+            retries: 0,
+            retry_events: Vec::new(),
+        }
+    }
+}
+
+impl Record {
+    /// The wall-clock time of a moment measured on the request's monotonic clock.
+    pub fn wall_time(&self, at: Instant) -> SystemTime {
+        self.started_at + at.saturating_duration_since(self.started)
+    }
+}
