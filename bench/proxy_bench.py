@@ -9,7 +9,9 @@ proxy process from /proc, divided by the requests wrk completed).
 Usage: bench/run [--rounds N] [--duration S] [--connections C] [--telemetry]
 
 Portcullis runs with telemetry off (trace context, metrics and access log disabled: the plain
-proxy path); --telemetry adds a second Portcullis with all three on (access log to a file).
+proxy path); --telemetry adds a second Portcullis with all of it on: metrics, access log to a
+file, trace context and OTLP span export of every request to a local collector (nginx answering
+200).
 Every process it starts is stopped by PID when it ends; all traffic stays on 127.0.0.1.
 """
 import argparse
@@ -102,12 +104,14 @@ observability:
 """
 
 
-def telemetry_on(workdir):
+def telemetry_on(workdir, collector_port):
+    # Worst case for export: every request sampled.
     return f"""
 observability:
   trace_context: {{ enabled: true, response_header: x-trace-id }}
   metrics: {{ enabled: true }}
   access_log: {{ destination: "{workdir}/access.log" }}
+  otlp: {{ endpoint: "http://127.0.0.1:{collector_port}/v1/traces", sample_ratio: 1.0 }}
 """
 
 
@@ -165,7 +169,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--telemetry", action="store_true",
-                    help="also run Portcullis with metrics + access log (file) + trace context on")
+                    help="also run Portcullis with metrics + access log (file) + trace context + OTLP export on")
     args = ap.parse_args()
     if os.cpu_count() < 2:
         sys.exit("needs 2 CPUs (proxy on CPU 0, wrk and upstream on CPU 1)")
@@ -181,7 +185,11 @@ def main():
         procs.append(ng)
         targets = [("upstream-direct", up_port, None), ("portcullis", pc_port, pc_pid), ("nginx", ng_port, ng_pid)]
         if args.telemetry:
-            pt, pt_port, pt_pid = start_portcullis(workdir, up_port, 0, "portcullis-telemetry", telemetry_on(workdir))
+            # nginx stands in for an OTLP collector: it reads each export and answers 200.
+            col, col_port, _ = start_nginx(workdir, "collector", 1, body="")
+            procs.append(col)
+            pt, pt_port, pt_pid = start_portcullis(workdir, up_port, 0, "portcullis-telemetry",
+                                                   telemetry_on(workdir, col_port))
             procs.append(pt)
             targets.insert(2, ("portcullis+telem", pt_port, pt_pid))
 

@@ -365,6 +365,57 @@ fn render_metrics(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> St
         "Upstream connections opened by target.",
         &created,
     );
+    if !snapshot.limiters.is_empty() {
+        let mut decisions = Vec::new();
+        let mut keys = Vec::new();
+        for l in &snapshot.limiters {
+            let c = &l.counters;
+            for (result, n) in [
+                ("allowed", &c.allowed),
+                ("limited", &c.limited),
+                ("shadow_limited", &c.shadow_limited),
+                ("store_failure_allowed", &c.failure_allowed),
+                ("store_failure_denied", &c.failure_denied),
+                ("store_failure_fallback", &c.failure_fallback),
+            ] {
+                decisions.push((
+                    format!("{},{}", label("limit", &l.name), label("result", result)),
+                    n.load(Relaxed) as f64,
+                ));
+            }
+            keys.push((label("limit", &l.name), l.local_keys() as f64));
+        }
+        family(
+            &mut out,
+            "portcullis_ratelimit_decisions_total",
+            "counter",
+            "Rate-limit decisions by limit and result (store_failure_*: Redis unusable, what happened instead).",
+            &decisions,
+        );
+        family(
+            &mut out,
+            "portcullis_ratelimit_local_keys",
+            "gauge",
+            "Keys held in this instance's memory by limit (local store or Redis fallback).",
+            &keys,
+        );
+    }
+    if let Some(redis) = &snapshot.redis {
+        family(
+            &mut out,
+            "portcullis_ratelimit_store_up",
+            "gauge",
+            "1 while Redis is used for rate limits, 0 while its breaker skips it.",
+            &[(label("store", "redis"), f64::from(u8::from(redis.is_up())))],
+        );
+        family(
+            &mut out,
+            "portcullis_ratelimit_store_errors_total",
+            "counter",
+            "Failed or timed-out Redis calls.",
+            &[(label("store", "redis"), redis.errors.load(Relaxed) as f64)],
+        );
+    }
     if let Some(spans) = &snapshot.sinks.spans {
         let s = &spans.stats;
         family(

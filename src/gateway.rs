@@ -7,6 +7,7 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::otlp::SpanExporter;
 use crate::observe::Sinks;
+use crate::ratelimit::LimiterRegistry;
 use crate::snapshot::{self, Snapshot};
 use crate::upstream::health::HealthCheckers;
 use crate::upstream::UpstreamRegistry;
@@ -29,6 +30,7 @@ pub struct Gateway {
 
 struct ReloadState {
     registry: UpstreamRegistry,
+    limiters: LimiterRegistry,
     /// The running access log and span exporter, each with the config it was started with.
     access_log: Running<AccessLogConfig, AccessLog>,
     spans: Running<OtlpConfig, SpanExporter>,
@@ -49,12 +51,14 @@ impl Gateway {
     pub fn load(config_path: PathBuf) -> Result<Arc<Gateway>, ConfigErrors> {
         let valid = config::load_file(&config_path)?;
         let mut registry = UpstreamRegistry::default();
+        let mut limiters = LimiterRegistry::default();
         let (access_log, spans) = sinks_for(&valid, None, None)?;
         let metrics = Arc::new(Metrics::default());
         let snap = snapshot::compile(
             &valid,
             1,
             &mut registry,
+            &mut limiters,
             sinks(&access_log, &spans),
             &metrics,
         );
@@ -64,6 +68,7 @@ impl Gateway {
             config_path,
             reload_state: Mutex::new(ReloadState {
                 registry,
+                limiters,
                 access_log,
                 spans,
                 health: HealthCheckers::default(),
@@ -159,7 +164,15 @@ impl Gateway {
         let sinks = sinks(&access_log, &spans);
         state.access_log = access_log;
         state.spans = spans;
-        let snap = snapshot::compile(&valid, version, &mut state.registry, sinks, &self.metrics);
+        let state = &mut *state;
+        let snap = snapshot::compile(
+            &valid,
+            version,
+            &mut state.registry,
+            &mut state.limiters,
+            sinks,
+            &self.metrics,
+        );
         state.last_version = version;
         self.current.store(Arc::new(snap));
         Ok(Applied {

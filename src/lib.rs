@@ -12,6 +12,7 @@ pub mod held;
 pub mod observe;
 pub mod pipeline;
 pub mod policy;
+pub mod ratelimit;
 pub mod reject;
 pub mod request_id;
 pub mod router;

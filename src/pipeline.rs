@@ -8,6 +8,8 @@ use crate::observe::record::{Record, Trail};
 use crate::observe::trace_context::TraceContext;
 use crate::observe::Completion;
 use crate::policy::request_rules::BodyPlan;
+use crate::ratelimit::key::KeyInput;
+use crate::ratelimit::Refusal;
 use crate::reject::Reject;
 use crate::request_id;
 use crate::router::normalize::normalize_path;
@@ -158,7 +160,7 @@ fn record(
         bytes_out: 0,
         client_ip: conn.client_ip.clone(),
         auth_result: "none",
-        rate_limited: false,
+        rate_limit: trail.rate_limit,
         retries: trail.retries,
         retry_events: std::mem::take(&mut trail.retry_events),
     }
@@ -203,8 +205,29 @@ async fn run(
     let route = &snapshot.routes[route_index];
     trail.route = Some(route_index);
 
-    // 3. authenticate, 4. authorize, 5. rate limit: every route is `auth: none` without
-    //    authorization or rate limits until those capabilities land (validation refuses them).
+    // 3. authenticate, 4. authorize: every route is `auth: none` without authorization until
+    //    those capabilities land (validation refuses them).
+
+    // 5. rate limit: every limit the route applies, in order.
+    let rate_headers = if route.rate_limits.is_empty() {
+        None
+    } else {
+        let input = KeyInput {
+            route: &route.name,
+            client_ip: &conn.client_ip,
+            headers: req.headers(),
+            principal: None,
+        };
+        match route.rate_limits.check(&input, &mut trail.rate_limit).await {
+            Ok(h) => Some(h),
+            Err(Refusal::Limited { limit, headers }) => {
+                return Err(Reject::RateLimited(limit, Box::new(headers)))
+            }
+            Err(Refusal::StoreUnavailable { limit }) => {
+                return Err(Reject::RateLimitStoreDown(limit))
+            }
+        }
+    };
 
     // 6. validate request: required headers, content type, declared body size.
     let has_body = !req.body().is_end_stream();
@@ -218,7 +241,13 @@ async fn run(
 
     // 8. direct responses are answered here.
     let upstream_index = match &route.action {
-        Action::Direct(d) => return Ok(d.respond()),
+        Action::Direct(d) => {
+            let mut resp = d.respond();
+            if let Some(h) = &rate_headers {
+                h.apply(resp.headers_mut());
+            }
+            return Ok(resp);
+        }
         Action::Upstream(u) => *u,
         Action::Split(split) => split.pick(req.headers(), &conn.client_ip),
     };
@@ -285,6 +314,9 @@ async fn run(
     // 12. transform response.
     forwarded::strip_hop_by_hop(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
+    if let Some(h) = &rate_headers {
+        h.apply(resp.headers_mut());
+    }
     Ok(resp.map(ResponseBody::Upstream))
 }
 

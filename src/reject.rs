@@ -26,6 +26,10 @@ pub enum Reject {
     UpstreamTimeout(u64),
     ClientBody(String),
     Status(StatusCode, String),
+    /// A rate limit refused the request: 429 with its headers.
+    RateLimited(String, Box<crate::ratelimit::RateHeaders>),
+    /// A Redis limit with `on_store_failure: deny` could not reach Redis.
+    RateLimitStoreDown(String),
 }
 
 impl Reject {
@@ -39,9 +43,11 @@ impl Reject {
             Reject::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Reject::Overloaded | Reject::UpstreamBusy(_) | Reject::NoTargetAvailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reject::Overloaded
+            | Reject::UpstreamBusy(_)
+            | Reject::NoTargetAvailable(_)
+            | Reject::RateLimitStoreDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             Reject::UpstreamConnect(_) | Reject::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Reject::Status(s, _) => *s,
@@ -69,17 +75,25 @@ impl Reject {
                 format!("upstream {u} closed the connection without a response")
             }
             Reject::UpstreamTimeout(ms) => format!("upstream did not answer within {ms} ms"),
+            Reject::RateLimited(limit, _) => format!("rate limit {limit} exceeded"),
+            Reject::RateLimitStoreDown(limit) => {
+                format!("rate limit {limit} cannot be checked right now")
+            }
         }
     }
 
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let mut resp = json_error(self.status(), &self.message(), request_id);
-        if matches!(
-            self,
-            Reject::Overloaded | Reject::UpstreamBusy(_) | Reject::NoTargetAvailable(_)
-        ) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            Reject::Overloaded
+            | Reject::UpstreamBusy(_)
+            | Reject::NoTargetAvailable(_)
+            | Reject::RateLimitStoreDown(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Reject::RateLimited(_, headers) => headers.apply(resp.headers_mut()),
+            _ => {}
         }
         resp
     }

@@ -9,6 +9,8 @@ use crate::observe::Sinks;
 use crate::policy::header_ops::HeaderOps;
 use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
+use crate::ratelimit::redis::RedisStore;
+use crate::ratelimit::{self, Limiter, LimiterRegistry, RouteLimits};
 use crate::router::Router;
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::split::{Split, SplitKey};
@@ -51,6 +53,7 @@ pub struct CompiledRoute {
     pub metrics: Arc<RouteMetrics>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    pub rate_limits: RouteLimits,
 }
 
 pub struct ListenerSpec {
@@ -77,6 +80,9 @@ pub struct Snapshot {
     pub sampler: Sampler,
     /// The access log and span exporter requests are handed to.
     pub sinks: Sinks,
+    /// Every rate limit, by name order (for `/metrics`).
+    pub limiters: Vec<Arc<Limiter>>,
+    pub redis: Option<Arc<RedisStore>>,
     /// Request metrics are recorded (`observability.metrics.enabled`).
     pub metrics_enabled: bool,
     pub no_route_metrics: Arc<RouteMetrics>,
@@ -98,6 +104,7 @@ pub fn compile(
     valid: &ValidConfig,
     version: u64,
     registry: &mut UpstreamRegistry,
+    limiter_registry: &mut LimiterRegistry,
     sinks: Sinks,
     metrics: &Metrics,
 ) -> Snapshot {
@@ -113,6 +120,7 @@ pub fn compile(
     let upstream_index: HashMap<&str, usize> =
         names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
 
+    let limiters = limiter_registry.compile(cfg);
     let routes = cfg
         .routes
         .iter()
@@ -158,6 +166,11 @@ pub fn compile(
                 metrics: metrics.route(&r.name.value),
                 request_headers: HeaderOps::compile(&r.headers.request),
                 response_headers: HeaderOps::compile(&r.headers.response),
+                rate_limits: ratelimit::route_limits(
+                    &limiters,
+                    &cfg.defaults.rate_limits,
+                    &r.rate_limits,
+                ),
             }
         })
         .collect();
@@ -195,6 +208,8 @@ pub fn compile(
                 Sampler::ratio(o.sample_ratio, o.parent_based)
             }),
         sinks,
+        limiters: ratelimit::all(&limiters),
+        redis: limiter_registry.redis().cloned(),
         metrics_enabled: cfg.observability.metrics.enabled,
         no_route_metrics: Arc::clone(&metrics.no_route),
         trace_id_header: cfg

@@ -89,12 +89,7 @@ pub fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
         errors: Vec::new(),
     };
     c.unsupported(&config.auth, "auth".into(), "authentication issue");
-    c.unsupported(
-        &config.rate_limits,
-        "rate_limits".into(),
-        "rate limiting issue",
-    );
-    c.unsupported(&config.redis, "redis".into(), "rate limiting issue");
+    check_rate_limits(&mut c, config);
     check_observability(&mut c, &config.observability);
 
     check_dns(&mut c, &config.dns);
@@ -617,10 +612,12 @@ fn check_route(
         format!("{key}.authorization"),
         "authorization issue",
     );
-    c.unsupported(
+    check_limit_refs(
+        c,
+        config,
         &r.rate_limits,
-        format!("{key}.rate_limits"),
-        "rate limiting issue",
+        &format!("{key}.rate_limits"),
+        &config.defaults.rate_limits,
     );
     c.unsupported(&r.cache, format!("{key}.cache"), "cache issue");
     c.unsupported(&r.cors, format!("{key}.cors"), "transform issue");
@@ -1032,6 +1029,176 @@ fn check_otlp(c: &mut Checker, o: &OtlpConfig, trace_context: bool) {
                 "observability.otlp.headers",
                 format!("`{k}` is not a valid header"),
             );
+        }
+    }
+}
+
+fn check_rate_limits(c: &mut Checker, config: &Config) {
+    for (i, l) in config.rate_limits.iter().enumerate() {
+        let key = format!("rate_limits[{i}]");
+        c.name(&l.name, format!("{key}.name"));
+        let bucket = l.algorithm.value == RateAlgorithm::TokenBucket;
+        let (want, other) = if bucket {
+            (
+                [
+                    ("capacity", l.capacity.as_ref().map(|v| v.line)),
+                    (
+                        "refill_per_second",
+                        l.refill_per_second.as_ref().map(|v| v.line),
+                    ),
+                ],
+                [
+                    ("limit", l.limit.as_ref().map(|v| v.line)),
+                    ("window_s", l.window_s.as_ref().map(|v| v.line)),
+                ],
+            )
+        } else {
+            (
+                [
+                    ("limit", l.limit.as_ref().map(|v| v.line)),
+                    ("window_s", l.window_s.as_ref().map(|v| v.line)),
+                ],
+                [
+                    ("capacity", l.capacity.as_ref().map(|v| v.line)),
+                    (
+                        "refill_per_second",
+                        l.refill_per_second.as_ref().map(|v| v.line),
+                    ),
+                ],
+            )
+        };
+        let algo = if bucket {
+            "token_bucket"
+        } else {
+            "sliding_window"
+        };
+        for (field, line) in want {
+            if line.is_none() {
+                c.err(
+                    l.algorithm.line,
+                    format!("{key}.{field}"),
+                    format!("{algo} needs `{field}`"),
+                );
+            }
+        }
+        for (field, line) in other {
+            if let Some(line) = line {
+                c.err(
+                    line,
+                    format!("{key}.{field}"),
+                    format!("`{field}` does not apply to {algo}"),
+                );
+            }
+        }
+        for v in [&l.capacity, &l.limit].into_iter().flatten() {
+            if !(1..=1_000_000_000).contains(&v.value) {
+                c.err(v.line, key.clone(), "must be between 1 and 1000000000");
+            }
+        }
+        if let Some(r) = &l.refill_per_second {
+            if !(r.value > 0.0 && r.value <= 1_000_000.0) {
+                c.err(
+                    r.line,
+                    format!("{key}.refill_per_second"),
+                    "must be above 0 and at most 1000000",
+                );
+            }
+        }
+        if let Some(w) = &l.window_s {
+            if !(1..=86_400).contains(&w.value) {
+                c.err(
+                    w.line,
+                    format!("{key}.window_s"),
+                    "must be between 1 and 86400",
+                );
+            }
+        }
+        let mut parts = BTreeSet::new();
+        for k in &l.key {
+            if let Err(e) = crate::ratelimit::key::KeyPart::parse(k) {
+                c.err(k.line, format!("{key}.key"), e);
+            } else if !parts.insert(&*k.value.0) {
+                c.err(
+                    k.line,
+                    format!("{key}.key"),
+                    format!("`{}` is listed twice", k.value),
+                );
+            }
+        }
+        if !(1..=10_000_000).contains(&l.max_keys) {
+            c.err(
+                l.name.line,
+                format!("{key}.max_keys"),
+                "must be between 1 and 10000000",
+            );
+        }
+        if l.store == RateStore::Redis && config.redis.is_none() {
+            c.err(
+                l.name.line,
+                format!("{key}.store"),
+                "store: redis needs a top-level `redis` section",
+            );
+        }
+    }
+    c.duplicates(
+        "rate limit",
+        config
+            .rate_limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (&l.name, format!("rate_limits[{i}].name"))),
+    );
+    check_limit_refs(
+        c,
+        config,
+        &config.defaults.rate_limits,
+        "defaults.rate_limits",
+        &[],
+    );
+    if let Some(r) = &config.redis {
+        if let Err(e) = crate::ratelimit::redis::check_url(&r.url) {
+            c.err(r.url.line, "redis.url", e);
+        }
+        if !(1..=10_000).contains(&r.timeout_ms) {
+            c.err(r.line, "redis.timeout_ms", "must be between 1 and 10000");
+        }
+        if r.breaker_failures == 0 {
+            c.err(r.line, "redis.breaker_failures", "must be at least 1");
+        }
+        if !(10..=600_000).contains(&r.breaker_open_ms) {
+            c.err(
+                r.line,
+                "redis.breaker_open_ms",
+                "must be between 10 and 600000",
+            );
+        }
+    }
+}
+
+/// A route's (or the defaults') list of limit names: each defined, none twice, none already
+/// applied by the defaults.
+fn check_limit_refs(
+    c: &mut Checker,
+    config: &Config,
+    names: &[Located<super::Text>],
+    key: &str,
+    defaults: &[Located<super::Text>],
+) {
+    let mut seen = BTreeSet::new();
+    for n in names {
+        if !config.rate_limits.iter().any(|l| l.name.value == n.value) {
+            c.err(n.line, key, format!("unknown rate limit `{}`", n.value));
+        } else if defaults.iter().any(|d| d.value == n.value) {
+            c.err(
+                n.line,
+                key,
+                format!(
+                    "`{}` is already applied to every route by defaults.rate_limits",
+                    n.value
+                ),
+            );
+        } else if !seen.insert(&*n.value.0) {
+            c.err(n.line, key, format!("`{}` is listed twice", n.value));
         }
     }
 }

@@ -324,7 +324,7 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
     json_plain(out, Some(&r.client_ip));
     out.extend_from_slice(b",\"tenant\":null,\"subject\":null,\"auth_result\":");
     json_plain(out, Some(r.auth_result));
-    out.extend_from_slice(if r.rate_limited {
+    out.extend_from_slice(if r.rate_limit == crate::ratelimit::RateResult::Limited {
         b",\"rate_limited\":true,\"retries\":"
     } else {
         b",\"rate_limited\":false,\"retries\":"

@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod metrics;
 pub mod otlp;
+pub mod otlp_wire;
 pub mod record;
 pub mod trace_context;
 

@@ -3,23 +3,17 @@
 //! encodes and posts. A slow or unreachable collector fills the bounded queue and spans are
 //! dropped and counted — requests never wait for it.
 
+use super::otlp_wire::{Encoder, Preamble};
 use super::record::Record;
 use crate::config::OtlpConfig;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span, status, ResourceSpans, ScopeSpans, Span, Status,
-};
-use prost::Message as _;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Where spans are posted.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +87,8 @@ impl SpanExporter {
             rx,
             batch_size: config.batch_size,
             interval: Duration::from_millis(config.export_interval_ms),
-            resource: resource(config),
+            preamble: Preamble::new(&resource(config)),
+            encoder: Encoder::default(),
             client: Client {
                 endpoint,
                 headers: config
@@ -137,7 +132,8 @@ struct Exporter {
     rx: Receiver<Arc<Record>>,
     batch_size: usize,
     interval: Duration,
-    resource: Resource,
+    preamble: Preamble,
+    encoder: Encoder,
     client: Client,
     stats: Arc<ExportStats>,
 }
@@ -177,7 +173,10 @@ impl Exporter {
             let due = batch.len() >= self.batch_size
                 || (!batch.is_empty() && (closed || oldest.elapsed() >= self.interval));
             if due {
-                let body = Bytes::from(encode(&self.resource, &batch));
+                let body = Bytes::from(
+                    self.encoder
+                        .encode(&self.preamble, batch.iter().map(|r| &**r)),
+                );
                 let result = runtime.block_on(self.client.post(body));
                 let n = batch.len() as u64;
                 match result {
@@ -300,160 +299,22 @@ impl Client {
     }
 }
 
-fn string_value(s: impl Into<String>) -> Option<AnyValue> {
-    Some(AnyValue {
-        value: Some(any_value::Value::StringValue(s.into())),
-    })
-}
-
-fn attr(key: &str, value: Option<AnyValue>) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value,
-        ..Default::default()
-    }
-}
-
-fn str_attr(key: &str, value: impl Into<String>) -> KeyValue {
-    attr(key, string_value(value))
-}
-
-fn int_attr(key: &str, value: i64) -> KeyValue {
-    attr(
-        key,
-        Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-    )
-}
-
-fn resource(config: &OtlpConfig) -> Resource {
+/// Resource attributes: service name and version, then the configured ones (which win).
+fn resource(config: &OtlpConfig) -> Vec<(String, String)> {
     let mut attributes = vec![
-        str_attr("service.name", config.service_name.to_string()),
-        str_attr("service.version", env!("CARGO_PKG_VERSION")),
-        str_attr("telemetry.sdk.name", "portcullis"),
-        str_attr("telemetry.sdk.language", "rust"),
+        ("service.name".to_string(), config.service_name.to_string()),
+        (
+            "service.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("telemetry.sdk.name".to_string(), "portcullis".to_string()),
+        ("telemetry.sdk.language".to_string(), "rust".to_string()),
     ];
     for (k, v) in &config.resource {
-        attributes.retain(|a| a.key != *k);
-        attributes.push(str_attr(k, v.to_string()));
+        attributes.retain(|(key, _)| key != k);
+        attributes.push((k.clone(), v.to_string()));
     }
-    Resource {
-        attributes,
-        ..Default::default()
-    }
-}
-
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// Span flags: the W3C trace flags plus whether the parent is known to be remote.
-const HAS_IS_REMOTE: u32 = 0x100;
-const IS_REMOTE: u32 = 0x200;
-
-/// The gateway's server span for one request.
-pub fn span(r: &Record) -> Option<Span> {
-    let trace = r.trace.as_ref()?;
-    let (path, query) = match r.path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (r.path.as_str(), None),
-    };
-    let mut attributes = vec![
-        str_attr("http.request.method", r.method.clone()),
-        str_attr("url.path", path),
-        int_attr("http.response.status_code", i64::from(r.status)),
-        str_attr("client.address", r.client_ip.clone()),
-        str_attr("portcullis.request_id", r.request_id.clone()),
-        int_attr("portcullis.config_version", r.config_version as i64),
-        int_attr("http.request.body.size", r.bytes_in as i64),
-        int_attr("http.response.body.size", r.bytes_out as i64),
-        str_attr("portcullis.auth_result", r.auth_result),
-        str_attr(
-            "portcullis.rate_limit_result",
-            if r.rate_limited { "limited" } else { "allowed" },
-        ),
-        int_attr("portcullis.retries", i64::from(r.retries)),
-    ];
-    if let Some(q) = query {
-        attributes.push(str_attr("url.query", q));
-    }
-    if let Some(route) = &r.route {
-        attributes.push(str_attr("portcullis.route", route.clone()));
-    }
-    if let Some(u) = &r.upstream {
-        attributes.push(str_attr("portcullis.upstream", u.clone()));
-    }
-    if let Some(t) = &r.target {
-        attributes.push(str_attr("portcullis.target", t.clone()));
-    }
-    if let Some(us) = r.upstream_latency_us {
-        attributes.push(int_attr("portcullis.upstream_latency_us", us as i64));
-    }
-    let events = r
-        .retry_events
-        .iter()
-        .map(|e| span::Event {
-            time_unix_nano: unix_nanos(r.wall_time(e.at)),
-            name: "retry".into(),
-            attributes: vec![
-                int_attr("portcullis.retry.attempt", i64::from(e.attempt)),
-                str_attr("portcullis.retry.reason", e.reason.clone()),
-                str_attr("portcullis.retry.failed_target", e.target.clone()),
-            ],
-            dropped_attributes_count: 0,
-        })
-        .collect();
-    let start = unix_nanos(r.started_at);
-    Some(Span {
-        trace_id: trace.trace_id.to_vec(),
-        span_id: trace.span_id.to_vec(),
-        trace_state: trace.tracestate.clone().unwrap_or_default(),
-        parent_span_id: trace.parent_id.map(|p| p.to_vec()).unwrap_or_default(),
-        flags: u32::from(trace.flags)
-            | HAS_IS_REMOTE
-            | if trace.parent_id.is_some() {
-                IS_REMOTE
-            } else {
-                0
-            },
-        name: match &r.route {
-            Some(route) => format!("{} {route}", r.method),
-            None => r.method.clone(),
-        },
-        kind: span::SpanKind::Server as i32,
-        start_time_unix_nano: start,
-        end_time_unix_nano: start + r.latency_us * 1000,
-        attributes,
-        events,
-        // Server spans: 5xx is an error, 4xx is the client's (OpenTelemetry HTTP conventions).
-        status: (r.status >= 500).then(|| Status {
-            message: format!("HTTP {}", r.status),
-            code: status::StatusCode::Error as i32,
-        }),
-        ..Default::default()
-    })
-}
-
-/// One export request's body.
-pub fn encode(resource: &Resource, batch: &[Arc<Record>]) -> Vec<u8> {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "portcullis".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans: batch.iter().filter_map(|r| span(r)).collect(),
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
-    }
-    .encode_to_vec()
+    attributes
 }
 
 #[cfg(test)]

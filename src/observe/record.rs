@@ -20,6 +20,7 @@ pub struct Trail {
     /// One entry per retry (rare; no allocation when there is none).
     pub retry_events: Vec<RetryEvent>,
     pub bytes_in: u64,
+    pub rate_limit: crate::ratelimit::RateResult,
     /// Counts a streamed request body of unknown length (only when recording).
     pub bytes_in_counter: Option<Arc<AtomicU64>>,
 }
@@ -59,7 +60,7 @@ pub struct Record {
     pub client_ip: String,
     /// `none` until a route authenticates.
     pub auth_result: &'static str,
-    pub rate_limited: bool,
+    pub rate_limit: crate::ratelimit::RateResult,
     pub retries: u32,
     pub retry_events: Vec<RetryEvent>,
 }
@@ -85,7 +86,7 @@ impl Default for Record {
             bytes_out: 0,
             client_ip: String::new(),
             auth_result: "none",
-            rate_limited: false,
+            rate_limit: crate::ratelimit::RateResult::None,
             retries: 0,
             retry_events: Vec::new(),
         }

@@ -1,0 +1,362 @@
+//! The two limit algorithms as pure arithmetic on a small state, in microseconds. The local
+//! store runs them directly; the Redis store runs the same arithmetic in a Lua script and hands
+//! the resulting state back here, so both stores report identical numbers.
+
+use crate::config::{RateAlgorithm, RateLimit};
+
+const MICROS: u64 = 1_000_000;
+
+/// A limit's parameters, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// GCRA: one stored number, the theoretical arrival time (TAT) of the next request.
+    TokenBucket {
+        capacity: u64,
+        /// Microseconds per token.
+        interval_us: u64,
+    },
+    /// Weighted two-window counter: `current + previous × (window − elapsed) / window`.
+    SlidingWindow { limit: u64, window_us: u64 },
+}
+
+/// Stored per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Theoretical arrival time (µs on the store's clock).
+    Tat(u64),
+    Window {
+        /// Window number (`now / window`).
+        index: u64,
+        // u32: limits are at most 10^9 (validated); keeps an entry at 24 bytes.
+        current: u32,
+        previous: u32,
+    },
+}
+
+/// What a decision says, for the response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub allowed: bool,
+    /// Requests still admitted right now after this one.
+    pub remaining: u64,
+    /// Seconds until the quota is fully restored.
+    pub reset_s: u64,
+    /// Seconds until a refused request may succeed (0 when allowed).
+    pub retry_after_s: u64,
+}
+
+fn ceil_s(us: u64) -> u64 {
+    us.div_ceil(MICROS)
+}
+
+impl Algorithm {
+    pub fn compile(l: &RateLimit) -> Algorithm {
+        match *l.algorithm {
+            RateAlgorithm::TokenBucket => {
+                let rate = l.refill_per_second.as_ref().map_or(1.0, |r| r.value);
+                Algorithm::TokenBucket {
+                    capacity: l.capacity.as_ref().map_or(1, |c| c.value).max(1),
+                    interval_us: ((MICROS as f64 / rate).round() as u64).max(1),
+                }
+            }
+            RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow {
+                limit: l.limit.as_ref().map_or(1, |c| c.value).max(1),
+                window_us: l.window_s.as_ref().map_or(1, |w| w.value).max(1) * MICROS,
+            },
+        }
+    }
+
+    /// The quota and window advertised in `RateLimit-Policy` (`q`, `w` in seconds).
+    pub fn policy(&self) -> (u64, u64) {
+        match *self {
+            Algorithm::TokenBucket {
+                capacity,
+                interval_us,
+            } => (capacity, ceil_s(capacity * interval_us).max(1)),
+            Algorithm::SlidingWindow { limit, window_us } => (limit, window_us / MICROS),
+        }
+    }
+
+    /// Decides one request at `now` against `state` (None: never seen or forgotten) and
+    /// returns the state to store (unchanged when refused).
+    pub fn decide(&self, state: Option<State>, now: u64) -> (Outcome, State) {
+        match *self {
+            Algorithm::TokenBucket {
+                capacity,
+                interval_us,
+            } => {
+                let tat = match state {
+                    Some(State::Tat(t)) => t.max(now),
+                    _ => now,
+                };
+                let burst = capacity * interval_us;
+                let next = tat + interval_us;
+                let allowed = next - now <= burst;
+                let stored = if allowed { next } else { tat };
+                (self.gcra_outcome(allowed, stored - now), State::Tat(stored))
+            }
+            Algorithm::SlidingWindow { window_us, .. } => {
+                let index = now / window_us;
+                let (current, previous) = match state {
+                    Some(State::Window {
+                        index: i,
+                        current,
+                        previous,
+                    }) if i == index => (u64::from(current), u64::from(previous)),
+                    // The window moved on by one: its count now weighs as the previous one.
+                    Some(State::Window {
+                        index: i, current, ..
+                    }) if i + 1 == index => (0, u64::from(current)),
+                    _ => (0, 0),
+                };
+                let elapsed = now - index * window_us;
+                let allowed = self.window_admits(current, previous, elapsed);
+                let current = current + u64::from(allowed);
+                (
+                    self.window_outcome(allowed, current, previous, elapsed),
+                    State::Window {
+                        index,
+                        current: current as u32,
+                        previous: previous as u32,
+                    },
+                )
+            }
+        }
+    }
+
+    /// The outcome of a GCRA decision from `ahead`: the stored TAT minus now.
+    pub fn gcra_outcome(&self, allowed: bool, ahead: u64) -> Outcome {
+        let Algorithm::TokenBucket {
+            capacity,
+            interval_us,
+        } = *self
+        else {
+            unreachable!("token bucket only")
+        };
+        let burst = capacity * interval_us;
+        Outcome {
+            allowed,
+            remaining: burst.saturating_sub(ahead) / interval_us,
+            reset_s: ceil_s(ahead),
+            retry_after_s: if allowed {
+                0
+            } else {
+                ceil_s((ahead + interval_us).saturating_sub(burst)).max(1)
+            },
+        }
+    }
+
+    /// Whether one more request fits: `current + previous × (window − elapsed)/window + 1 ≤
+    /// limit`, in integers.
+    fn window_admits(&self, current: u64, previous: u64, elapsed: u64) -> bool {
+        let Algorithm::SlidingWindow { limit, window_us } = *self else {
+            unreachable!("sliding window only")
+        };
+        let w = u128::from(window_us);
+        u128::from(current + 1) * w + u128::from(previous) * (w - u128::from(elapsed))
+            <= u128::from(limit) * w
+    }
+
+    /// The outcome of a sliding-window decision, `current` already counting this request when
+    /// allowed.
+    pub fn window_outcome(
+        &self,
+        allowed: bool,
+        current: u64,
+        previous: u64,
+        elapsed: u64,
+    ) -> Outcome {
+        let Algorithm::SlidingWindow { limit, window_us } = *self else {
+            unreachable!("sliding window only")
+        };
+        let w = u128::from(window_us);
+        let used = u128::from(current) * w + u128::from(previous) * (w - u128::from(elapsed));
+        let remaining = (u128::from(limit) * w).saturating_sub(used) / w;
+        let to_window_end = window_us - elapsed;
+        let retry_after_us = if allowed {
+            0
+        } else if current < limit && previous > 0 {
+            // Within this window, once the previous window's weight has decayed enough:
+            // previous × (w − e)/w ≤ limit − 1 − current.
+            let room = u128::from(limit - 1 - current.min(limit - 1));
+            let e_needed = w - (room * w) / u128::from(previous);
+            (e_needed as u64).saturating_sub(elapsed).max(1)
+        } else {
+            // Next window: current becomes previous; wait until current × (w − e)/w ≤ limit − 1.
+            let room = u128::from(limit - 1);
+            let e_needed = if current == 0 {
+                0
+            } else {
+                w.saturating_sub((room * w) / u128::from(current))
+            };
+            to_window_end + e_needed as u64
+        };
+        Outcome {
+            allowed,
+            remaining: remaining as u64,
+            // Everything counted now has no weight two windows on; the usual reading of
+            // "reset" for a window is its end.
+            reset_s: ceil_s(to_window_end),
+            retry_after_s: ceil_s(retry_after_us),
+        }
+    }
+
+    /// The state after giving one request back (a later limit refused it).
+    pub fn refund(&self, state: State) -> State {
+        match (*self, state) {
+            (Algorithm::TokenBucket { interval_us, .. }, State::Tat(t)) => {
+                State::Tat(t.saturating_sub(interval_us))
+            }
+            (
+                _,
+                State::Window {
+                    index,
+                    current,
+                    previous,
+                },
+            ) => State::Window {
+                index,
+                current: current.saturating_sub(1),
+                previous,
+            },
+            (_, s) => s,
+        }
+    }
+
+    /// When a stored state becomes equivalent to no state at all (µs): from then on it can be
+    /// forgotten without changing any decision.
+    pub fn fresh_at(&self, state: &State) -> u64 {
+        match (*self, state) {
+            (_, State::Tat(t)) => *t,
+            (Algorithm::SlidingWindow { window_us, .. }, State::Window { index, .. }) => {
+                (index + 2) * window_us
+            }
+            (_, State::Window { .. }) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = MICROS;
+
+    fn run(a: &Algorithm, state: &mut Option<State>, now: u64) -> Outcome {
+        let (o, s) = a.decide(*state, now);
+        *state = Some(s);
+        o
+    }
+
+    #[test]
+    fn token_bucket_admits_capacity_then_the_refill_rate_exactly() {
+        let a = Algorithm::TokenBucket {
+            capacity: 10,
+            interval_us: S / 5,
+        };
+        let mut st = None;
+        let t0 = 1_000 * S;
+        let first: Vec<Outcome> = (0..11).map(|_| run(&a, &mut st, t0)).collect();
+        assert_eq!(first.iter().filter(|o| o.allowed).count(), 10);
+        assert_eq!(first[0].remaining, 9);
+        assert_eq!(first[9].remaining, 0);
+        assert!(!first[10].allowed);
+        assert_eq!(
+            first[10].retry_after_s, 1,
+            "next token in 0.2 s, rounded up"
+        );
+        // Then exactly 5 per second, second after second.
+        for sec in 1..=5 {
+            let now = t0 + sec * S;
+            let admitted = (0..20).filter(|_| run(&a, &mut st, now).allowed).count();
+            assert_eq!(admitted, 5, "second {sec}");
+        }
+        // Half a second: 2 tokens (2.5 rounded down).
+        let admitted = (0..20)
+            .filter(|_| run(&a, &mut st, t0 + 5 * S + S / 2).allowed)
+            .count();
+        assert_eq!(admitted, 2);
+        // Idle long enough: full again, never more than capacity.
+        let admitted = (0..20)
+            .filter(|_| run(&a, &mut st, t0 + 100 * S).allowed)
+            .count();
+        assert_eq!(admitted, 10);
+    }
+
+    #[test]
+    fn sliding_window_never_admits_more_than_the_limit_across_a_boundary_burst() {
+        let a = Algorithm::SlidingWindow {
+            limit: 100,
+            window_us: 10 * S,
+        };
+        let mut st = None;
+        let start = 500 * 10 * S; // a window boundary
+                                  // Burst at the very end of one window...
+        let end = start + 10 * S - 1;
+        let a1 = (0..150).filter(|_| run(&a, &mut st, end).allowed).count();
+        assert_eq!(a1, 100);
+        // ...and at the very start of the next: the previous window still weighs ~100%.
+        let a2 = (0..150)
+            .filter(|_| run(&a, &mut st, start + 10 * S).allowed)
+            .count();
+        assert_eq!(a2, 0);
+        // Half-way through, half of the previous count has decayed.
+        let a3 = (0..150)
+            .filter(|_| run(&a, &mut st, start + 15 * S).allowed)
+            .count();
+        assert_eq!(a3, 50);
+        // A client sending as fast as allowed for 40 s gets the limit's rate: ~100 per 10 s.
+        let mut st = None;
+        let mut admitted = 0;
+        for ms in (0..40_000).step_by(50) {
+            let now = start + ms * 1000;
+            admitted += (0..10).filter(|_| run(&a, &mut st, now).allowed).count();
+        }
+        assert!((395..=400).contains(&admitted), "{admitted}");
+    }
+
+    #[test]
+    fn sliding_window_retry_after_is_when_a_request_fits_again() {
+        let a = Algorithm::SlidingWindow {
+            limit: 10,
+            window_us: 10 * S,
+        };
+        let mut st = None;
+        let t0 = 100 * 10 * S;
+        for _ in 0..10 {
+            assert!(run(&a, &mut st, t0 + S).allowed);
+        }
+        let refused = run(&a, &mut st, t0 + 2 * S);
+        assert!(!refused.allowed);
+        assert_eq!(refused.remaining, 0);
+        // Current full (10): the next window, once 10 × (w − e)/w ≤ 9 → e ≥ 1 s, i.e. 8 + 1 s.
+        assert_eq!(refused.retry_after_s, 9);
+        assert!(!run(&a, &mut st, t0 + 10 * S + S / 2).allowed);
+        assert!(run(&a, &mut st, t0 + 11 * S).allowed);
+    }
+
+    #[test]
+    fn refunds_give_one_request_back() {
+        let a = Algorithm::TokenBucket {
+            capacity: 2,
+            interval_us: S,
+        };
+        let (_, s) = a.decide(None, 10 * S);
+        let (_, s) = a.decide(Some(s), 10 * S);
+        assert!(!a.decide(Some(s), 10 * S).0.allowed);
+        let s = a.refund(s);
+        assert!(a.decide(Some(s), 10 * S).0.allowed);
+    }
+
+    #[test]
+    fn state_is_forgettable_once_fresh() {
+        let a = Algorithm::TokenBucket {
+            capacity: 3,
+            interval_us: S,
+        };
+        let (_, s) = a.decide(None, 10 * S);
+        assert_eq!(a.fresh_at(&s), 11 * S);
+        // At that time the stored state and no state decide the same.
+        assert_eq!(a.decide(Some(s), 11 * S), a.decide(None, 11 * S));
+    }
+}
