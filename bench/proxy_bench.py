@@ -6,12 +6,13 @@ Each proxy runs one worker thread pinned to CPU 0; wrk and the upstream share CP
 run it prints requests/s, p50/p99 latency and the proxy's CPU time per request (user+sys of the
 proxy process from /proc, divided by the requests wrk completed).
 
-Usage: bench/run [--rounds N] [--duration S] [--connections C] [--telemetry]
+Usage: bench/run [--rounds N] [--duration S] [--connections C] [--telemetry] [--ratelimit]
 
 Portcullis runs with telemetry off (trace context, metrics and access log disabled: the plain
 proxy path); --telemetry adds a second Portcullis with all of it on: metrics, access log to a
 file, trace context and OTLP span export of every request to a local collector (nginx answering
-200).
+200). --ratelimit adds one Portcullis with a local token-bucket limit and one with the same
+limit in Redis (a local redis-server on CPU 1), on every request, never refusing.
 Every process it starts is stopped by PID when it ends; all traffic stays on 127.0.0.1.
 """
 import argparse
@@ -115,7 +116,26 @@ observability:
 """
 
 
-def start_portcullis(workdir, upstream_port, cpu, name="portcullis", observability=TELEMETRY_OFF):
+def rate_limit_config(store, redis_port=None):
+    """A limit that never refuses (so every request does the full decision), on every request."""
+    redis = f'redis: {{ url: "redis://127.0.0.1:{redis_port}/0" }}\n' if redis_port else ""
+    return (f"""{redis}rate_limits:
+  - {{ name: bench, algorithm: token_bucket, capacity: 1000000000, refill_per_second: 1000000,
+      key: [client_ip], store: {store} }}
+""", "    rate_limits: [bench]\n")
+
+
+def start_redis(workdir, cpu):
+    port = free_port()
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), "redis-server", "--bind", "127.0.0.1",
+                             "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def start_portcullis(workdir, upstream_port, cpu, name="portcullis", observability=TELEMETRY_OFF,
+                     extra=("", "")):
     port, admin = free_port(), free_port()
     conf = os.path.join(workdir, f"{name}.yaml")
     with open(conf, "w") as f:
@@ -124,6 +144,7 @@ listeners: [{{ name: public, address: "127.0.0.1:{port}" }}]
 admin: {{ address: "127.0.0.1:{admin}" }}
 defaults: {{ auth: none }}
 {observability}
+{extra[0]}
 upstreams:
   - name: backend
     targets: [{{ address: "127.0.0.1:{upstream_port}" }}]
@@ -132,7 +153,7 @@ routes:
   - name: all
     match: {{ path: {{ prefix: / }} }}
     upstream: backend
-""")
+{extra[1]}""")
     binary = os.path.join(ROOT, "target", "release", "portcullis")
     proc = subprocess.Popen(["taskset", "-c", str(cpu), binary, "run", "-c", conf, "--worker-threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -170,6 +191,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--telemetry", action="store_true",
                     help="also run Portcullis with metrics + access log (file) + trace context + OTLP export on")
+    ap.add_argument("--ratelimit", action="store_true",
+                    help="also run Portcullis with a local limit and with a Redis limit on every request")
     args = ap.parse_args()
     if os.cpu_count() < 2:
         sys.exit("needs 2 CPUs (proxy on CPU 0, wrk and upstream on CPU 1)")
@@ -192,6 +215,18 @@ def main():
                                                    telemetry_on(workdir, col_port))
             procs.append(pt)
             targets.insert(2, ("portcullis+telem", pt_port, pt_pid))
+
+        if args.ratelimit:
+            rd, rd_port = start_redis(workdir, 1)
+            procs.append(rd)
+            pl, pl_port, pl_pid = start_portcullis(workdir, up_port, 0, "portcullis-local-limit",
+                                                   extra=rate_limit_config("local"))
+            procs.append(pl)
+            pr, pr_port, pr_pid = start_portcullis(workdir, up_port, 0, "portcullis-redis-limit",
+                                                   extra=rate_limit_config("redis", rd_port))
+            procs.append(pr)
+            targets.insert(2, ("pc+redis-limit", pr_port, pr_pid))
+            targets.insert(2, ("pc+local-limit", pl_port, pl_pid))
 
         for _, port, _ in targets:  # warm-up: pools, caches
             wrk(port, 2, args.connections, 1)
