@@ -2,7 +2,7 @@
 
 use http::{HeaderMap, HeaderValue};
 
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
 const MAX_LEN: usize = 128;
 
 pub fn is_sane(v: &[u8]) -> bool {

@@ -80,7 +80,7 @@ fn parse(text: &str) -> HashMap<String, f64> {
 async fn counters_match_a_scripted_mix_of_requests() {
     let up = Upstream::start("up").await;
     let yaml = format!(
-        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\", token: \"metrics-token-0123456789\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\n  - {{ name: dead, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: /api }} }}\n    upstream: up\n    rewrite: {{ strip_prefix: /api }}\n  - name: broken\n    match: {{ path: {{ prefix: /broken }} }}\n    upstream: dead\n  - name: health\n    match: {{ path: {{ exact: /healthz }} }}\n    direct_response: {{ status: 200, body: ok }}\n",
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\", token: \"metrics-token-0123456789\" }}\ndefaults: {{ auth: none }}\nrate_limits:\n  - {{ name: tiny, algorithm: token_bucket, capacity: 2, refill_per_second: 0.001, key: [client_ip] }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\n  - {{ name: dead, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: /api }} }}\n    upstream: up\n    rewrite: {{ strip_prefix: /api }}\n  - name: broken\n    match: {{ path: {{ prefix: /broken }} }}\n    upstream: dead\n  - name: health\n    match: {{ path: {{ exact: /healthz }} }}\n    direct_response: {{ status: 200, body: ok }}\n  - name: limited\n    match: {{ path: {{ prefix: /limited }} }}\n    upstream: up\n    rate_limits: [tiny]\n",
         up.addr,
         closed_port()
     );
@@ -108,6 +108,10 @@ async fn counters_match_a_scripted_mix_of_requests() {
         assert_eq!(get(&c, &gw.url("/broken"), &[]).await.status, 502);
     }
     assert_eq!(get(&c, &gw.url("/healthz"), &[]).await.status, 200);
+    for i in 0..6 {
+        let want = if i < 2 { 200 } else { 429 };
+        assert_eq!(get(&c, &gw.url("/limited"), &[]).await.status, want);
+    }
     // A reload that fails and one that succeeds.
     gw.write_config("listeners: [oops");
     assert!(gw.gateway.reload().await.is_err());
@@ -159,6 +163,27 @@ async fn counters_match_a_scripted_mix_of_requests() {
         1.0
     );
     assert_eq!(
+        get(r#"portcullis_requests_total{route="limited",method="GET",status_class="2xx"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"portcullis_requests_total{route="limited",method="GET",status_class="4xx"}"#),
+        4.0
+    );
+    assert_eq!(
+        get(r#"portcullis_ratelimit_decisions_total{limit="tiny",result="allowed"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"portcullis_ratelimit_decisions_total{limit="tiny",result="limited"}"#),
+        4.0
+    );
+    assert_eq!(
+        get(r#"portcullis_ratelimit_decisions_total{limit="tiny",result="shadow_limited"}"#),
+        0.0
+    );
+    assert_eq!(get(r#"portcullis_ratelimit_local_keys{limit="tiny"}"#), 1.0);
+    assert_eq!(
         get(r#"portcullis_request_duration_seconds_count{route="api"}"#),
         12.0
     );
@@ -170,7 +195,7 @@ async fn counters_match_a_scripted_mix_of_requests() {
     assert!(get(r#"portcullis_response_bytes_total{route="api"}"#) > 0.0);
     assert_eq!(
         get(r#"portcullis_upstream_duration_seconds_count{upstream="up"}"#),
-        12.0
+        14.0
     );
     assert_eq!(
         get(r#"portcullis_config_reloads_total{result="success"}"#),

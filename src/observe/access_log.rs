@@ -226,7 +226,7 @@ fn json_plain(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// Decimal digits of `n`, without the formatting machinery.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {

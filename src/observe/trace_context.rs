@@ -3,8 +3,8 @@
 
 use http::{HeaderMap, HeaderValue};
 
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 const MAX_TRACESTATE_MEMBERS: usize = 32;
 const MAX_TRACESTATE_BYTES: usize = 512;

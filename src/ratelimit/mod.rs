@@ -50,7 +50,9 @@ pub struct Limiter {
     pub mode: RateMode,
     backend: Backend,
     /// This limit's `RateLimit-Policy` item, e.g. `"per-tenant";q=100;w=60`.
-    policy_item: String,
+    policy_value: HeaderValue,
+    /// Its quota, for `X-RateLimit-Limit`.
+    limit_value: HeaderValue,
     pub counters: LimitCounters,
     definition: RateLimit,
 }
@@ -96,7 +98,9 @@ impl Limiter {
             ),
             mode: def.mode,
             backend,
-            policy_item: format!("\"{}\";q={q};w={w}", def.name.value),
+            policy_value: HeaderValue::from_str(&format!("\"{}\";q={q};w={w}", def.name.value))
+                .expect("kebab-case names make valid header values"),
+            limit_value: HeaderValue::from(q),
             counters: LimitCounters::default(),
             definition: def.clone(),
         }
@@ -166,54 +170,91 @@ pub struct RouteLimits {
     limiters: Vec<Arc<Limiter>>,
 }
 
-/// What the limits said: headers for the response, or a refusal.
-#[derive(Debug, Default)]
+/// What the limits said, rendered into response headers only at the end. Holds the limits that
+/// applied (enforced ones only) and their outcomes; nothing is formatted or allocated for a
+/// route whose single limit is the common case beyond two small numbers.
+#[derive(Default)]
 pub struct RateHeaders {
-    policy: Vec<u8>,
-    state: Vec<u8>,
-    /// The most restrictive limit's figures (or the refusing one's): limit, remaining, reset.
-    x: Option<(u64, u64, u64)>,
+    applied: Vec<(Arc<Limiter>, Outcome)>,
+    /// Index into `applied` of the limit reported in `X-RateLimit-*` (lowest remaining, or the
+    /// refusing one).
+    report: usize,
     retry_after_s: Option<u64>,
 }
 
+impl std::fmt::Debug for RateHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateHeaders")
+            .field("limits", &self.applied.len())
+            .finish()
+    }
+}
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+fn number(n: u64) -> HeaderValue {
+    let mut v = Vec::with_capacity(20);
+    crate::observe::access_log::push_u64(&mut v, n);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).expect("digits are a valid header value")
+}
+
 impl RateHeaders {
-    fn add(&mut self, limiter: &Limiter, outcome: &Outcome, report: bool) {
-        if !self.policy.is_empty() {
-            self.policy.extend_from_slice(b", ");
-            self.state.extend_from_slice(b", ");
+    fn add(&mut self, limiter: &Arc<Limiter>, outcome: Outcome, report: bool) {
+        let lower = self
+            .applied
+            .get(self.report)
+            .is_none_or(|(_, o)| outcome.remaining < o.remaining);
+        if report || lower {
+            self.report = self.applied.len();
         }
-        self.policy
-            .extend_from_slice(limiter.policy_item.as_bytes());
-        use std::io::Write;
-        let _ = write!(
-            self.state,
-            "\"{}\";r={};t={}",
-            limiter.name, outcome.remaining, outcome.reset_s
-        );
-        let (q, _) = limiter.algorithm.policy();
-        if report || self.x.is_none_or(|(_, r, _)| outcome.remaining < r) {
-            self.x = Some((q, outcome.remaining, outcome.reset_s));
-        }
+        self.applied.push((Arc::clone(limiter), outcome));
     }
 
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let Some((limit, remaining, reset)) = self.x else {
+        let Some((reported, outcome)) = self.applied.get(self.report) else {
             return;
         };
-        if let Ok(v) = HeaderValue::from_bytes(&self.policy) {
-            headers.insert(HeaderName::from_static("ratelimit-policy"), v);
+        headers.reserve(6);
+        // Policies are fixed per limit: precomputed; joined only when several apply.
+        let policy = match self.applied.as_slice() {
+            [(only, _)] => only.policy_value.clone(),
+            all => {
+                let mut v = Vec::with_capacity(all.len() * 32);
+                for (i, (l, _)) in all.iter().enumerate() {
+                    if i > 0 {
+                        v.extend_from_slice(b", ");
+                    }
+                    v.extend_from_slice(l.policy_value.as_bytes());
+                }
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+                    .expect("policy items are valid header values")
+            }
+        };
+        let mut state = Vec::with_capacity(self.applied.len() * 32);
+        for (i, (l, o)) in self.applied.iter().enumerate() {
+            if i > 0 {
+                state.extend_from_slice(b", ");
+            }
+            state.push(b'"');
+            state.extend_from_slice(l.name.as_bytes());
+            state.extend_from_slice(b"\";r=");
+            crate::observe::access_log::push_u64(&mut state, o.remaining);
+            state.extend_from_slice(b";t=");
+            crate::observe::access_log::push_u64(&mut state, o.reset_s);
         }
-        if let Ok(v) = HeaderValue::from_bytes(&self.state) {
-            headers.insert(HeaderName::from_static("ratelimit"), v);
+        headers.insert(RATELIMIT_POLICY, policy);
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
+            headers.insert(RATELIMIT, v);
         }
-        headers.insert(HeaderName::from_static("x-ratelimit-limit"), limit.into());
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-remaining"),
-            remaining.into(),
-        );
-        headers.insert(HeaderName::from_static("x-ratelimit-reset"), reset.into());
+        headers.insert(X_LIMIT, reported.limit_value.clone());
+        headers.insert(X_REMAINING, number(outcome.remaining));
+        headers.insert(X_RESET, number(outcome.reset_s));
         if let Some(s) = self.retry_after_s {
-            headers.insert(http::header::RETRY_AFTER, s.into());
+            headers.insert(http::header::RETRY_AFTER, number(s));
         }
     }
 }
@@ -265,7 +306,8 @@ impl RouteLimits {
     ) -> Result<RateHeaders, Refusal> {
         let mut headers = RateHeaders::default();
         let mut taken: Vec<(&Limiter, Taken<'_>)> = Vec::new();
-        for limiter in &self.limiters {
+        let last = self.limiters.len().saturating_sub(1);
+        for (i, limiter) in self.limiters.iter().enumerate() {
             let Some((verdict, took)) = limiter.decide(input).await else {
                 continue; // the key needs a principal this request does not have
             };
@@ -276,11 +318,12 @@ impl RouteLimits {
             match verdict {
                 Verdict::Decided(outcome) if outcome.allowed => {
                     limiter.counters.allowed.fetch_add(1, Ordering::Relaxed);
-                    if let Some(t) = took {
+                    // Only a later limit's refusal gives back: nothing to keep after the last.
+                    if let (Some(t), true) = (took, i < last) {
                         taken.push((limiter, t));
                     }
                     if !shadow {
-                        headers.add(limiter, &outcome, false);
+                        headers.add(limiter, outcome, false);
                     }
                 }
                 Verdict::Decided(_) if shadow => {
@@ -297,7 +340,7 @@ impl RouteLimits {
                         l.give_back(t).await;
                     }
                     let mut refused = RateHeaders::default();
-                    refused.add(limiter, &outcome, true);
+                    refused.add(limiter, outcome, true);
                     refused.retry_after_s = Some(outcome.retry_after_s.max(1));
                     return Err(Refusal::Limited {
                         limit: limiter.name.clone(),

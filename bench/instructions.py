@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Instructions per request (valgrind callgrind, every thread of the gateway process) for
+several Portcullis configurations on the plain proxy path. Steadier than wall-clock CPU on
+shared cores: use it for small differences (a rate limit's cost, telemetry's).
+
+Usage: bench/run-instructions [--duration S] [--connections C]
+
+Each configuration runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation
+is switched on only around a wrk run (after a warm-up), and the total instruction count (Ir) is
+divided by the requests wrk completed. Every process started is stopped by PID.
+"""
+import argparse
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import proxy_bench as pb  # noqa: E402
+
+
+def run_config(workdir, name, upstream_port, observability, extra, args):
+    port, admin = pb.free_port(), pb.free_port()
+    conf = os.path.join(workdir, f"{name}.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""
+listeners: [{{ name: public, address: "127.0.0.1:{port}" }}]
+admin: {{ address: "127.0.0.1:{admin}" }}
+defaults: {{ auth: none }}
+{observability}
+{extra[0]}
+upstreams:
+  - name: backend
+    targets: [{{ address: "127.0.0.1:{upstream_port}" }}]
+routes:
+  - name: all
+    match: {{ path: {{ prefix: / }} }}
+    upstream: backend
+{extra[1]}""")
+    out_file = os.path.join(workdir, f"callgrind.{name}.out")
+    binary = os.path.join(pb.ROOT, "target", "release", "portcullis")
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", "valgrind", "--tool=callgrind", "--instr-atstart=no",
+         f"--callgrind-out-file={out_file}", binary, "run", "-c", conf, "--worker-threads", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+    try:
+        pb.wait_port(port, timeout=60)
+        pb.wrk(port, 2, args.connections, 1)  # warm-up, not instrumented
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
+        r = pb.wrk(port, args.duration, args.connections, 1)
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    total = 0
+    for f in glob.glob(out_file + "*"):
+        with open(f) as fh:
+            for line in fh:
+                m = re.match(r"^totals: (\d+)", line)
+                if m:
+                    total += int(m.group(1))
+                    break
+    if r["non2xx"] or r["socket_errors"]:
+        print(f"  {name}: non-2xx {r['non2xx']}, socket errors {r['socket_errors']}")
+    return total / max(r["requests"], 1), r["requests"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=8)
+    args = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix="portcullis-instr-")
+    procs = []
+    try:
+        up, up_port, _ = pb.start_nginx(workdir, "upstream", 1, body=pb.BODY)
+        procs.append(up)
+        collector, collector_port, _ = pb.start_nginx(workdir, "collector", 1, body="")
+        procs.append(collector)
+        redis, redis_port = pb.start_redis(workdir, 1)
+        procs.append(redis)
+        telemetry_no_otlp = pb.telemetry_on(workdir, collector_port).split("  otlp:")[0]
+        configs = [
+            ("plain", pb.TELEMETRY_OFF, ("", "")),
+            ("local-limit", pb.TELEMETRY_OFF, pb.rate_limit_config("local")),
+            ("redis-limit", pb.TELEMETRY_OFF, pb.rate_limit_config("redis", redis_port)),
+            ("telemetry", telemetry_no_otlp, ("", "")),
+            ("telemetry+otlp", pb.telemetry_on(workdir, collector_port), ("", "")),
+        ]
+        print(f"{'config':<16} {'instr/req':>10} {'vs plain':>9} {'requests':>9}")
+        base = None
+        for name, obs, extra in configs:
+            per_req, n = run_config(workdir, name, up_port, obs, extra, args)
+            base = base or per_req
+            print(f"{name:<16} {per_req:>10.0f} {100 * (per_req / base - 1):>+8.1f}% {n:>9}", flush=True)
+    finally:
+        for p in procs:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+                p.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                p.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
