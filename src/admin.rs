@@ -224,7 +224,7 @@ fn upstreams_document(snapshot: &crate::snapshot::Snapshot) -> serde_json::Value
                 })
                 .collect();
             json!({
-                "name": u.name,
+                "name": &*u.name,
                 "in_flight": u.runtime.in_flight.load(Relaxed),
                 "max_concurrent_requests": u.max_concurrent_requests,
                 "bulkhead_rejections": u.runtime.bulkhead_rejections.load(Relaxed),

@@ -3,7 +3,6 @@
 
 use crate::body::{ResponseBody, ServedBody, UpstreamBody};
 use crate::forwarded;
-use crate::observe::access_log::mask_query;
 use crate::observe::record::{Record, Trail};
 use crate::observe::trace_context::TraceContext;
 use crate::observe::Completion;
@@ -40,23 +39,21 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
         .spans
         .as_ref()
         .filter(|_| trace.as_ref().is_some_and(|t| t.sampled()));
-    // What the record needs from the request itself, taken only when something will use it.
-    let taken = (snapshot.sinks.access_log.is_some() || spans.is_some()).then(|| {
-        let include_query = snapshot
+    // What the record needs from the request itself (cheap clones), only when used.
+    let taken = (snapshot.sinks.access_log.is_some() || spans.is_some()).then(|| Taken {
+        uri: req.uri().clone(),
+        method: req.method().clone(),
+        include_query: snapshot
             .sinks
             .access_log
             .as_ref()
-            .is_some_and(|l| l.config.include_query);
-        let path = match req.uri().query() {
-            Some(q) if include_query => format!("{}?{}", req.uri().path(), mask_query(q)),
-            _ => req.uri().path().to_string(),
-        };
-        let started_at = if spans.is_some() {
+            .is_some_and(|l| l.config.include_query),
+        started,
+        started_at: if spans.is_some() {
             std::time::SystemTime::now()
         } else {
             std::time::SystemTime::UNIX_EPOCH
-        };
-        (req.method().to_string(), path, started_at)
+        },
     });
     let method = req.method().clone();
     let mut trail = Trail::default();
@@ -84,22 +81,15 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
         .filter(|log| log.wants(status))
         .cloned();
     let record = match taken {
-        Some((method, path, started_at)) if log.is_some() || spans.is_some() => {
-            Some(Arc::new(record(
-                &snapshot,
-                &mut trail,
-                &request_id,
-                trace,
-                conn,
-                Taken {
-                    method,
-                    path,
-                    started,
-                    started_at,
-                },
-                status,
-            )))
-        }
+        Some(taken) if log.is_some() || spans.is_some() => Some(Arc::new(record(
+            &snapshot,
+            &mut trail,
+            &request_id,
+            trace,
+            conn,
+            taken,
+            status,
+        ))),
         _ => None,
     };
     let metrics = snapshot.metrics_enabled.then(|| match trail.route {
@@ -123,8 +113,9 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
 
 /// Taken from the request before it is consumed, for its record.
 struct Taken {
-    method: String,
-    path: String,
+    uri: Uri,
+    method: http::Method,
+    include_query: bool,
     started: std::time::Instant,
     started_at: std::time::SystemTime,
 }
@@ -143,22 +134,23 @@ fn record(
         timestamp: std::time::SystemTime::now(),
         started_at: taken.started_at,
         started: taken.started,
-        request_id: request_id.to_str().unwrap_or_default().to_string(),
+        request_id: request_id.clone(),
         trace,
-        route: trail.route.map(|r| snapshot.routes[r].name.clone()),
+        route: trail.route.map(|r| Arc::clone(&snapshot.routes[r].name)),
         config_version: snapshot.version,
         method: taken.method,
-        path: taken.path,
+        uri: taken.uri,
+        include_query: taken.include_query,
         status,
-        upstream: upstream.map(|u| u.name.clone()),
+        upstream: upstream.map(|u| Arc::clone(&u.name)),
         target: upstream
             .zip(trail.target)
-            .map(|(u, t)| u.targets[t].pool.authority().to_string()),
+            .map(|(u, t)| Arc::clone(u.targets[t].pool.label())),
         latency_us: 0,
         upstream_latency_us: trail.upstream_latency.map(|d| d.as_micros() as u64),
         bytes_in: trail.bytes_in,
         bytes_out: 0,
-        client_ip: conn.client_ip.clone(),
+        client_ip: Arc::clone(&conn.client_ip),
         auth_result: "none",
         rate_limit: trail.rate_limit,
         retries: trail.retries,

@@ -44,7 +44,7 @@ pub enum Action {
 }
 
 pub struct CompiledRoute {
-    pub name: String,
+    pub name: Arc<str>,
     pub action: Action,
     pub rewrite: Option<Rewrite>,
     pub timeout: Duration,
@@ -116,7 +116,7 @@ pub fn compile(
         .map(|u| registry.compile(u, metrics))
         .collect();
     registry.retain(&upstreams);
-    let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    let names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
     let upstream_index: HashMap<&str, usize> =
         names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
 
@@ -153,7 +153,7 @@ pub fn compile(
                 })
             };
             CompiledRoute {
-                name: r.name.value.0.clone(),
+                name: r.name.value.0.as_str().into(),
                 action,
                 rewrite: r.rewrite.as_ref().map(|rw| Rewrite::compile(rw)),
                 timeout: Duration::from_millis(

@@ -285,7 +285,7 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     clock.push(out, r.timestamp);
     out.extend_from_slice(b"\",\"request_id\":");
-    json_str(out, &r.request_id);
+    json_str(out, &String::from_utf8_lossy(r.request_id.as_bytes()));
     out.extend_from_slice(b",\"trace_id\":");
     match &r.trace {
         Some(t) => {
@@ -300,9 +300,12 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
     out.extend_from_slice(b",\"config_version\":");
     push_u64(out, r.config_version);
     out.extend_from_slice(b",\"method\":");
-    json_plain(out, Some(&r.method));
+    json_plain(out, Some(r.method.as_str()));
     out.extend_from_slice(b",\"path\":");
-    json_str(out, &r.path);
+    match r.path_and_query() {
+        (path, None) => json_str(out, path),
+        (path, Some(q)) => json_str(out, &format!("{path}?{q}")),
+    }
     out.extend_from_slice(b",\"status\":");
     push_u64(out, u64::from(r.status));
     out.extend_from_slice(b",\"upstream\":");
@@ -340,9 +343,10 @@ mod tests {
     #[test]
     fn lines_are_valid_json_with_escapes() {
         let r = Record {
-            request_id: "a\"b\\c\n\u{1}".into(),
-            method: "GET".into(),
-            path: "/x".into(),
+            // Header values may carry quotes, backslashes and tabs: all must be escaped.
+            request_id: http::HeaderValue::from_static("a\"b\\c\td"),
+            uri: "/x?token=s&b=1".parse().unwrap(),
+            include_query: true,
             status: 200,
             latency_us: 1235,
             upstream_latency_us: Some(500),
@@ -352,7 +356,9 @@ mod tests {
         write_json(&mut out, &mut Clock::default(), &r);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["request_id"], "a\"b\\c\n\u{1}");
+        assert_eq!(v["request_id"], "a\"b\\c\td");
+        assert_eq!(v["path"], "/x?token=***&b=1");
+        assert_eq!(v["method"], "GET");
         assert_eq!(v["latency_ms"], 1.235);
         assert_eq!(v["route"], serde_json::Value::Null);
         assert_eq!(v["retries"], 0);

@@ -96,10 +96,9 @@ pub fn span(out: &mut Vec<u8>, scratch: &mut Vec<u8>, r: &Record) -> bool {
     let Some(trace) = r.trace.as_ref() else {
         return false;
     };
-    let (path, query) = match r.path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (r.path.as_str(), None),
-    };
+    let (path, query) = r.path_and_query();
+    let method = r.method.as_str();
+    let request_id = String::from_utf8_lossy(r.request_id.as_bytes());
     bytes_field(out, 1, &trace.trace_id);
     bytes_field(out, 2, &trace.span_id);
     if let Some(ts) = &trace.tracestate {
@@ -112,14 +111,14 @@ pub fn span(out: &mut Vec<u8>, scratch: &mut Vec<u8>, r: &Record) -> bool {
     encode_key(5, WireType::LengthDelimited, out);
     match &r.route {
         Some(route) => {
-            encode_varint((r.method.len() + 1 + route.len()) as u64, out);
-            out.extend_from_slice(r.method.as_bytes());
+            encode_varint((method.len() + 1 + route.len()) as u64, out);
+            out.extend_from_slice(method.as_bytes());
             out.push(b' ');
             out.extend_from_slice(route.as_bytes());
         }
         None => {
-            encode_varint(r.method.len() as u64, out);
-            out.extend_from_slice(r.method.as_bytes());
+            encode_varint(method.len() as u64, out);
+            out.extend_from_slice(method.as_bytes());
         }
     }
     varint_field(out, 6, SPAN_KIND_SERVER);
@@ -128,14 +127,14 @@ pub fn span(out: &mut Vec<u8>, scratch: &mut Vec<u8>, r: &Record) -> bool {
     fixed64_field(out, 8, start + r.latency_us * 1000);
 
     let mut attr = |key: &str, value: Value<'_>| key_value(out, 9, key, value);
-    attr("http.request.method", Value::Str(&r.method));
+    attr("http.request.method", Value::Str(method));
     attr("url.path", Value::Str(path));
-    if let Some(q) = query {
+    if let Some(q) = &query {
         attr("url.query", Value::Str(q));
     }
     attr("http.response.status_code", Value::Int(i64::from(r.status)));
     attr("client.address", Value::Str(&r.client_ip));
-    attr("portcullis.request_id", Value::Str(&r.request_id));
+    attr("portcullis.request_id", Value::Str(&request_id));
     attr(
         "portcullis.config_version",
         Value::Int(r.config_version as i64),
@@ -284,12 +283,13 @@ mod tests {
             started,
             started_at,
             trace: Some(TraceContext::from_headers(&headers, &Sampler::ALWAYS)),
-            method: "POST".into(),
-            path: "/a/b?x=1".into(),
+            method: http::Method::POST,
+            uri: "/a/b?x=1".parse().unwrap(),
+            include_query: true,
             route: Some("orders".into()),
             status: 503,
             latency_us: 1500,
-            request_id: "r1".into(),
+            request_id: http::HeaderValue::from_static("r1"),
             retries: 1,
             retry_events: vec![RetryEvent {
                 at: started + Duration::from_micros(700),

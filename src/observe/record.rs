@@ -43,21 +43,23 @@ pub struct Record {
     /// When the request arrived, for spans.
     pub started_at: SystemTime,
     pub started: Instant,
-    pub request_id: String,
+    pub request_id: http::HeaderValue,
     pub trace: Option<TraceContext>,
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     pub config_version: u64,
-    pub method: String,
-    /// Path, with the masked query when the access log includes queries.
-    pub path: String,
+    pub method: http::Method,
+    /// The request target as received; the path (and, with `include_query`, the masked query)
+    /// is written from it off the request path.
+    pub uri: http::Uri,
+    pub include_query: bool,
     pub status: u16,
-    pub upstream: Option<String>,
-    pub target: Option<String>,
+    pub upstream: Option<Arc<str>>,
+    pub target: Option<Arc<str>>,
     pub latency_us: u64,
     pub upstream_latency_us: Option<u64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub client_ip: String,
+    pub client_ip: Arc<str>,
     /// `none` until a route authenticates.
     pub auth_result: &'static str,
     pub rate_limit: crate::ratelimit::RateResult,
@@ -71,12 +73,13 @@ impl Default for Record {
             timestamp: SystemTime::UNIX_EPOCH,
             started_at: SystemTime::UNIX_EPOCH,
             started: Instant::now(),
-            request_id: String::new(),
+            request_id: http::HeaderValue::from_static(""),
             trace: None,
             route: None,
             config_version: 0,
-            method: String::new(),
-            path: String::new(),
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/"),
+            include_query: false,
             status: 0,
             upstream: None,
             target: None,
@@ -84,7 +87,7 @@ impl Default for Record {
             upstream_latency_us: None,
             bytes_in: 0,
             bytes_out: 0,
-            client_ip: String::new(),
+            client_ip: Arc::from(""),
             auth_result: "none",
             rate_limit: crate::ratelimit::RateResult::None,
             retries: 0,
@@ -94,6 +97,16 @@ impl Default for Record {
 }
 
 impl Record {
+    /// The path and, when queries are logged, the query with secrets masked.
+    pub fn path_and_query(&self) -> (&str, Option<String>) {
+        let query = self
+            .uri
+            .query()
+            .filter(|_| self.include_query)
+            .map(super::access_log::mask_query);
+        (self.uri.path(), query)
+    }
+
     /// The wall-clock time of a moment measured on the request's monotonic clock.
     pub fn wall_time(&self, at: Instant) -> SystemTime {
         self.started_at + at.saturating_duration_since(self.started)

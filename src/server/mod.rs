@@ -37,7 +37,7 @@ impl ListenerRuntime {
 pub struct ConnContext {
     pub gateway: Arc<Gateway>,
     pub listener: Arc<ListenerRuntime>,
-    pub client_ip: String,
+    pub client_ip: Arc<str>,
     pub scheme: &'static str,
     /// Requests in flight on this connection (the idle timer never closes a busy connection).
     inflight: AtomicU64,
@@ -196,7 +196,7 @@ async fn accept_loop(
         let ctx = Arc::new(ConnContext {
             gateway: Arc::clone(&gateway),
             listener: Arc::clone(&rt),
-            client_ip: peer.ip().to_string(),
+            client_ip: peer.ip().to_string().into(),
             scheme: "http",
             inflight: AtomicU64::new(0),
         });

@@ -41,7 +41,7 @@ pub async fn forward(
     let deadline = now + timeout;
     let timeout_ms = timeout.as_millis() as u64;
     let Some(_slot) = upstream.enter() else {
-        return Err(Reject::UpstreamBusy(upstream.name.clone()));
+        return Err(Reject::UpstreamBusy(upstream.name.to_string()));
     };
     upstream.runtime.budget.deposit(&upstream.retry_budget);
 
@@ -75,7 +75,7 @@ pub async fn forward(
             tried: &tried,
         };
         let Some(index) = upstream.balancer.pick(&upstream.targets, &cx) else {
-            return Err(Reject::NoTargetAvailable(upstream.name.clone()));
+            return Err(Reject::NoTargetAvailable(upstream.name.to_string()));
         };
         let target = &upstream.targets[index];
         let admission = match &upstream.breaker {
@@ -87,7 +87,7 @@ pub async fn forward(
             now = Instant::now();
             tried.push(index);
             if tried.len() > upstream.targets.len() * 2 {
-                return Err(Reject::NoTargetAvailable(upstream.name.clone()));
+                return Err(Reject::NoTargetAvailable(upstream.name.to_string()));
             }
             continue;
         }

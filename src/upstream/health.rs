@@ -83,7 +83,7 @@ impl HealthCheckers {
             for t in &u.targets {
                 let authority = t.pool.authority().clone();
                 wanted.insert(
-                    (u.name.clone(), authority.to_string()),
+                    (u.name.to_string(), authority.to_string()),
                     (hc.clone(), authority, Arc::clone(&t.state)),
                 );
             }

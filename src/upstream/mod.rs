@@ -37,7 +37,7 @@ pub struct UpstreamRuntime {
 
 /// One upstream in compiled form.
 pub struct CompiledUpstream {
-    pub name: String,
+    pub name: Arc<str>,
     pub targets: Vec<Target>,
     pub balancer: Balancer,
     pub breaker: Option<BreakerConfig>,
@@ -163,7 +163,7 @@ impl UpstreamRegistry {
         };
         CompiledUpstream {
             runtime: Arc::clone(self.runtimes.entry(name.clone()).or_default()),
-            name,
+            name: name.into(),
             targets,
             balancer,
             breaker: u.circuit_breaker.as_ref().map(|cb| BreakerConfig {
@@ -187,6 +187,6 @@ impl UpstreamRegistry {
                 .any(|u| u.targets.iter().any(|t| Arc::ptr_eq(&t.pool, pool)))
         });
         self.runtimes
-            .retain(|name, _| upstreams.iter().any(|u| &u.name == name));
+            .retain(|name, _| upstreams.iter().any(|u| *u.name == **name));
     }
 }

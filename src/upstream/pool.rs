@@ -74,6 +74,8 @@ struct Idle {
 /// Idle connections to one target.
 pub struct TargetPool {
     authority: Authority,
+    /// `host:port`, shared into access-log records and spans without a copy.
+    label: Arc<str>,
     settings: PoolSettings,
     /// Set for targets given by host name.
     resolved: Option<Arc<ResolvedTarget>>,
@@ -90,6 +92,7 @@ impl TargetPool {
         resolved: Option<Arc<ResolvedTarget>>,
     ) -> Arc<TargetPool> {
         Arc::new(TargetPool {
+            label: authority.as_str().into(),
             authority,
             settings,
             resolved,
@@ -104,6 +107,10 @@ impl TargetPool {
 
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
     }
 
     /// Idle connections currently held.
