@@ -365,6 +365,63 @@ fn render_metrics(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> St
         "Upstream connections opened by target.",
         &created,
     );
+    if !snapshot.auth_stats.is_empty() {
+        let mut failures = Vec::new();
+        let mut successes = Vec::new();
+        let mut fetches = Vec::new();
+        for p in &snapshot.auth_stats {
+            for r in crate::auth::Reason::ALL {
+                let n = p.counters.failures[crate::auth::Reason::ALL
+                    .iter()
+                    .position(|x| *x == r)
+                    .unwrap_or(0)]
+                .load(Relaxed);
+                failures.push((
+                    format!(
+                        "{},{}",
+                        label("provider", &p.name),
+                        label("reason", r.as_str())
+                    ),
+                    n as f64,
+                ));
+            }
+            successes.push((
+                label("provider", &p.name),
+                p.counters.successes.load(Relaxed) as f64,
+            ));
+            if let Some(j) = &p.jwks {
+                for (result, n) in [("ok", &j.fetches_ok), ("failed", &j.fetches_failed)] {
+                    fetches.push((
+                        format!("{},{}", label("provider", &p.name), label("result", result)),
+                        n.load(Relaxed) as f64,
+                    ));
+                }
+            }
+        }
+        family(
+            &mut out,
+            "portcullis_auth_failures_total",
+            "counter",
+            "Failed authentications (401) by provider and reason.",
+            &failures,
+        );
+        family(
+            &mut out,
+            "portcullis_auth_successes_total",
+            "counter",
+            "Successful authentications by provider.",
+            &successes,
+        );
+        if !fetches.is_empty() {
+            family(
+                &mut out,
+                "portcullis_jwks_fetches_total",
+                "counter",
+                "JWKS fetches by provider and result (a failed fetch keeps the last good keys).",
+                &fetches,
+            );
+        }
+    }
     if !snapshot.limiters.is_empty() {
         let mut decisions = Vec::new();
         let mut keys = Vec::new();

@@ -2,6 +2,7 @@
 //! (read → validate → compile → atomic swap). Reloads are serialised; requests never wait on
 //! them.
 
+use crate::auth::AuthRegistry;
 use crate::config::{self, AccessLogConfig, ConfigError, ConfigErrors, OtlpConfig, ValidConfig};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
@@ -31,6 +32,7 @@ pub struct Gateway {
 struct ReloadState {
     registry: UpstreamRegistry,
     limiters: LimiterRegistry,
+    auth: AuthRegistry,
     /// The running access log and span exporter, each with the config it was started with.
     access_log: Running<AccessLogConfig, AccessLog>,
     spans: Running<OtlpConfig, SpanExporter>,
@@ -52,6 +54,7 @@ impl Gateway {
         let valid = config::load_file(&config_path)?;
         let mut registry = UpstreamRegistry::default();
         let mut limiters = LimiterRegistry::default();
+        let mut auth = AuthRegistry::default();
         let (access_log, spans) = sinks_for(&valid, None, None)?;
         let metrics = Arc::new(Metrics::default());
         let snap = snapshot::compile(
@@ -59,6 +62,7 @@ impl Gateway {
             1,
             &mut registry,
             &mut limiters,
+            &mut auth,
             sinks(&access_log, &spans),
             &metrics,
         );
@@ -69,6 +73,7 @@ impl Gateway {
             reload_state: Mutex::new(ReloadState {
                 registry,
                 limiters,
+                auth,
                 access_log,
                 spans,
                 health: HealthCheckers::default(),
@@ -170,6 +175,7 @@ impl Gateway {
             version,
             &mut state.registry,
             &mut state.limiters,
+            &mut state.auth,
             sinks,
             &self.metrics,
         );

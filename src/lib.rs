@@ -4,6 +4,7 @@
 //! `gateway` (atomic swap). Requests run through `pipeline` on the snapshot they started with.
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod forwarded;

@@ -3,7 +3,7 @@
 
 use crate::body::{ResponseBody, ServedBody, UpstreamBody};
 use crate::forwarded;
-use crate::observe::record::{Record, Trail};
+use crate::observe::record::{AuthResult, Record, Trail};
 use crate::observe::trace_context::TraceContext;
 use crate::observe::Completion;
 use crate::policy::request_rules::BodyPlan;
@@ -23,6 +23,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::borrow::Cow;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Handles one request on the snapshot current when it arrived.
@@ -151,7 +152,8 @@ fn record(
         bytes_in: trail.bytes_in,
         bytes_out: 0,
         client_ip: Arc::clone(&conn.client_ip),
-        auth_result: "none",
+        auth_result: trail.auth.as_str(),
+        principal: trail.principal.take(),
         rate_limit: trail.rate_limit,
         retries: trail.retries,
         retry_events: std::mem::take(&mut trail.retry_events),
@@ -197,8 +199,31 @@ async fn run(
     let route = &snapshot.routes[route_index];
     trail.route = Some(route_index);
 
-    // 3. authenticate, 4. authorize: every route is `auth: none` without authorization until
-    //    those capabilities land (validation refuses them).
+    // 3. authenticate: the route's policy yields the principal (or 401).
+    let principal = if route.auth.is_none() {
+        None
+    } else {
+        match route.auth.authenticate(req.headers(), req.uri()).await {
+            Ok(p) => {
+                trail.auth = AuthResult::Success;
+                trail.principal = p.clone();
+                p
+            }
+            Err(f) => {
+                trail.auth = AuthResult::Failure;
+                return Err(Reject::Unauthorized(f));
+            }
+        }
+    };
+
+    // 4. authorize: required scopes and claims (or 403).
+    if let Some(rules) = &route.authorize {
+        if let Err(denied) = rules.check(principal.as_deref()) {
+            trail.auth = AuthResult::Denied;
+            route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
+            return Err(Reject::Forbidden(denied));
+        }
+    }
 
     // 5. rate limit: every limit the route applies, in order.
     let rate_headers = if route.rate_limits.is_empty() {
@@ -208,7 +233,7 @@ async fn run(
             route: &route.name,
             client_ip: &conn.client_ip,
             headers: req.headers(),
-            principal: None,
+            principal: principal.as_deref(),
         };
         match route.rate_limits.check(&input, &mut trail.rate_limit).await {
             Ok(h) => Some(h),
@@ -285,6 +310,18 @@ async fn run(
         route,
         &body,
     );
+    // Identity headers only ever come from the gateway: client copies are removed on every
+    // route, then verified claims are set. Credentials stay at the gateway.
+    for h in snapshot
+        .forwarded_headers
+        .iter()
+        .chain(&route.credential_headers)
+    {
+        parts.headers.remove(h);
+    }
+    if let Some(p) = &principal {
+        route.auth.forward_claims(p, &mut parts.headers);
+    }
     if let Some(t) = trace {
         t.apply(&mut parts.headers);
     }

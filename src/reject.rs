@@ -30,6 +30,10 @@ pub enum Reject {
     RateLimited(String, Box<crate::ratelimit::RateHeaders>),
     /// A Redis limit with `on_store_failure: deny` could not reach Redis.
     RateLimitStoreDown(String),
+    /// Authentication failed: 401 with a `WWW-Authenticate` challenge.
+    Unauthorized(crate::auth::Failure),
+    /// Authenticated but not allowed: 403 `insufficient_scope`.
+    Forbidden(crate::auth::Denied),
 }
 
 impl Reject {
@@ -48,6 +52,8 @@ impl Reject {
             | Reject::NoTargetAvailable(_)
             | Reject::RateLimitStoreDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reject::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
+            Reject::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Reject::Forbidden(_) => StatusCode::FORBIDDEN,
             Reject::UpstreamConnect(_) | Reject::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Reject::Status(s, _) => *s,
@@ -79,6 +85,8 @@ impl Reject {
             Reject::RateLimitStoreDown(limit) => {
                 format!("rate limit {limit} cannot be checked right now")
             }
+            Reject::Unauthorized(f) => format!("unauthorized: {}", f.description),
+            Reject::Forbidden(_) => "forbidden: insufficient scope or claims".into(),
         }
     }
 
@@ -93,6 +101,14 @@ impl Reject {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Reject::RateLimited(_, headers) => headers.apply(resp.headers_mut()),
+            Reject::Unauthorized(f) => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, f.challenge());
+            }
+            Reject::Forbidden(d) => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, d.challenge());
+            }
             _ => {}
         }
         resp

@@ -1,6 +1,7 @@
 //! One config version compiled into an immutable snapshot: the router, each route's policies
 //! and action, the upstreams with their pools. Requests read a snapshot and never change it.
 
+use crate::auth::{AuthRegistry, Authorize, ProviderStats, RouteAuth};
 use crate::body::ResponseBody;
 use crate::config::{ListenerLimits, ValidConfig};
 use crate::observe::metrics::{Metrics, RouteMetrics};
@@ -54,6 +55,10 @@ pub struct CompiledRoute {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub rate_limits: RouteLimits,
+    pub auth: RouteAuth,
+    pub authorize: Option<Authorize>,
+    /// Credential headers this route's auth reads: never forwarded upstream.
+    pub credential_headers: Vec<HeaderName>,
 }
 
 pub struct ListenerSpec {
@@ -80,6 +85,9 @@ pub struct Snapshot {
     pub sampler: Sampler,
     /// The access log and span exporter requests are handed to.
     pub sinks: Sinks,
+    /// Headers carrying verified claims: removed from every request, authenticated or not.
+    pub forwarded_headers: Vec<HeaderName>,
+    pub auth_stats: Vec<ProviderStats>,
     /// Every rate limit, by name order (for `/metrics`).
     pub limiters: Vec<Arc<Limiter>>,
     pub redis: Option<Arc<RedisStore>>,
@@ -105,6 +113,7 @@ pub fn compile(
     version: u64,
     registry: &mut UpstreamRegistry,
     limiter_registry: &mut LimiterRegistry,
+    auth_registry: &mut AuthRegistry,
     sinks: Sinks,
     metrics: &Metrics,
 ) -> Snapshot {
@@ -121,6 +130,7 @@ pub fn compile(
         names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
 
     let limiters = limiter_registry.compile(cfg);
+    auth_registry.compile(cfg);
     let routes = cfg
         .routes
         .iter()
@@ -152,6 +162,12 @@ pub fn compile(
                     headers,
                 })
             };
+            let auth = auth_registry.route(
+                r.auth
+                    .as_ref()
+                    .or(cfg.defaults.auth.as_ref())
+                    .map(|a| &a.value),
+            );
             CompiledRoute {
                 name: r.name.value.0.as_str().into(),
                 action,
@@ -171,6 +187,13 @@ pub fn compile(
                     &cfg.defaults.rate_limits,
                     &r.rate_limits,
                 ),
+                auth: auth.clone(),
+                authorize: Authorize::compile(r.authorization.as_ref().map(|a| &a.value)),
+                credential_headers: {
+                    let mut h = Vec::new();
+                    auth.credential_headers(&mut h);
+                    h
+                },
             }
         })
         .collect();
@@ -209,6 +232,8 @@ pub fn compile(
             }),
         sinks,
         limiters: ratelimit::all(&limiters),
+        forwarded_headers: auth_registry.forwarded_headers.clone(),
+        auth_stats: auth_registry.stats(),
         redis: limiter_registry.redis().cloned(),
         metrics_enabled: cfg.observability.metrics.enabled,
         no_route_metrics: Arc::clone(&metrics.no_route),

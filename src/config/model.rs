@@ -25,8 +25,8 @@ pub struct Config {
     #[serde(default)]
     pub dns: DnsConfig,
 
-    #[serde(default, skip_serializing)]
-    pub auth: Unsupported,
+    #[serde(default)]
+    pub auth: AuthProviders,
     #[serde(default)]
     pub rate_limits: Vec<Located<RateLimit>>,
     #[serde(default)]
@@ -253,9 +253,103 @@ pub struct AuthPolicy {
     #[serde(default)]
     pub api_key: Option<String>,
     #[serde(default)]
+    pub introspection: Option<String>,
+    #[serde(default)]
     pub any: Option<Vec<AuthSpec>>,
     #[serde(default)]
     pub mtls: Option<BTreeMap<String, String>>,
+}
+
+/// Top-level `auth`: the providers routes refer to by name.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthProviders {
+    #[serde(default)]
+    pub jwt: Vec<Located<JwtProvider>>,
+    #[serde(default)]
+    pub api_keys: Vec<Located<ApiKeyProvider>>,
+    #[serde(default, skip_serializing)]
+    pub introspection: Unsupported,
+}
+
+/// JSON Web Tokens verified locally.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProvider {
+    pub name: Located<Text>,
+    /// Exactly one key source.
+    #[serde(default)]
+    pub jwks_url: Option<Located<Text>>,
+    #[serde(default)]
+    pub jwks_file: Option<Located<Text>>,
+    /// HS256/384/512 only.
+    #[serde(default)]
+    pub secret: Option<Located<Text>>,
+    #[serde(default)]
+    pub issuer: Option<Text>,
+    #[serde(default)]
+    pub audiences: Vec<Text>,
+    pub algorithms: Located<Vec<Located<Text>>>,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_s: u64,
+    #[serde(default = "default_jwks_cache")]
+    pub jwks_cache_s: u64,
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch_s: u64,
+    /// Claim name → request header sent upstream.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, Text>,
+    /// Claim holding the tenant (default `tenant_id`, then `tenant`).
+    #[serde(default)]
+    pub tenant_claim: Option<Text>,
+    #[serde(default, skip_serializing)]
+    pub revocation: Unsupported,
+}
+
+fn default_clock_skew() -> u64 {
+    30
+}
+fn default_jwks_cache() -> u64 {
+    86_400
+}
+fn default_jwks_min_refetch() -> u64 {
+    300
+}
+
+/// API keys, stored only as SHA-256 hashes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyProvider {
+    pub name: Located<Text>,
+    /// Header carrying the key (default `X-API-Key`); or `query` for a query parameter.
+    #[serde(default)]
+    pub header: Option<Text>,
+    #[serde(default)]
+    pub query: Option<Text>,
+    pub keys: Vec<Located<ApiKey>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub id: Located<Text>,
+    /// Hex SHA-256 of the key.
+    pub sha256: Located<Text>,
+    #[serde(default)]
+    pub tenant: Option<Text>,
+    #[serde(default)]
+    pub scopes: Vec<Text>,
+}
+
+/// `routes[].authorization`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authorization {
+    #[serde(default)]
+    pub required_scopes: Vec<Text>,
+    /// Claim → allowed values (any one).
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, Vec<Text>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -448,7 +542,7 @@ pub struct Route {
     pub headers: HeaderRules,
 
     #[serde(default, skip_serializing)]
-    pub authorization: Unsupported,
+    pub authorization: Option<Located<Authorization>>,
     /// Limits applied to this route, after the `defaults.rate_limits`.
     #[serde(default)]
     pub rate_limits: Vec<Located<Text>>,

@@ -88,14 +88,14 @@ pub fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
         file,
         errors: Vec::new(),
     };
-    c.unsupported(&config.auth, "auth".into(), "authentication issue");
+    check_auth_providers(&mut c, &config.auth);
     check_rate_limits(&mut c, config);
     check_observability(&mut c, &config.observability);
 
     check_dns(&mut c, &config.dns);
     let listener_addrs = check_listeners(&mut c, config);
     check_admin(&mut c, config, &listener_addrs);
-    check_defaults(&mut c, &config.defaults);
+    check_defaults(&mut c, config, &config.defaults);
     check_upstreams(&mut c, config);
     check_routes(&mut c, config);
     c.errors
@@ -194,10 +194,10 @@ fn check_admin(c: &mut Checker, config: &Config, listeners: &[(SocketAddr, u32)]
     }
 }
 
-fn check_defaults(c: &mut Checker, d: &Defaults) {
+fn check_defaults(c: &mut Checker, config: &Config, d: &Defaults) {
     check_timeout(c, &d.timeout_ms, "defaults.timeout_ms".into());
     if let Some(a) = &d.auth {
-        check_auth(c, a, "defaults.auth".into());
+        check_auth(c, config, a, "defaults.auth".into());
     }
     if d.max_body_bytes == 0 {
         c.err(0, "defaults.max_body_bytes", "must be greater than 0");
@@ -221,21 +221,221 @@ fn check_timeout(c: &mut Checker, t: &Located<u64>, key: String) {
     }
 }
 
-fn check_auth(c: &mut Checker, auth: &Located<AuthSpec>, key: String) {
-    match &auth.value {
-        AuthSpec::Keyword(k) if k == "none" => {}
-        AuthSpec::Keyword(k) => c.err(
-            auth.line,
+fn check_auth(c: &mut Checker, config: &Config, auth: &Located<AuthSpec>, key: String) {
+    check_auth_spec(c, config, &auth.value, auth.line, &key);
+}
+
+fn check_auth_spec(c: &mut Checker, config: &Config, spec: &AuthSpec, line: u32, key: &str) {
+    let p = match spec {
+        AuthSpec::Keyword(k) if k == "none" => return,
+        AuthSpec::Keyword(k) => {
+            return c.err(
+                line,
+                key,
+                format!("unknown auth `{k}`: use `none` or a policy such as `{{ jwt: NAME }}`"),
+            )
+        }
+        AuthSpec::Policy(p) => p,
+    };
+    let set = [
+        p.jwt.is_some(),
+        p.api_key.is_some(),
+        p.introspection.is_some(),
+        p.any.is_some(),
+        p.mtls.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if set != 1 {
+        return c.err(
+            line,
             key,
-            format!("unknown auth `{k}`: use `none` or a policy such as `{{ jwt: NAME }}`"),
-        ),
-        AuthSpec::Policy(_) => c.err(
-            auth.line,
-            key,
-            "jwt / api_key / any / mtls auth is not supported yet (authentication issue); \
-             only `auth: none` is accepted for now",
-        ),
+            "an auth policy is exactly one of jwt, api_key, introspection, any, mtls",
+        );
     }
+    if let Some(n) = &p.jwt {
+        if !config.auth.jwt.iter().any(|j| *j.name.value.0 == **n) {
+            c.err(line, key, format!("unknown jwt provider `{n}`"));
+        }
+    }
+    if let Some(n) = &p.api_key {
+        if !config.auth.api_keys.iter().any(|j| *j.name.value.0 == **n) {
+            c.err(line, key, format!("unknown api_keys provider `{n}`"));
+        }
+    }
+    if p.introspection.is_some() {
+        c.err(
+            line,
+            key,
+            "introspection is not supported yet (authentication issue)",
+        );
+    }
+    if p.mtls.is_some() {
+        c.err(line, key, "mtls auth needs TLS listeners (TLS issue)");
+    }
+    if let Some(any) = &p.any {
+        if any.is_empty() {
+            c.err(line, key, "`any` needs at least one policy");
+        }
+        for a in any {
+            if matches!(a, AuthSpec::Keyword(k) if k == "none") {
+                c.err(line, key, "`none` inside `any` would make the route public");
+            } else {
+                check_auth_spec(c, config, a, line, key);
+            }
+        }
+    }
+}
+
+fn check_auth_providers(c: &mut Checker, auth: &AuthProviders) {
+    c.unsupported(
+        &auth.introspection,
+        "auth.introspection".into(),
+        "authentication issue: introspection",
+    );
+    for (i, j) in auth.jwt.iter().enumerate() {
+        let key = format!("auth.jwt[{i}]");
+        c.name(&j.name, format!("{key}.name"));
+        let sources = [
+            j.jwks_url.is_some(),
+            j.jwks_file.is_some(),
+            j.secret.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            c.err(
+                j.name.line,
+                key.clone(),
+                "exactly one of jwks_url, jwks_file, secret is required",
+            );
+        }
+        if j.algorithms.is_empty() {
+            c.err(
+                j.algorithms.line,
+                format!("{key}.algorithms"),
+                "at least one algorithm",
+            );
+        }
+        for a in j.algorithms.iter() {
+            match crate::auth::jwt::parse_algorithm(&a.value) {
+                Err(e) => c.err(a.line, format!("{key}.algorithms"), e),
+                Ok(alg) => {
+                    let hmac = crate::auth::jwt::is_hmac(alg);
+                    if j.secret.is_some() && !hmac {
+                        c.err(
+                            a.line,
+                            format!("{key}.algorithms"),
+                            format!(
+                                "`{}` needs a public key (jwks_url or jwks_file), not a secret",
+                                a.value
+                            ),
+                        );
+                    }
+                    if j.secret.is_none() && hmac {
+                        c.err(
+                            a.line,
+                            format!("{key}.algorithms"),
+                            format!("`{}` needs `secret` (keys from a JWKS are never used as HMAC secrets)", a.value),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(u) = &j.jwks_url {
+            match u.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
+                Ok(uri) if uri.scheme_str() == Some("https") => c.err(
+                    u.line,
+                    format!("{key}.jwks_url"),
+                    "https JWKS endpoints need the TLS issue; use http or jwks_file for now",
+                ),
+                _ => c.err(
+                    u.line,
+                    format!("{key}.jwks_url"),
+                    format!("`{}` is not an http URL", u.value),
+                ),
+            }
+        }
+        if let Some(s) = &j.secret {
+            if s.len() < 32 {
+                c.err(
+                    s.line,
+                    format!("{key}.secret"),
+                    "an HMAC secret must be at least 32 bytes",
+                );
+            }
+        }
+        if j.jwks_min_refetch_s == 0 || j.jwks_cache_s == 0 {
+            c.err(
+                j.name.line,
+                key.clone(),
+                "jwks_cache_s and jwks_min_refetch_s must be at least 1",
+            );
+        }
+        for (claim, h) in &j.forward_claims {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                c.err(
+                    j.name.line,
+                    format!("{key}.forward_claims"),
+                    format!("`{h}` (for claim `{claim}`) is not a valid header name"),
+                );
+            }
+        }
+        c.unsupported(
+            &j.revocation,
+            format!("{key}.revocation"),
+            "authentication issue: revocation",
+        );
+    }
+    for (i, a) in auth.api_keys.iter().enumerate() {
+        let key = format!("auth.api_keys[{i}]");
+        c.name(&a.name, format!("{key}.name"));
+        if a.header.is_some() && a.query.is_some() {
+            c.err(
+                a.name.line,
+                key.clone(),
+                "use either `header` or `query`, not both",
+            );
+        }
+        if let Some(h) = &a.header {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                c.err(
+                    a.name.line,
+                    format!("{key}.header"),
+                    format!("`{h}` is not a valid header name"),
+                );
+            }
+        }
+        if a.keys.is_empty() {
+            c.err(a.name.line, format!("{key}.keys"), "at least one key");
+        }
+        let mut ids = BTreeSet::new();
+        for k in &a.keys {
+            if !ids.insert(&*k.id.value.0) {
+                c.err(
+                    k.id.line,
+                    format!("{key}.keys"),
+                    format!("duplicate key id `{}`", k.id.value),
+                );
+            }
+            let h = &k.sha256.value;
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                c.err(
+                    k.sha256.line,
+                    format!("{key}.keys"),
+                    "sha256 must be 64 hex digits (the SHA-256 of the key, never the key itself)",
+                );
+            }
+        }
+    }
+    let names = auth
+        .jwt
+        .iter()
+        .map(|j| &j.name)
+        .chain(auth.api_keys.iter().map(|a| &a.name))
+        .enumerate()
+        .map(|(i, n)| (n, format!("auth provider {i}")));
+    c.duplicates("auth provider", names);
 }
 
 fn check_upstreams(c: &mut Checker, config: &Config) {
@@ -552,7 +752,7 @@ fn check_route(
         check_retries(c, r, retries, &key);
     }
     match (&r.auth, &config.defaults.auth) {
-        (Some(a), _) => check_auth(c, a, format!("{key}.auth")),
+        (Some(a), _) => check_auth(c, config, a, format!("{key}.auth")),
         (None, Some(_)) => {}
         (None, None) => c.err(
             r.line,
@@ -607,11 +807,21 @@ fn check_route(
             }
         }
     }
-    c.unsupported(
-        &r.authorization,
-        format!("{key}.authorization"),
-        "authorization issue",
-    );
+    if let Some(az) = &r.authorization {
+        let public = match (&r.auth, &config.defaults.auth) {
+            (Some(a), _) | (None, Some(a)) => {
+                matches!(&a.value, AuthSpec::Keyword(k) if k == "none")
+            }
+            _ => true,
+        };
+        if public {
+            c.err(
+                az.line,
+                format!("{key}.authorization"),
+                "authorization needs an authenticated route (auth is none)",
+            );
+        }
+    }
     check_limit_refs(
         c,
         config,

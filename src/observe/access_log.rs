@@ -325,7 +325,18 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
     push_u64(out, r.bytes_out);
     out.extend_from_slice(b",\"client_ip\":");
     json_plain(out, Some(&r.client_ip));
-    out.extend_from_slice(b",\"tenant\":null,\"subject\":null,\"auth_result\":");
+    let p = r.principal.as_deref();
+    out.extend_from_slice(b",\"tenant\":");
+    match p.and_then(|p| p.tenant.as_deref()) {
+        Some(t) => json_str(out, t),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"subject\":");
+    match p.and_then(|p| p.subject.as_deref()) {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"auth_result\":");
     json_plain(out, Some(r.auth_result));
     out.extend_from_slice(if r.rate_limit == crate::ratelimit::RateResult::Limited {
         b",\"rate_limited\":true,\"retries\":"

@@ -78,6 +78,8 @@ pub struct RouteMetrics {
     pub duration: Histogram,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Requests authenticated but refused by `authorization` (403).
+    pub authz_denials: AtomicU64,
 }
 
 impl RouteMetrics {
@@ -192,13 +194,18 @@ impl Metrics {
                 "Response body bytes sent, by route.",
                 1,
             ),
+            (
+                "portcullis_authz_denials_total",
+                "Authenticated requests refused by the route's authorization (403), by route.",
+                2,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
             for (route, m) in &all {
-                let v = if pick == 0 {
-                    m.bytes_in.load(Relaxed)
-                } else {
-                    m.bytes_out.load(Relaxed)
+                let v = match pick {
+                    0 => m.bytes_in.load(Relaxed),
+                    1 => m.bytes_out.load(Relaxed),
+                    _ => m.authz_denials.load(Relaxed),
                 };
                 let _ = writeln!(out, "{metric}{{route=\"{}\"}} {v}", escape(route));
             }

@@ -142,6 +142,14 @@ pub fn span(out: &mut Vec<u8>, scratch: &mut Vec<u8>, r: &Record) -> bool {
     attr("http.request.body.size", Value::Int(r.bytes_in as i64));
     attr("http.response.body.size", Value::Int(r.bytes_out as i64));
     attr("portcullis.auth_result", Value::Str(r.auth_result));
+    if let Some(p) = &r.principal {
+        if let Some(sub) = &p.subject {
+            attr("enduser.id", Value::Str(sub));
+        }
+        if let Some(t) = &p.tenant {
+            attr("portcullis.tenant", Value::Str(t));
+        }
+    }
     attr(
         "portcullis.rate_limit_result",
         Value::Str(r.rate_limit.as_str()),

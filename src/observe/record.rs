@@ -21,8 +21,34 @@ pub struct Trail {
     pub retry_events: Vec<RetryEvent>,
     pub bytes_in: u64,
     pub rate_limit: crate::ratelimit::RateResult,
+    pub auth: AuthResult,
+    pub principal: Option<Arc<crate::auth::Principal>>,
     /// Counts a streamed request body of unknown length (only when recording).
     pub bytes_in_counter: Option<Arc<AtomicU64>>,
+}
+
+/// What authentication and authorization said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthResult {
+    /// The route is public.
+    #[default]
+    None,
+    Success,
+    /// 401.
+    Failure,
+    /// 403.
+    Denied,
+}
+
+impl AuthResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::None => "none",
+            AuthResult::Success => "success",
+            AuthResult::Failure => "failure",
+            AuthResult::Denied => "denied",
+        }
+    }
 }
 
 /// A retry: when it was decided, which try it starts and why the previous one failed.
@@ -60,8 +86,9 @@ pub struct Record {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub client_ip: Arc<str>,
-    /// `none` until a route authenticates.
+    /// `none`, `success`, `failure` or `denied`.
     pub auth_result: &'static str,
+    pub principal: Option<Arc<crate::auth::Principal>>,
     pub rate_limit: crate::ratelimit::RateResult,
     pub retries: u32,
     pub retry_events: Vec<RetryEvent>,
@@ -89,6 +116,7 @@ impl Default for Record {
             bytes_out: 0,
             client_ip: Arc::from(""),
             auth_result: "none",
+            principal: None,
             rate_limit: crate::ratelimit::RateResult::None,
             retries: 0,
             retry_events: Vec::new(),

@@ -42,14 +42,7 @@ impl KeyPart {
     }
 }
 
-/// Who made the request, as far as authentication established it.
-#[derive(Debug, Clone, Default)]
-pub struct Principal {
-    pub tenant: Option<String>,
-    pub subject: Option<String>,
-    /// The id of the API key used.
-    pub api_key: Option<String>,
-}
+pub use crate::auth::Principal;
 
 /// What a key is built from.
 pub struct KeyInput<'a> {

@@ -1,0 +1,119 @@
+//! API keys: presented in a header (or a query parameter), stored in config only as SHA-256
+//! hashes, compared in constant time against every configured hash.
+
+use super::{Failure, Principal, Reason};
+use crate::config::ApiKeyProvider;
+use http::{HeaderMap, HeaderName, Uri};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+struct StoredKey {
+    sha256: [u8; 32],
+    principal: Arc<Principal>,
+}
+
+pub struct ApiKeys {
+    pub name: Arc<str>,
+    /// Where the key is read from.
+    header: Option<HeaderName>,
+    query: Option<String>,
+    keys: Vec<StoredKey>,
+}
+
+impl ApiKeys {
+    pub fn compile(cfg: &ApiKeyProvider) -> ApiKeys {
+        let name: Arc<str> = cfg.name.value.0.as_str().into();
+        let query = cfg.query.as_ref().map(|q| q.to_string());
+        let header = match (&cfg.header, &query) {
+            (Some(h), _) => Some(HeaderName::from_bytes(h.as_bytes()).expect("validated")),
+            (None, Some(_)) => None,
+            (None, None) => Some(HeaderName::from_static("x-api-key")),
+        };
+        let keys = cfg
+            .keys
+            .iter()
+            .map(|k| {
+                let mut sha256 = [0u8; 32];
+                hex::decode_to_slice(&*k.sha256.value, &mut sha256).expect("validated hex");
+                StoredKey {
+                    sha256,
+                    principal: Arc::new(Principal {
+                        provider: Arc::clone(&name),
+                        subject: Some(k.id.value.to_string()),
+                        tenant: k.tenant.as_ref().map(|t| t.to_string()),
+                        api_key: Some(k.id.value.to_string()),
+                        scopes: k.scopes.iter().map(|s| s.to_string()).collect(),
+                        claims: None,
+                    }),
+                }
+            })
+            .collect();
+        ApiKeys {
+            name,
+            header,
+            query,
+            keys,
+        }
+    }
+
+    /// The header carrying keys, removed before the request goes upstream.
+    pub fn header(&self) -> Option<&HeaderName> {
+        self.header.as_ref()
+    }
+
+    pub fn authenticate(&self, headers: &HeaderMap, uri: &Uri) -> Result<Arc<Principal>, Failure> {
+        let presented: Option<Vec<u8>> = match (&self.header, &self.query) {
+            (Some(h), _) => headers.get(h).map(|v| v.as_bytes().to_vec()),
+            (None, Some(q)) => uri.query().and_then(|qs| {
+                qs.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    (k == q).then(|| percent_decode(v))
+                })
+            }),
+            (None, None) => None,
+        };
+        let Some(key) = presented.filter(|k| !k.is_empty()) else {
+            return Err(Failure::missing(&self.name));
+        };
+        let digest: [u8; 32] = Sha256::digest(&key).into();
+        // Every stored hash is compared, so timing says nothing about which one matched.
+        let mut found: Option<&StoredKey> = None;
+        for stored in &self.keys {
+            if bool::from(stored.sha256.ct_eq(&digest)) {
+                found = Some(stored);
+            }
+        }
+        found.map(|s| Arc::clone(&s.principal)).ok_or_else(|| {
+            Failure::new(
+                &self.name,
+                Reason::UnknownApiKey,
+                "the API key is not valid",
+            )
+        })
+    }
+}
+
+fn percent_decode(v: &str) -> Vec<u8> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3)) {
+            (b'%', Some(h)) if h.iter().all(u8::is_ascii_hexdigit) => {
+                let s = std::str::from_utf8(h).unwrap_or("00");
+                out.push(u8::from_str_radix(s, 16).unwrap_or(0));
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,645 @@
+//! JWT verification, locally: the identity provider is never called on the request path for a
+//! token whose key is cached.
+//!
+//! Order of checks: size (≤ 8 KiB, before any parsing) → header (the algorithm must be on the
+//! provider's allow-list before any signature work; `none` can never be listed; an unknown
+//! `crit` is refused; `jku`/`x5u`/`x5c`/`jwk` are never used) → key (by `kid`, from the
+//! provider's own key source only, and of the algorithm's family: an RSA key is never an HMAC
+//! secret) → signature → claims (`exp` required, `nbf`, `iat` numeric with the clock skew, `iss`,
+//! `aud`). Verified tokens are cached by their SHA-256 until no later than their `exp`.
+//!
+//! JWKS: cached for `jwks_cache_s` (or the response's max-age if shorter) and refreshed in the
+//! background before expiry; an unknown `kid` triggers one refetch — single-flight, at most once
+//! per `jwks_min_refetch_s` — and a kid still unknown after it is remembered as unknown for that
+//! long. A failed or garbled fetch keeps the last good keys.
+
+use super::{AuthCounters, Failure, Principal, Reason};
+use crate::config::JwtProvider;
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName};
+use http_body_util::{BodyExt, Full, Limited};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Tokens larger than this are refused unparsed.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+const MAX_JWKS_BYTES: usize = 512 * 1024;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Verified tokens kept at most this long (and never past their `exp`).
+const VERIFIED_TTL_S: u64 = 300;
+const VERIFIED_MAX: usize = 10_000;
+
+pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Err("`none` can never be allowed".into());
+    }
+    Ok(match s {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        other => return Err(format!("unsupported algorithm `{other}`")),
+    })
+}
+
+pub fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One usable verification key.
+struct Key {
+    key: DecodingKey,
+    /// The JWK's own `alg`, when it states one: the token must use exactly that.
+    alg: Option<Algorithm>,
+}
+
+impl Key {
+    fn fits(&self, alg: Algorithm) -> bool {
+        self.key.family() == alg.family() && self.alg.is_none_or(|a| a == alg)
+    }
+}
+
+#[derive(Default)]
+struct KeySet {
+    by_kid: HashMap<String, Arc<Key>>,
+    /// Keys without a kid.
+    anonymous: Vec<Arc<Key>>,
+}
+
+/// Where a JWKS comes from.
+#[derive(Debug, Clone)]
+enum JwksSource {
+    Url {
+        host: String,
+        port: u16,
+        authority: String,
+        path: String,
+    },
+    File(PathBuf),
+}
+
+/// A provider's JWKS, shared by every snapshot while the provider's settings are unchanged.
+pub struct JwksCache {
+    source: JwksSource,
+    keys: ArcSwap<KeySet>,
+    cache_s: u64,
+    min_refetch_s: u64,
+    /// Unix seconds: the current keys expire (refresh due before then).
+    expires_at: AtomicU64,
+    /// Unix seconds of the last fetch attempt (for the unknown-kid limit).
+    last_attempt: AtomicU64,
+    /// Held while fetching: one fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    /// kids still unknown after a refetch, until when.
+    unknown: Mutex<HashMap<String, u64>>,
+    pub fetches_ok: AtomicU64,
+    pub fetches_failed: AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl JwksCache {
+    fn new(source: JwksSource, cache_s: u64, min_refetch_s: u64) -> Arc<JwksCache> {
+        let cache = Arc::new(JwksCache {
+            source,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            cache_s,
+            min_refetch_s,
+            expires_at: AtomicU64::new(0),
+            last_attempt: AtomicU64::new(0),
+            fetching: tokio::sync::Mutex::new(()),
+            unknown: Mutex::new(HashMap::new()),
+            fetches_ok: AtomicU64::new(0),
+            fetches_failed: AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
+        });
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(refresh_loop(Arc::downgrade(&cache)));
+        }
+        cache
+    }
+
+    /// Fetches and installs the key set; on any failure the previous keys stay.
+    async fn fetch(&self) -> bool {
+        self.last_attempt.store(unix_now(), Ordering::Relaxed);
+        let result = match &self.source {
+            JwksSource::File(p) => {
+                let path = p.clone();
+                // A small file, but never read on a runtime thread.
+                match tokio::task::spawn_blocking(move || std::fs::read(&path)).await {
+                    Ok(Ok(b)) => Ok((Bytes::from(b), None)),
+                    Ok(Err(e)) => Err(format!("cannot read {}: {e}", p.display())),
+                    Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+                }
+            }
+            JwksSource::Url {
+                host,
+                port,
+                authority,
+                path,
+            } => match tokio::time::timeout(FETCH_TIMEOUT, get(host, *port, authority, path)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err("JWKS endpoint did not answer in time".into()),
+            },
+        };
+        let parsed = result.and_then(|(body, max_age)| {
+            let set: JwkSet =
+                serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
+            Ok((key_set(&set), max_age))
+        });
+        match parsed {
+            Ok((keys, max_age)) => {
+                let ttl = max_age.map_or(self.cache_s, |m| m.min(self.cache_s)).max(1);
+                self.keys.store(Arc::new(keys));
+                self.expires_at.store(unix_now() + ttl, Ordering::Relaxed);
+                self.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                self.unknown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(source = ?self.source, "JWKS fetch recovered");
+                }
+                true
+            }
+            Err(e) => {
+                self.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(source = ?self.source, error = %e,
+                        "JWKS fetch failed; the last good keys stay in use");
+                }
+                false
+            }
+        }
+    }
+
+    fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<Key>> {
+        let keys = self.keys.load();
+        match kid {
+            Some(k) => keys.by_kid.get(k).filter(|key| key.fits(alg)).cloned(),
+            None => {
+                // No kid: only unambiguous when exactly one key fits.
+                let mut fitting = keys
+                    .by_kid
+                    .values()
+                    .chain(keys.anonymous.iter())
+                    .filter(|k| k.fits(alg));
+                match (fitting.next(), fitting.next()) {
+                    (Some(k), None) => Some(Arc::clone(k)),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// The key for an unknown kid: one refetch (single-flight, rate-limited), then give up.
+    async fn lookup_after_refetch(&self, kid: &str, alg: Algorithm) -> Option<Arc<Key>> {
+        let now = unix_now();
+        {
+            let unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+            if unknown.get(kid).is_some_and(|until| *until > now) {
+                return None;
+            }
+        }
+        {
+            let _one = self.fetching.lock().await;
+            // Someone may have fetched while this request waited.
+            if let Some(k) = self.lookup(Some(kid), alg) {
+                return Some(k);
+            }
+            let last = self.last_attempt.load(Ordering::Relaxed);
+            if last == 0 || unix_now() >= last + self.min_refetch_s {
+                self.fetch().await;
+            }
+        }
+        let found = self.lookup(Some(kid), alg);
+        if found.is_none() {
+            let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+            if unknown.len() >= 10_000 {
+                unknown.retain(|_, until| *until > now);
+                if unknown.len() >= 10_000 {
+                    unknown.clear();
+                }
+            }
+            unknown.insert(kid.to_string(), unix_now() + self.min_refetch_s);
+        }
+        found
+    }
+}
+
+/// Keeps the JWKS fresh: fetches at start, then before each expiry; retries a failed fetch
+/// every few seconds. Ends when the cache is dropped.
+async fn refresh_loop(cache: std::sync::Weak<JwksCache>) {
+    loop {
+        let wait = {
+            let Some(c) = cache.upgrade() else { return };
+            let due = c.expires_at.load(Ordering::Relaxed);
+            let ok = if due == 0 || unix_now() + (c.cache_s / 10).max(1) >= due {
+                let _one = c.fetching.lock().await;
+                c.fetch().await
+            } else {
+                true
+            };
+            if ok {
+                let due = c.expires_at.load(Ordering::Relaxed);
+                let lead = (c.cache_s / 10).max(1);
+                Duration::from_secs(due.saturating_sub(unix_now() + lead).clamp(1, 3600))
+            } else {
+                Duration::from_secs(c.min_refetch_s.clamp(1, 5))
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn key_set(set: &JwkSet) -> KeySet {
+    let mut keys = KeySet::default();
+    for jwk in &set.keys {
+        // Symmetric keys are never taken from a JWKS; encryption keys are not signing keys.
+        if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_))
+            || jwk
+                .common
+                .public_key_use
+                .as_ref()
+                .is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
+        {
+            continue;
+        }
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| parse_algorithm(&format!("{a:?}")).ok());
+        let key = Arc::new(Key { key, alg });
+        match &jwk.common.key_id {
+            Some(kid) => {
+                keys.by_kid.insert(kid.clone(), key);
+            }
+            None => keys.anonymous.push(key),
+        }
+    }
+    keys
+}
+
+/// A one-shot HTTP/1.1 GET; the body and the response's max-age.
+async fn get(
+    host: &str,
+    port: u16,
+    authority: &str,
+    path: &str,
+) -> Result<(Bytes, Option<u64>), String> {
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connect to {authority}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get(path)
+        .header(http::header::HOST, authority)
+        .header(http::header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("JWKS endpoint answered {}", resp.status()));
+    }
+    let max_age = resp
+        .headers()
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|d| d.trim().strip_prefix("max-age=")?.parse().ok())
+        });
+    let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("JWKS body: {e}"))?
+        .to_bytes();
+    Ok((body, max_age))
+}
+
+/// A verified token's principal and when its cache entry ends (unix seconds).
+type Verified = (Arc<Principal>, u64);
+
+enum Keys {
+    Secret(Arc<Key>),
+    Jwks(Arc<JwksCache>),
+}
+
+pub struct JwtVerifier {
+    pub name: Arc<str>,
+    algorithms: Vec<Algorithm>,
+    issuer: Option<String>,
+    audiences: Vec<String>,
+    skew: u64,
+    keys: Keys,
+    forward: Vec<(String, HeaderName)>,
+    tenant_claim: Option<String>,
+    pub counters: Arc<AuthCounters>,
+    /// SHA-256 of a verified token → its principal and when the entry ends (unix seconds).
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+/// The token's header fields the gateway reads.
+#[derive(serde::Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+impl JwtVerifier {
+    pub fn compile(cfg: &JwtProvider) -> JwtVerifier {
+        let algorithms: Vec<Algorithm> = cfg
+            .algorithms
+            .iter()
+            .filter_map(|a| parse_algorithm(&a.value).ok())
+            .collect();
+        let keys = if let Some(secret) = &cfg.secret {
+            Keys::Secret(Arc::new(Key {
+                key: DecodingKey::from_secret(secret.as_bytes()),
+                alg: None,
+            }))
+        } else if let Some(file) = &cfg.jwks_file {
+            Keys::Jwks(JwksCache::new(
+                JwksSource::File(PathBuf::from(&*file.value.0)),
+                cfg.jwks_cache_s,
+                cfg.jwks_min_refetch_s,
+            ))
+        } else {
+            let url = cfg.jwks_url.as_ref().expect("validated: one key source");
+            let uri: http::Uri = url.parse().expect("validated URL");
+            let authority = uri.authority().expect("validated host");
+            Keys::Jwks(JwksCache::new(
+                JwksSource::Url {
+                    host: authority.host().trim_matches(['[', ']']).to_string(),
+                    port: authority.port_u16().unwrap_or(80),
+                    authority: authority.as_str().to_string(),
+                    path: uri
+                        .path_and_query()
+                        .map_or("/".to_string(), |p| p.as_str().to_string()),
+                },
+                cfg.jwks_cache_s,
+                cfg.jwks_min_refetch_s,
+            ))
+        };
+        JwtVerifier {
+            name: cfg.name.value.0.as_str().into(),
+            algorithms,
+            issuer: cfg.issuer.as_ref().map(|s| s.to_string()),
+            audiences: cfg.audiences.iter().map(|s| s.to_string()).collect(),
+            skew: cfg.clock_skew_s,
+            keys,
+            forward: cfg
+                .forward_claims
+                .iter()
+                .map(|(c, h)| {
+                    (
+                        c.clone(),
+                        HeaderName::from_bytes(h.as_bytes()).expect("validated"),
+                    )
+                })
+                .collect(),
+            tenant_claim: cfg.tenant_claim.as_ref().map(|s| s.to_string()),
+            counters: Arc::default(),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn jwks(&self) -> Option<Arc<JwksCache>> {
+        match &self.keys {
+            Keys::Jwks(c) => Some(Arc::clone(c)),
+            Keys::Secret(_) => None,
+        }
+    }
+
+    pub fn forwarded_headers(&self) -> impl Iterator<Item = HeaderName> + '_ {
+        self.forward.iter().map(|(_, h)| h.clone())
+    }
+
+    /// Verified claims as request headers for the upstream.
+    pub fn forward_claims(&self, p: &Principal, headers: &mut HeaderMap) {
+        let Some(claims) = &p.claims else { return };
+        for (claim, header) in &self.forward {
+            let value = match claims.get(claim) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                    v.to_string()
+                }
+                _ => continue,
+            };
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                headers.insert(header.clone(), v);
+            }
+        }
+    }
+
+    fn fail(&self, reason: Reason, description: &'static str) -> Failure {
+        Failure::new(&self.name, reason, description)
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Failure> {
+        let token = bearer(headers).ok_or_else(|| Failure::missing(&self.name))?;
+        self.verify(token).await
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, Failure> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(self.fail(Reason::TooLarge, "the token is too large"));
+        }
+        let now = unix_now();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((p, until)) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+        {
+            if *until > now {
+                return Ok(Arc::clone(p));
+            }
+        }
+
+        let malformed = || self.fail(Reason::Malformed, "the token is malformed");
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        let header_json = URL_SAFE_NO_PAD.decode(h64).map_err(|_| malformed())?;
+        let header: Header = serde_json::from_slice(&header_json).map_err(|_| malformed())?;
+        // Allow-list before any signature work; `none` (any spelling) is never on it.
+        let alg = parse_algorithm(&header.alg)
+            .ok()
+            .filter(|a| self.algorithms.contains(a))
+            .ok_or_else(|| {
+                self.fail(
+                    Reason::AlgorithmNotAllowed,
+                    "the token's algorithm is not allowed",
+                )
+            })?;
+        if header.crit.is_some() {
+            return Err(self.fail(
+                Reason::UnknownCrit,
+                "the token has critical headers the gateway does not understand",
+            ));
+        }
+        let key = match &self.keys {
+            Keys::Secret(k) => Some(Arc::clone(k)).filter(|k| k.fits(alg)),
+            Keys::Jwks(cache) => match cache.lookup(header.kid.as_deref(), alg) {
+                Some(k) => Some(k),
+                None => match header.kid.as_deref() {
+                    Some(kid) => cache.lookup_after_refetch(kid, alg).await,
+                    None => None,
+                },
+            },
+        }
+        .ok_or_else(|| self.fail(Reason::UnknownKey, "no key for this token"))?;
+
+        let message_len = h64.len() + 1 + p64.len();
+        let valid =
+            jsonwebtoken::crypto::verify(sig, &token.as_bytes()[..message_len], &key.key, alg)
+                .unwrap_or(false);
+        if !valid {
+            return Err(self.fail(Reason::BadSignature, "the token's signature is not valid"));
+        }
+
+        let payload = URL_SAFE_NO_PAD.decode(p64).map_err(|_| malformed())?;
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&payload).map_err(|_| malformed())?;
+        let exp = self.check_claims(&claims, now)?;
+
+        let scopes = match (claims.get("scope"), claims.get("scp")) {
+            (Some(serde_json::Value::String(s)), _) => {
+                s.split_whitespace().map(str::to_string).collect()
+            }
+            (_, Some(serde_json::Value::Array(a))) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            (_, Some(serde_json::Value::String(s))) => {
+                s.split_whitespace().map(str::to_string).collect()
+            }
+            _ => Vec::new(),
+        };
+        let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let tenant = match &self.tenant_claim {
+            Some(c) => text(c),
+            None => text("tenant_id").or_else(|| text("tenant")),
+        };
+        let principal = Arc::new(Principal {
+            provider: Arc::clone(&self.name),
+            subject: text("sub"),
+            tenant,
+            api_key: None,
+            scopes,
+            claims: Some(claims),
+        });
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.retain(|_, (_, until)| *until > now);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(
+            digest,
+            (Arc::clone(&principal), exp.min(now + VERIFIED_TTL_S)),
+        );
+        Ok(principal)
+    }
+
+    /// Time claims (numbers only), issuer and audience. Returns `exp`.
+    fn check_claims(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        now: u64,
+    ) -> Result<u64, Failure> {
+        let number = |k: &str| -> Result<Option<u64>, Failure> {
+            match claims.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|f| *f >= 0.0)
+                    .map(|f| Some(f as u64))
+                    .ok_or_else(|| self.fail(Reason::Malformed, "a time claim is not a number")),
+            }
+        };
+        let exp = number("exp")?
+            .ok_or_else(|| self.fail(Reason::MissingExp, "the token has no expiry"))?;
+        if now >= exp + self.skew {
+            return Err(self.fail(Reason::Expired, "the token has expired"));
+        }
+        if number("nbf")?.is_some_and(|nbf| now + self.skew < nbf) {
+            return Err(self.fail(Reason::NotYetValid, "the token is not valid yet"));
+        }
+        if number("iat")?.is_some_and(|iat| iat > now + self.skew) {
+            return Err(self.fail(Reason::IssuedInFuture, "the token was issued in the future"));
+        }
+        if let Some(iss) = &self.issuer {
+            if claims.get("iss").and_then(|v| v.as_str()) != Some(iss.as_str()) {
+                return Err(self.fail(Reason::WrongIssuer, "the token's issuer is not accepted"));
+            }
+        }
+        if !self.audiences.is_empty() {
+            let ok = match claims.get("aud") {
+                Some(serde_json::Value::String(a)) => self.audiences.iter().any(|x| x == a),
+                Some(serde_json::Value::Array(items)) => items
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .any(|a| self.audiences.iter().any(|x| x == a)),
+                _ => false,
+            };
+            if !ok {
+                return Err(self.fail(
+                    Reason::WrongAudience,
+                    "the token is not meant for this audience",
+                ));
+            }
+        }
+        Ok(exp)
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}

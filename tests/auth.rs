@@ -1,0 +1,718 @@
+//! Authentication and authorization end to end: API keys, JWT with every supported algorithm,
+//! the attack cases (each a 401 that never reaches the upstream), JWKS rotation against an IdP
+//! the test controls (new kids, unknown-kid floods, IdP down, IdP garbage), scopes and claims,
+//! identity-header spoofing, and the principal feeding rate-limit keys.
+
+mod support;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use support::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A signing key and its public JWK.
+struct SigningKey {
+    alg: Algorithm,
+    kid: String,
+    encoding: EncodingKey,
+    jwk: serde_json::Value,
+}
+
+fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn rsa_key(alg: Algorithm, kid: &str) -> SigningKey {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    let der = private.to_pkcs1_der().unwrap();
+    SigningKey {
+        alg,
+        kid: kid.into(),
+        encoding: EncodingKey::from_rsa_der(der.as_bytes()),
+        jwk: json!({ "kty": "RSA", "kid": kid, "use": "sig",
+            "n": b64(&private.n().to_bytes_be()), "e": b64(&private.e().to_bytes_be()) }),
+    }
+}
+
+fn ec_key(alg: Algorithm, kid: &str) -> SigningKey {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use p256::pkcs8::EncodePrivateKey;
+    let (der, x, y, crv) = if alg == Algorithm::ES256 {
+        let k = p256::SecretKey::random(&mut rand::thread_rng());
+        let p = k.public_key().to_encoded_point(false);
+        (
+            k.to_pkcs8_der().unwrap().as_bytes().to_vec(),
+            b64(p.x().unwrap()),
+            b64(p.y().unwrap()),
+            "P-256",
+        )
+    } else {
+        let k = p384::SecretKey::random(&mut rand::thread_rng());
+        let p = k.public_key().to_encoded_point(false);
+        (
+            k.to_pkcs8_der().unwrap().as_bytes().to_vec(),
+            b64(p.x().unwrap()),
+            b64(p.y().unwrap()),
+            "P-384",
+        )
+    };
+    SigningKey {
+        alg,
+        kid: kid.into(),
+        encoding: EncodingKey::from_ec_der(&der),
+        jwk: json!({ "kty": "EC", "kid": kid, "crv": crv, "x": x, "y": y }),
+    }
+}
+
+fn ed_key(kid: &str) -> SigningKey {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let k = ed25519_dalek::SigningKey::generate(&mut rand::thread_rng());
+    SigningKey {
+        alg: Algorithm::EdDSA,
+        kid: kid.into(),
+        encoding: EncodingKey::from_ed_der(k.to_pkcs8_der().unwrap().as_bytes()),
+        jwk: json!({ "kty": "OKP", "kid": kid, "crv": "Ed25519",
+            "x": b64(k.verifying_key().as_bytes()) }),
+    }
+}
+
+fn claims() -> serde_json::Value {
+    json!({ "sub": "user-1", "iss": "https://idp.test", "aud": "api", "exp": now() + 600,
+        "iat": now(), "tenant_id": "acme", "scope": "orders:read orders:write",
+        // Unique per token, so the verified-token cache never answers for a test.
+        "jti": rand::random::<u64>().to_string() })
+}
+
+fn sign(key: &SigningKey, claims: &serde_json::Value) -> String {
+    let mut h = Header::new(key.alg);
+    h.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&h, claims, &key.encoding).unwrap()
+}
+
+fn hs(alg: Algorithm, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token assembled by hand (for headers and signatures no library would produce).
+fn raw_token(header: &serde_json::Value, claims: &serde_json::Value, sig: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes()),
+        b64(sig)
+    )
+}
+
+/// An IdP publishing a JWKS that the test changes, breaks and counts.
+struct Idp {
+    addr: SocketAddr,
+    jwks: Arc<Mutex<String>>,
+    /// 0 = serve, 1 = 503, 2 = garbage.
+    mode: Arc<AtomicU64>,
+    fetches: Arc<AtomicU64>,
+}
+
+impl Idp {
+    async fn start(keys: &[&SigningKey]) -> Idp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let idp = Idp {
+            addr,
+            jwks: Arc::new(Mutex::new(String::new())),
+            mode: Arc::default(),
+            fetches: Arc::default(),
+        };
+        idp.publish(keys);
+        let (jwks, mode, fetches) = (
+            Arc::clone(&idp.jwks),
+            Arc::clone(&idp.mode),
+            Arc::clone(&idp.fetches),
+        );
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (jwks, mode, fetches) =
+                    (Arc::clone(&jwks), Arc::clone(&mode), Arc::clone(&fetches));
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) = match mode.load(Ordering::SeqCst) {
+                            0 => (200, jwks.lock().unwrap().clone()),
+                            1 => (503, "down".to_string()),
+                            _ => (200, "{\"keys\": [garbage".to_string()),
+                        };
+                        async move {
+                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        idp
+    }
+
+    fn publish(&self, keys: &[&SigningKey]) {
+        let keys: Vec<&serde_json::Value> = keys.iter().map(|k| &k.jwk).collect();
+        *self.jwks.lock().unwrap() = json!({ "keys": keys }).to_string();
+    }
+}
+
+fn api_key_sha(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn config(up: &Upstream, idp: &Idp, algs: &str) -> String {
+    format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+defaults: {{ auth: none }}
+auth:
+  jwt:
+    - name: idp
+      jwks_url: http://{idp}/jwks.json
+      issuer: https://idp.test
+      audiences: [api, other]
+      algorithms: [{algs}]
+      jwks_min_refetch_s: 2
+      forward_claims: {{ sub: X-User-Id, tenant_id: X-Tenant-Id }}
+    - name: shared
+      secret: "{SECRET}"
+      algorithms: [HS256, HS384, HS512]
+      issuer: https://idp.test
+      audiences: [api]
+  api_keys:
+    - name: partners
+      keys:
+        - {{ id: acme-key, sha256: {acme}, tenant: acme, scopes: [orders:read] }}
+        - {{ id: globex-key, sha256: {globex}, tenant: globex, scopes: [orders:read, orders:write] }}
+rate_limits:
+  - {{ name: per-tenant, algorithm: token_bucket, capacity: 3, refill_per_second: 0.001, key: [tenant] }}
+upstreams:
+  - {{ name: up, targets: [{{ address: "{up}" }}] }}
+routes:
+  - name: jwt
+    match: {{ path: {{ prefix: /jwt }} }}
+    upstream: up
+    auth: {{ jwt: idp }}
+  - name: hs
+    match: {{ path: {{ prefix: /hs }} }}
+    upstream: up
+    auth: {{ jwt: shared }}
+  - name: keys
+    match: {{ path: {{ prefix: /keys }} }}
+    upstream: up
+    auth: {{ api_key: partners }}
+    rate_limits: [per-tenant]
+  - name: either
+    match: {{ path: {{ prefix: /either }} }}
+    upstream: up
+    auth: {{ any: [{{ jwt: idp }}, {{ api_key: partners }}] }}
+  - name: write
+    match: {{ path: {{ prefix: /write }} }}
+    upstream: up
+    auth: {{ any: [{{ jwt: idp }}, {{ api_key: partners }}] }}
+    authorization: {{ required_scopes: [orders:write] }}
+  - name: acme-only
+    match: {{ path: {{ prefix: /acme }} }}
+    upstream: up
+    auth: {{ jwt: idp }}
+    authorization: {{ required_claims: {{ tenant_id: [acme] }} }}
+  - name: public
+    match: {{ path: {{ prefix: /public }} }}
+    upstream: up
+"#,
+        idp = idp.addr,
+        up = up.addr,
+        acme = api_key_sha("acme-secret-key"),
+        globex = api_key_sha("globex-secret-key"),
+    )
+}
+
+async fn call(c: &HttpClient, gw: &TestGateway, path: &str, token: Option<&str>) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = vec![("x-user-id", "spoofed"), ("x-tenant-id", "spoofed")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
+    }
+    get(c, &gw.url(path), &headers).await
+}
+
+#[tokio::test]
+async fn every_algorithm_is_accepted_and_claims_are_forwarded_not_spoofed() {
+    let up = Upstream::start("up").await;
+    let keys = vec![
+        rsa_key(Algorithm::RS256, "rs256"),
+        rsa_key(Algorithm::RS384, "rs384"),
+        rsa_key(Algorithm::RS512, "rs512"),
+        rsa_key(Algorithm::PS256, "ps256"),
+        rsa_key(Algorithm::PS384, "ps384"),
+        rsa_key(Algorithm::PS512, "ps512"),
+        ec_key(Algorithm::ES256, "es256"),
+        ec_key(Algorithm::ES384, "es384"),
+        ed_key("eddsa"),
+    ];
+    let idp = Idp::start(&keys.iter().collect::<Vec<_>>()).await;
+    let gw = TestGateway::start(&config(
+        &up,
+        &idp,
+        "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
+    ))
+    .await;
+    let c = client();
+    for k in &keys {
+        let r = call(&c, &gw, "/jwt/x", Some(&sign(k, &claims()))).await;
+        assert_eq!(r.status, 200, "{:?}: {}", k.alg, r.text());
+        let seen = up.last();
+        assert_eq!(seen.headers["x-user-id"], "user-1", "{:?}", k.alg);
+        assert_eq!(seen.headers["x-tenant-id"], "acme");
+        assert!(
+            seen.headers.get("authorization").is_none(),
+            "credentials stay at the gateway"
+        );
+    }
+    for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+        let r = call(&c, &gw, "/hs/x", Some(&hs(alg, &claims()))).await;
+        assert_eq!(r.status, 200, "{alg:?}: {}", r.text());
+    }
+    // Spoofed identity headers never reach the upstream: not on a public route, not on a route
+    // of another provider.
+    assert_eq!(call(&c, &gw, "/public", None).await.status, 200);
+    assert!(up.last().headers.get("x-user-id").is_none());
+    assert!(up.last().headers.get("x-tenant-id").is_none());
+    assert_eq!(
+        call(&c, &gw, "/hs/x", Some(&hs(Algorithm::HS256, &claims())))
+            .await
+            .status,
+        200
+    );
+    assert!(up.last().headers.get("x-user-id").is_none());
+}
+
+#[tokio::test]
+async fn attacks_are_401_and_never_reach_the_upstream() {
+    let up = Upstream::start("up").await;
+    let rs = rsa_key(Algorithm::RS256, "main");
+    let es = ec_key(Algorithm::ES256, "ec");
+    let idp = Idp::start(&[&rs, &es]).await;
+    let gw = TestGateway::start(&config(&up, &idp, "RS256")).await;
+    let c = client();
+    let good = sign(&rs, &claims());
+    assert_eq!(call(&c, &gw, "/jwt", Some(&good)).await.status, 200);
+    let before = up.count();
+
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut cl = claims();
+        f(&mut cl);
+        sign(&rs, &cl)
+    };
+    let parts: Vec<&str> = good.split('.').collect();
+    let rs_public_pem = {
+        // The RS256 → HS256 confusion: the RSA public key (as its JWK JSON and as n) used as
+        // an HMAC secret.
+        rs.jwk.to_string()
+    };
+    let mut cases: Vec<(&str, String)> = vec![
+        ("expired", with(&|c| c["exp"] = json!(now() - 3600))),
+        ("not yet valid", with(&|c| c["nbf"] = json!(now() + 3600))),
+        ("future iat", with(&|c| c["iat"] = json!(now() + 3600))),
+        (
+            "wrong iss",
+            with(&|c| c["iss"] = json!("https://evil.test")),
+        ),
+        ("wrong aud", with(&|c| c["aud"] = json!(["elsewhere"]))),
+        (
+            "no exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+        ),
+        (
+            "string exp",
+            with(&|c| c["exp"] = json!((now() + 600).to_string())),
+        ),
+        (
+            "bad signature",
+            format!("{}.{}.{}", parts[0], parts[1], b64(b"not a signature")),
+        ),
+        (
+            "other payload, same signature",
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                b64(json!({"sub": "admin", "exp": now() + 600})
+                    .to_string()
+                    .as_bytes()),
+                parts[2]
+            ),
+        ),
+        ("truncated", good[..good.len() / 2].to_string()),
+        ("garbage", "a.b.c".into()),
+        ("not base64", "%%%.%%%.%%%".into()),
+        ("two parts", format!("{}.{}", parts[0], parts[1])),
+        ("oversized", with(&|c| c["pad"] = json!("x".repeat(9000)))),
+        (
+            "alg not on the allow-list (ES256 with a published EC key)",
+            sign(&es, &claims()),
+        ),
+        (
+            "RS256 to HS256 confusion",
+            jsonwebtoken::encode(
+                &{
+                    let mut h = Header::new(Algorithm::HS256);
+                    h.kid = Some("main".into());
+                    h
+                },
+                &claims(),
+                &EncodingKey::from_secret(rs_public_pem.as_bytes()),
+            )
+            .unwrap(),
+        ),
+        (
+            "unknown crit",
+            raw_token(
+                &json!({"alg": "RS256", "kid": "main", "crit": ["exp"]}),
+                &claims(),
+                b"x",
+            ),
+        ),
+        (
+            "embedded jwk",
+            raw_token(
+                &json!({"alg": "RS256", "jwk": rs.jwk, "kid": "attacker"}),
+                &claims(),
+                b"x",
+            ),
+        ),
+        (
+            "jku to an attacker",
+            raw_token(
+                &json!({"alg": "RS256", "jku": "http://127.0.0.1:1/jwks", "kid": "attacker"}),
+                &claims(),
+                b"x",
+            ),
+        ),
+    ];
+    for none in ["none", "None", "NONE", "nOnE"] {
+        cases.push((
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(json!({"alg": none, "kid": "main"}).to_string().as_bytes()),
+                parts[1]
+            ),
+        ));
+    }
+    for (name, token) in &cases {
+        let r = call(&c, &gw, "/jwt", Some(token)).await;
+        r.assert_gateway_error(401);
+        let challenge = r.headers["www-authenticate"].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer "), "{name}: {challenge}");
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+    }
+    // No credentials at all: a challenge without an error code (RFC 6750 §3.1).
+    let r = call(&c, &gw, "/jwt", None).await;
+    r.assert_gateway_error(401);
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"portcullis\"");
+    // An empty bearer token is no credential either.
+    let r = call(&c, &gw, "/jwt", Some("")).await;
+    r.assert_gateway_error(401);
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"portcullis\"");
+    assert_eq!(
+        up.count(),
+        before,
+        "no refused request reached the upstream"
+    );
+
+    let metrics = get(&c, &format!("http://{}/metrics", gw.admin), &[])
+        .await
+        .text();
+    for reason in [
+        "expired",
+        "bad_signature",
+        "algorithm_not_allowed",
+        "too_large",
+        "malformed",
+        "unknown_crit",
+        "missing_credentials",
+    ] {
+        let series =
+            format!("portcullis_auth_failures_total{{provider=\"idp\",reason=\"{reason}\"}} ");
+        let n: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series}"));
+        assert!(n >= 1.0, "{reason}: {n}");
+    }
+}
+
+#[tokio::test]
+async fn jwks_rotation_unknown_kid_flood_and_idp_outages() {
+    let up = Upstream::start("up").await;
+    let old = ec_key(Algorithm::ES256, "old");
+    let idp = Idp::start(&[&old]).await;
+    let gw = TestGateway::start(&config(&up, &idp, "ES256")).await;
+    let c = client();
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&sign(&old, &claims())))
+            .await
+            .status,
+        200
+    );
+
+    // The IdP rotates: a token with the brand-new kid works at once, no restart.
+    tokio::time::sleep(Duration::from_millis(2100)).await; // past jwks_min_refetch_s
+    let new = ec_key(Algorithm::ES256, "new");
+    idp.publish(&[&old, &new]);
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&sign(&new, &claims())))
+            .await
+            .status,
+        200
+    );
+
+    // 1,000 tokens with random unknown kids: at most one fetch per jwks_min_refetch_s (2 s).
+    let before = idp.fetches.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let stranger = SigningKey {
+            alg: Algorithm::ES256,
+            kid: format!("unknown-{i}-{}", rand::random::<u32>()),
+            encoding: EncodingKey::from_ec_der(&[]),
+            jwk: json!({}),
+        };
+        let token = raw_token(
+            &json!({"alg": "ES256", "kid": stranger.kid}),
+            &claims(),
+            &[7u8; 64],
+        );
+        let url = gw.url("/jwt");
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let r = get(&c, &url, &[("authorization", &format!("Bearer {token}"))]).await;
+            r.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    let windows = started.elapsed().as_secs() / 2 + 1;
+    let fetched = idp.fetches.load(Ordering::SeqCst) - before;
+    assert!(
+        fetched <= windows,
+        "{fetched} fetches in {:?}",
+        started.elapsed()
+    );
+
+    // IdP down, then serving garbage: the cached keys keep working.
+    idp.mode.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let unknown = raw_token(
+        &json!({"alg": "ES256", "kid": "after-outage"}),
+        &claims(),
+        &[1u8; 64],
+    );
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&unknown)).await.status,
+        401,
+        "forces a fetch"
+    );
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&sign(&new, &claims())))
+            .await
+            .status,
+        200
+    );
+    idp.mode.store(2, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let unknown = raw_token(
+        &json!({"alg": "ES256", "kid": "after-garbage"}),
+        &claims(),
+        &[1u8; 64],
+    );
+    assert_eq!(call(&c, &gw, "/jwt", Some(&unknown)).await.status, 401);
+    let fresh_claims = json!({ "sub": "user-2", "iss": "https://idp.test", "aud": "api", "exp": now() + 300,
+        "jti": rand::random::<u64>().to_string() });
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&sign(&old, &fresh_claims)))
+            .await
+            .status,
+        200
+    );
+    let metrics = get(&c, &format!("http://{}/metrics", gw.admin), &[])
+        .await
+        .text();
+    assert!(metrics.contains("portcullis_jwks_fetches_total{provider=\"idp\",result=\"failed\"}"));
+    assert!(
+        !metrics.contains("portcullis_jwks_fetches_total{provider=\"idp\",result=\"failed\"} 0\n")
+    );
+}
+
+#[tokio::test]
+async fn api_keys_scopes_claims_and_tenant_rate_limits() {
+    let up = Upstream::start("up").await;
+    let rs = rsa_key(Algorithm::RS256, "main");
+    let idp = Idp::start(&[&rs]).await;
+    let gw = TestGateway::start(&config(&up, &idp, "RS256")).await;
+    let c = client();
+    // Accepted, the key itself never forwarded; unknown and missing keys refused.
+    assert_eq!(
+        with_key_on(&gw, "/keys", "acme-secret-key").await.status,
+        200
+    );
+    assert!(up.last().headers.get("x-api-key").is_none());
+    with_key_on(&gw, "/keys", "wrong-key")
+        .await
+        .assert_gateway_error(401);
+    get(&c, &gw.url("/keys"), &[])
+        .await
+        .assert_gateway_error(401);
+
+    // Tenant keys: acme exhausting its limit (3) does not touch globex's.
+    let mut acme = 1; // one used above
+    while with_key_on(&gw, "/keys", "acme-secret-key").await.status == 200 {
+        acme += 1;
+        assert!(acme < 10);
+    }
+    assert_eq!(acme, 3);
+    for _ in 0..3 {
+        assert_eq!(
+            with_key_on(&gw, "/keys", "globex-secret-key").await.status,
+            200
+        );
+    }
+    assert_eq!(
+        with_key_on(&gw, "/keys", "globex-secret-key").await.status,
+        429
+    );
+
+    // Scopes: from an API key, from `scope`, from `scp`; missing → 403 insufficient_scope.
+    let r = get_on(&gw, "/write", &[("x-api-key", "acme-secret-key")]).await;
+    r.assert_gateway_error(403);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"orders:write\""
+    );
+    assert_eq!(
+        get_on(&gw, "/write", &[("x-api-key", "globex-secret-key")])
+            .await
+            .status,
+        200
+    );
+    let bearer = |t: String| format!("Bearer {t}");
+    assert_eq!(
+        get_on(
+            &gw,
+            "/write",
+            &[("authorization", &bearer(sign(&rs, &claims())))]
+        )
+        .await
+        .status,
+        200
+    );
+    let mut scp = claims();
+    scp.as_object_mut().unwrap().remove("scope");
+    scp["scp"] = json!(["orders:write"]);
+    assert_eq!(
+        get_on(
+            &gw,
+            "/write",
+            &[("authorization", &bearer(sign(&rs, &scp)))]
+        )
+        .await
+        .status,
+        200
+    );
+    let mut read_only = claims();
+    read_only["scope"] = json!("orders:read");
+    get_on(
+        &gw,
+        "/write",
+        &[("authorization", &bearer(sign(&rs, &read_only)))],
+    )
+    .await
+    .assert_gateway_error(403);
+
+    // Claims: tenant_id must be acme.
+    assert_eq!(
+        call(&c, &gw, "/acme", Some(&sign(&rs, &claims())))
+            .await
+            .status,
+        200
+    );
+    let mut other = claims();
+    other["tenant_id"] = json!("globex");
+    call(&c, &gw, "/acme", Some(&sign(&rs, &other)))
+        .await
+        .assert_gateway_error(403);
+
+    // `any`: either credential works; a bad one is reported, not the missing other one.
+    assert_eq!(
+        with_key_on(&gw, "/either", "acme-secret-key").await.status,
+        200
+    );
+    assert_eq!(
+        call(&c, &gw, "/either", Some(&sign(&rs, &claims())))
+            .await
+            .status,
+        200
+    );
+    let r = call(&c, &gw, "/either", Some("garbage")).await;
+    r.assert_gateway_error(401);
+    assert!(r.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("invalid_token"));
+
+    let metrics = get(&c, &format!("http://{}/metrics", gw.admin), &[])
+        .await
+        .text();
+    assert!(
+        metrics.contains("portcullis_authz_denials_total{route=\"write\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "portcullis_auth_failures_total{provider=\"partners\",reason=\"unknown_api_key\"} 1"
+    ));
+}
+
+async fn get_on(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Reply {
+    get(&client(), &gw.url(path), headers).await
+}
+
+async fn with_key_on(gw: &TestGateway, path: &str, key: &str) -> Reply {
+    get(&client(), &gw.url(path), &[("x-api-key", key)]).await
+}
