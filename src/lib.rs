@@ -11,6 +11,7 @@ pub mod forwarded;
 pub mod gateway;
 pub mod held;
 pub mod observe;
+pub mod outbound;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;

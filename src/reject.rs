@@ -52,6 +52,9 @@ impl Reject {
             | Reject::NoTargetAvailable(_)
             | Reject::RateLimitStoreDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reject::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
+            Reject::Unauthorized(f) if f.reason == crate::auth::Reason::ProviderUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reject::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Reject::Forbidden(_) => StatusCode::FORBIDDEN,
             Reject::UpstreamConnect(_) | Reject::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
@@ -85,6 +88,9 @@ impl Reject {
             Reject::RateLimitStoreDown(limit) => {
                 format!("rate limit {limit} cannot be checked right now")
             }
+            Reject::Unauthorized(f) if f.reason == crate::auth::Reason::ProviderUnavailable => {
+                format!("authentication unavailable: {}", f.description)
+            }
             Reject::Unauthorized(f) => format!("unauthorized: {}", f.description),
             Reject::Forbidden(_) => "forbidden: insufficient scope or claims".into(),
         }
@@ -101,6 +107,10 @@ impl Reject {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Reject::RateLimited(_, headers) => headers.apply(resp.headers_mut()),
+            Reject::Unauthorized(f) if f.reason == crate::auth::Reason::ProviderUnavailable => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             Reject::Unauthorized(f) => {
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, f.challenge());

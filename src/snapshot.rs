@@ -130,7 +130,11 @@ pub fn compile(
         names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
 
     let limiters = limiter_registry.compile(cfg);
-    auth_registry.compile(cfg);
+    auth_registry.compile(
+        cfg,
+        limiter_registry.redis(),
+        limiter_registry.redis_changed(),
+    );
     let routes = cfg
         .routes
         .iter()

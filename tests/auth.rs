@@ -716,3 +716,202 @@ async fn get_on(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Reply
 async fn with_key_on(gw: &TestGateway, path: &str, key: &str) -> Reply {
     get(&client(), &gw.url(path), &[("x-api-key", key)]).await
 }
+
+/// An RFC 7662 endpoint: `good-*` tokens are active, anything else inactive; it checks the
+/// client's Basic credentials and counts calls. Mode 1 answers 503.
+struct Introspector {
+    addr: SocketAddr,
+    calls: Arc<AtomicU64>,
+    mode: Arc<AtomicU64>,
+}
+
+impl Introspector {
+    async fn start() -> Introspector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls: Arc<AtomicU64> = Arc::default();
+        let mode: Arc<AtomicU64> = Arc::default();
+        let (c, m) = (Arc::clone(&calls), Arc::clone(&mode));
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (c, m) = (Arc::clone(&c), Arc::clone(&m));
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (c, m) = (Arc::clone(&c), Arc::clone(&m));
+                        async move {
+                            use http_body_util::BodyExt;
+                            c.fetch_add(1, Ordering::SeqCst);
+                            let basic =
+                                req.headers()["authorization"].to_str().unwrap().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let body = String::from_utf8(body.to_vec()).unwrap();
+                            let token = body
+                                .split('&')
+                                .find_map(|p| p.strip_prefix("token="))
+                                .unwrap_or("")
+                                .to_string();
+                            let expected = format!(
+                                "Basic {}",
+                                base64::engine::general_purpose::STANDARD.encode("gateway:s3cret")
+                            );
+                            let (status, answer) = if m.load(Ordering::SeqCst) == 1 {
+                                (503, json!({}))
+                            } else if basic != expected {
+                                (401, json!({}))
+                            } else if token.starts_with("good-") {
+                                (
+                                    200,
+                                    json!({"active": true, "sub": "svc-1", "scope": "orders:read",
+                                    "exp": now() + 600, "tenant_id": "acme"}),
+                                )
+                            } else {
+                                (200, json!({"active": false}))
+                            };
+                            let mut r =
+                                http::Response::new(Full::new(Bytes::from(answer.to_string())));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        Introspector { addr, calls, mode }
+    }
+}
+
+#[tokio::test]
+async fn introspection_caches_answers_and_never_allows_when_the_endpoint_is_down() {
+    let up = Upstream::start("up").await;
+    let intro = Introspector::start().await;
+    let gw = TestGateway::start(&format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+defaults: {{ auth: none }}
+auth:
+  introspection:
+    - {{ name: opaque, endpoint: "http://{}/introspect", client_id: gateway, client_secret: s3cret, cache_s: 60, inactive_cache_s: 60 }}
+upstreams:
+  - {{ name: up, targets: [{{ address: "{}" }}] }}
+routes:
+  - name: api
+    match: {{ path: {{ prefix: / }} }}
+    upstream: up
+    auth: {{ introspection: opaque }}
+    authorization: {{ required_scopes: [orders:read] }}
+"#,
+        intro.addr, up.addr
+    ))
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(call(&c, &gw, "/x", Some("good-1")).await.status, 200);
+    }
+    assert_eq!(
+        intro.calls.load(Ordering::SeqCst),
+        1,
+        "active answer cached"
+    );
+    for _ in 0..3 {
+        call(&c, &gw, "/x", Some("revoked-1"))
+            .await
+            .assert_gateway_error(401);
+    }
+    assert_eq!(
+        intro.calls.load(Ordering::SeqCst),
+        2,
+        "inactive answer cached"
+    );
+    // Endpoint down: a token it has not answered for is refused with 503, never let through;
+    // one it already answered for keeps working from the cache.
+    intro.mode.store(1, Ordering::SeqCst);
+    let r = call(&c, &gw, "/x", Some("good-2")).await;
+    r.assert_gateway_error(503);
+    assert_eq!(call(&c, &gw, "/x", Some("good-1")).await.status, 200);
+    intro.mode.store(0, Ordering::SeqCst);
+    assert_eq!(call(&c, &gw, "/x", Some("good-2")).await.status, 200);
+}
+
+#[tokio::test]
+async fn revoked_jtis_are_refused_and_redis_outage_denies() {
+    let up = Upstream::start("up").await;
+    let mut redis = RedisServer::start().await;
+    let gw = TestGateway::start(&format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+defaults: {{ auth: none }}
+redis: {{ url: "{}" }}
+auth:
+  jwt:
+    - name: shared
+      secret: "{SECRET}"
+      algorithms: [HS256]
+      revocation: {{ store: redis, key_prefix: "revoked:", cache_s: 1 }}
+upstreams:
+  - {{ name: up, targets: [{{ address: "{}" }}] }}
+routes:
+  - name: api
+    match: {{ path: {{ prefix: / }} }}
+    upstream: up
+    auth: {{ jwt: shared }}
+"#,
+        redis.url(),
+        up.addr
+    ))
+    .await;
+    let c = client();
+    let mut cl = claims();
+    cl["jti"] = json!("token-42");
+    let token = hs(Algorithm::HS256, &cl);
+    assert_eq!(call(&c, &gw, "/", Some(&token)).await.status, 200);
+    assert_eq!(
+        redis
+            .command(&["SET", "revoked:token-42", "1"])
+            .await
+            .as_deref(),
+        Some("+OK")
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the local cache
+    let r = call(&c, &gw, "/", Some(&token)).await;
+    r.assert_gateway_error(401);
+    assert!(r.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("revoked"));
+    // Redis gone: on_store_failure defaults to deny (503).
+    redis.kill();
+    let mut other = claims();
+    other["jti"] = json!("token-43");
+    call(&c, &gw, "/", Some(&hs(Algorithm::HS256, &other)))
+        .await
+        .assert_gateway_error(503);
+}
+
+#[tokio::test]
+async fn a_gateway_starts_while_the_idp_is_down_and_picks_up_keys_later() {
+    let up = Upstream::start("up").await;
+    let key = ec_key(Algorithm::ES256, "k1");
+    let idp = Idp::start(&[&key]).await;
+    idp.mode.store(1, Ordering::SeqCst);
+    let gw = TestGateway::start(&config(&up, &idp, "ES256")).await;
+    let c = client();
+    call(&c, &gw, "/jwt", Some(&sign(&key, &claims())))
+        .await
+        .assert_gateway_error(401);
+    idp.mode.store(0, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if call(&c, &gw, "/jwt", Some(&sign(&key, &claims())))
+            .await
+            .status
+            == 200
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "keys never picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

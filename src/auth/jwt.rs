@@ -14,13 +14,15 @@
 //! long. A failed or garbled fetch keeps the last good keys.
 
 use super::{AuthCounters, Failure, Principal, Reason};
-use crate::config::JwtProvider;
+use crate::config::{JwtProvider, RevocationFailure};
+use crate::outbound::Endpoint;
+use crate::ratelimit::redis::RedisStore;
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use sha2::{Digest, Sha256};
@@ -34,8 +36,6 @@ use std::time::{Duration, SystemTime};
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 const MAX_JWKS_BYTES: usize = 512 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
-/// Verified tokens kept at most this long (and never past their `exp`).
-const VERIFIED_TTL_S: u64 = 300;
 const VERIFIED_MAX: usize = 10_000;
 
 pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
@@ -92,12 +92,7 @@ struct KeySet {
 /// Where a JWKS comes from.
 #[derive(Debug, Clone)]
 enum JwksSource {
-    Url {
-        host: String,
-        port: u16,
-        authority: String,
-        path: String,
-    },
+    Url(Endpoint),
     File(PathBuf),
 }
 
@@ -154,16 +149,12 @@ impl JwksCache {
                     Err(e) => Err(format!("cannot read {}: {e}", p.display())),
                 }
             }
-            JwksSource::Url {
-                host,
-                port,
-                authority,
-                path,
-            } => match tokio::time::timeout(FETCH_TIMEOUT, get(host, *port, authority, path)).await
-            {
-                Ok(r) => r,
-                Err(_) => Err("JWKS endpoint did not answer in time".into()),
-            },
+            JwksSource::Url(endpoint) => {
+                match tokio::time::timeout(FETCH_TIMEOUT, get(endpoint)).await {
+                    Ok(r) => r,
+                    Err(_) => Err("JWKS endpoint did not answer in time".into()),
+                }
+            }
         };
         let parsed = result.and_then(|(body, max_age)| {
             let set: JwkSet =
@@ -306,29 +297,14 @@ fn key_set(set: &JwkSet) -> KeySet {
     keys
 }
 
-/// A one-shot HTTP/1.1 GET; the body and the response's max-age.
-async fn get(
-    host: &str,
-    port: u16,
-    authority: &str,
-    path: &str,
-) -> Result<(Bytes, Option<u64>), String> {
-    let stream = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("connect to {authority}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = http::Request::get(path)
-        .header(http::header::HOST, authority)
+/// A one-shot GET of the JWKS; the body and the response's max-age.
+async fn get(endpoint: &Endpoint) -> Result<(Bytes, Option<u64>), String> {
+    let req = endpoint
+        .request(http::Method::GET)
         .header(http::header::ACCEPT, "application/json")
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = endpoint.send(req, MAX_JWKS_BYTES).await?;
     if !resp.status().is_success() {
         return Err(format!("JWKS endpoint answered {}", resp.status()));
     }
@@ -340,12 +316,7 @@ async fn get(
             v.split(',')
                 .find_map(|d| d.trim().strip_prefix("max-age=")?.parse().ok())
         });
-    let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
-        .collect()
-        .await
-        .map_err(|e| format!("JWKS body: {e}"))?
-        .to_bytes();
-    Ok((body, max_age))
+    Ok((resp.into_body(), max_age))
 }
 
 /// A verified token's principal and when its cache entry ends (unix seconds).
@@ -368,6 +339,48 @@ pub struct JwtVerifier {
     pub counters: Arc<AuthCounters>,
     /// SHA-256 of a verified token → its principal and when the entry ends (unix seconds).
     verified: Mutex<HashMap<[u8; 32], Verified>>,
+    verified_cache_s: u64,
+    revocation: Option<RevocationCheck>,
+}
+
+/// The `jti` deny-list, asked through the shared Redis store with a short local cache.
+struct RevocationCheck {
+    store: Arc<RedisStore>,
+    prefix: String,
+    cache_s: u64,
+    allow_on_failure: bool,
+    /// jti → (revoked, until).
+    cache: Mutex<HashMap<String, (bool, u64)>>,
+}
+
+impl RevocationCheck {
+    async fn revoked(&self, jti: &str, now: u64) -> Result<bool, ()> {
+        if let Some((revoked, until)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(jti)
+        {
+            if *until > now {
+                return Ok(*revoked);
+            }
+        }
+        match self.store.exists(&format!("{}{jti}", self.prefix)).await {
+            Ok(revoked) => {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= VERIFIED_MAX {
+                    cache.retain(|_, (_, until)| *until > now);
+                    if cache.len() >= VERIFIED_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(jti.to_string(), (revoked, now + self.cache_s));
+                Ok(revoked)
+            }
+            Err(_) if self.allow_on_failure => Ok(false),
+            Err(_) => Err(()),
+        }
+    }
 }
 
 /// The token's header fields the gateway reads.
@@ -381,7 +394,7 @@ struct Header {
 }
 
 impl JwtVerifier {
-    pub fn compile(cfg: &JwtProvider) -> JwtVerifier {
+    pub fn compile(cfg: &JwtProvider, redis: Option<&Arc<RedisStore>>) -> JwtVerifier {
         let algorithms: Vec<Algorithm> = cfg
             .algorithms
             .iter()
@@ -400,17 +413,8 @@ impl JwtVerifier {
             ))
         } else {
             let url = cfg.jwks_url.as_ref().expect("validated: one key source");
-            let uri: http::Uri = url.parse().expect("validated URL");
-            let authority = uri.authority().expect("validated host");
             Keys::Jwks(JwksCache::new(
-                JwksSource::Url {
-                    host: authority.host().trim_matches(['[', ']']).to_string(),
-                    port: authority.port_u16().unwrap_or(80),
-                    authority: authority.as_str().to_string(),
-                    path: uri
-                        .path_and_query()
-                        .map_or("/".to_string(), |p| p.as_str().to_string()),
-                },
+                JwksSource::Url(Endpoint::parse(url, None).expect("validated URL")),
                 cfg.jwks_cache_s,
                 cfg.jwks_min_refetch_s,
             ))
@@ -435,6 +439,41 @@ impl JwtVerifier {
             tenant_claim: cfg.tenant_claim.as_ref().map(|s| s.to_string()),
             counters: Arc::default(),
             verified: Mutex::new(HashMap::new()),
+            verified_cache_s: cfg.verified_cache_s,
+            revocation: cfg
+                .revocation
+                .as_ref()
+                .zip(redis)
+                .map(|(r, store)| RevocationCheck {
+                    store: Arc::clone(store),
+                    prefix: r.key_prefix.to_string(),
+                    cache_s: r.cache_s,
+                    allow_on_failure: r.on_store_failure == RevocationFailure::Allow,
+                    cache: Mutex::new(HashMap::new()),
+                }),
+        }
+    }
+
+    /// Refuses a revoked token (by `jti`); tokens without a `jti` cannot be revoked.
+    async fn not_revoked(&self, p: Arc<Principal>, now: u64) -> Result<Arc<Principal>, Failure> {
+        let Some(check) = &self.revocation else {
+            return Ok(p);
+        };
+        let Some(jti) = p
+            .claims
+            .as_ref()
+            .and_then(|c| c.get("jti"))
+            .and_then(|v| v.as_str())
+        else {
+            return Ok(p);
+        };
+        match check.revoked(jti, now).await {
+            Ok(false) => Ok(p),
+            Ok(true) => Err(self.fail(Reason::Revoked, "the token has been revoked")),
+            Err(()) => Err(self.fail(
+                Reason::ProviderUnavailable,
+                "the token's revocation status cannot be checked right now",
+            )),
         }
     }
 
@@ -481,15 +520,15 @@ impl JwtVerifier {
         }
         let now = unix_now();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((p, until)) = self
+        let cached = self
             .verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
-        {
-            if *until > now {
-                return Ok(Arc::clone(p));
-            }
+            .filter(|(_, until)| *until > now)
+            .map(|(p, _)| Arc::clone(p));
+        if let Some(p) = cached {
+            return self.not_revoked(p, now).await;
         }
 
         let malformed = || self.fail(Reason::Malformed, "the token is malformed");
@@ -568,18 +607,20 @@ impl JwtVerifier {
             scopes,
             claims: Some(claims),
         });
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= VERIFIED_MAX {
-            verified.retain(|_, (_, until)| *until > now);
+        if self.verified_cache_s > 0 {
+            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
             if verified.len() >= VERIFIED_MAX {
-                verified.clear();
+                verified.retain(|_, (_, until)| *until > now);
+                if verified.len() >= VERIFIED_MAX {
+                    verified.clear();
+                }
             }
+            verified.insert(
+                digest,
+                (Arc::clone(&principal), exp.min(now + self.verified_cache_s)),
+            );
         }
-        verified.insert(
-            digest,
-            (Arc::clone(&principal), exp.min(now + VERIFIED_TTL_S)),
-        );
-        Ok(principal)
+        self.not_revoked(principal, now).await
     }
 
     /// Time claims (numbers only), issuer and audience. Returns `exp`.
@@ -635,7 +676,7 @@ impl JwtVerifier {
 }
 
 /// The token of an `Authorization: Bearer …` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme

@@ -3,6 +3,7 @@
 //! a cheap `RouteAuth` that runs its policy per request and yields a `Principal`.
 
 pub mod api_key;
+pub mod introspection;
 pub mod jwt;
 
 use crate::config::{AuthSpec, Authorization, Config};
@@ -42,10 +43,16 @@ pub enum Reason {
     IssuedInFuture,
     WrongIssuer,
     WrongAudience,
+    /// Introspection said the token is not active.
+    Inactive,
+    /// The token's `jti` is on the deny-list.
+    Revoked,
+    /// The provider could not be asked (introspection endpoint down): 503, never "allow".
+    ProviderUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 17] = [
         Reason::MissingCredentials,
         Reason::UnknownApiKey,
         Reason::Malformed,
@@ -60,6 +67,9 @@ impl Reason {
         Reason::IssuedInFuture,
         Reason::WrongIssuer,
         Reason::WrongAudience,
+        Reason::Inactive,
+        Reason::Revoked,
+        Reason::ProviderUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +88,9 @@ impl Reason {
             Reason::IssuedInFuture => "issued_in_future",
             Reason::WrongIssuer => "wrong_issuer",
             Reason::WrongAudience => "wrong_audience",
+            Reason::Inactive => "inactive",
+            Reason::Revoked => "revoked",
+            Reason::ProviderUnavailable => "provider_unavailable",
         }
     }
 
@@ -145,6 +158,7 @@ pub enum RouteAuth {
     None,
     Jwt(Arc<jwt::JwtVerifier>),
     ApiKey(Arc<api_key::ApiKeys>, Arc<AuthCounters>),
+    Introspection(Arc<introspection::Introspection>),
     /// The first that succeeds; when all fail, the first failure that is not "no credentials".
     Any(Vec<RouteAuth>),
 }
@@ -172,6 +186,16 @@ impl RouteAuth {
                 };
                 r.map(Some)
             }
+            RouteAuth::Introspection(i) => {
+                let r = i.authenticate(headers).await;
+                match &r {
+                    Ok(_) => {
+                        i.counters.successes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(f) => i.counters.fail(f.reason),
+                }
+                r.map(Some)
+            }
             RouteAuth::ApiKey(k, counters) => {
                 let r = k.authenticate(headers, uri);
                 match &r {
@@ -188,10 +212,16 @@ impl RouteAuth {
                     match Box::pin(a.authenticate(headers, uri)).await {
                         Ok(p) => return Ok(p),
                         Err(f) => {
-                            let better = first.as_ref().is_none_or(|g| {
-                                g.reason == Reason::MissingCredentials
-                                    && f.reason != Reason::MissingCredentials
-                            });
+                            // Report an unreachable provider first (503), then a real
+                            // failure over "no credentials for this one".
+                            let rank = |r: Reason| match r {
+                                Reason::ProviderUnavailable => 2,
+                                Reason::MissingCredentials => 0,
+                                _ => 1,
+                            };
+                            let better = first
+                                .as_ref()
+                                .is_none_or(|g| rank(f.reason) > rank(g.reason));
                             if better {
                                 first = Some(f);
                             }
@@ -216,7 +246,9 @@ impl RouteAuth {
     pub fn credential_headers(&self, out: &mut Vec<HeaderName>) {
         match self {
             RouteAuth::None => {}
-            RouteAuth::Jwt(_) => out.push(http::header::AUTHORIZATION),
+            RouteAuth::Jwt(_) | RouteAuth::Introspection(_) => {
+                out.push(http::header::AUTHORIZATION)
+            }
             RouteAuth::ApiKey(k, _) => out.extend(k.header().cloned()),
             RouteAuth::Any(all) => all.iter().for_each(|a| a.credential_headers(out)),
         }
@@ -298,6 +330,13 @@ impl Authorize {
 pub struct AuthRegistry {
     jwt: HashMap<String, (crate::config::JwtProvider, Arc<jwt::JwtVerifier>)>,
     api_keys: HashMap<String, (Arc<api_key::ApiKeys>, Arc<AuthCounters>)>,
+    introspection: HashMap<
+        String,
+        (
+            crate::config::IntrospectionProvider,
+            Arc<introspection::Introspection>,
+        ),
+    >,
     /// Every header any JWT provider forwards claims in: removed from every request.
     pub forwarded_headers: Vec<HeaderName>,
 }
@@ -310,13 +349,21 @@ pub struct ProviderStats {
 }
 
 impl AuthRegistry {
-    pub fn compile(&mut self, cfg: &Config) {
+    /// Compiles the providers; `redis` is the shared store (for revocation), and `redis_changed`
+    /// says whether it is a new one since the last compile.
+    pub fn compile(
+        &mut self,
+        cfg: &Config,
+        redis: Option<&Arc<crate::ratelimit::redis::RedisStore>>,
+        redis_changed: bool,
+    ) {
         let mut jwt = HashMap::new();
         for j in &cfg.auth.jwt {
             let name = j.name.value.to_string();
+            let keep = !(redis_changed && j.revocation.is_some());
             let verifier = match self.jwt.remove(&name) {
-                Some((old, v)) if old == j.value => v,
-                _ => Arc::new(jwt::JwtVerifier::compile(&j.value)),
+                Some((old, v)) if old == j.value && keep => v,
+                _ => Arc::new(jwt::JwtVerifier::compile(&j.value, redis)),
             };
             jwt.insert(name, (j.value.clone(), verifier));
         }
@@ -335,6 +382,16 @@ impl AuthRegistry {
             );
         }
         self.api_keys = keys;
+        let mut intro = HashMap::new();
+        for p in &cfg.auth.introspection {
+            let name = p.name.value.to_string();
+            let provider = match self.introspection.remove(&name) {
+                Some((old, v)) if old == p.value => v,
+                _ => Arc::new(introspection::Introspection::compile(&p.value)),
+            };
+            intro.insert(name, (p.value.clone(), provider));
+        }
+        self.introspection = intro;
         let mut forwarded: Vec<HeaderName> = self
             .jwt
             .values()
@@ -357,6 +414,10 @@ impl AuthRegistry {
                     self.api_keys.get(n).map_or(RouteAuth::None, |(k, c)| {
                         RouteAuth::ApiKey(Arc::clone(k), Arc::clone(c))
                     })
+                } else if let Some(n) = &p.introspection {
+                    self.introspection.get(n).map_or(RouteAuth::None, |(_, v)| {
+                        RouteAuth::Introspection(Arc::clone(v))
+                    })
                 } else if let Some(any) = &p.any {
                     RouteAuth::Any(any.iter().map(|a| self.route(Some(a))).collect())
                 } else {
@@ -378,6 +439,11 @@ impl AuthRegistry {
             .chain(self.api_keys.values().map(|(k, c)| ProviderStats {
                 name: Arc::clone(&k.name),
                 counters: Arc::clone(c),
+                jwks: None,
+            }))
+            .chain(self.introspection.values().map(|(_, i)| ProviderStats {
+                name: Arc::clone(&i.name),
+                counters: Arc::clone(&i.counters),
                 jwks: None,
             }))
             .collect();

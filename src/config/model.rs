@@ -268,8 +268,40 @@ pub struct AuthProviders {
     pub jwt: Vec<Located<JwtProvider>>,
     #[serde(default)]
     pub api_keys: Vec<Located<ApiKeyProvider>>,
-    #[serde(default, skip_serializing)]
-    pub introspection: Unsupported,
+    #[serde(default)]
+    pub introspection: Vec<Located<IntrospectionProvider>>,
+}
+
+/// OAuth2 token introspection (RFC 7662) for opaque tokens.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionProvider {
+    pub name: Located<Text>,
+    /// The introspection endpoint (http).
+    pub endpoint: Located<Text>,
+    pub client_id: Text,
+    pub client_secret: Text,
+    /// Active results are cached until the smaller of the token's `exp` and this.
+    #[serde(default = "default_introspection_cache")]
+    pub cache_s: u64,
+    /// Inactive results are cached this long.
+    #[serde(default = "default_inactive_cache")]
+    pub inactive_cache_s: u64,
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout_ms: u64,
+    /// Field holding the tenant (default `tenant_id`, then `tenant`).
+    #[serde(default)]
+    pub tenant_claim: Option<Text>,
+}
+
+fn default_introspection_cache() -> u64 {
+    60
+}
+fn default_inactive_cache() -> u64 {
+    10
+}
+fn default_introspection_timeout() -> u64 {
+    1000
 }
 
 /// JSON Web Tokens verified locally.
@@ -302,8 +334,48 @@ pub struct JwtProvider {
     /// Claim holding the tenant (default `tenant_id`, then `tenant`).
     #[serde(default)]
     pub tenant_claim: Option<Text>,
-    #[serde(default, skip_serializing)]
-    pub revocation: Unsupported,
+    /// A `jti` deny-list in Redis.
+    #[serde(default)]
+    pub revocation: Option<Located<Revocation>>,
+    /// How long a verified token is remembered (never past its `exp`); 0 verifies every time.
+    #[serde(default = "default_verified_cache")]
+    pub verified_cache_s: u64,
+}
+
+fn default_verified_cache() -> u64 {
+    300
+}
+
+/// Revoked token ids (`jti`) kept in Redis by whoever revokes them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// `redis` (the only store).
+    pub store: Text,
+    /// A token is revoked when `<key_prefix><jti>` exists.
+    #[serde(default = "default_revocation_prefix")]
+    pub key_prefix: Text,
+    /// Answers are remembered this long per jti.
+    #[serde(default = "default_revocation_cache")]
+    pub cache_s: u64,
+    /// While Redis cannot be asked: `deny` (503) or `allow`.
+    #[serde(default)]
+    pub on_store_failure: RevocationFailure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationFailure {
+    #[default]
+    Deny,
+    Allow,
+}
+
+fn default_revocation_prefix() -> Text {
+    Text::from("revoked:")
+}
+fn default_revocation_cache() -> u64 {
+    5
 }
 
 fn default_clock_skew() -> u64 {

@@ -88,7 +88,7 @@ pub fn validate(config: &Config, file: &str) -> Vec<ConfigError> {
         file,
         errors: Vec::new(),
     };
-    check_auth_providers(&mut c, &config.auth);
+    check_auth_providers(&mut c, &config.auth, config.redis.is_some());
     check_rate_limits(&mut c, config);
     check_observability(&mut c, &config.observability);
 
@@ -264,12 +264,15 @@ fn check_auth_spec(c: &mut Checker, config: &Config, spec: &AuthSpec, line: u32,
             c.err(line, key, format!("unknown api_keys provider `{n}`"));
         }
     }
-    if p.introspection.is_some() {
-        c.err(
-            line,
-            key,
-            "introspection is not supported yet (authentication issue)",
-        );
+    if let Some(n) = &p.introspection {
+        if !config
+            .auth
+            .introspection
+            .iter()
+            .any(|j| *j.name.value.0 == **n)
+        {
+            c.err(line, key, format!("unknown introspection provider `{n}`"));
+        }
     }
     if p.mtls.is_some() {
         c.err(line, key, "mtls auth needs TLS listeners (TLS issue)");
@@ -288,12 +291,28 @@ fn check_auth_spec(c: &mut Checker, config: &Config, spec: &AuthSpec, line: u32,
     }
 }
 
-fn check_auth_providers(c: &mut Checker, auth: &AuthProviders) {
-    c.unsupported(
-        &auth.introspection,
-        "auth.introspection".into(),
-        "authentication issue: introspection",
-    );
+fn check_auth_providers(c: &mut Checker, auth: &AuthProviders, has_redis: bool) {
+    for (i, p) in auth.introspection.iter().enumerate() {
+        let key = format!("auth.introspection[{i}]");
+        c.name(&p.name, format!("{key}.name"));
+        if let Err(e) = crate::outbound::Endpoint::parse(&p.endpoint, None) {
+            c.err(p.endpoint.line, format!("{key}.endpoint"), e);
+        }
+        if !(1..=86_400).contains(&p.cache_s) || p.inactive_cache_s > 3600 {
+            c.err(
+                p.name.line,
+                key.clone(),
+                "cache_s must be 1–86400 and inactive_cache_s at most 3600",
+            );
+        }
+        if !(10..=30_000).contains(&p.timeout_ms) {
+            c.err(
+                p.name.line,
+                format!("{key}.timeout_ms"),
+                "must be between 10 and 30000",
+            );
+        }
+    }
     for (i, j) in auth.jwt.iter().enumerate() {
         let key = format!("auth.jwt[{i}]");
         c.name(&j.name, format!("{key}.name"));
@@ -342,18 +361,8 @@ fn check_auth_providers(c: &mut Checker, auth: &AuthProviders) {
             }
         }
         if let Some(u) = &j.jwks_url {
-            match u.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
-                Ok(uri) if uri.scheme_str() == Some("https") => c.err(
-                    u.line,
-                    format!("{key}.jwks_url"),
-                    "https JWKS endpoints need the TLS issue; use http or jwks_file for now",
-                ),
-                _ => c.err(
-                    u.line,
-                    format!("{key}.jwks_url"),
-                    format!("`{}` is not an http URL", u.value),
-                ),
+            if let Err(e) = crate::outbound::Endpoint::parse(u, None) {
+                c.err(u.line, format!("{key}.jwks_url"), e);
             }
         }
         if let Some(s) = &j.secret {
@@ -381,11 +390,32 @@ fn check_auth_providers(c: &mut Checker, auth: &AuthProviders) {
                 );
             }
         }
-        c.unsupported(
-            &j.revocation,
-            format!("{key}.revocation"),
-            "authentication issue: revocation",
-        );
+        if let Some(r) = &j.revocation {
+            if &*r.store != "redis" {
+                c.err(
+                    r.line,
+                    format!("{key}.revocation.store"),
+                    "the only store is `redis`",
+                );
+            }
+            if !has_redis {
+                c.err(
+                    r.line,
+                    format!("{key}.revocation"),
+                    "revocation needs a top-level `redis` section",
+                );
+            }
+            if r.cache_s > 300 {
+                c.err(r.line, format!("{key}.revocation.cache_s"), "at most 300");
+            }
+        }
+        if j.verified_cache_s > 3600 {
+            c.err(
+                j.name.line,
+                format!("{key}.verified_cache_s"),
+                "at most 3600",
+            );
+        }
     }
     for (i, a) in auth.api_keys.iter().enumerate() {
         let key = format!("auth.api_keys[{i}]");
@@ -433,6 +463,7 @@ fn check_auth_providers(c: &mut Checker, auth: &AuthProviders) {
         .iter()
         .map(|j| &j.name)
         .chain(auth.api_keys.iter().map(|a| &a.name))
+        .chain(auth.introspection.iter().map(|a| &a.name))
         .enumerate()
         .map(|(i, n)| (n, format!("auth provider {i}")));
     c.duplicates("auth provider", names);
@@ -1185,7 +1216,7 @@ fn check_observability(c: &mut Checker, o: &Observability) {
 }
 
 fn check_otlp(c: &mut Checker, o: &OtlpConfig, trace_context: bool) {
-    if let Err(e) = crate::observe::otlp::Endpoint::parse(&o.endpoint) {
+    if let Err(e) = crate::observe::otlp::endpoint(&o.endpoint) {
         c.err(0, "observability.otlp.endpoint", e);
     }
     if !trace_context {

@@ -7,7 +7,7 @@ use super::otlp_wire::{Encoder, Preamble};
 use super::record::Record;
 use crate::config::OtlpConfig;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full, Limited};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,49 +15,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Where spans are posted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    /// Path and query of the export request.
-    pub path: String,
-    /// `host:port` for the Host header.
-    pub authority: String,
-}
+pub use crate::outbound::Endpoint;
 
-impl Endpoint {
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "`{url}`: https collectors are not supported yet (TLS issue); use http"
-                ))
-            }
-            _ => return Err(format!("`{url}` must be an http:// URL")),
-        }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("`{url}` has no host"))?;
-        let host = authority.host().trim_matches(|c| c == '[' || c == ']');
-        if host.is_empty() {
-            return Err(format!("`{url}` has no host"));
-        }
-        let path = match uri.path_and_query().map(|p| p.as_str()) {
-            None | Some("") | Some("/") => "/v1/traces".to_string(),
-            Some(p) => p.to_string(),
-        };
-        Ok(Endpoint {
-            host: host.to_string(),
-            port: authority.port_u16().unwrap_or(80),
-            path,
-            authority: authority.as_str().to_string(),
-        })
-    }
+/// The collector URL: a bare `http://host:port` gets `/v1/traces`.
+pub fn endpoint(url: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(url, Some("/v1/traces"))
 }
 
 /// Export counters, shown at `/metrics`.
@@ -79,7 +41,7 @@ impl SpanExporter {
     /// Starts the exporter thread. It ends by itself, after sending what is queued, once every
     /// snapshot holding this exporter is gone.
     pub fn start(config: &OtlpConfig) -> io::Result<SpanExporter> {
-        let endpoint = Endpoint::parse(&config.endpoint)
+        let endpoint = endpoint(&config.endpoint)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let (tx, rx) = sync_channel(config.queue_size);
         let stats = Arc::new(ExportStats::default());
@@ -241,7 +203,7 @@ impl Client {
             let reused = self.conn.is_some();
             let mut sender = match self.conn.take() {
                 Some(s) => s,
-                None => self.connect().await?,
+                None => self.endpoint.connect().await?,
             };
             if sender.ready().await.is_err() {
                 if reused {
@@ -249,8 +211,9 @@ impl Client {
                 }
                 return Err("connection closed".into());
             }
-            let mut req = Request::post(&self.endpoint.path)
-                .header(http::header::HOST, &self.endpoint.authority)
+            let mut req = self
+                .endpoint
+                .request(http::Method::POST)
                 .header(http::header::CONTENT_TYPE, "application/x-protobuf")
                 .body(Full::new(body.clone()))
                 .map_err(|e| e.to_string())?;
@@ -281,22 +244,6 @@ impl Client {
         }
         Err("connection closed".into())
     }
-
-    async fn connect(&self) -> Result<Sender, String> {
-        let stream =
-            tokio::net::TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
-                .await
-                .map_err(|e| format!("connect to {}: {e}", self.endpoint.authority))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
-    }
 }
 
 /// Resource attributes: service name and version, then the configured ones (which win).
@@ -323,12 +270,12 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        let e = Endpoint::parse("http://collector:4318").unwrap();
+        let e = endpoint("http://collector:4318").unwrap();
         assert_eq!(
             (e.host.as_str(), e.port, e.path.as_str()),
             ("collector", 4318, "/v1/traces")
         );
-        let e = Endpoint::parse("http://127.0.0.1/custom/traces?x=1").unwrap();
+        let e = endpoint("http://127.0.0.1/custom/traces?x=1").unwrap();
         assert_eq!((e.port, e.path.as_str()), (80, "/custom/traces?x=1"));
         assert!(Endpoint::parse("https://c:4318")
             .unwrap_err()

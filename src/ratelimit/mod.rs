@@ -369,11 +369,17 @@ impl RouteLimits {
 pub struct LimiterRegistry {
     limiters: HashMap<String, Arc<Limiter>>,
     redis: Option<(RedisConfig, Arc<RedisStore>)>,
+    redis_changed: bool,
 }
 
 impl LimiterRegistry {
     /// Compiles the config's limits, reusing every limiter whose definition (and Redis
     /// settings) did not change, and returns them by name.
+    /// Whether the last `compile` replaced the Redis store.
+    pub fn redis_changed(&self) -> bool {
+        self.redis_changed
+    }
+
     pub fn compile(&mut self, cfg: &Config) -> HashMap<String, Arc<Limiter>> {
         let redis_cfg = cfg.redis.as_ref().map(|r| &r.value);
         let redis_changed = match (&self.redis, redis_cfg) {
@@ -381,6 +387,7 @@ impl LimiterRegistry {
             (None, None) => false,
             _ => true,
         };
+        self.redis_changed = redis_changed;
         if redis_changed {
             self.redis = redis_cfg.and_then(|c| match RedisStore::new(c) {
                 Ok(s) => Some((c.clone(), Arc::new(s))),

@@ -69,6 +69,9 @@ end
 return 1
 "#;
 
+/// KEYS[1]: a key. Returns {1} when it exists.
+const EXISTS: &str = "return {redis.call('EXISTS', KEYS[1])}";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis breaker open")]
@@ -90,6 +93,7 @@ pub struct RedisStore {
     token_bucket: Script,
     sliding_window: Script,
     refund: Script,
+    exists: Script,
     pub errors: AtomicU64,
 }
 
@@ -169,6 +173,7 @@ impl RedisStore {
             token_bucket: Script::new(TOKEN_BUCKET),
             sliding_window: Script::new(SLIDING_WINDOW),
             refund: Script::new(REFUND),
+            exists: Script::new(EXISTS),
             errors: AtomicU64::new(0),
         })
     }
@@ -244,6 +249,12 @@ impl RedisStore {
                 Ok(algorithm.window_outcome(get(0) == 1, get(1), get(2), get(3)))
             }
         }
+    }
+
+    /// Whether `key` exists (under the same timeout and breaker as limits).
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let v = self.call(self.exists.key(key)).await?;
+        Ok(v.first() == Some(&1))
     }
 
     /// Gives one request back (a later limit refused it). Best effort.

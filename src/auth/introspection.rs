@@ -1,0 +1,175 @@
+//! OAuth2 token introspection (RFC 7662) for opaque bearer tokens. Results are cached by the
+//! token's SHA-256: active ones until the smaller of their `exp` and `cache_s`, inactive ones
+//! for `inactive_cache_s`. When the endpoint cannot answer, the request gets 503 — never
+//! "allow".
+
+use super::{AuthCounters, Failure, Principal, Reason};
+use crate::config::IntrospectionProvider;
+use crate::outbound::Endpoint;
+use base64::Engine;
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::Full;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+const CACHE_MAX: usize = 10_000;
+
+/// A cached answer: the principal when active, and when the entry ends (unix seconds).
+type Cached = (Option<Arc<Principal>>, u64);
+
+pub struct Introspection {
+    pub name: Arc<str>,
+    endpoint: Endpoint,
+    /// `Basic base64(client_id:client_secret)`.
+    authorization: http::HeaderValue,
+    cache_s: u64,
+    inactive_cache_s: u64,
+    timeout: Duration,
+    tenant_claim: Option<String>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    pub counters: Arc<AuthCounters>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// RFC 6749 §2.3.1: client credentials are form-urlencoded before Basic encoding.
+fn form(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else if b == b' ' {
+            out.push('+');
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Introspection {
+    pub fn compile(cfg: &IntrospectionProvider) -> Introspection {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            form(&cfg.client_id),
+            form(&cfg.client_secret)
+        ));
+        Introspection {
+            name: cfg.name.value.0.as_str().into(),
+            endpoint: Endpoint::parse(&cfg.endpoint, None).expect("validated endpoint"),
+            authorization: http::HeaderValue::from_str(&format!("Basic {basic}"))
+                .expect("base64 is a valid header value"),
+            cache_s: cfg.cache_s,
+            inactive_cache_s: cfg.inactive_cache_s,
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            tenant_claim: cfg.tenant_claim.as_ref().map(|t| t.to_string()),
+            cache: Mutex::new(HashMap::new()),
+            counters: Arc::default(),
+        }
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Failure> {
+        let token = super::jwt::bearer(headers).ok_or_else(|| Failure::missing(&self.name))?;
+        if token.len() > super::jwt::MAX_TOKEN_BYTES {
+            return Err(Failure::new(
+                &self.name,
+                Reason::TooLarge,
+                "the token is too large",
+            ));
+        }
+        let now = unix_now();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .filter(|(_, until)| *until > now)
+            .cloned();
+        let (principal, _) = match cached {
+            Some(c) => c,
+            None => {
+                let answer = tokio::time::timeout(self.timeout, self.introspect(token))
+                    .await
+                    .unwrap_or_else(|_| Err("the introspection endpoint did not answer in time".into()))
+                    .map_err(|e| {
+                        tracing::warn!(provider = %self.name, error = %e, "token introspection failed");
+                        Failure::new(
+                            &self.name,
+                            Reason::ProviderUnavailable,
+                            "the token cannot be checked right now",
+                        )
+                    })?;
+                let entry = self.entry(answer, now);
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= CACHE_MAX {
+                    cache.retain(|_, (_, until)| *until > now);
+                    if cache.len() >= CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(digest, entry.clone());
+                entry
+            }
+        };
+        principal
+            .ok_or_else(|| Failure::new(&self.name, Reason::Inactive, "the token is not active"))
+    }
+
+    async fn introspect(
+        &self,
+        token: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let body = format!("token={}&token_type_hint=access_token", form(token));
+        let req = self
+            .endpoint
+            .request(http::Method::POST)
+            .header(http::header::AUTHORIZATION, self.authorization.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = self.endpoint.send(req, MAX_ANSWER_BYTES).await?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(format!("introspection endpoint answered {}", resp.status()));
+        }
+        serde_json::from_slice(resp.body()).map_err(|e| format!("not an introspection answer: {e}"))
+    }
+
+    /// The cache entry for an answer.
+    fn entry(&self, a: serde_json::Map<String, serde_json::Value>, now: u64) -> Cached {
+        let active = a.get("active").and_then(|v| v.as_bool()) == Some(true);
+        let exp = a.get("exp").and_then(|v| v.as_u64());
+        if !active || exp.is_some_and(|e| e <= now) {
+            return (None, now + self.inactive_cache_s);
+        }
+        let text = |k: &str| a.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let tenant = match &self.tenant_claim {
+            Some(c) => text(c),
+            None => text("tenant_id").or_else(|| text("tenant")),
+        };
+        let principal = Principal {
+            provider: Arc::clone(&self.name),
+            subject: text("sub").or_else(|| text("username")),
+            tenant,
+            api_key: None,
+            scopes: text("scope")
+                .map(|s| s.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
+            claims: Some(a),
+        };
+        let until = (now + self.cache_s).min(exp.unwrap_or(u64::MAX));
+        (Some(Arc::new(principal)), until)
+    }
+}
