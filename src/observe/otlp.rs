@@ -277,10 +277,8 @@ mod tests {
         );
         let e = endpoint("http://127.0.0.1/custom/traces?x=1").unwrap();
         assert_eq!((e.port, e.path.as_str()), (80, "/custom/traces?x=1"));
-        assert!(Endpoint::parse("https://c:4318")
-            .unwrap_err()
-            .contains("TLS"));
-        assert!(Endpoint::parse("ftp://c").is_err());
-        assert!(Endpoint::parse("collector:4318").is_err());
+        assert!(endpoint("https://c:4318").unwrap_err().contains("TLS"));
+        assert!(endpoint("ftp://c").is_err());
+        assert!(endpoint("collector:4318").is_err());
     }
 }
