@@ -80,7 +80,7 @@ fn parse(text: &str) -> HashMap<String, f64> {
 async fn counters_match_a_scripted_mix_of_requests() {
     let up = Upstream::start("up").await;
     let yaml = format!(
-        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\", token: \"metrics-token-0123456789\" }}\ndefaults: {{ auth: none }}\nrate_limits:\n  - {{ name: tiny, algorithm: token_bucket, capacity: 2, refill_per_second: 0.001, key: [client_ip] }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\n  - {{ name: dead, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: /api }} }}\n    upstream: up\n    rewrite: {{ strip_prefix: /api }}\n  - name: broken\n    match: {{ path: {{ prefix: /broken }} }}\n    upstream: dead\n  - name: health\n    match: {{ path: {{ exact: /healthz }} }}\n    direct_response: {{ status: 200, body: ok }}\n  - name: limited\n    match: {{ path: {{ prefix: /limited }} }}\n    upstream: up\n    rate_limits: [tiny]\n",
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\", token: \"metrics-token-0123456789\" }}\ndefaults: {{ auth: none }}\nauth:\n  api_keys:\n    - {{ name: partners, keys: [{{ id: k1, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, scopes: [read] }}] }}\nrate_limits:\n  - {{ name: tiny, algorithm: token_bucket, capacity: 2, refill_per_second: 0.001, key: [client_ip] }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\n  - {{ name: dead, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: /api }} }}\n    upstream: up\n    rewrite: {{ strip_prefix: /api }}\n  - name: broken\n    match: {{ path: {{ prefix: /broken }} }}\n    upstream: dead\n  - name: health\n    match: {{ path: {{ exact: /healthz }} }}\n    direct_response: {{ status: 200, body: ok }}\n  - name: limited\n    match: {{ path: {{ prefix: /limited }} }}\n    upstream: up\n    rate_limits: [tiny]\n  - name: secure\n    match: {{ path: {{ prefix: /secure }} }}\n    upstream: up\n    auth: {{ api_key: partners }}\n  - name: admin-only\n    match: {{ path: {{ prefix: /admin-only }} }}\n    upstream: up\n    auth: {{ api_key: partners }}\n    authorization: {{ required_scopes: [admin] }}\n",
         up.addr,
         closed_port()
     );
@@ -112,6 +112,26 @@ async fn counters_match_a_scripted_mix_of_requests() {
         let want = if i < 2 { 200 } else { 429 };
         assert_eq!(get(&c, &gw.url("/limited"), &[]).await.status, want);
     }
+    // 401s: no key (3), a wrong key (2); one success; a 403 for a missing scope.
+    for _ in 0..3 {
+        assert_eq!(get(&c, &gw.url("/secure"), &[]).await.status, 401);
+    }
+    for _ in 0..2 {
+        let r = get(&c, &gw.url("/secure"), &[("x-api-key", "nope")]).await;
+        assert_eq!(r.status, 401);
+    }
+    assert_eq!(
+        get(&c, &gw.url("/secure"), &[("x-api-key", "test")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&c, &gw.url("/admin-only"), &[("x-api-key", "test")])
+            .await
+            .status,
+        403
+    );
     // A reload that fails and one that succeeds.
     gw.write_config("listeners: [oops");
     assert!(gw.gateway.reload().await.is_err());
@@ -184,6 +204,34 @@ async fn counters_match_a_scripted_mix_of_requests() {
     );
     assert_eq!(get(r#"portcullis_ratelimit_local_keys{limit="tiny"}"#), 1.0);
     assert_eq!(
+        get(r#"portcullis_requests_total{route="secure",method="GET",status_class="4xx"}"#),
+        5.0
+    );
+    assert_eq!(
+        get(r#"portcullis_requests_total{route="secure",method="GET",status_class="2xx"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"portcullis_auth_failures_total{provider="partners",reason="missing_credentials"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"portcullis_auth_failures_total{provider="partners",reason="unknown_api_key"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"portcullis_auth_successes_total{provider="partners"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"portcullis_authz_denials_total{route="admin-only"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"portcullis_requests_total{route="admin-only",method="GET",status_class="4xx"}"#),
+        1.0
+    );
+    assert_eq!(
         get(r#"portcullis_request_duration_seconds_count{route="api"}"#),
         12.0
     );
@@ -195,7 +243,7 @@ async fn counters_match_a_scripted_mix_of_requests() {
     assert!(get(r#"portcullis_response_bytes_total{route="api"}"#) > 0.0);
     assert_eq!(
         get(r#"portcullis_upstream_duration_seconds_count{upstream="up"}"#),
-        14.0
+        15.0
     );
     assert_eq!(
         get(r#"portcullis_config_reloads_total{result="success"}"#),
