@@ -3,7 +3,7 @@
 several Portcullis configurations on the plain proxy path. Steadier than wall-clock CPU on
 shared cores: use it for small differences (a rate limit's cost, telemetry's).
 
-Usage: bench/run-instructions [--duration S] [--connections C]
+Usage: bench/run-instructions [--duration S] [--connections C] [--jwt]
 
 Each configuration runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation
 is switched on only around a wrk run (after a warm-up), and the total instruction count (Ir) is
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proxy_bench as pb  # noqa: E402
 
 
-def run_config(workdir, name, upstream_port, observability, extra, args):
+def run_config(workdir, name, upstream_port, observability, extra, args, headers=()):
     port, admin = pb.free_port(), pb.free_port()
     conf = os.path.join(workdir, f"{name}.yaml")
     with open(conf, "w") as f:
@@ -50,9 +50,11 @@ routes:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
     try:
         pb.wait_port(port, timeout=60)
-        pb.wrk(port, 2, args.connections, 1)  # warm-up, not instrumented
+        warm = pb.wrk(port, 2, args.connections, 1, headers)  # warm-up, not instrumented
+        if warm["non2xx"]:
+            raise SystemExit(f"{name}: warm-up got non-2xx answers")
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
-        r = pb.wrk(port, args.duration, args.connections, 1)
+        r = pb.wrk(port, args.duration, args.connections, 1, headers)
         subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
     finally:
@@ -78,6 +80,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--jwt", action="store_true",
+                    help="JWT verification (HS256, RS256, ES256) with and without the verified-token cache")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="portcullis-instr-")
     procs = []
@@ -90,16 +94,25 @@ def main():
         procs.append(redis)
         telemetry_no_otlp = pb.telemetry_on(workdir, collector_port).split("  otlp:")[0]
         configs = [
-            ("plain", pb.TELEMETRY_OFF, ("", "")),
-            ("local-limit", pb.TELEMETRY_OFF, pb.rate_limit_config("local")),
-            ("redis-limit", pb.TELEMETRY_OFF, pb.rate_limit_config("redis", redis_port)),
-            ("telemetry", telemetry_no_otlp, ("", "")),
-            ("telemetry+otlp", pb.telemetry_on(workdir, collector_port), ("", "")),
+            ("plain", pb.TELEMETRY_OFF, ("", ""), ()),
+            ("local-limit", pb.TELEMETRY_OFF, pb.rate_limit_config("local"), ()),
+            ("redis-limit", pb.TELEMETRY_OFF, pb.rate_limit_config("redis", redis_port), ()),
+            ("telemetry", telemetry_no_otlp, ("", ""), ()),
+            ("telemetry+otlp", pb.telemetry_on(workdir, collector_port), ("", ""), ()),
         ]
+        if args.jwt:
+            import jwt_tokens
+            tokens = jwt_tokens.make(workdir)
+            configs = configs[:1]
+            for alg in ("hs256", "rs256", "es256"):
+                header = (f"Authorization: Bearer {tokens[alg]}",)
+                for cache in (True, False):
+                    name = f"jwt-{alg}" + ("" if cache else "-nocache")
+                    configs.append((name, pb.TELEMETRY_OFF, jwt_tokens.auth_config(tokens, alg, cache), header))
         print(f"{'config':<16} {'instr/req':>10} {'vs plain':>9} {'requests':>9}")
         base = None
-        for name, obs, extra in configs:
-            per_req, n = run_config(workdir, name, up_port, obs, extra, args)
+        for name, obs, extra, headers in configs:
+            per_req, n = run_config(workdir, name, up_port, obs, extra, args, headers)
             base = base or per_req
             print(f"{name:<16} {per_req:>10.0f} {100 * (per_req / base - 1):>+8.1f}% {n:>9}", flush=True)
     finally:

@@ -6,13 +6,15 @@ Each proxy runs one worker thread pinned to CPU 0; wrk and the upstream share CP
 run it prints requests/s, p50/p99 latency and the proxy's CPU time per request (user+sys of the
 proxy process from /proc, divided by the requests wrk completed).
 
-Usage: bench/run [--rounds N] [--duration S] [--connections C] [--telemetry] [--ratelimit]
+Usage: bench/run [--rounds N] [--duration S] [--connections C] [--telemetry] [--ratelimit] [--jwt]
 
 Portcullis runs with telemetry off (trace context, metrics and access log disabled: the plain
 proxy path); --telemetry adds a second Portcullis with all of it on: metrics, access log to a
 file, trace context and OTLP span export of every request to a local collector (nginx answering
 200). --ratelimit adds one Portcullis with a local token-bucket limit and one with the same
-limit in Redis (a local redis-server on CPU 1), on every request, never refusing.
+limit in Redis (a local redis-server on CPU 1), on every request, never refusing. --jwt sends an
+HS256 token with every request and adds Portcullis verifying it (+ metrics), with the
+verified-token cache on and off, and HAProxy 2.6 verifying it with jwt_verify (signature + exp).
 Every process it starts is stopped by PID when it ends; all traffic stays on 127.0.0.1.
 """
 import argparse
@@ -134,6 +136,47 @@ def start_redis(workdir, cpu):
     return proc, port
 
 
+METRICS_ONLY = """
+observability:
+  trace_context: { enabled: false }
+  metrics: { enabled: true }
+"""
+
+
+def start_haproxy_jwt(workdir, upstream_port, cpu):
+    """HAProxy 2.6 verifying an HS256 JWT (signature and exp) on every request."""
+    import jwt_tokens
+    port = free_port()
+    conf = os.path.join(workdir, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:{port}
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+  http-request deny deny_status 401 unless {{ var(txn.alg) -m str HS256 }}
+  http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_verify(txn.alg,"{jwt_tokens.HS_SECRET}") -m int 1 }}
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+  http-request set-var(txn.now) date()
+  http-request deny deny_status 401 if {{ var(txn.exp),sub(txn.now) -m int lt 0 }}
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:{upstream_port}
+""")
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), "haproxy", "-f", conf, "-db"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port, proc.pid
+
+
 def start_portcullis(workdir, upstream_port, cpu, name="portcullis", observability=TELEMETRY_OFF,
                      extra=("", "")):
     port, admin = free_port(), free_port()
@@ -162,10 +205,11 @@ routes:
     return proc, port, proc.pid
 
 
-def wrk(port, duration, connections, cpu):
+def wrk(port, duration, connections, cpu, headers=()):
+    extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(
         ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-         f"http://127.0.0.1:{port}/"],
+         *extra, f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, timeout=duration + 30).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -191,6 +235,9 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--telemetry", action="store_true",
                     help="also run Portcullis with metrics + access log (file) + trace context + OTLP export on")
+    ap.add_argument("--jwt", action="store_true",
+                    help="HS256 JWT + metrics on every request: Portcullis (verified-token cache on and "
+                         "off) against HAProxy's jwt_verify; every target gets the token")
     ap.add_argument("--ratelimit", action="store_true",
                     help="also run Portcullis with a local limit and with a Redis limit on every request")
     args = ap.parse_args()
@@ -228,15 +275,31 @@ def main():
             targets.insert(2, ("pc+redis-limit", pr_port, pr_pid))
             targets.insert(2, ("pc+local-limit", pl_port, pl_pid))
 
+        headers = ()
+        if args.jwt:
+            import jwt_tokens
+            tokens = jwt_tokens.make(workdir)
+            headers = (f"Authorization: Bearer {tokens['hs256']}",)
+            for name, cache in (("pc+jwt-hs256", True), ("pc+jwt-hs256-nc", False)):
+                pj, pj_port, pj_pid = start_portcullis(workdir, up_port, 0, name, METRICS_ONLY,
+                                                       extra=jwt_tokens.auth_config(tokens, "hs256", cache))
+                procs.append(pj)
+                targets.append((name, pj_port, pj_pid))
+            hp, hp_port, hp_pid = start_haproxy_jwt(workdir, up_port, 0)
+            procs.append(hp)
+            targets.append(("haproxy+jwt", hp_port, hp_pid))
+
         for _, port, _ in targets:  # warm-up: pools, caches
-            wrk(port, 2, args.connections, 1)
+            r = wrk(port, 2, args.connections, 1, headers)
+            if r["non2xx"]:
+                sys.exit(f"warm-up got non-2xx answers from port {port}: check the JWT setup")
 
         results = {name: [] for name, _, _ in targets}
         print(f"{'round':>5} {'target':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11}")
         for rnd in range(1, args.rounds + 1):
             for name, port, pid in targets:
                 cpu_before = cpu_seconds(pid) if pid else None
-                r = wrk(port, args.duration, args.connections, 1)
+                r = wrk(port, args.duration, args.connections, 1, headers)
                 if pid:
                     r["cpu_us"] = (cpu_seconds(pid) - cpu_before) / max(r["requests"], 1) * 1e6
                 results[name].append(r)
