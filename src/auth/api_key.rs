@@ -117,3 +117,60 @@ fn percent_decode(v: &str) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ApiKey, Located, Text};
+
+    fn provider(header: Option<&str>, query: Option<&str>) -> ApiKeys {
+        ApiKeys::compile(&ApiKeyProvider {
+            name: Located::new(Text::from("p"), 1),
+            header: header.map(Text::from),
+            query: query.map(Text::from),
+            keys: vec![Located::new(
+                ApiKey {
+                    id: Located::new(Text::from("k1"), 1),
+                    // sha256("s3cret key")
+                    sha256: Located::new(
+                        Text::from(hex::encode(Sha256::digest(b"s3cret key")).as_str()),
+                        1,
+                    ),
+                    tenant: Some(Text::from("acme")),
+                    scopes: vec![Text::from("read")],
+                },
+                1,
+            )],
+        })
+    }
+
+    #[test]
+    fn keys_from_a_header_or_a_query_parameter() {
+        let mut h = HeaderMap::new();
+        let uri: Uri = "/x".parse().unwrap();
+        let p = provider(None, None);
+        assert_eq!(
+            p.authenticate(&h, &uri).unwrap_err().reason,
+            Reason::MissingCredentials
+        );
+        h.insert("x-api-key", "s3cret key".parse().unwrap());
+        let principal = p.authenticate(&h, &uri).unwrap();
+        assert_eq!(principal.tenant.as_deref(), Some("acme"));
+        assert_eq!(principal.api_key.as_deref(), Some("k1"));
+        h.insert("x-api-key", "s3cret kez".parse().unwrap());
+        assert_eq!(
+            p.authenticate(&h, &uri).unwrap_err().reason,
+            Reason::UnknownApiKey
+        );
+
+        let q = provider(None, Some("api_key"));
+        let empty = HeaderMap::new();
+        let with: Uri = "/x?a=1&api_key=s3cret%20key".parse().unwrap();
+        assert!(q.authenticate(&empty, &with).is_ok());
+        let plus: Uri = "/x?api_key=s3cret+key".parse().unwrap();
+        assert!(q.authenticate(&empty, &plus).is_ok());
+        let wrong: Uri = "/x?api_key=nope".parse().unwrap();
+        assert!(q.authenticate(&empty, &wrong).is_err());
+        assert!(q.header().is_none());
+    }
+}
