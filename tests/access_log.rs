@@ -3,12 +3,13 @@
 
 mod support;
 
+use serde_json::json;
 use std::time::{Duration, Instant};
 use support::*;
 
 fn config(up: &Upstream, access_log: &str) -> String {
     format!(
-        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nobservability:\n  trace_context: {{ response_header: x-trace-id }}\n  access_log: {access_log}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\n  - {{ name: dead, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: /api }} }}\n    upstream: up\n  - name: broken\n    match: {{ path: {{ prefix: /broken }} }}\n    upstream: dead\n",
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nauth:\n  api_keys:\n    - {{ name: partners, keys: [{{ id: k1, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, tenant: acme }}] }}\nrate_limits:\n  - {{ name: one, algorithm: token_bucket, capacity: 1, refill_per_second: 0.001, key: [tenant] }}\nobservability:\n  trace_context: {{ response_header: x-trace-id }}\n  access_log: {access_log}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\n  - {{ name: dead, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: /api }} }}\n    upstream: up\n  - name: broken\n    match: {{ path: {{ prefix: /broken }} }}\n    upstream: dead\n  - name: secure\n    match: {{ path: {{ prefix: /secure }} }}\n    upstream: up\n    auth: {{ api_key: partners }}\n    rate_limits: [one]\n",
         up.addr,
         closed_port()
     )
@@ -62,9 +63,28 @@ async fn one_well_formed_line_per_request_with_the_right_values() {
         ])))
         .unwrap();
     assert_eq!(send(&c, post).await.status, 200);
+    let key = ("x-api-key", "test");
+    assert_eq!(
+        get(&c, &gw.url("/secure"), &[key, ("x-request-id", "req-5")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&c, &gw.url("/secure"), &[key, ("x-request-id", "req-6")])
+            .await
+            .status,
+        429
+    );
+    assert_eq!(
+        get(&c, &gw.url("/secure"), &[("x-request-id", "req-7")])
+            .await
+            .status,
+        401
+    );
 
-    let ls = lines(&file, 4);
-    assert_eq!(ls.len(), 4);
+    let ls = lines(&file, 7);
+    assert_eq!(ls.len(), 7);
     let by_id = |id: &str| {
         ls.iter()
             .find(|l| l["request_id"] == id)
@@ -133,6 +153,33 @@ async fn one_well_formed_line_per_request_with_the_right_values() {
     assert_eq!(
         (l["method"].as_str(), l["bytes_in"].as_u64()),
         (Some("POST"), Some(1234))
+    );
+    assert_eq!(l["auth_result"], "none");
+    assert_eq!(l["tenant"], serde_json::Value::Null);
+    let l = by_id("req-5");
+    assert_eq!(
+        (
+            &l["tenant"],
+            &l["subject"],
+            &l["auth_result"],
+            &l["rate_limited"]
+        ),
+        (
+            &json!("acme"),
+            &json!("k1"),
+            &json!("success"),
+            &json!(false)
+        )
+    );
+    let l = by_id("req-6");
+    assert_eq!(
+        (l["status"].as_u64(), &l["rate_limited"], &l["auth_result"]),
+        (Some(429), &json!(true), &json!("success"))
+    );
+    let l = by_id("req-7");
+    assert_eq!(
+        (l["status"].as_u64(), &l["auth_result"], &l["tenant"]),
+        (Some(401), &json!("failure"), &serde_json::Value::Null)
     );
 }
 
