@@ -2,16 +2,13 @@
 //! (read → validate → compile → atomic swap). Reloads are serialised; requests never wait on
 //! them.
 
-use crate::auth::AuthRegistry;
 use crate::config::{self, AccessLogConfig, ConfigError, ConfigErrors, OtlpConfig, ValidConfig};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::otlp::SpanExporter;
 use crate::observe::Sinks;
-use crate::ratelimit::LimiterRegistry;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Prepared, Registries, Snapshot};
 use crate::upstream::health::HealthCheckers;
-use crate::upstream::UpstreamRegistry;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,9 +27,7 @@ pub struct Gateway {
 }
 
 struct ReloadState {
-    registry: UpstreamRegistry,
-    limiters: LimiterRegistry,
-    auth: AuthRegistry,
+    registries: Registries,
     /// The running access log and span exporter, each with the config it was started with.
     access_log: Running<AccessLogConfig, AccessLog>,
     spans: Running<OtlpConfig, SpanExporter>,
@@ -52,28 +47,22 @@ impl Gateway {
     /// Loads and compiles the config file for a first start.
     pub fn load(config_path: PathBuf) -> Result<Arc<Gateway>, ConfigErrors> {
         let valid = config::load_file(&config_path)?;
-        let mut registry = UpstreamRegistry::default();
-        let mut limiters = LimiterRegistry::default();
-        let mut auth = AuthRegistry::default();
+        let mut registries = Registries::default();
         let (access_log, spans) = sinks_for(&valid, None, None)?;
+        let (tls, tls_fingerprint) = crate::tls::build_all(&valid)?;
         let metrics = Arc::new(Metrics::default());
-        let snap = snapshot::compile(
-            &valid,
-            1,
-            &mut registry,
-            &mut limiters,
-            &mut auth,
-            sinks(&access_log, &spans),
-            &metrics,
-        );
+        let prepared = Prepared {
+            sinks: sinks(&access_log, &spans),
+            tls,
+            tls_fingerprint,
+        };
+        let snap = snapshot::compile(&valid, 1, &mut registries, prepared, &metrics);
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(snap),
             metrics,
             config_path,
             reload_state: Mutex::new(ReloadState {
-                registry,
-                limiters,
-                auth,
+                registries,
                 access_log,
                 spans,
                 health: HealthCheckers::default(),
@@ -155,7 +144,10 @@ impl Gateway {
 
     fn apply(&self, valid: ValidConfig) -> Result<Applied, ConfigErrors> {
         let current = self.snapshot();
-        if valid.checksum == current.checksum {
+        // Certificate files are read on every reload: rotated files swap in even when the
+        // config text did not change; a file that does not load refuses the reload.
+        let (tls, tls_fingerprint) = crate::tls::build_all(&valid)?;
+        if valid.checksum == current.checksum && tls_fingerprint == current.tls_fingerprint {
             return Ok(Applied {
                 version: current.version,
                 checksum: current.checksum.clone(),
@@ -166,17 +158,19 @@ impl Gateway {
         let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
         let version = state.last_version + 1;
         let (access_log, spans) = sinks_for(&valid, state.access_log.clone(), state.spans.clone())?;
-        let sinks = sinks(&access_log, &spans);
+        let prepared = Prepared {
+            sinks: sinks(&access_log, &spans),
+            tls,
+            tls_fingerprint,
+        };
         state.access_log = access_log;
         state.spans = spans;
         let state = &mut *state;
         let snap = snapshot::compile(
             &valid,
             version,
-            &mut state.registry,
-            &mut state.limiters,
-            &mut state.auth,
-            sinks,
+            &mut state.registries,
+            prepared,
             &self.metrics,
         );
         state.last_version = version;

@@ -20,4 +20,5 @@ pub mod request_id;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

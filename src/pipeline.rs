@@ -109,8 +109,18 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
         spans: spans.cloned(),
     });
     resp.headers_mut().insert(request_id::HEADER, request_id);
+    if let Some(hsts) = &conn.hsts {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     resp.map(|b| ServedBody::new(b, done))
 }
+
+/// Set only from a verified client certificate; client-sent copies never pass.
+const CLIENT_CERT_HEADERS: [http::HeaderName; 2] = [
+    http::HeaderName::from_static("x-client-cert-subject"),
+    http::HeaderName::from_static("x-client-cert-san"),
+];
 
 /// Taken from the request before it is consumed, for its record.
 struct Taken {
@@ -203,7 +213,11 @@ async fn run(
     let principal = if route.auth.is_none() {
         None
     } else {
-        match route.auth.authenticate(req.headers(), req.uri()).await {
+        match route
+            .auth
+            .authenticate(req.headers(), req.uri(), conn.client_cert.as_ref())
+            .await
+        {
             Ok(p) => {
                 trail.auth = AuthResult::Success;
                 trail.principal = p.clone();
@@ -316,8 +330,19 @@ async fn run(
         .forwarded_headers
         .iter()
         .chain(&route.credential_headers)
+        .chain(&CLIENT_CERT_HEADERS)
     {
         parts.headers.remove(h);
+    }
+    if let Some(cert) = &conn.client_cert {
+        parts
+            .headers
+            .insert(CLIENT_CERT_HEADERS[0].clone(), cert.subject.clone());
+        if let Some(san) = &cert.san {
+            parts
+                .headers
+                .insert(CLIENT_CERT_HEADERS[1].clone(), san.clone());
+        }
     }
     if let Some(p) = &principal {
         route.auth.forward_claims(p, &mut parts.headers);

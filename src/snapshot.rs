@@ -13,6 +13,7 @@ use crate::policy::rewrite::Rewrite;
 use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::{self, Limiter, LimiterRegistry, RouteLimits};
 use crate::router::Router;
+use crate::tls::TlsSettings;
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::split::{Split, SplitKey};
 use crate::upstream::{CompiledUpstream, UpstreamRegistry};
@@ -65,12 +66,35 @@ pub struct ListenerSpec {
     pub name: String,
     pub address: SocketAddr,
     pub limits: ListenerLimits,
+    /// Present on TLS listeners; each accept uses the current snapshot's, so reloads rotate
+    /// certificates for new handshakes.
+    pub tls: Option<Arc<TlsSettings>>,
+}
+
+/// State carried from one snapshot to the next (pools, target state, limiter counters, JWKS
+/// caches).
+#[derive(Default)]
+pub struct Registries {
+    pub upstreams: UpstreamRegistry,
+    pub limiters: LimiterRegistry,
+    pub auth: AuthRegistry,
+}
+
+/// What is built, fallibly, before a snapshot is compiled: the telemetry sinks and the TLS
+/// settings read from their files.
+#[derive(Default)]
+pub struct Prepared {
+    pub sinks: Sinks,
+    pub tls: HashMap<String, Arc<TlsSettings>>,
+    /// Digest of every certificate and key file read.
+    pub tls_fingerprint: String,
 }
 
 pub struct Snapshot {
     pub version: u64,
     pub loaded_at: SystemTime,
     pub checksum: String,
+    pub tls_fingerprint: String,
     pub source: String,
     pub router: Router,
     pub routes: Vec<CompiledRoute>,
@@ -111,13 +135,21 @@ impl Snapshot {
 pub fn compile(
     valid: &ValidConfig,
     version: u64,
-    registry: &mut UpstreamRegistry,
-    limiter_registry: &mut LimiterRegistry,
-    auth_registry: &mut AuthRegistry,
-    sinks: Sinks,
+    registries: &mut Registries,
+    prepared: Prepared,
     metrics: &Metrics,
 ) -> Snapshot {
     let cfg = &valid.config;
+    let Registries {
+        upstreams: registry,
+        limiters: limiter_registry,
+        auth: auth_registry,
+    } = registries;
+    let Prepared {
+        sinks,
+        mut tls,
+        tls_fingerprint,
+    } = prepared;
     registry.set_dns(&cfg.dns);
     let upstreams: Vec<CompiledUpstream> = cfg
         .upstreams
@@ -209,6 +241,7 @@ pub fn compile(
         version,
         loaded_at: SystemTime::now(),
         checksum: valid.checksum.clone(),
+        tls_fingerprint,
         source: valid.source.clone(),
         router: Router::compile(cfg),
         routes,
@@ -220,6 +253,7 @@ pub fn compile(
                 name: l.name.value.0.clone(),
                 address: l.address.parse().expect("validated address"),
                 limits: l.limits.clone(),
+                tls: tls.remove(&*l.name.value.0),
             })
             .collect(),
         admin_address: cfg.admin.address.parse().expect("validated address"),

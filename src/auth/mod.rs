@@ -159,6 +159,8 @@ pub enum RouteAuth {
     Jwt(Arc<jwt::JwtVerifier>),
     ApiKey(Arc<api_key::ApiKeys>, Arc<AuthCounters>),
     Introspection(Arc<introspection::Introspection>),
+    /// A client certificate the listener's CA verified.
+    Mtls(Arc<AuthCounters>),
     /// The first that succeeds; when all fail, the first failure that is not "no credentials".
     Any(Vec<RouteAuth>),
 }
@@ -172,9 +174,31 @@ impl RouteAuth {
         &self,
         headers: &HeaderMap,
         uri: &Uri,
+        client_cert: Option<&crate::tls::ClientCert>,
     ) -> Result<Option<Arc<Principal>>, Failure> {
         match self {
             RouteAuth::None => Ok(None),
+            RouteAuth::Mtls(counters) => {
+                let name: Arc<str> = Arc::from("mtls");
+                match client_cert {
+                    Some(c) => {
+                        counters.successes.fetch_add(1, Ordering::Relaxed);
+                        Ok(Some(Arc::new(Principal {
+                            provider: name,
+                            subject: c.subject.to_str().ok().map(str::to_string),
+                            ..Principal::default()
+                        })))
+                    }
+                    None => {
+                        counters.fail(Reason::MissingCredentials);
+                        Err(Failure::new(
+                            &name,
+                            Reason::MissingCredentials,
+                            "a verified client certificate is required",
+                        ))
+                    }
+                }
+            }
             RouteAuth::Jwt(j) => {
                 let r = j.authenticate(headers).await;
                 match &r {
@@ -209,7 +233,7 @@ impl RouteAuth {
             RouteAuth::Any(all) => {
                 let mut first: Option<Failure> = None;
                 for a in all {
-                    match Box::pin(a.authenticate(headers, uri)).await {
+                    match Box::pin(a.authenticate(headers, uri, client_cert)).await {
                         Ok(p) => return Ok(p),
                         Err(f) => {
                             // Report an unreachable provider first (503), then a real
@@ -245,7 +269,7 @@ impl RouteAuth {
     /// Credential headers this policy reads, removed before the request goes upstream.
     pub fn credential_headers(&self, out: &mut Vec<HeaderName>) {
         match self {
-            RouteAuth::None => {}
+            RouteAuth::None | RouteAuth::Mtls(_) => {}
             RouteAuth::Jwt(_) | RouteAuth::Introspection(_) => {
                 out.push(http::header::AUTHORIZATION)
             }
@@ -339,6 +363,8 @@ pub struct AuthRegistry {
     >,
     /// Every header any JWT provider forwards claims in: removed from every request.
     pub forwarded_headers: Vec<HeaderName>,
+    mtls: Arc<AuthCounters>,
+    mtls_configured: bool,
 }
 
 /// The per-provider counters in a snapshot, for `/metrics`.
@@ -357,6 +383,10 @@ impl AuthRegistry {
         redis: Option<&Arc<crate::ratelimit::redis::RedisStore>>,
         redis_changed: bool,
     ) {
+        self.mtls_configured = cfg
+            .listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
         let mut jwt = HashMap::new();
         for j in &cfg.auth.jwt {
             let name = j.name.value.to_string();
@@ -418,6 +448,8 @@ impl AuthRegistry {
                     self.introspection.get(n).map_or(RouteAuth::None, |(_, v)| {
                         RouteAuth::Introspection(Arc::clone(v))
                     })
+                } else if p.mtls.is_some() {
+                    RouteAuth::Mtls(Arc::clone(&self.mtls))
                 } else if let Some(any) = &p.any {
                     RouteAuth::Any(any.iter().map(|a| self.route(Some(a))).collect())
                 } else {
@@ -447,6 +479,13 @@ impl AuthRegistry {
                 jwks: None,
             }))
             .collect();
+        if self.mtls_configured {
+            v.push(ProviderStats {
+                name: Arc::from("mtls"),
+                counters: Arc::clone(&self.mtls),
+                jwks: None,
+            });
+        }
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }

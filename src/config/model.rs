@@ -35,6 +35,51 @@ pub struct Config {
     pub observability: Observability,
 }
 
+/// TLS termination on a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// SNI picks among these by their SANs; the first is the default.
+    pub certificates: Vec<Located<CertificateFiles>>,
+    #[serde(default = "default_min_tls")]
+    pub min_version: Located<Text>,
+    #[serde(default)]
+    pub client_auth: Option<Located<ClientAuth>>,
+    #[serde(default)]
+    pub hsts: Option<Hsts>,
+}
+
+fn default_min_tls() -> Located<Text> {
+    Located::new(Text::from("1.2"), 0)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub cert_file: Text,
+    pub key_file: Text,
+}
+
+/// mTLS.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    pub ca_file: Text,
+    /// true: the handshake fails without a client certificate signed by the CA.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hsts {
+    pub max_age_s: u64,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
+}
+
 /// A named limit, applied by the routes (and `defaults`) that list it.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -143,8 +188,8 @@ fn default_redis_prefix() -> Text {
 pub struct Listener {
     pub name: Located<Text>,
     pub address: Located<Text>,
-    #[serde(default, skip_serializing)]
-    pub tls: Unsupported,
+    #[serde(default)]
+    pub tls: Option<Located<ListenerTls>>,
     #[serde(default)]
     pub limits: ListenerLimits,
 }

@@ -109,7 +109,22 @@ fn check_listeners(c: &mut Checker, config: &Config) -> Vec<(SocketAddr, u32)> {
     for (i, l) in config.listeners.iter().enumerate() {
         let key = format!("listeners[{i}]");
         c.name(&l.name, format!("{key}.name"));
-        c.unsupported(&l.tls, format!("{key}.tls"), "TLS issue");
+        if let Some(t) = &l.tls {
+            if t.certificates.is_empty() {
+                c.err(
+                    t.line,
+                    format!("{key}.tls.certificates"),
+                    "at least one certificate",
+                );
+            }
+            if !["1.2", "1.3"].contains(&&*t.min_version.value.0) {
+                c.err(
+                    t.min_version.line,
+                    format!("{key}.tls.min_version"),
+                    "must be \"1.2\" or \"1.3\" (older versions are never offered)",
+                );
+            }
+        }
         match l.address.parse::<SocketAddr>() {
             Ok(a) => {
                 if let Some((_, line)) = addrs.iter().find(|(b, _)| same_socket(&a, b)) {
@@ -274,8 +289,13 @@ fn check_auth_spec(c: &mut Checker, config: &Config, spec: &AuthSpec, line: u32,
             c.err(line, key, format!("unknown introspection provider `{n}`"));
         }
     }
-    if p.mtls.is_some() {
-        c.err(line, key, "mtls auth needs TLS listeners (TLS issue)");
+    if p.mtls.is_some()
+        && !config
+            .listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
+    {
+        c.err(line, key, "mtls auth needs a listener with tls.client_auth");
     }
     if let Some(any) = &p.any {
         if any.is_empty() {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 /// Per-listener counters shared by its connections.
@@ -39,6 +39,10 @@ pub struct ConnContext {
     pub listener: Arc<ListenerRuntime>,
     pub client_ip: Arc<str>,
     pub scheme: &'static str,
+    /// TLS listeners: the HSTS header for every response.
+    pub hsts: Option<http::HeaderValue>,
+    /// A client certificate the listener's CA verified (mTLS).
+    pub client_cert: Option<crate::tls::ClientCert>,
     /// Requests in flight on this connection (the idle timer never closes a busy connection).
     inflight: AtomicU64,
 }
@@ -182,10 +186,13 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
-        let limits = match gateway.snapshot().listener(&rt.name) {
-            Some(l) => l.limits.clone(),
-            None => return,
+        let snapshot = gateway.snapshot();
+        let Some(spec) = snapshot.listener(&rt.name) else {
+            return;
         };
+        let limits = spec.limits.clone();
+        let tls = spec.tls.clone();
+        drop(snapshot);
         if rt.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             rt.connections.fetch_sub(1, Ordering::AcqRel);
             // Over max_connections: close at once rather than queue.
@@ -193,28 +200,71 @@ async fn accept_loop(
             continue;
         }
         let guard = tracker.enter();
-        let ctx = Arc::new(ConnContext {
-            gateway: Arc::clone(&gateway),
-            listener: Arc::clone(&rt),
-            client_ip: peer.ip().to_string().into(),
-            scheme: "http",
-            inflight: AtomicU64::new(0),
-        });
+        let gateway = Arc::clone(&gateway);
+        let rt = Arc::clone(&rt);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            serve_connection(stream, ctx, &limits, shutdown).await;
+            let ctx = |client_cert, hsts, scheme| {
+                Arc::new(ConnContext {
+                    gateway,
+                    listener: Arc::clone(&rt),
+                    client_ip: peer.ip().to_string().into(),
+                    scheme,
+                    hsts,
+                    client_cert,
+                    inflight: AtomicU64::new(0),
+                })
+            };
+            match tls {
+                None => {
+                    let _ = stream.set_nodelay(true);
+                    serve_connection(stream, ctx(None, None, "http"), &limits, shutdown).await
+                }
+                Some(tls) => {
+                    // The handshake is bounded like a request head: a client that stalls it
+                    // does not hold the connection.
+                    let _ = stream.set_nodelay(true);
+                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
+                    let handshake = tokio::time::timeout(
+                        Duration::from_millis(limits.header_read_timeout_ms),
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            let cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(crate::tls::client_cert);
+                            let ctx = ctx(cert, tls.hsts.clone(), "https");
+                            serve_connection(stream, ctx, &limits, shutdown).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            rt.connections.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            rt.connections.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                }
+            }
             drop(guard);
         });
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     ctx: Arc<ConnContext>,
     limits: &crate::config::ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(ActivityIo::new(stream, Arc::clone(&activity)));
     // hyper's own buffer is a little larger than the limit so that the pipeline can answer an

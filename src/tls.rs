@@ -1,0 +1,219 @@
+//! TLS termination with rustls (aws-lc-rs): certificates chosen by SNI from their SANs
+//! (wildcards included; no or unknown SNI gets the first), TLS 1.2/1.3 only, ALPN h2 and
+//! http/1.1, optional mTLS, HSTS. Built from files on every load and reload, so a reload picks
+//! up rotated certificates for new handshakes while open connections keep theirs; a file that
+//! does not load is a reload error and the old certificates stay.
+
+use crate::config::{ListenerTls, ValidConfig};
+use http::HeaderValue;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+
+/// A listener's compiled TLS settings.
+pub struct TlsSettings {
+    pub config: Arc<rustls::ServerConfig>,
+    /// `Strict-Transport-Security` for every response on this listener.
+    pub hsts: Option<HeaderValue>,
+}
+
+/// What a verified client certificate says, as headers for the upstream.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    pub subject: HeaderValue,
+    pub san: Option<HeaderValue>,
+}
+
+/// Installs aws-lc-rs as the process's rustls provider, so a dependency that enables ring can
+/// never make rustls choose at run time.
+pub fn install_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+struct SniResolver {
+    certs: Vec<(Arc<CertifiedKey>, CertificateDer<'static>)>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SniResolver({} certificates)", self.certs.len())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello
+            .server_name()
+            .and_then(|n| ServerName::try_from(n).ok())
+        {
+            for (key, der) in &self.certs {
+                let fits = webpki::EndEntityCert::try_from(der)
+                    .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok());
+                if fits {
+                    return Some(Arc::clone(key));
+                }
+            }
+        }
+        self.certs.first().map(|(k, _)| Arc::clone(k))
+    }
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+/// Builds one listener's TLS settings; `fingerprint` is fed every file's contents.
+fn build(cfg: &ListenerTls, base: &Path, fingerprint: &mut Sha256) -> Result<TlsSettings, String> {
+    install_provider();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut certs = Vec::new();
+    for c in &cfg.certificates {
+        let cert_path = resolve_path(base, &c.cert_file);
+        let key_path = resolve_path(base, &c.key_file);
+        let cert_pem = read(&cert_path, "certificate")?;
+        let key_pem = read(&key_path, "key")?;
+        fingerprint.update(&cert_pem);
+        fingerprint.update(&key_pem);
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert_path.display()))?;
+        let leaf = chain
+            .first()
+            .cloned()
+            .ok_or_else(|| format!("{}: no certificate in the file", cert_path.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| format!("{}: not a PEM private key: {e}", key_path.display()))?;
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| format!("{}: unusable private key: {e}", key_path.display()))?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified.keys_match().map_err(|e| {
+            format!(
+                "{} does not belong to {}: {e}",
+                key_path.display(),
+                cert_path.display()
+            )
+        })?;
+        certs.push((Arc::new(certified), leaf));
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = if &*cfg.min_version.value.0 == "1.3" {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = match &cfg.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let ca_path = resolve_path(base, &ca.ca_file);
+            let pem = read(&ca_path, "client CA")?;
+            fingerprint.update(&pem);
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("{}: {e}", ca_path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", ca_path.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if ca.required {
+                verifier.build()
+            } else {
+                verifier.allow_unauthenticated().build()
+            }
+            .map_err(|e| format!("client CA {}: {e}", ca_path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let hsts = cfg.hsts.as_ref().map(|h| {
+        let mut v = format!("max-age={}", h.max_age_s);
+        if h.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if h.preload {
+            v.push_str("; preload");
+        }
+        HeaderValue::from_str(&v).expect("digits and tokens")
+    });
+    Ok(TlsSettings {
+        config: Arc::new(config),
+        hsts,
+    })
+}
+
+/// Every TLS listener's settings, by listener name, and a fingerprint of all the files read
+/// (a reload with the same config but rotated files must still swap).
+pub fn build_all(
+    valid: &ValidConfig,
+) -> Result<(HashMap<String, Arc<TlsSettings>>, String), crate::config::ConfigErrors> {
+    let base = Path::new(&valid.source)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut fingerprint = Sha256::new();
+    let mut out = HashMap::new();
+    let mut errors = Vec::new();
+    for (i, l) in valid.config.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        match build(tls, &base, &mut fingerprint) {
+            Ok(s) => {
+                out.insert(l.name.value.to_string(), Arc::new(s));
+            }
+            Err(message) => errors.push(crate::config::ConfigError {
+                file: valid.source.clone(),
+                line: tls.line,
+                key: format!("listeners[{i}].tls"),
+                message,
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(crate::config::ConfigErrors(errors));
+    }
+    Ok((out, hex::encode(fingerprint.finalize())))
+}
+
+/// The subject (RFC 4514) and SANs of a verified client certificate.
+pub fn client_cert(der: &CertificateDer<'_>) -> Option<ClientCert> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let subject = HeaderValue::from_str(&cert.subject().to_string()).ok()?;
+    let san = cert.subject_alternative_name().ok().flatten().map(|ext| {
+        ext.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(format!("DNS:{d}")),
+                x509_parser::extensions::GeneralName::RFC822Name(e) => Some(format!("email:{e}")),
+                x509_parser::extensions::GeneralName::URI(u) => Some(format!("URI:{u}")),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    Some(ClientCert {
+        subject,
+        san: san.and_then(|s| HeaderValue::from_str(&s).ok()),
+    })
+}
