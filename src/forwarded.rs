@@ -7,20 +7,19 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes Connection and every header it names, Keep-Alive, TE, Trailer, Transfer-Encoding,
-/// Upgrade and all Proxy-* headers (RFC 9110 §7.6.1).
+/// Removes Connection and every header it names, Keep-Alive, TE, Transfer-Encoding, Upgrade and
+/// all Proxy-* headers (RFC 9110 §7.6.1). `Trailer` stays: it declares end-to-end trailer fields.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds what is present, so only those are hashed and removed:
     // most requests carry none, most upstream responses only `Connection: keep-alive`.
-    const FIXED: [HeaderName; 6] = [
+    const FIXED: [HeaderName; 5] = [
         header::CONNECTION,
         HeaderName::from_static("keep-alive"),
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
     ];
-    let mut fixed = [false; 6];
+    let mut fixed = [false; 5];
     let mut proxy: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         if let Some(i) = FIXED.iter().position(|f| f == name) {

@@ -316,6 +316,14 @@ async fn run(
     };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
+    // `TE: trailers` is hop-by-hop in form but end to end in meaning (the client can take
+    // trailers, e.g. gRPC): it is kept, and nothing else of TE is.
+    let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     prepare_upstream_headers(
         &mut parts.headers,
         conn,
@@ -333,6 +341,11 @@ async fn run(
         .chain(&CLIENT_CERT_HEADERS)
     {
         parts.headers.remove(h);
+    }
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if let Some(cert) = &conn.client_cert {
         parts

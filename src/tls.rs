@@ -217,3 +217,38 @@ pub fn client_cert(der: &CertificateDer<'_>) -> Option<ClientCert> {
         san: san.and_then(|s| HeaderValue::from_str(&s).ok()),
     })
 }
+
+/// The CA certificates of a PEM file, as a root store.
+pub fn load_roots(path: &str) -> Result<rustls::RootCertStore, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{path}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{path}: no certificate in the file"));
+    }
+    Ok(roots)
+}
+
+/// The client side of `protocol: https` upstreams: the server's name is verified against the
+/// configured CA (or the Mozilla roots); ALPN offers http/1.1.
+pub fn upstream_client(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
+    install_provider();
+    let roots = match ca_file {
+        Some(path) => load_roots(path)?,
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

@@ -34,8 +34,6 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     for h in [
         "x-conn-named",
         "keep-alive",
-        "te",
-        "trailer",
         "upgrade",
         "proxy-authorization",
         "proxy-connection",
@@ -48,6 +46,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
             seen.headers
         );
     }
+    // `TE: trailers` (the client can take trailers, e.g. gRPC) and `Trailer` are end to end.
+    assert_eq!(seen.headers["te"], "trailers");
+    assert_eq!(seen.headers["trailer"], "x-t");
     assert_eq!(seen.headers["x-kept"], "kept");
     assert_eq!(seen.headers["x-added"], "yes");
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");

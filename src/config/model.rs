@@ -476,8 +476,8 @@ pub struct Upstream {
     pub targets: Located<Vec<Located<Target>>>,
     #[serde(default)]
     pub protocol: Located<Protocol>,
-    #[serde(default, skip_serializing)]
-    pub tls: Unsupported,
+    #[serde(default)]
+    pub tls: Option<Located<UpstreamTls>>,
     #[serde(default)]
     pub load_balancing: Located<LoadBalancing>,
     /// consistent_hash only: `header:NAME`, `cookie:NAME`, `client_ip` (or `claim:NAME` once auth exists).
@@ -566,6 +566,17 @@ impl Default for RetryBudgetConfig {
 
 fn default_connect_timeout_ms() -> u64 {
     1_000
+}
+
+/// `protocol: https` settings: the server name verified (default: the target's host) and the CA
+/// trusted (default: the Mozilla root set).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub server_name: Option<Text>,
+    #[serde(default)]
+    pub ca_file: Option<Text>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]

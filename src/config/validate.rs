@@ -523,15 +523,30 @@ fn check_upstreams(c: &mut Checker, config: &Config) {
             );
         }
         let _ = total_weight;
-        if u.protocol.value != Protocol::Http1 {
-            c.err(
-                u.protocol.line,
-                format!("{key}.protocol"),
-                "http2 and https upstreams are not supported yet (TLS / HTTP/2 issue); use http1",
-            );
+        if let Some(t) = &u.tls {
+            if u.protocol.value != Protocol::Https {
+                c.err(
+                    t.line,
+                    format!("{key}.tls"),
+                    "tls applies to `protocol: https` only",
+                );
+            }
+            if let Some(n) = &t.server_name {
+                if rustls_pki_types::ServerName::try_from(n.to_string()).is_err() {
+                    c.err(
+                        t.line,
+                        format!("{key}.tls.server_name"),
+                        format!("`{n}` is not a valid server name"),
+                    );
+                }
+            }
+            if let Some(ca) = &t.ca_file {
+                if let Err(e) = crate::tls::load_roots(ca) {
+                    c.err(t.line, format!("{key}.tls.ca_file"), e);
+                }
+            }
         }
         check_balancing(c, u, &key);
-        c.unsupported(&u.tls, format!("{key}.tls"), "TLS issue");
         if let Some(m) = &u.max_concurrent_requests {
             if m.value == 0 {
                 c.err(

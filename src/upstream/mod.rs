@@ -114,6 +114,8 @@ impl UpstreamRegistry {
         let settings = PoolSettings {
             connect_timeout_ms: u.connect_timeout_ms,
             pool: u.pool.clone(),
+            protocol: u.protocol.value,
+            tls: u.tls.as_ref().map(|t| t.value.clone()),
         };
         let mut targets: Vec<Target> = Vec::with_capacity(u.targets.len());
         for t in u.targets.iter() {

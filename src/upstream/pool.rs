@@ -10,7 +10,7 @@
 //! reload never drops warm connections.
 
 use crate::body::UpstreamBody;
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, Protocol, UpstreamTls};
 use crate::upstream::dns::ResolvedTarget;
 use bytes::Bytes;
 use http::uri::Authority;
@@ -31,6 +31,8 @@ use tokio::time::Instant;
 pub struct PoolSettings {
     pub connect_timeout_ms: u64,
     pub pool: PoolConfig,
+    pub protocol: Protocol,
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Why an upstream exchange failed.
@@ -48,13 +50,17 @@ pub enum UpstreamError {
         target: String,
         source: hyper::Error,
     },
+    #[error("TLS with {target} failed: {message}")]
+    Tls { target: String, message: String },
 }
 
 impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
+            UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Tls { .. }
         )
     }
 }
@@ -64,6 +70,18 @@ impl UpstreamError {
 pub struct Conn {
     sender: SendRequest<UpstreamBody>,
     peer: Option<std::net::SocketAddr>,
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<UpstreamBody>;
+
+/// How connections to a target are made.
+enum Transport {
+    Plain,
+    /// `protocol: https`: the client config and the name verified.
+    Tls(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    ),
 }
 
 struct Idle {
@@ -79,8 +97,11 @@ pub struct TargetPool {
     settings: PoolSettings,
     /// Set for targets given by host name.
     resolved: Option<Arc<ResolvedTarget>>,
-    /// Oldest at the front, newest at the back.
+    /// Oldest at the front, newest at the back (HTTP/1.1).
     idle: Mutex<VecDeque<Idle>>,
+    transport: Transport,
+    /// `protocol: http2`: one multiplexed connection, shared by every request.
+    h2: Mutex<Option<H2Sender>>,
     /// Connections opened over the pool's life.
     pub created: std::sync::atomic::AtomicU64,
 }
@@ -91,11 +112,29 @@ impl TargetPool {
         settings: PoolSettings,
         resolved: Option<Arc<ResolvedTarget>>,
     ) -> Arc<TargetPool> {
+        let transport = match (&settings.protocol, &settings.tls) {
+            (Protocol::Https, tls) => {
+                let tls = tls.clone().unwrap_or_default();
+                let name = tls
+                    .server_name
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| authority.host().to_string());
+                // Validated (names, CA file) before a pool is ever built.
+                let config = crate::tls::upstream_client(tls.ca_file.as_deref())
+                    .expect("validated upstream TLS settings");
+                let name =
+                    rustls_pki_types::ServerName::try_from(name).expect("validated server name");
+                Transport::Tls(config, name)
+            }
+            _ => Transport::Plain,
+        };
         Arc::new(TargetPool {
             label: authority.as_str().into(),
             authority,
             settings,
             resolved,
+            transport,
+            h2: Mutex::new(None),
             idle: Mutex::new(VecDeque::new()),
             created: std::sync::atomic::AtomicU64::new(0),
         })
@@ -192,19 +231,117 @@ impl TargetPool {
         let peer = stream.peer_addr().ok();
         self.created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Exchange {
-                target: target.to_string(),
-                source,
-            })?;
+        let exchange = |source| UpstreamError::Exchange {
+            target: target.to_string(),
+            source,
+        };
+        let sender = match &self.transport {
+            Transport::Plain => handshake_h1(TokioIo::new(stream)).await.map_err(exchange)?,
+            Transport::Tls(config, name) => {
+                let tls = tokio::time::timeout(
+                    timeout,
+                    tokio_rustls::TlsConnector::from(Arc::clone(config))
+                        .connect(name.clone(), stream),
+                )
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout {
+                    target: target.to_string(),
+                })?
+                .map_err(|e| UpstreamError::Tls {
+                    target: target.to_string(),
+                    message: e.to_string(),
+                })?;
+                handshake_h1(TokioIo::new(tls)).await.map_err(exchange)?
+            }
+        };
+        Ok(Conn { sender, peer })
+    }
+
+    /// The shared HTTP/2 connection, opened (again) when there is none or it closed.
+    async fn h2_sender(&self) -> Result<H2Sender, UpstreamError> {
+        if let Some(s) = self
+            .h2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|s| !s.is_closed())
+        {
+            return Ok(s.clone());
+        }
+        let target = self.authority.as_str();
+        let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+            Err(_) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    target: target.to_string(),
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Connect {
+                    target: target.to_string(),
+                    source,
+                })
+            }
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|source| UpstreamError::Exchange {
+                    target: target.to_string(),
+                    source,
+                })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
             }
         });
-        Ok(Conn { sender, peer })
+        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Sends over the shared HTTP/2 connection: the request becomes an h2 request whose
+    /// `:authority` is its Host header (or the target).
+    async fn send_h2(
+        self: &Arc<Self>,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let authority = req
+            .headers_mut()
+            .remove(http::header::HOST)
+            .and_then(|h| h.to_str().ok().and_then(|h| h.parse::<Authority>().ok()))
+            .unwrap_or_else(|| self.authority.clone());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = http::Version::HTTP_2;
+        let mut sender = self.h2_sender().await?;
+        let target = || self.authority.as_str().to_string();
+        sender
+            .ready()
+            .await
+            .map_err(|source| UpstreamError::Exchange {
+                target: target(),
+                source,
+            })?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Exchange {
+                target: target(),
+                source,
+            })?;
+        Ok(resp.map(PooledBody::unpooled))
     }
 
     /// Sends `req` (its URI already in origin-form) on a pooled or new connection.
@@ -212,6 +349,9 @@ impl TargetPool {
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        if self.settings.protocol == Protocol::Http2 {
+            return Box::pin(self.send_h2(req)).await;
+        }
         let target = || self.authority.as_str().to_string();
         // A pooled connection may have been closed by the upstream a moment ago; hyper hands
         // the request back unsent in that case and it goes out on a fresh connection.
@@ -248,6 +388,21 @@ impl TargetPool {
     }
 }
 
+async fn handshake_h1<I>(io: I) -> Result<SendRequest<UpstreamBody>, hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
 /// A response body from a pooled connection: the connection goes back to its pool once the body
 /// has been read to the end, and is closed if the body is abandoned halfway.
 pub struct PooledBody {
@@ -261,6 +416,11 @@ impl PooledBody {
             inner,
             owner: Some((conn, pool)),
         }
+    }
+
+    /// A body from a multiplexed connection: nothing to give back.
+    fn unpooled(inner: Incoming) -> PooledBody {
+        PooledBody { inner, owner: None }
     }
 
     fn release(&mut self) {

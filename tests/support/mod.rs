@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// What an upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub version: http::Version,
     pub method: String,
     pub uri: String,
     pub headers: HeaderMap,
@@ -190,12 +191,29 @@ async fn upstream_handle(
         uploads.fetch_add(1, Ordering::SeqCst);
     }
     seen.lock().unwrap().push(Seen {
+        version: parts.version,
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         headers: parts.headers.clone(),
         body_len: n,
     });
     let builder = Response::builder().header("x-upstream", name.as_str());
+    if path == "/trailers" {
+        // A body then trailers, like a gRPC response.
+        let frames = futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from_static(b"payload"))),
+            Ok(hyper::body::Frame::trailers({
+                let mut t = HeaderMap::new();
+                t.insert("grpc-status", "0".parse().unwrap());
+                t.insert("grpc-message", "ok".parse().unwrap());
+                t
+            })),
+        ]);
+        return builder
+            .header("trailer", "grpc-status, grpc-message")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+            .unwrap();
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         let code: u16 = code.parse().unwrap_or(500);
         return builder
