@@ -18,30 +18,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proxy_bench as pb  # noqa: E402
 
 
 def run_config(workdir, name, upstream_port, observability, extra, args, headers=()):
-    port, admin = pb.free_port(), pb.free_port()
-    conf = os.path.join(workdir, f"{name}.yaml")
-    with open(conf, "w") as f:
-        f.write(f"""
-listeners: [{{ name: public, address: "127.0.0.1:{port}" }}]
-admin: {{ address: "127.0.0.1:{admin}" }}
-defaults: {{ auth: none }}
-{observability}
-{extra[0]}
-upstreams:
-  - name: backend
-    targets: [{{ address: "127.0.0.1:{upstream_port}" }}]
-routes:
-  - name: all
-    match: {{ path: {{ prefix: / }} }}
-    upstream: backend
-{extra[1]}""")
+    conf, port = pb.portcullis_config(workdir, name, upstream_port, observability, extra)
     out_file = os.path.join(workdir, f"callgrind.{name}.out")
     binary = os.path.join(pb.ROOT, "target", "release", "portcullis")
     proc = subprocess.Popen(
@@ -116,12 +99,7 @@ def main():
             base = base or per_req
             print(f"{name:<16} {per_req:>10.0f} {100 * (per_req / base - 1):>+8.1f}% {n:>9}", flush=True)
     finally:
-        for p in procs:
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-                p.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                p.kill()
+        pb.stop_all(procs)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

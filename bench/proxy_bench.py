@@ -177,8 +177,9 @@ backend be
     return proc, port, proc.pid
 
 
-def start_portcullis(workdir, upstream_port, cpu, name="portcullis", observability=TELEMETRY_OFF,
-                     extra=("", "")):
+def portcullis_config(workdir, name, upstream_port, observability=TELEMETRY_OFF, extra=("", "")):
+    """Writes a config that proxies everything to the upstream; `extra` is (top-level YAML,
+    route YAML). Returns (config path, listener port)."""
     port, admin = free_port(), free_port()
     conf = os.path.join(workdir, f"{name}.yaml")
     with open(conf, "w") as f:
@@ -197,6 +198,22 @@ routes:
     match: {{ path: {{ prefix: / }} }}
     upstream: backend
 {extra[1]}""")
+    return conf, port
+
+
+def stop_all(procs):
+    """Stops the processes this script started, by PID."""
+    for p in procs:
+        try:
+            os.kill(p.pid, signal.SIGTERM)
+            p.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            p.kill()
+
+
+def start_portcullis(workdir, upstream_port, cpu, name="portcullis", observability=TELEMETRY_OFF,
+                     extra=("", "")):
+    conf, port = portcullis_config(workdir, name, upstream_port, observability, extra)
     binary = os.path.join(ROOT, "target", "release", "portcullis")
     proc = subprocess.Popen(["taskset", "-c", str(cpu), binary, "run", "-c", conf, "--worker-threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -321,12 +338,7 @@ def main():
             print(f"{name:<16} {median([r['rps'] for r in runs]):>10.0f} {median([r['p50_ms'] for r in runs]):>8.3f} "
                   f"{median([r['p99_ms'] for r in runs]):>8.3f} {cpu:>11}")
     finally:
-        for p in procs:
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-                p.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -56,21 +56,10 @@ pub async fn serve(
 }
 
 fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
     let Some(token) = token else { return true };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    constant_time_eq(presented.as_bytes(), token.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let presented = crate::auth::bearer(req.headers()).unwrap_or("");
+    presented.as_bytes().ct_eq(token.as_bytes()).into()
 }
 
 pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<ResponseBody> {
@@ -371,11 +360,7 @@ fn render_metrics(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> St
         let mut fetches = Vec::new();
         for p in &snapshot.auth_stats {
             for r in crate::auth::Reason::ALL {
-                let n = p.counters.failures[crate::auth::Reason::ALL
-                    .iter()
-                    .position(|x| *x == r)
-                    .unwrap_or(0)]
-                .load(Relaxed);
+                let n = p.counters.failures(r);
                 failures.push((
                     format!(
                         "{},{}",
@@ -480,33 +465,18 @@ fn render_metrics(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> St
             "portcullis_otlp_spans_total",
             "counter",
             "Spans handed to the OTLP exporter, by result.",
-            &[
-                (
-                    "result=\"exported\"".into(),
-                    s.exported.load(Relaxed) as f64,
-                ),
-                (
-                    "result=\"dropped_queue_full\"".into(),
-                    s.dropped_queue_full.load(Relaxed) as f64,
-                ),
-                (
-                    "result=\"dropped_export_failed\"".into(),
-                    s.dropped_export_failed.load(Relaxed) as f64,
-                ),
-            ],
+            &by_result(&[
+                ("exported", &s.exported),
+                ("dropped_queue_full", &s.dropped_queue_full),
+                ("dropped_export_failed", &s.dropped_export_failed),
+            ]),
         );
         family(
             &mut out,
             "portcullis_otlp_export_requests_total",
             "counter",
             "OTLP export requests by result.",
-            &[
-                ("result=\"ok\"".into(), s.requests_ok.load(Relaxed) as f64),
-                (
-                    "result=\"failed\"".into(),
-                    s.requests_failed.load(Relaxed) as f64,
-                ),
-            ],
+            &by_result(&[("ok", &s.requests_ok), ("failed", &s.requests_failed)]),
         );
     }
     if let Some(log) = &snapshot.sinks.access_log {
@@ -515,20 +485,11 @@ fn render_metrics(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> St
             "portcullis_access_log_lines_total",
             "counter",
             "Access log lines by result.",
-            &[
-                (
-                    "result=\"written\"".into(),
-                    log.written.load(Relaxed) as f64,
-                ),
-                (
-                    "result=\"dropped\"".into(),
-                    log.dropped.load(Relaxed) as f64,
-                ),
-                (
-                    "result=\"sampled_out\"".into(),
-                    log.sampled_out.load(Relaxed) as f64,
-                ),
-            ],
+            &by_result(&[
+                ("written", &log.written),
+                ("dropped", &log.dropped),
+                ("sampled_out", &log.sampled_out),
+            ]),
         );
     }
     family(
@@ -560,4 +521,17 @@ fn render_metrics(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> St
         &[(label("version", env!("CARGO_PKG_VERSION")), 1.0)],
     );
     out
+}
+
+/// Samples labelled `result="…"`, one per counter.
+fn by_result(counters: &[(&str, &std::sync::atomic::AtomicU64)]) -> Vec<(String, f64)> {
+    counters
+        .iter()
+        .map(|(result, n)| {
+            (
+                crate::observe::metrics::label("result", result),
+                n.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            )
+        })
+        .collect()
 }

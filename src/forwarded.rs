@@ -7,8 +7,10 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes Connection and every header it names, Keep-Alive, TE, Transfer-Encoding, Upgrade and
-/// all Proxy-* headers (RFC 9110 §7.6.1). `Trailer` stays: it declares end-to-end trailer fields.
+/// Removes Connection and every header it names, Keep-Alive, Transfer-Encoding, Upgrade and all
+/// Proxy-* headers (RFC 9110 §7.6.1). `TE` is reduced to `trailers` when it offered trailers
+/// (hop-by-hop in form, end to end in meaning: the client can take trailers, e.g. gRPC) and
+/// removed otherwise; `Trailer` stays (it declares end-to-end trailer fields).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds what is present, so only those are hashed and removed:
     // most requests carry none, most upstream responses only `Connection: keep-alive`.
@@ -44,10 +46,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
+    let te_trailers = fixed[2]
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
     for (name, present) in FIXED.into_iter().zip(fixed) {
         if present {
             headers.remove(name);
         }
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     for name in proxy {
         headers.remove(name);

@@ -116,6 +116,35 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<Serv
     resp.map(|b| ServedBody::new(b, done))
 }
 
+/// Identity headers only ever come from the gateway: client copies of claim headers and
+/// client-certificate headers are removed on every route, then set from what was verified.
+/// Credentials the route's auth read stay at the gateway.
+fn set_identity_headers(
+    headers: &mut http::HeaderMap,
+    snapshot: &Snapshot,
+    route: &CompiledRoute,
+    conn: &ConnContext,
+    principal: Option<&crate::auth::Principal>,
+) {
+    for h in snapshot
+        .forwarded_headers
+        .iter()
+        .chain(&route.credential_headers)
+        .chain(&CLIENT_CERT_HEADERS)
+    {
+        headers.remove(h);
+    }
+    if let Some(cert) = &conn.client_cert {
+        headers.insert(CLIENT_CERT_HEADERS[0].clone(), cert.subject.clone());
+        if let Some(san) = &cert.san {
+            headers.insert(CLIENT_CERT_HEADERS[1].clone(), san.clone());
+        }
+    }
+    if let Some(p) = principal {
+        route.auth.forward_claims(p, headers);
+    }
+}
+
 /// Set only from a verified client certificate; client-sent copies never pass.
 const CLIENT_CERT_HEADERS: [http::HeaderName; 2] = [
     http::HeaderName::from_static("x-client-cert-subject"),
@@ -316,14 +345,6 @@ async fn run(
     };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    // `TE: trailers` is hop-by-hop in form but end to end in meaning (the client can take
-    // trailers, e.g. gRPC): it is kept, and nothing else of TE is.
-    let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
     prepare_upstream_headers(
         &mut parts.headers,
         conn,
@@ -332,34 +353,13 @@ async fn run(
         route,
         &body,
     );
-    // Identity headers only ever come from the gateway: client copies are removed on every
-    // route, then verified claims are set. Credentials stay at the gateway.
-    for h in snapshot
-        .forwarded_headers
-        .iter()
-        .chain(&route.credential_headers)
-        .chain(&CLIENT_CERT_HEADERS)
-    {
-        parts.headers.remove(h);
-    }
-    if te_trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if let Some(cert) = &conn.client_cert {
-        parts
-            .headers
-            .insert(CLIENT_CERT_HEADERS[0].clone(), cert.subject.clone());
-        if let Some(san) = &cert.san {
-            parts
-                .headers
-                .insert(CLIENT_CERT_HEADERS[1].clone(), san.clone());
-        }
-    }
-    if let Some(p) = &principal {
-        route.auth.forward_claims(p, &mut parts.headers);
-    }
+    set_identity_headers(
+        &mut parts.headers,
+        snapshot,
+        route,
+        conn,
+        principal.as_deref(),
+    );
     if let Some(t) = trace {
         t.apply(&mut parts.headers);
     }

@@ -7,10 +7,6 @@ mod support;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -140,44 +136,27 @@ struct Idp {
 
 impl Idp {
     async fn start(keys: &[&SigningKey]) -> Idp {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let jwks = Arc::new(Mutex::new(String::new()));
+        let mode: Arc<AtomicU64> = Arc::default();
+        let fetches: Arc<AtomicU64> = Arc::default();
+        let (j, m, f) = (Arc::clone(&jwks), Arc::clone(&mode), Arc::clone(&fetches));
+        let addr = serve_on("127.0.0.1:0".parse().unwrap(), move |_req| {
+            f.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = match m.load(Ordering::SeqCst) {
+                0 => (200, j.lock().unwrap().clone()),
+                1 => (503, "down".to_string()),
+                _ => (200, "{\"keys\": [garbage".to_string()),
+            };
+            async move { respond(status, body) }
+        })
+        .await;
         let idp = Idp {
             addr,
-            jwks: Arc::new(Mutex::new(String::new())),
-            mode: Arc::default(),
-            fetches: Arc::default(),
+            jwks,
+            mode,
+            fetches,
         };
         idp.publish(keys);
-        let (jwks, mode, fetches) = (
-            Arc::clone(&idp.jwks),
-            Arc::clone(&idp.mode),
-            Arc::clone(&idp.fetches),
-        );
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                let (jwks, mode, fetches) =
-                    (Arc::clone(&jwks), Arc::clone(&mode), Arc::clone(&fetches));
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                        fetches.fetch_add(1, Ordering::SeqCst);
-                        let (status, body) = match mode.load(Ordering::SeqCst) {
-                            0 => (200, jwks.lock().unwrap().clone()),
-                            1 => (503, "down".to_string()),
-                            _ => (200, "{\"keys\": [garbage".to_string()),
-                        };
-                        async move {
-                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
-            }
-        });
         idp
     }
 
@@ -727,58 +706,46 @@ struct Introspector {
 
 impl Introspector {
     async fn start() -> Introspector {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let calls: Arc<AtomicU64> = Arc::default();
         let mode: Arc<AtomicU64> = Arc::default();
         let (c, m) = (Arc::clone(&calls), Arc::clone(&mode));
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
+        let addr = serve_on(
+            "127.0.0.1:0".parse().unwrap(),
+            move |req: http::Request<hyper::body::Incoming>| {
                 let (c, m) = (Arc::clone(&c), Arc::clone(&m));
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (c, m) = (Arc::clone(&c), Arc::clone(&m));
-                        async move {
-                            use http_body_util::BodyExt;
-                            c.fetch_add(1, Ordering::SeqCst);
-                            let basic =
-                                req.headers()["authorization"].to_str().unwrap().to_string();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let body = String::from_utf8(body.to_vec()).unwrap();
-                            let token = body
-                                .split('&')
-                                .find_map(|p| p.strip_prefix("token="))
-                                .unwrap_or("")
-                                .to_string();
-                            let expected = format!(
-                                "Basic {}",
-                                base64::engine::general_purpose::STANDARD.encode("gateway:s3cret")
-                            );
-                            let (status, answer) = if m.load(Ordering::SeqCst) == 1 {
-                                (503, json!({}))
-                            } else if basic != expected {
-                                (401, json!({}))
-                            } else if token.starts_with("good-") {
-                                (
-                                    200,
-                                    json!({"active": true, "sub": "svc-1", "scope": "orders:read",
-                                    "exp": now() + 600, "tenant_id": "acme"}),
-                                )
-                            } else {
-                                (200, json!({"active": false}))
-                            };
-                            let mut r =
-                                http::Response::new(Full::new(Bytes::from(answer.to_string())));
-                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
-            }
-        });
+                async move {
+                    use http_body_util::BodyExt;
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let basic = req.headers()["authorization"].to_str().unwrap().to_string();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let body = String::from_utf8(body.to_vec()).unwrap();
+                    let token = body
+                        .split('&')
+                        .find_map(|p| p.strip_prefix("token="))
+                        .unwrap_or("")
+                        .to_string();
+                    let expected = format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode("gateway:s3cret")
+                    );
+                    let (status, answer) = if m.load(Ordering::SeqCst) == 1 {
+                        (503, json!({}))
+                    } else if basic != expected {
+                        (401, json!({}))
+                    } else if token.starts_with("good-") {
+                        (
+                            200,
+                            json!({"active": true, "sub": "svc-1", "scope": "orders:read",
+                                "exp": now() + 600, "tenant_id": "acme"}),
+                        )
+                    } else {
+                        (200, json!({"active": false}))
+                    };
+                    respond(status, answer.to_string())
+                }
+            },
+        )
+        .await;
         Introspector { addr, calls, mode }
     }
 }

@@ -5,9 +5,7 @@
 mod support;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -33,52 +31,36 @@ impl Receiver {
     }
 
     async fn start_on(addr: SocketAddr) -> Receiver {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
         let requests: Arc<Mutex<Vec<_>>> = Arc::default();
         let (s, r) = (Arc::clone(&spans), Arc::clone(&requests));
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (s, r) = (Arc::clone(&s), Arc::clone(&r));
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (s, r) = (Arc::clone(&s), Arc::clone(&r));
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let ctype = req
-                                .headers()
-                                .get("content-type")
-                                .map(|v| v.to_str().unwrap().to_string())
-                                .unwrap_or_default();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let decoded = ExportTraceServiceRequest::decode(body)
-                                .expect("export body is an ExportTraceServiceRequest");
-                            let mut resource = Vec::new();
-                            for rs in decoded.resource_spans {
-                                for kv in rs.resource.unwrap().attributes {
-                                    resource.push((kv.key.clone(), string(&kv)));
-                                }
-                                for ss in rs.scope_spans {
-                                    assert_eq!(ss.scope.unwrap().name, "portcullis");
-                                    s.lock().unwrap().extend(ss.spans);
-                                }
-                            }
-                            r.lock().unwrap().push((path, ctype, resource));
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                Bytes::new(),
-                            )))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+        let addr = serve_on(addr, move |req: http::Request<hyper::body::Incoming>| {
+            let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+            async move {
+                let path = req.uri().path().to_string();
+                let ctype = req
+                    .headers()
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let decoded = ExportTraceServiceRequest::decode(body)
+                    .expect("export body is an ExportTraceServiceRequest");
+                let mut resource = Vec::new();
+                for rs in decoded.resource_spans {
+                    for kv in rs.resource.unwrap().attributes {
+                        resource.push((kv.key.clone(), string(&kv)));
+                    }
+                    for ss in rs.scope_spans {
+                        assert_eq!(ss.scope.unwrap().name, "portcullis");
+                        s.lock().unwrap().extend(ss.spans);
+                    }
+                }
+                r.lock().unwrap().push((path, ctype, resource));
+                respond(200, Bytes::new())
             }
-        });
+        })
+        .await;
         Receiver {
             addr,
             spans,

@@ -3,6 +3,7 @@
 //! for `inactive_cache_s`. When the endpoint cannot answer, the request gets 503 — never
 //! "allow".
 
+use super::expiring::Expiring;
 use super::{AuthCounters, Failure, Principal, Reason};
 use crate::config::IntrospectionProvider;
 use crate::outbound::Endpoint;
@@ -11,14 +12,13 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 const CACHE_MAX: usize = 10_000;
 
-/// A cached answer: the principal when active, and when the entry ends (unix seconds).
+/// An answer to cache: the principal when active, and when the entry ends (unix seconds).
 type Cached = (Option<Arc<Principal>>, u64);
 
 pub struct Introspection {
@@ -30,7 +30,7 @@ pub struct Introspection {
     inactive_cache_s: u64,
     timeout: Duration,
     tenant_claim: Option<String>,
-    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    cache: Expiring<[u8; 32], Option<Arc<Principal>>>,
     pub counters: Arc<AuthCounters>,
 }
 
@@ -71,13 +71,13 @@ impl Introspection {
             inactive_cache_s: cfg.inactive_cache_s,
             timeout: Duration::from_millis(cfg.timeout_ms),
             tenant_claim: cfg.tenant_claim.as_ref().map(|t| t.to_string()),
-            cache: Mutex::new(HashMap::new()),
+            cache: Expiring::new(CACHE_MAX),
             counters: Arc::default(),
         }
     }
 
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Failure> {
-        let token = super::jwt::bearer(headers).ok_or_else(|| Failure::missing(&self.name))?;
+        let token = super::bearer(headers).ok_or_else(|| Failure::missing(&self.name))?;
         if token.len() > super::jwt::MAX_TOKEN_BYTES {
             return Err(Failure::new(
                 &self.name,
@@ -87,15 +87,9 @@ impl Introspection {
         }
         let now = unix_now();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
-            .filter(|(_, until)| *until > now)
-            .cloned();
-        let (principal, _) = match cached {
-            Some(c) => c,
+        let cached = self.cache.get(&digest, now);
+        let principal = match cached {
+            Some(p) => p,
             None => {
                 let answer = tokio::time::timeout(self.timeout, self.introspect(token))
                     .await
@@ -108,16 +102,9 @@ impl Introspection {
                             "the token cannot be checked right now",
                         )
                     })?;
-                let entry = self.entry(answer, now);
-                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.len() >= CACHE_MAX {
-                    cache.retain(|_, (_, until)| *until > now);
-                    if cache.len() >= CACHE_MAX {
-                        cache.clear();
-                    }
-                }
-                cache.insert(digest, entry.clone());
-                entry
+                let (principal, until) = self.entry(answer, now);
+                self.cache.insert(digest, principal.clone(), until, now);
+                principal
             }
         };
         principal

@@ -13,6 +13,7 @@
 //! per `jwks_min_refetch_s` — and a kid still unknown after it is remembered as unknown for that
 //! long. A failed or garbled fetch keeps the last good keys.
 
+use super::expiring::Expiring;
 use super::{AuthCounters, Failure, Principal, Reason};
 use crate::config::{JwtProvider, RevocationFailure};
 use crate::outbound::Endpoint;
@@ -29,14 +30,15 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Tokens larger than this are refused unparsed.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 const MAX_JWKS_BYTES: usize = 512 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
-const VERIFIED_MAX: usize = 10_000;
+/// Entries in each cache (verified tokens, unknown kids, revocation answers).
+const CACHE_MAX: usize = 10_000;
 
 pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
     if s.eq_ignore_ascii_case("none") {
@@ -109,7 +111,7 @@ pub struct JwksCache {
     /// Held while fetching: one fetch at a time.
     fetching: tokio::sync::Mutex<()>,
     /// kids still unknown after a refetch, until when.
-    unknown: Mutex<HashMap<String, u64>>,
+    unknown: Expiring<String, ()>,
     pub fetches_ok: AtomicU64,
     pub fetches_failed: AtomicU64,
     failing: std::sync::atomic::AtomicBool,
@@ -125,7 +127,7 @@ impl JwksCache {
             expires_at: AtomicU64::new(0),
             last_attempt: AtomicU64::new(0),
             fetching: tokio::sync::Mutex::new(()),
-            unknown: Mutex::new(HashMap::new()),
+            unknown: Expiring::new(CACHE_MAX),
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
             failing: std::sync::atomic::AtomicBool::new(false),
@@ -167,10 +169,7 @@ impl JwksCache {
                 self.keys.store(Arc::new(keys));
                 self.expires_at.store(unix_now() + ttl, Ordering::Relaxed);
                 self.fetches_ok.fetch_add(1, Ordering::Relaxed);
-                self.unknown
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clear();
+                self.unknown.clear();
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(source = ?self.source, "JWKS fetch recovered");
                 }
@@ -209,11 +208,8 @@ impl JwksCache {
     /// The key for an unknown kid: one refetch (single-flight, rate-limited), then give up.
     async fn lookup_after_refetch(&self, kid: &str, alg: Algorithm) -> Option<Arc<Key>> {
         let now = unix_now();
-        {
-            let unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
-            if unknown.get(kid).is_some_and(|until| *until > now) {
-                return None;
-            }
+        if self.unknown.get(kid, now).is_some() {
+            return None;
         }
         {
             let _one = self.fetching.lock().await;
@@ -228,14 +224,8 @@ impl JwksCache {
         }
         let found = self.lookup(Some(kid), alg);
         if found.is_none() {
-            let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
-            if unknown.len() >= 10_000 {
-                unknown.retain(|_, until| *until > now);
-                if unknown.len() >= 10_000 {
-                    unknown.clear();
-                }
-            }
-            unknown.insert(kid.to_string(), unix_now() + self.min_refetch_s);
+            self.unknown
+                .insert(kid.to_string(), (), unix_now() + self.min_refetch_s, now);
         }
         found
     }
@@ -319,9 +309,6 @@ async fn get(endpoint: &Endpoint) -> Result<(Bytes, Option<u64>), String> {
     Ok((resp.into_body(), max_age))
 }
 
-/// A verified token's principal and when its cache entry ends (unix seconds).
-type Verified = (Arc<Principal>, u64);
-
 enum Keys {
     Secret(Arc<Key>),
     Jwks(Arc<JwksCache>),
@@ -338,7 +325,7 @@ pub struct JwtVerifier {
     tenant_claim: Option<String>,
     pub counters: Arc<AuthCounters>,
     /// SHA-256 of a verified token → its principal and when the entry ends (unix seconds).
-    verified: Mutex<HashMap<[u8; 32], Verified>>,
+    verified: Expiring<[u8; 32], Arc<Principal>>,
     verified_cache_s: u64,
     revocation: Option<RevocationCheck>,
 }
@@ -349,32 +336,19 @@ struct RevocationCheck {
     prefix: String,
     cache_s: u64,
     allow_on_failure: bool,
-    /// jti → (revoked, until).
-    cache: Mutex<HashMap<String, (bool, u64)>>,
+    /// jti → revoked.
+    cache: Expiring<String, bool>,
 }
 
 impl RevocationCheck {
     async fn revoked(&self, jti: &str, now: u64) -> Result<bool, ()> {
-        if let Some((revoked, until)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(jti)
-        {
-            if *until > now {
-                return Ok(*revoked);
-            }
+        if let Some(revoked) = self.cache.get(jti, now) {
+            return Ok(revoked);
         }
         match self.store.exists(&format!("{}{jti}", self.prefix)).await {
             Ok(revoked) => {
-                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.len() >= VERIFIED_MAX {
-                    cache.retain(|_, (_, until)| *until > now);
-                    if cache.len() >= VERIFIED_MAX {
-                        cache.clear();
-                    }
-                }
-                cache.insert(jti.to_string(), (revoked, now + self.cache_s));
+                self.cache
+                    .insert(jti.to_string(), revoked, now + self.cache_s, now);
                 Ok(revoked)
             }
             Err(_) if self.allow_on_failure => Ok(false),
@@ -438,7 +412,7 @@ impl JwtVerifier {
                 .collect(),
             tenant_claim: cfg.tenant_claim.as_ref().map(|s| s.to_string()),
             counters: Arc::default(),
-            verified: Mutex::new(HashMap::new()),
+            verified: Expiring::new(CACHE_MAX),
             verified_cache_s: cfg.verified_cache_s,
             revocation: cfg
                 .revocation
@@ -449,7 +423,7 @@ impl JwtVerifier {
                     prefix: r.key_prefix.to_string(),
                     cache_s: r.cache_s,
                     allow_on_failure: r.on_store_failure == RevocationFailure::Allow,
-                    cache: Mutex::new(HashMap::new()),
+                    cache: Expiring::new(CACHE_MAX),
                 }),
         }
     }
@@ -510,7 +484,7 @@ impl JwtVerifier {
     }
 
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Failure> {
-        let token = bearer(headers).ok_or_else(|| Failure::missing(&self.name))?;
+        let token = super::bearer(headers).ok_or_else(|| Failure::missing(&self.name))?;
         self.verify(token).await
     }
 
@@ -520,14 +494,7 @@ impl JwtVerifier {
         }
         let now = unix_now();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let cached = self
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
-            .filter(|(_, until)| *until > now)
-            .map(|(p, _)| Arc::clone(p));
-        if let Some(p) = cached {
+        if let Some(p) = self.verified.get(&digest, now) {
             return self.not_revoked(p, now).await;
         }
 
@@ -608,17 +575,9 @@ impl JwtVerifier {
             claims: Some(claims),
         });
         if self.verified_cache_s > 0 {
-            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if verified.len() >= VERIFIED_MAX {
-                verified.retain(|_, (_, until)| *until > now);
-                if verified.len() >= VERIFIED_MAX {
-                    verified.clear();
-                }
-            }
-            verified.insert(
-                digest,
-                (Arc::clone(&principal), exp.min(now + self.verified_cache_s)),
-            );
+            let until = exp.min(now + self.verified_cache_s);
+            self.verified
+                .insert(digest, Arc::clone(&principal), until, now);
         }
         self.not_revoked(principal, now).await
     }
@@ -673,14 +632,4 @@ impl JwtVerifier {
         }
         Ok(exp)
     }
-}
-
-/// The token of an `Authorization: Bearer …` header.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
 }

@@ -3,6 +3,7 @@
 //! a cheap `RouteAuth` that runs its policy per request and yields a `Principal`.
 
 pub mod api_key;
+pub mod expiring;
 pub mod introspection;
 pub mod jwt;
 
@@ -11,6 +12,16 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// The token of an `Authorization: Bearer …` header (the scheme is case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
 
 /// Who made the request, as authentication established it.
 #[derive(Debug, Clone, Default)]
@@ -94,8 +105,9 @@ impl Reason {
         }
     }
 
+    /// Position in `ALL` (declared in the same order).
     fn index(self) -> usize {
-        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+        self as usize
     }
 }
 
@@ -141,13 +153,29 @@ impl Failure {
 /// Failures by reason for one provider.
 #[derive(Debug, Default)]
 pub struct AuthCounters {
-    pub failures: [AtomicU64; Reason::ALL.len()],
+    failures: [AtomicU64; Reason::ALL.len()],
     pub successes: AtomicU64,
 }
 
 impl AuthCounters {
     fn fail(&self, r: Reason) {
         self.failures[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failures so far for one reason.
+    pub fn failures(&self, r: Reason) -> u64 {
+        self.failures[r.index()].load(Ordering::Relaxed)
+    }
+
+    /// Counts one authentication's outcome and passes it on.
+    fn count(&self, r: Result<Arc<Principal>, Failure>) -> Result<Option<Arc<Principal>>, Failure> {
+        match &r {
+            Ok(_) => {
+                self.successes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(f) => self.fail(f.reason),
+        }
+        r.map(Some)
     }
 }
 
@@ -159,8 +187,8 @@ pub enum RouteAuth {
     Jwt(Arc<jwt::JwtVerifier>),
     ApiKey(Arc<api_key::ApiKeys>, Arc<AuthCounters>),
     Introspection(Arc<introspection::Introspection>),
-    /// A client certificate the listener's CA verified.
-    Mtls(Arc<AuthCounters>),
+    /// A client certificate the listener's CA verified (provider name, counters).
+    Mtls(Arc<str>, Arc<AuthCounters>),
     /// The first that succeeds; when all fail, the first failure that is not "no credentials".
     Any(Vec<RouteAuth>),
 }
@@ -178,58 +206,21 @@ impl RouteAuth {
     ) -> Result<Option<Arc<Principal>>, Failure> {
         match self {
             RouteAuth::None => Ok(None),
-            RouteAuth::Mtls(counters) => {
-                let name: Arc<str> = Arc::from("mtls");
-                match client_cert {
-                    Some(c) => {
-                        counters.successes.fetch_add(1, Ordering::Relaxed);
-                        Ok(Some(Arc::new(Principal {
-                            provider: name,
-                            subject: c.subject.to_str().ok().map(str::to_string),
-                            ..Principal::default()
-                        })))
-                    }
-                    None => {
-                        counters.fail(Reason::MissingCredentials);
-                        Err(Failure::new(
-                            &name,
-                            Reason::MissingCredentials,
-                            "a verified client certificate is required",
-                        ))
-                    }
-                }
-            }
-            RouteAuth::Jwt(j) => {
-                let r = j.authenticate(headers).await;
-                match &r {
-                    Ok(_) => j.counters.successes.fetch_add(1, Ordering::Relaxed),
-                    Err(f) => {
-                        j.counters.fail(f.reason);
-                        0
-                    }
-                };
-                r.map(Some)
-            }
-            RouteAuth::Introspection(i) => {
-                let r = i.authenticate(headers).await;
-                match &r {
-                    Ok(_) => {
-                        i.counters.successes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(f) => i.counters.fail(f.reason),
-                }
-                r.map(Some)
-            }
-            RouteAuth::ApiKey(k, counters) => {
-                let r = k.authenticate(headers, uri);
-                match &r {
-                    Ok(_) => {
-                        counters.successes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(f) => counters.fail(f.reason),
-                }
-                r.map(Some)
-            }
+            RouteAuth::Mtls(name, counters) => counters.count(match client_cert {
+                Some(c) => Ok(Arc::new(Principal {
+                    provider: Arc::clone(name),
+                    subject: c.subject.to_str().ok().map(str::to_string),
+                    ..Principal::default()
+                })),
+                None => Err(Failure::new(
+                    name,
+                    Reason::MissingCredentials,
+                    "a verified client certificate is required",
+                )),
+            }),
+            RouteAuth::Jwt(j) => j.counters.count(j.authenticate(headers).await),
+            RouteAuth::Introspection(i) => i.counters.count(i.authenticate(headers).await),
+            RouteAuth::ApiKey(k, counters) => counters.count(k.authenticate(headers, uri)),
             RouteAuth::Any(all) => {
                 let mut first: Option<Failure> = None;
                 for a in all {
@@ -269,7 +260,7 @@ impl RouteAuth {
     /// Credential headers this policy reads, removed before the request goes upstream.
     pub fn credential_headers(&self, out: &mut Vec<HeaderName>) {
         match self {
-            RouteAuth::None | RouteAuth::Mtls(_) => {}
+            RouteAuth::None | RouteAuth::Mtls(..) => {}
             RouteAuth::Jwt(_) | RouteAuth::Introspection(_) => {
                 out.push(http::header::AUTHORIZATION)
             }
@@ -350,7 +341,6 @@ impl Authorize {
 }
 
 /// Providers carried across reloads.
-#[derive(Default)]
 pub struct AuthRegistry {
     jwt: HashMap<String, (crate::config::JwtProvider, Arc<jwt::JwtVerifier>)>,
     api_keys: HashMap<String, (Arc<api_key::ApiKeys>, Arc<AuthCounters>)>,
@@ -363,8 +353,21 @@ pub struct AuthRegistry {
     >,
     /// Every header any JWT provider forwards claims in: removed from every request.
     pub forwarded_headers: Vec<HeaderName>,
-    mtls: Arc<AuthCounters>,
+    mtls: (Arc<str>, Arc<AuthCounters>),
     mtls_configured: bool,
+}
+
+impl Default for AuthRegistry {
+    fn default() -> Self {
+        AuthRegistry {
+            jwt: HashMap::new(),
+            api_keys: HashMap::new(),
+            introspection: HashMap::new(),
+            forwarded_headers: Vec::new(),
+            mtls: (Arc::from("mtls"), Arc::default()),
+            mtls_configured: false,
+        }
+    }
 }
 
 /// The per-provider counters in a snapshot, for `/metrics`.
@@ -449,7 +452,7 @@ impl AuthRegistry {
                         RouteAuth::Introspection(Arc::clone(v))
                     })
                 } else if p.mtls.is_some() {
-                    RouteAuth::Mtls(Arc::clone(&self.mtls))
+                    RouteAuth::Mtls(Arc::clone(&self.mtls.0), Arc::clone(&self.mtls.1))
                 } else if let Some(any) = &p.any {
                     RouteAuth::Any(any.iter().map(|a| self.route(Some(a))).collect())
                 } else {
@@ -481,8 +484,8 @@ impl AuthRegistry {
             .collect();
         if self.mtls_configured {
             v.push(ProviderStats {
-                name: Arc::from("mtls"),
-                counters: Arc::clone(&self.mtls),
+                name: Arc::clone(&self.mtls.0),
+                counters: Arc::clone(&self.mtls.1),
                 jwks: None,
             });
         }
