@@ -315,6 +315,25 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
         sign(&rs, &cl)
     };
     let parts: Vec<&str> = good.split('.').collect();
+    // An attacker's key, and a server publishing it that the gateway must never ask.
+    let attacker = rsa_key(Algorithm::RS256, "attacker");
+    let attacker_hits: Arc<AtomicU64> = Arc::default();
+    let attacker_jwks = {
+        let hits = Arc::clone(&attacker_hits);
+        let body = json!({ "keys": [attacker.jwk.clone()] }).to_string();
+        serve_on("127.0.0.1:0".parse().unwrap(), move |_req| {
+            hits.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            async move { respond(200, body) }
+        })
+        .await
+    };
+    let attacker_token = |kid: &str, edit: &dyn Fn(&mut Header)| {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(kid.into());
+        edit(&mut h);
+        jsonwebtoken::encode(&h, &claims(), &attacker.encoding).unwrap()
+    };
     let rs_public_pem = {
         // The RS256 → HS256 confusion: the RSA public key (as its JWK JSON and as n) used as
         // an HMAC secret.
@@ -385,20 +404,30 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
             ),
         ),
         (
-            "embedded jwk",
-            raw_token(
-                &json!({"alg": "RS256", "jwk": rs.jwk, "kid": "attacker"}),
-                &claims(),
-                b"x",
-            ),
+            // Signed by the attacker's own key, which the header carries: valid only if the
+            // gateway trusted the embedded key.
+            "embedded jwk (known kid)",
+            attacker_token("main", &|h: &mut Header| {
+                h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap())
+            }),
+        ),
+        (
+            "embedded jwk (attacker kid)",
+            attacker_token("attacker", &|h: &mut Header| {
+                h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap())
+            }),
         ),
         (
             "jku to an attacker",
-            raw_token(
-                &json!({"alg": "RS256", "jku": "http://127.0.0.1:1/jwks", "kid": "attacker"}),
-                &claims(),
-                b"x",
-            ),
+            attacker_token("attacker", &|h: &mut Header| {
+                h.jku = Some(format!("http://{attacker_jwks}/jwks.json"))
+            }),
+        ),
+        (
+            "x5u to an attacker",
+            attacker_token("attacker", &|h: &mut Header| {
+                h.x5u = Some(format!("http://{attacker_jwks}/cert.pem"))
+            }),
         ),
     ];
     for none in ["none", "None", "NONE", "nOnE"] {
@@ -482,7 +511,9 @@ async fn jwks_rotation_unknown_kid_flood_and_idp_outages() {
         200
     );
 
-    // 1,000 tokens with random unknown kids: at most one fetch per jwks_min_refetch_s (2 s).
+    // 1,000 concurrent tokens with random unknown kids, starting past the refetch window so
+    // one fetch is allowed: single-flight makes it exactly one per jwks_min_refetch_s (2 s).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let before = idp.fetches.load(Ordering::SeqCst);
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
