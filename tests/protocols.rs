@@ -82,3 +82,39 @@ async fn h1_and_h2_clients_to_h1_and_h2c_upstreams_with_trailers() {
         }
     }
 }
+
+#[tokio::test]
+async fn health_checks_use_the_targets_protocol() {
+    let up = Upstream::start("up").await;
+    let yaml = config(&up, "http2").replace(
+        "protocol: http2,",
+        "protocol: http2, health_check: { path: /healthz, interval_ms: 100, timeout_ms: 90, healthy_threshold: 1, unhealthy_threshold: 1 },",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let probes: Vec<_> = up
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.uri.ends_with("/healthz"))
+            .cloned()
+            .collect();
+        if let Some(p) = probes.first() {
+            assert_eq!(
+                p.version,
+                http::Version::HTTP_2,
+                "probe over the target's h2c"
+            );
+            assert_eq!(p.headers["user-agent"], "portcullis-health-check");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no health probe arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&client(), &gw.url("/x"), &[]).await.status, 200);
+}

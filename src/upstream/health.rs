@@ -1,42 +1,17 @@
-//! Active health checks: an HTTP GET to each target on an interval; `healthy_threshold`
-//! successes in a row mark a target up, `unhealthy_threshold` failures mark it down. Each check
-//! uses its own connection, so a check never waits behind (or disturbs) proxied traffic.
+//! Active health checks: an HTTP GET to each target on an interval, over the target's own
+//! transport (`TargetPool::probe`: plain, TLS or h2c); `healthy_threshold` successes in a row mark
+//! a target up, `unhealthy_threshold` failures mark it down.
 
+use super::pool::TargetPool;
 use super::target::TargetState;
 use crate::config::HealthCheck;
-use bytes::Bytes;
-use http::uri::Authority;
-use http::Request;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-/// One GET; true for a 2xx or 3xx answer within `timeout`.
-pub async fn check_once(target: &Authority, path: &str, timeout: Duration) -> bool {
-    let attempt = async {
-        let stream = TcpStream::connect(target.as_str()).await.ok()?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-                .await
-                .ok()?;
-        let driver = tokio::spawn(conn);
-        let req = Request::get(path)
-            .header(http::header::HOST, target.as_str())
-            .header(http::header::USER_AGENT, "portcullis-health-check")
-            .body(Empty::new())
-            .ok()?;
-        let status = sender.send_request(req).await.ok()?.status();
-        driver.abort();
-        Some(status.is_success() || status.is_redirection())
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
-}
-
-async fn run(upstream: String, target: Authority, state: Arc<TargetState>, cfg: HealthCheck) {
+async fn run(upstream: String, pool: Arc<TargetPool>, state: Arc<TargetState>, cfg: HealthCheck) {
+    let target = pool.authority().clone();
     let interval = Duration::from_millis(cfg.interval_ms);
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let (mut successes, mut failures) = (0u32, 0u32);
@@ -44,7 +19,10 @@ async fn run(upstream: String, target: Authority, state: Arc<TargetState>, cfg: 
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if check_once(&target, &cfg.path, timeout).await {
+        let healthy = tokio::time::timeout(timeout, pool.probe(&cfg.path))
+            .await
+            .unwrap_or(false);
+        if healthy {
             successes += 1;
             failures = 0;
             if successes >= cfg.healthy_threshold
@@ -67,45 +45,50 @@ async fn run(upstream: String, target: Authority, state: Arc<TargetState>, cfg: 
     }
 }
 
+/// (upstream name, target address).
+type CheckKey = (String, String);
+
 /// The running checkers, one per (upstream, target) that has a `health_check`.
 #[derive(Default)]
 pub struct HealthCheckers {
-    running: HashMap<(String, String), (HealthCheck, JoinHandle<()>)>,
+    running: HashMap<CheckKey, (HealthCheck, Arc<TargetPool>, JoinHandle<()>)>,
 }
 
 impl HealthCheckers {
     /// Starts, restarts or stops checkers to match `upstreams`. Must run inside the runtime.
     pub fn sync(&mut self, upstreams: &[super::CompiledUpstream]) {
-        let mut wanted: HashMap<(String, String), (HealthCheck, Authority, Arc<TargetState>)> =
+        let mut wanted: HashMap<CheckKey, (HealthCheck, Arc<TargetPool>, Arc<TargetState>)> =
             HashMap::new();
         for u in upstreams {
             let Some(hc) = &u.health_check else { continue };
             for t in &u.targets {
-                let authority = t.pool.authority().clone();
                 wanted.insert(
-                    (u.name.to_string(), authority.to_string()),
-                    (hc.clone(), authority, Arc::clone(&t.state)),
+                    (u.name.to_string(), t.pool.authority().to_string()),
+                    (hc.clone(), Arc::clone(&t.pool), Arc::clone(&t.state)),
                 );
             }
         }
-        self.running.retain(|key, (cfg, handle)| {
-            let keep = wanted.get(key).is_some_and(|(w, _, _)| w == cfg);
+        // A checker is kept while its settings and its target's pool (protocol, TLS) are the same.
+        self.running.retain(|key, (cfg, pool, handle)| {
+            let keep = wanted
+                .get(key)
+                .is_some_and(|(w, p, _)| w == cfg && Arc::ptr_eq(p, pool));
             if !keep {
                 handle.abort();
             }
             keep
         });
-        for (key, (cfg, authority, state)) in wanted {
+        for (key, (cfg, pool, state)) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
-            let handle = tokio::spawn(run(key.0.clone(), authority, state, cfg.clone()));
-            self.running.insert(key, (cfg, handle));
+            let handle = tokio::spawn(run(key.0.clone(), Arc::clone(&pool), state, cfg.clone()));
+            self.running.insert(key, (cfg, pool, handle));
         }
     }
 
     pub fn stop_all(&mut self) {
-        for (_, (_, h)) in self.running.drain() {
+        for (_, (_, _, h)) in self.running.drain() {
             h.abort();
         }
     }

@@ -196,7 +196,8 @@ impl TargetPool {
         idle.push_back(Idle { conn, since: now });
     }
 
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
+    /// A new connection over the target's transport (plain or TLS), not counted.
+    async fn open(&self) -> Result<Conn, UpstreamError> {
         let target = self.authority.as_str();
         let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
         let connect = async {
@@ -229,8 +230,6 @@ impl TargetPool {
         };
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        self.created
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let exchange = |source| UpstreamError::Exchange {
             target: target.to_string(),
             source,
@@ -255,6 +254,14 @@ impl TargetPool {
             }
         };
         Ok(Conn { sender, peer })
+    }
+
+    /// A new connection for proxied traffic (counted in `created`).
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
+        let conn = self.open().await?;
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(conn)
     }
 
     /// The shared HTTP/2 connection, opened (again) when there is none or it closed.
@@ -342,6 +349,34 @@ impl TargetPool {
                 source,
             })?;
         Ok(resp.map(PooledBody::unpooled))
+    }
+
+    /// One health-check GET with this target's transport: a connection of its own for HTTP/1.1
+    /// and https (so a check never waits behind, or disturbs, proxied traffic), a stream on the
+    /// shared connection for h2c. True for a 2xx or 3xx answer.
+    pub async fn probe(self: &Arc<Self>, path: &str) -> bool {
+        let Ok(req) = Request::get(path)
+            .header(http::header::HOST, self.authority.as_str())
+            .header(http::header::USER_AGENT, "portcullis-health-check")
+            .body(UpstreamBody::empty())
+        else {
+            return false;
+        };
+        let status = if self.settings.protocol == Protocol::Http2 {
+            match Box::pin(self.send_h2(req)).await {
+                Ok(r) => r.status(),
+                Err(_) => return false,
+            }
+        } else {
+            let Ok(mut conn) = Box::pin(self.open()).await else {
+                return false;
+            };
+            match conn.sender.send_request(req).await {
+                Ok(r) => r.status(),
+                Err(_) => return false,
+            }
+        };
+        status.is_success() || status.is_redirection()
     }
 
     /// Sends `req` (its URI already in origin-form) on a pooled or new connection.
