@@ -16,6 +16,7 @@ use crate::router::RequestView;
 use crate::server::ConnContext;
 use crate::snapshot::{Action, CompiledRoute, Snapshot};
 use crate::upstream::forward::forward;
+use crate::websocket::Upgrade;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
@@ -25,9 +26,10 @@ use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Handles one request on the snapshot current when it arrived.
-pub async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<ServedBody> {
+pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response<ServedBody> {
     let started = std::time::Instant::now();
     let snapshot = conn.gateway.snapshot();
     let request_id = request_id::for_request(req.headers());
@@ -200,8 +202,8 @@ fn record(
 }
 
 async fn run(
-    req: Request<Incoming>,
-    conn: &ConnContext,
+    mut req: Request<Incoming>,
+    conn: &Arc<ConnContext>,
     snapshot: &Snapshot,
     request_id: &HeaderValue,
     trace: Option<&TraceContext>,
@@ -220,6 +222,7 @@ async fn run(
     if head_size(&req) > limits.max_header_bytes {
         return Err(Reject::HeadersTooLarge(limits.max_header_bytes));
     }
+    let upgrade = Upgrade::take(&mut req);
 
     // 2. route: host and normalized path against the compiled router.
     let host_value = request_host(&req);
@@ -353,6 +356,9 @@ async fn run(
         route,
         &body,
     );
+    if let Some(u) = &upgrade {
+        u.prepare_request(&mut parts.headers);
+    }
     set_identity_headers(
         &mut parts.headers,
         snapshot,
@@ -378,8 +384,12 @@ async fn run(
     )
     .await?;
 
-    // 12. transform response.
+    // 12. transform response (a WebSocket answered with 101 becomes a tunnel here).
     forwarded::strip_hop_by_hop(resp.headers_mut());
+    if let Some(u) = upgrade {
+        let idle = Duration::from_millis(limits.idle_timeout_ms);
+        u.complete(&mut resp, idle, Arc::clone(conn));
+    }
     route.response_headers.apply(resp.headers_mut());
     if let Some(h) = &rate_headers {
         h.apply(resp.headers_mut());

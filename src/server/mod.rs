@@ -1,7 +1,7 @@
 //! Listeners: accept with a connection limit, serve HTTP/1.1 and h2c on each connection with
 //! the listener's limits, close idle connections, and drain on shutdown.
 
-mod io;
+pub(crate) mod io;
 
 use crate::admin;
 use crate::gateway::Gateway;
@@ -45,6 +45,16 @@ pub struct ConnContext {
     pub client_cert: Option<crate::tls::ClientCert>,
     /// Requests in flight on this connection (the idle timer never closes a busy connection).
     inflight: AtomicU64,
+    /// Becomes true when the gateway shuts down (WebSocket tunnels close then).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Drop for ConnContext {
+    // The connection stops counting against `max_connections` once nothing uses it: its
+    // HTTP connection has ended and no WebSocket tunnel made from it is still open.
+    fn drop(&mut self) {
+        self.listener.connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Counts live connections so shutdown can wait for them to drain.
@@ -213,6 +223,7 @@ async fn accept_loop(
                     hsts,
                     client_cert,
                     inflight: AtomicU64::new(0),
+                    shutdown: shutdown.clone(),
                 })
             };
             match tls {
@@ -296,7 +307,7 @@ async fn serve_connection<S>(
             Ok::<_, Infallible>(pipeline::handle(req, &ctx).await)
         })
     });
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // The idle timer and the shutdown signal live in a watcher task, so the connection's own
     // task polls only a oneshot receiver besides the connection on each wake-up.
@@ -326,12 +337,11 @@ async fn serve_connection<S>(
         }
     }
     watcher.abort();
-    ctx.listener.connections.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Resolves once the connection has moved no bytes for `idle` and has no request in flight.
 /// Checked in quarter steps, so a connection closes between `idle` and `1.25 × idle`.
-async fn idle_expired(activity: &Activity, inflight: &AtomicU64, idle: Duration) {
+pub(crate) async fn idle_expired(activity: &Activity, inflight: &AtomicU64, idle: Duration) {
     let tick = (idle / 4).max(Duration::from_millis(10));
     let mut last = activity.count();
     let mut quiet = Duration::ZERO;

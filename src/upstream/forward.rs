@@ -286,6 +286,9 @@ fn classify(
         }
         source = err.source();
     }
+    if let UpstreamError::UpgradeOverH2 { .. } = e {
+        return Outcome::Fatal(Reject::Status(http::StatusCode::BAD_GATEWAY, e.to_string()));
+    }
     if e.is_connect() {
         Outcome::Failed(
             RetryOn::ConnectFailure,

@@ -52,6 +52,11 @@ pub enum UpstreamError {
     },
     #[error("TLS with {target} failed: {message}")]
     Tls { target: String, message: String },
+    /// An HTTP/1.1 upgrade (WebSocket) cannot be carried on an h2c connection.
+    #[error(
+        "upstream target {target} speaks HTTP/2 (h2c), which cannot carry a WebSocket upgrade"
+    )]
+    UpgradeOverH2 { target: String },
 }
 
 impl UpstreamError {
@@ -196,8 +201,9 @@ impl TargetPool {
         idle.push_back(Idle { conn, since: now });
     }
 
-    /// A new connection over the target's transport (plain or TLS), not counted.
-    async fn open(&self) -> Result<Conn, UpstreamError> {
+    /// A new connection over the target's transport (plain or TLS), not counted. With
+    /// `upgrades` the connection can be taken over by an upgraded protocol (WebSocket).
+    async fn open(&self, upgrades: bool) -> Result<Conn, UpstreamError> {
         let target = self.authority.as_str();
         let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
         let connect = async {
@@ -235,7 +241,9 @@ impl TargetPool {
             source,
         };
         let sender = match &self.transport {
-            Transport::Plain => handshake_h1(TokioIo::new(stream)).await.map_err(exchange)?,
+            Transport::Plain => handshake_h1(TokioIo::new(stream), upgrades)
+                .await
+                .map_err(exchange)?,
             Transport::Tls(config, name) => {
                 let tls = tokio::time::timeout(
                     timeout,
@@ -250,15 +258,17 @@ impl TargetPool {
                     target: target.to_string(),
                     message: e.to_string(),
                 })?;
-                handshake_h1(TokioIo::new(tls)).await.map_err(exchange)?
+                handshake_h1(TokioIo::new(tls), upgrades)
+                    .await
+                    .map_err(exchange)?
             }
         };
         Ok(Conn { sender, peer })
     }
 
     /// A new connection for proxied traffic (counted in `created`).
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
-        let conn = self.open().await?;
+    async fn connect(&self, upgrades: bool) -> Result<Conn, UpstreamError> {
+        let conn = self.open(upgrades).await?;
         self.created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(conn)
@@ -368,7 +378,7 @@ impl TargetPool {
                 Err(_) => return false,
             }
         } else {
-            let Ok(mut conn) = Box::pin(self.open()).await else {
+            let Ok(mut conn) = Box::pin(self.open(false)).await else {
                 return false;
             };
             match conn.sender.send_request(req).await {
@@ -384,6 +394,9 @@ impl TargetPool {
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        if req.headers().contains_key(http::header::UPGRADE) {
+            return Box::pin(self.send_upgrade(req)).await;
+        }
         if self.settings.protocol == Protocol::Http2 {
             return Box::pin(self.send_h2(req)).await;
         }
@@ -394,10 +407,10 @@ impl TargetPool {
             // Wait for the connection task to finish with the previous exchange.
             Some(mut c) => match c.sender.ready().await {
                 Ok(()) => (c, false),
-                Err(_) => (Box::pin(self.connect()).await?, true),
+                Err(_) => (Box::pin(self.connect(false)).await?, true),
             },
             // Boxed: connecting is the rare path, and its future is large.
-            None => (Box::pin(self.connect()).await?, true),
+            None => (Box::pin(self.connect(false)).await?, true),
         };
         loop {
             match conn.sender.try_send_request(req).await {
@@ -408,7 +421,7 @@ impl TargetPool {
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => {
                         req = unsent;
-                        conn = Box::pin(self.connect()).await?;
+                        conn = Box::pin(self.connect(false)).await?;
                         fresh = true;
                     }
                     _ => {
@@ -421,9 +434,34 @@ impl TargetPool {
             }
         }
     }
+
+    /// An upgrade request (WebSocket) on a new HTTP/1.1 connection of its own that is never
+    /// pooled: after a 101 it belongs to the tunnel.
+    async fn send_upgrade(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let target = || self.authority.as_str().to_string();
+        if self.settings.protocol == Protocol::Http2 {
+            return Err(UpstreamError::UpgradeOverH2 { target: target() });
+        }
+        let mut conn = self.connect(true).await?;
+        let resp =
+            conn.sender
+                .send_request(req)
+                .await
+                .map_err(|source| UpstreamError::Exchange {
+                    target: target(),
+                    source,
+                })?;
+        Ok(resp.map(|inner| PooledBody {
+            inner,
+            owner: Owner::Dedicated(conn),
+        }))
+    }
 }
 
-async fn handshake_h1<I>(io: I) -> Result<SendRequest<UpstreamBody>, hyper::Error>
+async fn handshake_h1<I>(io: I, upgrades: bool) -> Result<SendRequest<UpstreamBody>, hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -431,7 +469,12 @@ where
         .handshake(io)
         .await?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let ended = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = ended {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
@@ -442,24 +485,37 @@ where
 /// has been read to the end, and is closed if the body is abandoned halfway.
 pub struct PooledBody {
     inner: Incoming,
-    owner: Option<(Conn, Arc<TargetPool>)>,
+    owner: Owner,
+}
+
+/// Where a response's connection goes when its body ends.
+enum Owner {
+    /// Back to its pool.
+    Pool(Conn, Arc<TargetPool>),
+    /// Nowhere: kept open with the body, then closed (upgrade requests).
+    Dedicated(#[allow(dead_code)] Conn),
+    /// Nothing to give back (multiplexed HTTP/2), or already given back.
+    None,
 }
 
 impl PooledBody {
     fn new(inner: Incoming, conn: Conn, pool: Arc<TargetPool>) -> PooledBody {
         PooledBody {
             inner,
-            owner: Some((conn, pool)),
+            owner: Owner::Pool(conn, pool),
         }
     }
 
     /// A body from a multiplexed connection: nothing to give back.
     fn unpooled(inner: Incoming) -> PooledBody {
-        PooledBody { inner, owner: None }
+        PooledBody {
+            inner,
+            owner: Owner::None,
+        }
     }
 
     fn release(&mut self) {
-        if let Some((conn, pool)) = self.owner.take() {
+        if let Owner::Pool(conn, pool) = std::mem::replace(&mut self.owner, Owner::None) {
             pool.put_back(conn);
         }
     }
