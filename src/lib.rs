@@ -9,6 +9,7 @@ pub mod body;
 pub mod config;
 pub mod forwarded;
 pub mod gateway;
+pub mod grpc;
 pub mod held;
 pub mod observe;
 pub mod outbound;

@@ -3,6 +3,7 @@
 
 use crate::body::{ResponseBody, ServedBody, UpstreamBody};
 use crate::forwarded;
+use crate::grpc;
 use crate::observe::record::{AuthResult, Record, Trail};
 use crate::observe::trace_context::TraceContext;
 use crate::observe::Completion;
@@ -59,6 +60,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         },
     });
     let method = req.method().clone();
+    let grpc = grpc::is_grpc(req.headers());
     let mut trail = Trail::default();
     let mut resp = match run(
         req,
@@ -71,6 +73,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
     .await
     {
         Ok(resp) => resp,
+        Err(reject) if grpc => grpc::error_response(reject, &request_id),
         Err(reject) => reject.into_response(&request_id),
     };
     if let (Some(name), Some(t)) = (&snapshot.trace_id_header, &trace) {
@@ -371,12 +374,14 @@ async fn run(
     }
 
     // 10-11. select a target and forward: bulkhead, balancer, breaker, timeouts, retries.
+    // A gRPC client's own deadline shortens the route's timeout.
+    let timeout = grpc::deadline(&parts.headers).map_or(route.timeout, |d| d.min(route.timeout));
     let upstream = &snapshot.upstreams[upstream_index];
     trail.upstream = Some(upstream_index);
     let mut resp = forward(
         upstream,
         route.retry.as_ref(),
-        route.timeout,
+        timeout,
         parts,
         body,
         &conn.client_ip,
