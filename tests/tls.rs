@@ -407,3 +407,109 @@ async fn certificates_rotate_on_reload_and_old_connections_keep_working() {
     let again = connect(gw.addr, "a.example.com", cfg).await.unwrap();
     assert_eq!(served_cert(&again), a2);
 }
+
+/// A TLS server config for `cert_pem` / `key_pem`, offering h2 and HTTP/1.1.
+fn server_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    portcullis::tls::install_provider();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+#[tokio::test]
+async fn tls_client_to_an_https_upstream_with_bodies_and_trailers() {
+    let s = setup();
+    // The upstream's certificate comes from a CA of its own and names only upstream.internal.
+    let internal = ca("Internal CA");
+    let (up_pem, up_key, _) = leaf(&internal, "upstream", &["upstream.internal"]);
+    let up = Upstream::start_tls("secure-up", server_config(&up_pem, &up_key)).await;
+    let internal_ca = write(s.dir.path(), "internal-ca.pem", &internal.pem);
+    let upstream = |name: &str, tls: &str| {
+        format!(
+            "  - {{ name: {name}, protocol: https, {tls}targets: [{{ address: \"{}\" }}] }}\n",
+            up.addr
+        )
+    };
+    let yaml = config(&s, &up, "")
+        .replace(
+            "upstreams:\n",
+            &format!(
+                "upstreams:\n{}{}{}",
+                upstream(
+                    "verified",
+                    &format!("tls: {{ server_name: upstream.internal, ca_file: \"{internal_ca}\" }}, ")
+                ),
+                upstream(
+                    "wrong-name",
+                    &format!("tls: {{ server_name: other.internal, ca_file: \"{internal_ca}\" }}, ")
+                ),
+                // Default trust: the Mozilla roots, which never signed the internal CA.
+                upstream("public-roots", "tls: { server_name: upstream.internal }, "),
+            ),
+        )
+        .replace(
+            "routes:\n",
+            "routes:\n  - { name: v, match: { path: { prefix: /v/ } }, upstream: verified, rewrite: { strip_prefix: /v } }\n  - { name: w, match: { path: { prefix: /w/ } }, upstream: wrong-name }\n  - { name: p, match: { path: { prefix: /p/ } }, upstream: public-roots }\n",
+        );
+    let gw = TestGateway::start(&yaml).await;
+
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let stream = connect(
+            gw.addr,
+            "a.example.com",
+            client_config(&s.ca, &[alpn], None),
+        )
+        .await
+        .unwrap();
+        let req = http::Request::post("https://a.example.com/v/trailers")
+            .header("host", "a.example.com")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"request body")))
+            .unwrap();
+        let resp = if alpn == b"h2" {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        } else {
+            let mut sender = h1(stream).await;
+            let (mut parts, body) = req.into_parts();
+            parts.uri = "/v/trailers".parse().unwrap();
+            sender
+                .send_request(http::Request::from_parts(parts, body))
+                .await
+                .unwrap()
+        };
+        assert_eq!(resp.status(), 200, "{alpn:?}");
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(collected.to_bytes(), "payload");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "ok");
+        let seen = up.last();
+        assert_eq!(seen.uri, "/trailers");
+        assert_eq!(seen.body_len, 12, "request body arrived whole");
+        assert_eq!(seen.version, http::Version::HTTP_11);
+        assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    }
+    let served = up.count();
+
+    // A certificate that does not name the expected server, or that no trusted CA signed:
+    // 502, and nothing reaches the upstream's HTTP layer.
+    let plain = format!("http://{}", plain_addr(&gw));
+    for path in ["/w/x", "/p/x"] {
+        let r = get(&client(), &format!("{plain}{path}"), &[]).await;
+        r.assert_gateway_error(502);
+    }
+    assert_eq!(up.count(), served);
+}

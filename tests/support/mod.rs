@@ -56,6 +56,27 @@ impl Upstream {
 
     /// An upstream on `addr` (port 0: any) that delays every answer by `delay`.
     pub async fn start_with(name: &str, addr: SocketAddr, delay: Duration) -> Upstream {
+        Self::spawn(name, addr, delay, None).await
+    }
+
+    /// An upstream that speaks HTTP/1.1 and h2 over TLS (chosen by ALPN) with `config`.
+    pub async fn start_tls(name: &str, config: Arc<rustls::ServerConfig>) -> Upstream {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        Self::spawn(
+            name,
+            "127.0.0.1:0".parse().unwrap(),
+            Duration::ZERO,
+            Some(acceptor),
+        )
+        .await
+    }
+
+    async fn spawn(
+        name: &str,
+        addr: SocketAddr,
+        delay: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -97,6 +118,7 @@ impl Upstream {
                     arrivals.clone(),
                     name.clone(),
                 );
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let (seen, uploads, arrivals, name) = (
@@ -116,11 +138,24 @@ impl Upstream {
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     // Stopping the upstream drops its connections mid-flight, like a crash.
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop_conn.changed() => {}
+                    match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = stop_conn.changed() => {}
+                            }
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                                tokio::select! {
+                                    _ = conn => {}
+                                    _ = stop_conn.changed() => {}
+                                }
+                            }
+                        }
                     }
                     open_connections.fetch_sub(1, Ordering::SeqCst);
                 });
