@@ -66,9 +66,13 @@ pub fn is_hmac(a: Algorithm) -> bool {
 }
 
 fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One usable verification key.
@@ -106,8 +110,9 @@ pub struct JwksCache {
     min_refetch_s: u64,
     /// Unix seconds: the current keys expire (refresh due before then).
     expires_at: AtomicU64,
-    /// Unix seconds of the last fetch attempt (for the unknown-kid limit).
-    last_attempt: AtomicU64,
+    /// Unix milliseconds of the last fetch attempt (for the unknown-kid limit; whole seconds
+    /// would let two fetches come barely more than one second apart).
+    last_attempt_ms: AtomicU64,
     /// Held while fetching: one fetch at a time.
     fetching: tokio::sync::Mutex<()>,
     /// kids still unknown after a refetch, until when.
@@ -125,7 +130,7 @@ impl JwksCache {
             cache_s,
             min_refetch_s,
             expires_at: AtomicU64::new(0),
-            last_attempt: AtomicU64::new(0),
+            last_attempt_ms: AtomicU64::new(0),
             fetching: tokio::sync::Mutex::new(()),
             unknown: Expiring::new(CACHE_MAX),
             fetches_ok: AtomicU64::new(0),
@@ -140,7 +145,7 @@ impl JwksCache {
 
     /// Fetches and installs the key set; on any failure the previous keys stay.
     async fn fetch(&self) -> bool {
-        self.last_attempt.store(unix_now(), Ordering::Relaxed);
+        self.last_attempt_ms.store(unix_now_ms(), Ordering::Relaxed);
         let result = match &self.source {
             JwksSource::File(p) => {
                 let path = p.clone();
@@ -217,8 +222,8 @@ impl JwksCache {
             if let Some(k) = self.lookup(Some(kid), alg) {
                 return Some(k);
             }
-            let last = self.last_attempt.load(Ordering::Relaxed);
-            if last == 0 || unix_now() >= last + self.min_refetch_s {
+            let last = self.last_attempt_ms.load(Ordering::Relaxed);
+            if last == 0 || unix_now_ms() >= last + self.min_refetch_s * 1000 {
                 self.fetch().await;
             }
         }
