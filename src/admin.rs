@@ -98,11 +98,7 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
             }
             (&Method::GET, "/admin/config-version") => json_response(
                 StatusCode::OK,
-                &json!({
-                    "config_version": snapshot.version,
-                    "loaded_at": humantime::format_rfc3339_seconds(snapshot.loaded_at).to_string(),
-                    "checksum": snapshot.checksum,
-                }),
+                &config_version_document(gateway, &snapshot),
             ),
             (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &snapshot.routes_json),
             (&Method::GET, "/metrics") => {
@@ -179,6 +175,31 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
     resp
 }
 
+/// `GET /admin/config-version`: the running snapshot and, for a gateway following the store,
+/// the store version and whether it runs from its last-known-good file.
+fn config_version_document(
+    gateway: &Gateway,
+    snapshot: &crate::snapshot::Snapshot,
+) -> serde_json::Value {
+    let mut doc = json!({
+        "config_version": snapshot.version,
+        "loaded_at": humantime::format_rfc3339_seconds(snapshot.loaded_at).to_string(),
+        "checksum": snapshot.checksum,
+        "source": if gateway.store_status.get().is_some() { "store" } else { "file" },
+    });
+    if let Some(s) = gateway.store_status.get() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let version = s.version.load(Relaxed);
+        doc["store_version"] = json!((version > 0).then_some(version));
+        doc["last_known_good"] = json!(s.last_known_good.load(Relaxed));
+        doc["store_reachable"] = json!(s.up.load(Relaxed));
+        if let Some((v, e)) = s.failed.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            doc["failed_store_version"] = json!({ "version": v, "errors": e });
+        }
+    }
+    doc
+}
+
 /// `GET /admin/upstreams`: every upstream's bulkhead and retry counters and, per target, health,
 /// breaker state, requests in flight and error counts.
 fn upstreams_document(snapshot: &crate::snapshot::Snapshot) -> serde_json::Value {
@@ -243,6 +264,44 @@ fn render_metrics(gateway: &Gateway, snapshot: &crate::snapshot::Snapshot) -> St
             gateway.metrics.in_flight.load(Relaxed) as f64,
         )],
     );
+    if let Some(s) = gateway.store_status.get() {
+        let one = |v: f64| [(String::new(), v)];
+        family(
+            &mut out,
+            "portcullis_config_store_up",
+            "gauge",
+            "1 when the config store answered the last poll.",
+            &one(f64::from(u8::from(s.up.load(Relaxed)))),
+        );
+        family(
+            &mut out,
+            "portcullis_config_store_errors_total",
+            "counter",
+            "Polls or heartbeats the config store did not answer.",
+            &one(s.errors.load(Relaxed) as f64),
+        );
+        family(
+            &mut out,
+            "portcullis_config_store_version",
+            "gauge",
+            "The store version this instance runs.",
+            &one(s.version.load(Relaxed) as f64),
+        );
+        family(
+            &mut out,
+            "portcullis_config_last_known_good",
+            "gauge",
+            "1 while running from the last-known-good file.",
+            &one(f64::from(u8::from(s.last_known_good.load(Relaxed)))),
+        );
+        family(
+            &mut out,
+            "portcullis_config_store_apply_failures_total",
+            "counter",
+            "Store versions this instance refused (invalid for it).",
+            &one(s.apply_failures.load(Relaxed) as f64),
+        );
+    }
     let now = tokio::time::Instant::now();
     let per_upstream =
         |f: &dyn Fn(&crate::upstream::CompiledUpstream) -> f64| -> Vec<(String, f64)> {

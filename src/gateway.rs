@@ -18,12 +18,14 @@ pub struct Gateway {
     current: ArcSwap<Snapshot>,
     /// Metric series, carried across reloads.
     pub metrics: Arc<Metrics>,
-    config_path: PathBuf,
+    source: ConfigSource,
     /// Held while a reload compiles; also guards the pool registry and the version counter.
     reload_state: Mutex<ReloadState>,
     /// Serialises reloads without blocking a runtime thread.
     reload_gate: tokio::sync::Mutex<()>,
     ready: AtomicBool,
+    /// Set when the config comes from the control plane's store.
+    pub store_status: std::sync::OnceLock<Arc<crate::control::agent::StoreStatus>>,
 }
 
 struct ReloadState {
@@ -33,6 +35,15 @@ struct ReloadState {
     spans: Running<OtlpConfig, SpanExporter>,
     health: HealthCheckers,
     last_version: u64,
+}
+
+/// Where the running config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A YAML file, re-read on reload (SIGHUP, admin API).
+    File(PathBuf),
+    /// The control plane's store: new versions arrive through `apply_document`.
+    Store,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +58,16 @@ impl Gateway {
     /// Loads and compiles the config file for a first start.
     pub fn load(config_path: PathBuf) -> Result<Arc<Gateway>, ConfigErrors> {
         let valid = config::load_file(&config_path)?;
+        Self::start_with(valid, ConfigSource::File(config_path))
+    }
+
+    /// Compiles a config document (from the store, or a last-known-good copy) for a first start.
+    pub fn load_document(text: &str, name: &str) -> Result<Arc<Gateway>, ConfigErrors> {
+        let valid = config::load_str(text, name)?;
+        Self::start_with(valid, ConfigSource::Store)
+    }
+
+    fn start_with(valid: ValidConfig, source: ConfigSource) -> Result<Arc<Gateway>, ConfigErrors> {
         let mut registries = Registries::default();
         let (access_log, spans) = sinks_for(&valid, None, None)?;
         let (tls, tls_fingerprint) = crate::tls::build_all(&valid)?;
@@ -60,7 +81,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(snap),
             metrics,
-            config_path,
+            source,
             reload_state: Mutex::new(ReloadState {
                 registries,
                 access_log,
@@ -70,6 +91,7 @@ impl Gateway {
             }),
             reload_gate: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
+            store_status: std::sync::OnceLock::new(),
         }))
     }
 
@@ -109,7 +131,44 @@ impl Gateway {
     /// Re-reads the config file and swaps it in if valid. On any error the running config keeps
     /// serving and the errors are returned.
     pub async fn reload(self: &Arc<Self>) -> Result<Applied, ConfigErrors> {
-        let result = self.reload_file().await;
+        let result = match &self.source {
+            ConfigSource::File(path) => {
+                let path = path.clone();
+                self.apply_in_background(path.display().to_string(), move || {
+                    config::load_file(&path)
+                })
+                .await
+            }
+            ConfigSource::Store => Err(ConfigErrors(vec![ConfigError {
+                file: "store".into(),
+                line: 0,
+                key: String::new(),
+                message: "this gateway's config comes from the store: activate a version with \
+                          `portcullis config activate`"
+                    .into(),
+            }])),
+        };
+        self.count_and_sync(result)
+    }
+
+    /// Validates, compiles and swaps in a config document (a version from the store). On any
+    /// error the running config keeps serving and the errors are returned.
+    pub async fn apply_document(
+        self: &Arc<Self>,
+        text: String,
+        name: String,
+    ) -> Result<Applied, ConfigErrors> {
+        let source = name.clone();
+        let result = self
+            .apply_in_background(source, move || config::load_str(&text, &name))
+            .await;
+        self.count_and_sync(result)
+    }
+
+    fn count_and_sync(
+        self: &Arc<Self>,
+        result: Result<Applied, ConfigErrors>,
+    ) -> Result<Applied, ConfigErrors> {
         let counter = if result.is_ok() {
             &self.metrics.reloads_ok
         } else {
@@ -123,18 +182,19 @@ impl Gateway {
         Ok(applied)
     }
 
-    async fn reload_file(self: &Arc<Self>) -> Result<Applied, ConfigErrors> {
+    async fn apply_in_background(
+        self: &Arc<Self>,
+        source: String,
+        load: impl FnOnce() -> Result<ValidConfig, ConfigErrors> + Send + 'static,
+    ) -> Result<Applied, ConfigErrors> {
         let _gate = self.reload_gate.lock().await;
         let this = Arc::clone(self);
         // Reading, parsing and compiling are blocking work: keep them off the request threads.
-        tokio::task::spawn_blocking(move || {
-            let valid = config::load_file(&this.config_path)?;
-            this.apply(valid)
-        })
+        tokio::task::spawn_blocking(move || this.apply(load()?))
         .await
         .unwrap_or_else(|e| {
             Err(ConfigErrors(vec![ConfigError {
-                file: self.config_path.display().to_string(),
+                file: source,
                 line: 0,
                 key: String::new(),
                 message: format!("reload task failed: {e}"),

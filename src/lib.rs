@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod control;
 pub mod forwarded;
 pub mod gateway;
 pub mod grpc;

@@ -23,14 +23,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway.
+    /// Run the gateway, on a config file (`-c`) or following the config store (`--store`).
     Run {
         /// Config file (YAML).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[arg(short, long, required_unless_present = "store", conflicts_with = "store")]
+        config: Option<PathBuf>,
         /// Request-handling threads (default: one per CPU core).
         #[arg(long, env = "PORTCULLIS_WORKER_THREADS")]
         worker_threads: Option<usize>,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
+    /// The versioned config store: push, list, show, diff, activate (with canary), rollback,
+    /// status.
+    Config {
+        /// Store URL: an SQLite file (`sqlite://PATH` or a plain path) or `postgres://…`.
+        #[arg(long, env = "PORTCULLIS_STORE", default_value = "sqlite://portcullis-store.db")]
+        store: String,
+        #[arg(long, env = "PORTCULLIS_ENVIRONMENT", default_value = "default")]
+        environment: String,
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Check a config file; prints every error with file:line and exits 1 if there are any.
     Validate { file: PathBuf },
@@ -45,6 +58,70 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+}
+
+/// How a gateway follows the store.
+#[derive(clap::Args)]
+struct FollowArgs {
+    /// Follow this config store (`sqlite://PATH` or `postgres://…`) instead of a file.
+    #[arg(long, env = "PORTCULLIS_STORE")]
+    store: Option<String>,
+    /// This instance's name in the store (default: the host name).
+    #[arg(long, env = "PORTCULLIS_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// `key=value,…` labels (canary rollouts select instances by one of them).
+    #[arg(long, env = "PORTCULLIS_INSTANCE_LABELS", default_value = "")]
+    instance_labels: String,
+    #[arg(long, env = "PORTCULLIS_ENVIRONMENT", default_value = "default")]
+    environment: String,
+    /// Where the last applied version is kept, to start from when the store is unreachable.
+    #[arg(long, default_value = "portcullis-last-known-good.json")]
+    last_known_good: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate FILE and store it as a new version (an invalid file is stored as REJECTED).
+    Push {
+        file: PathBuf,
+        #[arg(short, long, default_value = "")]
+        message: String,
+        /// Recorded as the version's author (default: $USER).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        created_by: String,
+    },
+    /// Every version of the environment with its status.
+    List,
+    /// One version's details and document.
+    Show { version: i64 },
+    /// A unified diff between two versions' documents.
+    Diff { a: i64, b: i64 },
+    /// Make a version active: everywhere at once, or first on a canary that is watched and
+    /// then promoted or rolled back automatically.
+    Activate {
+        version: i64,
+        /// LABEL=VALUE: instances with this label get the version first.
+        #[arg(long)]
+        canary: Option<String>,
+        /// How long the canaries are watched before promotion.
+        #[arg(long, default_value_t = 60)]
+        watch_s: u64,
+        /// Highest 5xx ratio (0–1) the canaries may show.
+        #[arg(long, default_value_t = 0.01)]
+        max_error_rate: f64,
+        /// How long canaries get to apply the version.
+        #[arg(long, default_value_t = 30)]
+        apply_timeout_s: u64,
+        #[arg(long, env = "USER", default_value = "unknown")]
+        actor: String,
+    },
+    /// Go back to the version that was active before the current one.
+    Rollback {
+        #[arg(long, env = "USER", default_value = "unknown")]
+        actor: String,
+    },
+    /// Which instance runs which version; who is behind, failing or silent (exit 2 if any).
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -63,10 +140,22 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Config {
+            store,
+            environment,
+            action,
+        } => match config_cmd(&store, &environment, action) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run {
             config,
             worker_threads,
-        } => match run(config, worker_threads) {
+            follow,
+        } => match run(config, follow, worker_threads) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -167,7 +256,113 @@ fn explain_cmd(
     })
 }
 
-fn run(config_path: PathBuf, worker_threads: Option<usize>) -> anyhow::Result<()> {
+fn config_cmd(store_url: &str, environment: &str, action: ConfigAction) -> anyhow::Result<u8> {
+    use portcullis::control::commands;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let store = portcullis::control::store::Store::connect(store_url).await?;
+        let code = match action {
+            ConfigAction::Push {
+                file,
+                message,
+                created_by,
+            } => commands::push(&store, environment, &file, &message, &created_by).await?,
+            ConfigAction::List => commands::list(&store, environment).await?,
+            ConfigAction::Show { version } => commands::show(&store, version).await?,
+            ConfigAction::Diff { a, b } => commands::diff(&store, a, b).await?,
+            ConfigAction::Activate {
+                version,
+                canary,
+                watch_s,
+                max_error_rate,
+                apply_timeout_s,
+                actor,
+            } => {
+                let options = commands::ActivateOptions {
+                    canary,
+                    watch_s,
+                    max_error_rate,
+                    apply_timeout_s,
+                };
+                commands::activate(&store, version, &options, &actor).await?
+            }
+            ConfigAction::Rollback { actor } => {
+                commands::rollback(&store, environment, &actor).await?
+            }
+            ConfigAction::Status => commands::status(&store, environment).await?,
+        };
+        Ok(code)
+    })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "portcullis".into())
+}
+
+/// The gateway's first config: the file, or the store's version for this instance (falling
+/// back to the last-known-good file), with the agent that keeps following the store.
+async fn first_config(
+    config_path: Option<PathBuf>,
+    follow: FollowArgs,
+) -> anyhow::Result<(
+    std::sync::Arc<Gateway>,
+    Option<portcullis::control::agent::Agent>,
+)> {
+    use portcullis::control::agent::{self, Agent, Identity, StoreStatus};
+    use portcullis::control::store::Labels;
+    let report = |errors: portcullis::config::ConfigErrors, what: &str| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{} error(s) in {what}", errors.0.len())
+    };
+    let Some(url) = follow.store else {
+        let path = config_path.context("either --config or --store is needed")?;
+        let gateway = Gateway::load(path.clone()).map_err(|e| report(e, &path.display().to_string()))?;
+        return Ok((gateway, None));
+    };
+    let identity = Identity {
+        instance_id: follow.instance_id.unwrap_or_else(host_name),
+        environment: follow.environment,
+        labels: Labels::parse(&follow.instance_labels).map_err(|e| anyhow::anyhow!(e))?,
+    };
+    let (known, from_lkg) = agent::initial_document(&url, &identity, &follow.last_known_good)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let name = format!("store version {}", known.version);
+    let gateway = Gateway::load_document(&known.document, &name).map_err(|e| report(e, &name))?;
+    let status = std::sync::Arc::new(StoreStatus::default());
+    status.version.store(known.version, std::sync::atomic::Ordering::Relaxed);
+    status.last_known_good.store(from_lkg, std::sync::atomic::Ordering::Relaxed);
+    status.up.store(!from_lkg, std::sync::atomic::Ordering::Relaxed);
+    if !from_lkg {
+        if let Err(e) = known.write(&follow.last_known_good) {
+            tracing::warn!(file = %follow.last_known_good.display(), error = %e, "cannot write the last-known-good file");
+        }
+    }
+    let _ = gateway.store_status.set(std::sync::Arc::clone(&status));
+    let agent = Agent {
+        url,
+        identity,
+        lkg_path: follow.last_known_good,
+        gateway: std::sync::Arc::clone(&gateway),
+        status,
+    };
+    Ok((gateway, Some(agent)))
+}
+
+fn run(
+    config_path: Option<PathBuf>,
+    follow: FollowArgs,
+    worker_threads: Option<usize>,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -189,16 +384,11 @@ fn run(config_path: PathBuf, worker_threads: Option<usize>) -> anyhow::Result<()
     rt.enable_all();
     let rt = rt.build().context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let gateway = match Gateway::load(config_path.clone()) {
-            Ok(g) => g,
-            Err(errors) => {
-                for e in &errors.0 {
-                    eprintln!("{e}");
-                }
-                anyhow::bail!("{} error(s) in {}", errors.0.len(), config_path.display());
-            }
-        };
+        let (gateway, agent) = first_config(config_path, follow).await?;
         let running = portcullis::server::start(gateway.clone()).await?;
+        if let Some(agent) = agent {
+            tokio::spawn(agent.run());
+        }
         for (name, addr) in &running.listeners {
             tracing::info!(listener = %name, address = %addr, "listening");
         }

@@ -97,6 +97,22 @@ impl RouteMetrics {
         self.bytes_in.fetch_add(bytes_in, Relaxed);
         self.bytes_out.fetch_add(bytes_out, Relaxed);
     }
+
+    /// Requests and 5xx answers counted so far.
+    pub fn totals(&self) -> (u64, u64) {
+        let mut all = 0;
+        let mut errors = 0;
+        for by_class in &self.requests {
+            for (class, n) in by_class.iter().enumerate() {
+                let n = n.load(Relaxed);
+                all += n;
+                if class == 4 {
+                    errors += n;
+                }
+            }
+        }
+        (all, errors)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +130,8 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Requests being handled, all listeners.
     pub in_flight: AtomicU64,
+    /// Requests and 5xx answers of routes a reload removed, so process totals never go back.
+    retired: Mutex<(u64, u64)>,
 }
 
 fn escape(v: &str) -> String {
@@ -135,14 +153,35 @@ impl Metrics {
 
     /// Drops series of routes and upstreams the latest config no longer has.
     pub fn retain(&self, routes: &[&str], upstreams: &[&str]) {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         self.routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| routes.contains(&k.as_str()));
+            .retain(|k, m| {
+                let keep = routes.contains(&k.as_str());
+                if !keep {
+                    let (all, errors) = m.totals();
+                    retired.0 += all;
+                    retired.1 += errors;
+                }
+                keep
+            });
         self.upstreams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|k, _| upstreams.contains(&k.as_str()));
+    }
+
+    /// Requests and 5xx answers since the process started, all routes (what a canary rollout
+    /// watches).
+    pub fn request_totals(&self) -> (u64, u64) {
+        let retired = *self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes
+            .values()
+            .chain(std::iter::once(&self.no_route))
+            .map(|m| m.totals())
+            .fold(retired, |(a, e), (ra, re)| (a + ra, e + re))
     }
 
     /// Text exposition of everything the gateway knows; `extra` appends live state gathered
