@@ -96,10 +96,9 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
                     )
                 }
             }
-            (&Method::GET, "/admin/config-version") => json_response(
-                StatusCode::OK,
-                &config_version_document(gateway, &snapshot),
-            ),
+            (&Method::GET, "/admin/config-version") => {
+                json_response(StatusCode::OK, &config_version_document(gateway, &snapshot))
+            }
             (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &snapshot.routes_json),
             (&Method::GET, "/metrics") => {
                 let mut r = Response::new(ResponseBody::full(render_metrics(gateway, &snapshot)));

@@ -191,15 +191,15 @@ impl Gateway {
         let this = Arc::clone(self);
         // Reading, parsing and compiling are blocking work: keep them off the request threads.
         tokio::task::spawn_blocking(move || this.apply(load()?))
-        .await
-        .unwrap_or_else(|e| {
-            Err(ConfigErrors(vec![ConfigError {
-                file: source,
-                line: 0,
-                key: String::new(),
-                message: format!("reload task failed: {e}"),
-            }]))
-        })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ConfigErrors(vec![ConfigError {
+                    file: source,
+                    line: 0,
+                    key: String::new(),
+                    message: format!("reload task failed: {e}"),
+                }]))
+            })
     }
 
     fn apply(&self, valid: ValidConfig) -> Result<Applied, ConfigErrors> {

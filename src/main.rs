@@ -26,7 +26,12 @@ enum Command {
     /// Run the gateway, on a config file (`-c`) or following the config store (`--store`).
     Run {
         /// Config file (YAML).
-        #[arg(short, long, required_unless_present = "store", conflicts_with = "store")]
+        #[arg(
+            short,
+            long,
+            required_unless_present = "store",
+            conflicts_with = "store"
+        )]
         config: Option<PathBuf>,
         /// Request-handling threads (default: one per CPU core).
         #[arg(long, env = "PORTCULLIS_WORKER_THREADS")]
@@ -38,7 +43,11 @@ enum Command {
     /// status.
     Config {
         /// Store URL: an SQLite file (`sqlite://PATH` or a plain path) or `postgres://…`.
-        #[arg(long, env = "PORTCULLIS_STORE", default_value = "sqlite://portcullis-store.db")]
+        #[arg(
+            long,
+            env = "PORTCULLIS_STORE",
+            default_value = "sqlite://portcullis-store.db"
+        )]
         store: String,
         #[arg(long, env = "PORTCULLIS_ENVIRONMENT", default_value = "default")]
         environment: String,
@@ -325,7 +334,8 @@ async fn first_config(
     };
     let Some(url) = follow.store else {
         let path = config_path.context("either --config or --store is needed")?;
-        let gateway = Gateway::load(path.clone()).map_err(|e| report(e, &path.display().to_string()))?;
+        let gateway =
+            Gateway::load(path.clone()).map_err(|e| report(e, &path.display().to_string()))?;
         return Ok((gateway, None));
     };
     let identity = Identity {
@@ -339,9 +349,15 @@ async fn first_config(
     let name = format!("store version {}", known.version);
     let gateway = Gateway::load_document(&known.document, &name).map_err(|e| report(e, &name))?;
     let status = std::sync::Arc::new(StoreStatus::default());
-    status.version.store(known.version, std::sync::atomic::Ordering::Relaxed);
-    status.last_known_good.store(from_lkg, std::sync::atomic::Ordering::Relaxed);
-    status.up.store(!from_lkg, std::sync::atomic::Ordering::Relaxed);
+    status
+        .version
+        .store(known.version, std::sync::atomic::Ordering::Relaxed);
+    status
+        .last_known_good
+        .store(from_lkg, std::sync::atomic::Ordering::Relaxed);
+    status
+        .up
+        .store(!from_lkg, std::sync::atomic::Ordering::Relaxed);
     if !from_lkg {
         if let Err(e) = known.write(&follow.last_known_good) {
             tracing::warn!(file = %follow.last_known_good.display(), error = %e, "cannot write the last-known-good file");

@@ -85,12 +85,9 @@ pub async fn initial_document(
             .rollout(&identity.environment)
             .await
             .map_err(|e| e.to_string())?;
-        let version = rollout.version_for(&identity.labels).ok_or_else(|| {
-            format!(
-                "environment {} has no active version",
-                identity.environment
-            )
-        })?;
+        let version = rollout
+            .version_for(&identity.labels)
+            .ok_or_else(|| format!("environment {} has no active version", identity.environment))?;
         let document = store
             .document(version)
             .await
@@ -228,13 +225,13 @@ impl Agent {
                 self.status.version.store(version, Ordering::Relaxed);
                 self.status.last_known_good.store(false, Ordering::Relaxed);
                 self.status.applied.fetch_add(1, Ordering::Relaxed);
-                *self
-                    .status
-                    .failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = None;
-                tracing::info!(store_version = version, config_version = applied.version,
-                    changed = applied.changed, "applied config from the store");
+                *self.status.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::info!(
+                    store_version = version,
+                    config_version = applied.version,
+                    changed = applied.changed,
+                    "applied config from the store"
+                );
                 let lkg = KnownGood {
                     version,
                     environment: self.identity.environment.clone(),
@@ -251,11 +248,8 @@ impl Agent {
                 self.status.apply_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(store_version = version, errors = %errors,
                     "store version refused; the running config keeps serving");
-                *self
-                    .status
-                    .failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some((version, errors.to_string()));
+                *self.status.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((version, errors.to_string()));
             }
         }
         Ok(())

@@ -20,13 +20,8 @@ pub struct CanaryPlan {
 
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
-    Promoted {
-        requests: u64,
-        errors: u64,
-    },
-    RolledBack {
-        reason: String,
-    },
+    Promoted { requests: u64, errors: u64 },
+    RolledBack { reason: String },
 }
 
 /// An instance is live when its last heartbeat is at most this old.

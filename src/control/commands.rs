@@ -202,7 +202,9 @@ pub async fn activate(
         }
         Outcome::RolledBack { reason } => {
             println!("canary rolled back: {reason}");
-            println!("version {version} is ROLLED_BACK; every instance stays on the active version");
+            println!(
+                "version {version} is ROLLED_BACK; every instance stays on the active version"
+            );
             Ok(1)
         }
     }

@@ -144,8 +144,7 @@ pub const NOTIFY_CHANNEL: &str = "portcullis_config";
 
 /// Schema changes, applied in order, each once; the number applied is kept in
 /// `portcullis_schema`.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE config_versions (
+const MIGRATIONS: &[&str] = &["CREATE TABLE config_versions (
         version BIGINT PRIMARY KEY,
         environment TEXT NOT NULL,
         document TEXT NOT NULL,
@@ -182,8 +181,7 @@ const MIGRATIONS: &[&str] = &[
         last_known_good BIGINT NOT NULL,
         failed_version BIGINT,
         last_error TEXT
-    )",
-];
+    )"];
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -496,12 +494,14 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        sqlx::query("UPDATE config_versions SET status = 'ROLLED_BACK', reason = $1 WHERE version = $2")
-            .bind(reason)
-            .bind(version)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
+        sqlx::query(
+            "UPDATE config_versions SET status = 'ROLLED_BACK', reason = $1 WHERE version = $2",
+        )
+        .bind(reason)
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
         self.notify(env).await;
         Ok(())

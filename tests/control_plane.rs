@@ -1,0 +1,481 @@
+//! The control plane end to end: the `portcullis config` CLI on a real SQLite file and a real
+//! PostgreSQL server (started here from Debian's package), gateway processes following the
+//! store (LISTEN/NOTIFY, polling), the store going away and coming back, last-known-good
+//! starts, canary rollouts rolled back and promoted, and rollback under load.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Runs `portcullis config --store STORE ARGS…`; returns (exit code, stdout + stderr).
+fn cli(store: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["config", "--store", store])
+        .args(args)
+        // Documents use ${GW_LISTEN} / ${GW_ADMIN}: push validates with the pusher's values.
+        .env("GW_LISTEN", "127.0.0.1:0")
+        .env("GW_ADMIN", "127.0.0.1:0")
+        .env("USER", "tester")
+        .output()
+        .expect("run portcullis config");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A document whose one route answers `body` directly, or proxies to `upstream`.
+fn document(body: &str, upstream: Option<SocketAddr>) -> String {
+    let (upstreams, action) = match upstream {
+        Some(a) => (
+            format!("upstreams:\n  - {{ name: up, targets: [{{ address: \"{a}\" }}] }}\n"),
+            "upstream: up".to_string(),
+        ),
+        None => (
+            String::new(),
+            format!("direct_response: {{ status: 200, body: \"{body}\" }}"),
+        ),
+    };
+    format!(
+        r#"listeners: [{{ name: public, address: "${{GW_LISTEN}}" }}]
+admin: {{ address: "${{GW_ADMIN}}" }}
+defaults: {{ auth: none }}
+{upstreams}routes:
+  - name: all
+    match: {{ path: {{ prefix: / }} }}
+    {action}
+"#
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn push(store: &str, dir: &Path, name: &str, text: &str) -> i64 {
+    let file = write(dir, name, text);
+    let (code, out) = cli(store, &["push", &file, "-m", name]);
+    assert_eq!(code, 0, "{out}");
+    out.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .parse()
+        .unwrap()
+}
+
+async fn body_of(gw: &GatewayProcess) -> Option<String> {
+    body_of_addr(&client(), gw.addr).await
+}
+
+/// The body of a 200 answer to `GET /`, "status N" for another status, `None` when the request
+/// failed.
+async fn body_of_addr(c: &HttpClient, addr: SocketAddr) -> Option<String> {
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.request(
+            http::Request::get(format!("http://{addr}/"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    if r.status() != 200 {
+        return Some(format!("status {}", r.status()));
+    }
+    use http_body_util::BodyExt;
+    Some(String::from_utf8_lossy(&r.into_body().collect().await.ok()?.to_bytes()).into_owned())
+}
+
+/// Waits until every gateway answers `want`; returns how long it took.
+async fn until_all_serve(gws: &[&GatewayProcess], want: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for g in gws {
+            if body_of(g).await.as_deref() != Some(want) {
+                all = false;
+            }
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not every gateway serves {want} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Clients sending requests to every gateway until stopped: (requests, failures).
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addrs: &[SocketAddr], accept: &'static [&'static str]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let tasks = addrs
+            .iter()
+            .map(|addr| {
+                let (stop, sent, failed, addr) =
+                    (stop.clone(), sent.clone(), failed.clone(), *addr);
+                tokio::spawn(async move {
+                    let c = client();
+                    // Bounded: at most 60 s of traffic even if the test forgets to stop it.
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        // Refused connections and timeouts count as failures too.
+                        let body = body_of_addr(&c, addr).await;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if !body.is_some_and(|b| accept.contains(&b.as_str())) {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn store_lifecycle(store: &str, dir: &Path) {
+    let v1 = push(store, dir, "one.yaml", &document("one", None));
+    // Invalid: refused with file, line and reason; kept as REJECTED, never activatable.
+    let bad = write(
+        dir,
+        "bad.yaml",
+        &document("bad", None).replace("prefix: /", "prefix: no-slash"),
+    );
+    let (code, out) = cli(store, &["push", &bad, "-m", "broken"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("bad.yaml:"), "{out}");
+    assert!(out.contains("REJECTED"), "{out}");
+    let rejected = v1 + 1;
+    let v3 = push(store, dir, "three.yaml", &document("three", None));
+
+    let (code, out) = cli(store, &["list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("{v1}  VALIDATED")), "{out}");
+    assert!(out.contains(&format!("{rejected}  REJECTED")), "{out}");
+    assert!(out.contains("tester"), "{out}");
+
+    let (code, out) = cli(store, &["diff", &v1.to_string(), &v3.to_string()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("-    direct_response: { status: 200, body: \"one\" }"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+    direct_response: { status: 200, body: \"three\" }"),
+        "{out}"
+    );
+
+    let (code, out) = cli(store, &["activate", &rejected.to_string()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("can never become ACTIVE") || out.contains("does not validate"),
+        "{out}"
+    );
+
+    let (code, out) = cli(store, &["activate", &v1.to_string()]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(store, &["activate", &v3.to_string()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("was {v1}")), "{out}");
+    let (_, out) = cli(store, &["show", &v3.to_string()]);
+    assert!(out.contains("status:      ACTIVE"), "{out}");
+    assert!(out.contains("body: \"three\""), "{out}");
+
+    let (code, out) = cli(store, &["rollback"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(store, &["list"]);
+    assert!(out.contains(&format!("{v1}  ACTIVE")), "{out}");
+    assert!(out.contains(&format!("{v3}  ROLLED_BACK")), "{out}");
+    // Nothing earlier to go back to.
+    let (code, out) = cli(store, &["rollback"]);
+    assert_eq!(code, 1, "{out}");
+}
+
+#[test]
+fn push_list_diff_activate_rollback_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("store.db").display());
+    store_lifecycle(&sqlite, dir.path());
+    let pg = PostgresServer::start();
+    store_lifecycle(&pg.url(), dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_postgres_follows_survives_the_store_and_restarts_from_last_known_good() {
+    let mut pg = PostgresServer::start();
+    let store = pg.url();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = push(&store, dir.path(), "v1.yaml", &document("v1", None));
+    assert_eq!(cli(&store, &["activate", &v1.to_string()]).0, 0);
+    let mut gws = Vec::new();
+    for i in 0..3 {
+        gws.push(
+            GatewayProcess::follow(
+                &store,
+                &format!("gw-{i}"),
+                "zone=a",
+                tempfile::tempdir().unwrap(),
+                None,
+            )
+            .await,
+        );
+    }
+    let all: Vec<&GatewayProcess> = gws.iter().collect();
+    until_all_serve(&all, "v1", Duration::from_secs(5)).await;
+
+    // An activation reaches all three within 2 s (LISTEN/NOTIFY).
+    let v2 = push(&store, dir.path(), "v2.yaml", &document("v2", None));
+    let activated = Instant::now();
+    assert_eq!(cli(&store, &["activate", &v2.to_string()]).0, 0);
+    let took = until_all_serve(&all, "v2", Duration::from_secs(2)).await;
+    eprintln!(
+        "v2 on all three {:?} after activate returned ({:?} including the CLI)",
+        took,
+        activated.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await; // one heartbeat
+    let (code, out) = cli(&store, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    for i in 0..3 {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("gw-{i} "))
+                && l.contains(&format!("{v2}        {v2}  ok"))),
+            "{out}"
+        );
+    }
+    let doc = gws[0].config_document().await;
+    assert_eq!(doc["store_version"], v2);
+    assert_eq!(doc["last_known_good"], false);
+
+    // The store goes away: every gateway keeps serving, no request fails.
+    pg.stop();
+    let load = Load::start(&[gws[0].addr, gws[1].addr], &["v2"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A gateway restarted while the store is down serves its last-known-good copy.
+    let old = gws.remove(2);
+    let addrs = (old.addr, old.admin);
+    let kept_dir = old.stop_keeping_dir();
+    let restarted = GatewayProcess::follow(&store, "gw-2", "zone=a", kept_dir, Some(addrs)).await;
+    assert_eq!(body_of(&restarted).await.as_deref(), Some("v2"));
+    let doc = restarted.config_document().await;
+    assert_eq!(doc["last_known_good"], true, "{doc}");
+    assert_eq!(doc["store_version"], v2);
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 50, "{sent}");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed while the store was down"
+    );
+    let metrics = get(&client(), &format!("http://{}/metrics", gws[0].admin), &[])
+        .await
+        .text();
+    assert!(
+        metrics.contains("portcullis_config_store_up 0"),
+        "{metrics}"
+    );
+    gws.push(restarted);
+
+    // The store comes back: the gateways reconnect and follow new versions again.
+    pg.restart();
+    let v3 = push(&store, dir.path(), "v3.yaml", &document("v3", None));
+    assert_eq!(cli(&store, &["activate", &v3.to_string()]).0, 0);
+    let all: Vec<&GatewayProcess> = gws.iter().collect();
+    until_all_serve(&all, "v3", Duration::from_secs(10)).await;
+    let doc = gws[2].config_document().await;
+    assert_eq!(doc["last_known_good"], false, "{doc}");
+
+    // Rollback under load: no failed request, the fleet on the previous version within 5 s.
+    let load = Load::start(
+        &gws.iter().map(|g| g.addr).collect::<Vec<_>>(),
+        &["v2", "v3"],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let (code, out) = cli(&store, &["rollback"]);
+    assert_eq!(code, 0, "{out}");
+    let took = until_all_serve(&all, "v2", Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    eprintln!("rollback: fleet on v2 {took:?} after the CLI returned");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 50);
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed during the rollback"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    // SQLite: the zero-setup store works for a fleet on one host too (polling).
+    let store = format!("sqlite://{}", dir.path().join("store.db").display());
+    let v1 = push(&store, dir.path(), "v1.yaml", &document("v1", None));
+    assert_eq!(cli(&store, &["activate", &v1.to_string()]).0, 0);
+    let canary = GatewayProcess::follow(
+        &store,
+        "canary-1",
+        "canary=true",
+        tempfile::tempdir().unwrap(),
+        None,
+    )
+    .await;
+    let others = [
+        GatewayProcess::follow(
+            &store,
+            "main-1",
+            "canary=false",
+            tempfile::tempdir().unwrap(),
+            None,
+        )
+        .await,
+        GatewayProcess::follow(&store, "main-2", "", tempfile::tempdir().unwrap(), None).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(1500)).await; // heartbeats: the CLI sees the canary
+
+    // A version whose route goes to an upstream that is not there: 502s on the canary.
+    let broken = push(
+        &store,
+        dir.path(),
+        "broken.yaml",
+        &document("", Some(closed_port())),
+    );
+    let traffic = {
+        let addrs: Vec<SocketAddr> = std::iter::once(canary.addr)
+            .chain(others.iter().map(|g| g.addr))
+            .collect();
+        Load::start(&addrs, &["v1"])
+    };
+    let watch_others = {
+        let addrs: Vec<SocketAddr> = others.iter().map(|g| g.addr).collect();
+        tokio::spawn(async move {
+            // Sample the non-canary gateways while the canary runs: they must stay on v1.
+            let c = client();
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < deadline {
+                for a in &addrs {
+                    seen.push(get(&c, &format!("http://{a}/"), &[]).await.text());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        })
+    };
+    let store_for_cli = store.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        cli(
+            &store_for_cli,
+            &[
+                "activate",
+                &broken.to_string(),
+                "--canary",
+                "canary=true",
+                "--watch-s",
+                "5",
+                "--max-error-rate",
+                "0.05",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("canary rolled back: 5xx ratio"), "{out}");
+    let (_, list) = cli(&store, &["list"]);
+    assert!(list.contains(&format!("{broken}  ROLLED_BACK")), "{list}");
+    assert!(list.contains(&format!("{v1}  ACTIVE")), "{list}");
+    let (_, shown) = cli(&store, &["show", &broken.to_string()]);
+    assert!(shown.contains("reason:      5xx ratio"), "{shown}");
+    // The canary is back on v1 within a poll or two; the others never left it.
+    until_all_serve(&[&canary], "v1", Duration::from_secs(5)).await;
+    let seen = watch_others.await.unwrap();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|b| b == "v1"),
+        "{seen:?}"
+    );
+    let (_, failed) = traffic.finish().await;
+    assert!(failed > 0, "the canary's 502s were seen by clients");
+
+    // A healthy version: watched on the canary, then promoted to every instance.
+    let good = push(&store, dir.path(), "good.yaml", &document("v2", None));
+    let store_for_cli = store.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        cli(
+            &store_for_cli,
+            &[
+                "activate",
+                &good.to_string(),
+                "--canary",
+                "canary=true",
+                "--watch-s",
+                "2",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("promoted to every instance"), "{out}");
+    until_all_serve(
+        &[&canary, &others[0], &others[1]],
+        "v2",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (_, list) = cli(&store, &["list"]);
+    assert!(list.contains(&format!("{good}  ACTIVE")), "{list}");
+
+    // A canary with no instance carrying the label is refused up front.
+    let (code, out) = cli(
+        &store,
+        &["activate", &v1.to_string(), "--canary", "ring=zero"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no live instance"), "{out}");
+}
