@@ -442,6 +442,38 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
     let (_, failed) = traffic.finish().await;
     assert!(failed > 0, "the canary's 502s were seen by clients");
 
+    // A version the canary cannot apply (listener and admin addresses are fixed at start, so
+    // this one is refused by the gateway although it validates): rolled back with the reason.
+    let unappliable = push(
+        &store,
+        dir.path(),
+        "moved.yaml",
+        &document("moved", None).replace("${GW_ADMIN}", "127.0.0.1:1"),
+    );
+    let store_for_cli = store.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        cli(
+            &store_for_cli,
+            &[
+                "activate",
+                &unappliable.to_string(),
+                "--canary",
+                "canary=true",
+                "--watch-s",
+                "2",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("canary canary-1 could not apply"), "{out}");
+    assert_eq!(
+        body_of(&canary).await.as_deref(),
+        Some("v1"),
+        "the canary kept serving"
+    );
+
     // A healthy version: watched on the canary, then promoted to every instance.
     let good = push(&store, dir.path(), "good.yaml", &document("v2", None));
     let store_for_cli = store.clone();
