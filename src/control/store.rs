@@ -255,6 +255,14 @@ impl Store {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        if self.postgres {
+            // Gateways of a fleet starting together against an empty database: one migrates,
+            // the others wait and then find the schema current.
+            sqlx::query("SELECT pg_advisory_xact_lock(7261637)")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
         sqlx::query("CREATE TABLE IF NOT EXISTS portcullis_schema (applied BIGINT NOT NULL)")
             .execute(&mut *tx)
             .await
