@@ -307,6 +307,20 @@ fn config_cmd(store_url: &str, environment: &str, action: ConfigAction) -> anyho
     })
 }
 
+/// `RUST_LOG` (default `info`). sqlx's own pool warnings (slow acquires while the store is
+/// down) would repeat on every retry; the agent logs store outages once per change of state,
+/// so sqlx is held to errors unless `RUST_LOG` names it.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if spec.contains("sqlx") {
+        filter
+    } else {
+        filter.add_directive("sqlx=error".parse().expect("static directive"))
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -380,9 +394,7 @@ fn run(
     worker_threads: Option<usize>,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

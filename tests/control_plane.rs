@@ -321,7 +321,8 @@ async fn a_fleet_on_postgres_follows_survives_the_store_and_restarts_from_last_k
     let v3 = push(&store, dir.path(), "v3.yaml", &document("v3", None));
     assert_eq!(cli(&store, &["activate", &v3.to_string()]).0, 0);
     let all: Vec<&GatewayProcess> = gws.iter().collect();
-    until_all_serve(&all, "v3", Duration::from_secs(10)).await;
+    let took = until_all_serve(&all, "v3", Duration::from_secs(10)).await;
+    eprintln!("after the store restart: v3 on all three {took:?} after activate returned");
     let doc = gws[2].config_document().await;
     assert_eq!(doc["last_known_good"], false, "{doc}");
 
