@@ -456,7 +456,7 @@ impl TargetPool {
                 })?;
         Ok(resp.map(|inner| PooledBody {
             inner,
-            owner: Owner::Dedicated(conn),
+            owner: Owner::Dedicated { _conn: conn },
         }))
     }
 }
@@ -492,8 +492,8 @@ pub struct PooledBody {
 enum Owner {
     /// Back to its pool.
     Pool(Conn, Arc<TargetPool>),
-    /// Nowhere: kept open with the body, then closed (upgrade requests).
-    Dedicated(#[allow(dead_code)] Conn),
+    /// Nowhere: held (never read) while the body lives, then closed (upgrade requests).
+    Dedicated { _conn: Conn },
     /// Nothing to give back (multiplexed HTTP/2), or already given back.
     None,
 }
