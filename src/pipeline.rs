@@ -68,6 +68,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         &snapshot,
         &request_id,
         trace.as_ref(),
+        grpc,
         &mut trail,
     )
     .await
@@ -210,6 +211,7 @@ async fn run(
     snapshot: &Snapshot,
     request_id: &HeaderValue,
     trace: Option<&TraceContext>,
+    grpc: bool,
     trail: &mut Trail,
 ) -> Result<Response<ResponseBody>, Reject> {
     // 1. accept: listener limits (load shedding, head size).
@@ -375,7 +377,10 @@ async fn run(
 
     // 10-11. select a target and forward: bulkhead, balancer, breaker, timeouts, retries.
     // A gRPC client's own deadline shortens the route's timeout.
-    let timeout = grpc::deadline(&parts.headers).map_or(route.timeout, |d| d.min(route.timeout));
+    let timeout = grpc
+        .then(|| grpc::deadline(&parts.headers))
+        .flatten()
+        .map_or(route.timeout, |d| d.min(route.timeout));
     let upstream = &snapshot.upstreams[upstream_index];
     trail.upstream = Some(upstream_index);
     let mut resp = forward(

@@ -381,9 +381,8 @@ impl Store {
         }))
     }
 
-    /// Makes `version` the active version of its environment for every instance (ending any
-    /// canary). Returns the version that was active before.
-    pub async fn activate(&self, version: i64, actor: &str) -> Result<Option<i64>, StoreError> {
+    /// The version's details if it may become ACTIVE (REJECTED and DRAFT versions never may).
+    async fn activatable(&self, version: i64) -> Result<VersionInfo, StoreError> {
         let Some((info, _)) = self.get(version).await? else {
             return Err(StoreError::Refused(format!("no version {version}")));
         };
@@ -393,6 +392,13 @@ impl Store {
                 info.status.as_str()
             )));
         }
+        Ok(info)
+    }
+
+    /// Makes `version` the active version of its environment for every instance (ending any
+    /// canary). Returns the version that was active before.
+    pub async fn activate(&self, version: i64, actor: &str) -> Result<Option<i64>, StoreError> {
+        let info = self.activatable(version).await?;
         let env = info.environment.as_str();
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let previous: Option<i64> =
@@ -453,15 +459,7 @@ impl Store {
 
     /// Sends `version` to the instances matching `selector` only.
     pub async fn start_canary(&self, version: i64, selector: &str) -> Result<(), StoreError> {
-        let Some((info, _)) = self.get(version).await? else {
-            return Err(StoreError::Refused(format!("no version {version}")));
-        };
-        if matches!(info.status, Status::Rejected | Status::Draft) {
-            return Err(StoreError::Refused(format!(
-                "version {version} is {} and can never become ACTIVE",
-                info.status.as_str()
-            )));
-        }
+        let info = self.activatable(version).await?;
         let env = info.environment.as_str();
         let rollout = self.rollout(env).await?;
         if rollout.active_version.is_none() {
