@@ -19,11 +19,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy_bench import (BODY, ROOT, cpu_seconds, free_port, start_nginx, stop_all,  # noqa: E402
-                         wait_port)
+from proxy_bench import (BODY, ROOT, cpu_seconds, free_port, launch_nginx, median,  # noqa: E402
+                         start_nginx, stop_all, wait_port)
 
 
 def make_cert(workdir):
@@ -65,13 +64,7 @@ http {{
   }}
 }}
 """)
-    proc = subprocess.Popen(["taskset", "-c", str(cpu), "nginx", "-c", conf, "-p", workdir],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(tls_port)
-    wait_port(h2c_port)
-    time.sleep(0.3)
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    worker = int(children[0]) if children else proc.pid
+    proc, worker = launch_nginx(conf, workdir, cpu, [tls_port, h2c_port])
     return proc, tls_port, h2c_port, worker
 
 
@@ -175,10 +168,6 @@ def main():
                 bad = f"  non-2xx={r['non2xx']} failed={r['failed']}" if r["non2xx"] or r["failed"] else ""
                 print(f"{rnd:>5} {name:<18} {r['rps']:>10.0f} {r['mean_ms']:>8.3f} {r['cpu_us']:>11.1f}{bad}",
                       flush=True)
-
-        def median(xs):
-            xs = sorted(xs)
-            return xs[len(xs) // 2]
 
         print("\nmedian over rounds")
         print(f"{'target':<18} {'req/s':>10} {'mean ms':>8} {'cpu us/req':>11}")

@@ -90,14 +90,25 @@ def start_nginx(workdir, name, cpu, **kw):
     conf = os.path.join(workdir, f"{name}.conf")
     with open(conf, "w") as f:
         f.write(nginx_conf(workdir, port, **kw))
+    proc, worker = launch_nginx(conf, workdir, cpu, [port])
+    return proc, port, worker
+
+
+def launch_nginx(conf, workdir, cpu, ports):
+    """Starts nginx on `conf` pinned to `cpu`, waits for `ports`; returns (master, worker PID)."""
     proc = subprocess.Popen(["taskset", "-c", str(cpu), "nginx", "-c", conf, "-p", workdir],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    for port in ports:
+        wait_port(port)
     # The master forks one worker: that worker does the proxying; measure it.
     time.sleep(0.3)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    worker = int(children[0]) if children else proc.pid
-    return proc, port, worker
+    return proc, int(children[0]) if children else proc.pid
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
 
 
 TELEMETRY_OFF = """
@@ -328,10 +339,6 @@ def main():
 
         print("\nmedian over rounds")
         print(f"{'target':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11}")
-
-        def median(xs):
-            xs = sorted(xs)
-            return xs[len(xs) // 2]
 
         for name, runs in results.items():
             cpu = f"{median([r['cpu_us'] for r in runs]):.1f}" if "cpu_us" in runs[0] else "-"

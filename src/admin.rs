@@ -192,7 +192,7 @@ fn config_version_document(
         doc["store_version"] = json!((version > 0).then_some(version));
         doc["last_known_good"] = json!(s.last_known_good.load(Relaxed));
         doc["store_reachable"] = json!(s.up.load(Relaxed));
-        if let Some((v, e)) = s.failed.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some((v, e)) = s.failed() {
             doc["failed_store_version"] = json!({ "version": v, "errors": e });
         }
     }

@@ -174,6 +174,23 @@ impl Load {
     }
 }
 
+/// `config activate VERSION --canary canary=true EXTRA…`, run off the async threads (the CLI
+/// watches for seconds while the gateways keep serving).
+async fn canary_rollout(store: &str, version: i64, extra: &[&str]) -> (i32, String) {
+    let mut args: Vec<String> = ["activate", &version.to_string(), "--canary", "canary=true"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let store = store.to_string();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&store, &args)
+    })
+    .await
+    .unwrap()
+}
+
 fn store_lifecycle(store: &str, dir: &Path) {
     let v1 = push(store, dir, "one.yaml", &document("one", None));
     // Invalid: refused with file, line and reason; kept as REJECTED, never activatable.
@@ -408,24 +425,12 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
             seen
         })
     };
-    let store_for_cli = store.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || {
-        cli(
-            &store_for_cli,
-            &[
-                "activate",
-                &broken.to_string(),
-                "--canary",
-                "canary=true",
-                "--watch-s",
-                "5",
-                "--max-error-rate",
-                "0.05",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out) = canary_rollout(
+        &store,
+        broken,
+        &["--watch-s", "5", "--max-error-rate", "0.05"],
+    )
+    .await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("canary rolled back: 5xx ratio"), "{out}");
     let (_, list) = cli(&store, &["list"]);
@@ -451,22 +456,7 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
         "moved.yaml",
         &document("moved", None).replace("${GW_ADMIN}", "127.0.0.1:1"),
     );
-    let store_for_cli = store.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || {
-        cli(
-            &store_for_cli,
-            &[
-                "activate",
-                &unappliable.to_string(),
-                "--canary",
-                "canary=true",
-                "--watch-s",
-                "2",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out) = canary_rollout(&store, unappliable, &["--watch-s", "2"]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("canary canary-1 could not apply"), "{out}");
     assert_eq!(
@@ -477,22 +467,7 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
 
     // A healthy version: watched on the canary, then promoted to every instance.
     let good = push(&store, dir.path(), "good.yaml", &document("v2", None));
-    let store_for_cli = store.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || {
-        cli(
-            &store_for_cli,
-            &[
-                "activate",
-                &good.to_string(),
-                "--canary",
-                "canary=true",
-                "--watch-s",
-                "2",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out) = canary_rollout(&store, good, &["--watch-s", "2"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("promoted to every instance"), "{out}");
     until_all_serve(

@@ -66,7 +66,21 @@ pub struct StoreStatus {
     pub applied: AtomicU64,
     pub apply_failures: AtomicU64,
     /// A version this instance could not apply, and why.
-    pub failed: Mutex<Option<(i64, String)>>,
+    failed: Mutex<Option<(i64, String)>>,
+}
+
+impl StoreStatus {
+    /// The version this instance could not apply, and why.
+    pub fn failed(&self) -> Option<(i64, String)> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_failed(&self, failed: Option<(i64, String)>) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = failed;
+    }
 }
 
 /// The first config of a gateway started with `--store`: the version the store asks for, or —
@@ -172,13 +186,7 @@ impl Agent {
             .await
             .map_err(|e| e.to_string())?;
         let running = self.status.version.load(Ordering::Relaxed);
-        let failed_before = self
-            .status
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(v, _)| *v);
+        let failed_before = self.status.failed().map(|(v, _)| v);
         if let Some(wanted) = rollout.version_for(&self.identity.labels) {
             // A version that failed here is not retried until another one is asked for.
             if wanted != running && Some(wanted) != failed_before {
@@ -186,12 +194,7 @@ impl Agent {
             }
         }
         let (requests, errors) = self.gateway.metrics.request_totals();
-        let failed = self
-            .status
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let failed = self.status.failed();
         let version = self.status.version.load(Ordering::Relaxed);
         store
             .report(&InstanceReport {
@@ -225,7 +228,7 @@ impl Agent {
                 self.status.version.store(version, Ordering::Relaxed);
                 self.status.last_known_good.store(false, Ordering::Relaxed);
                 self.status.applied.fetch_add(1, Ordering::Relaxed);
-                *self.status.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.status.set_failed(None);
                 tracing::info!(
                     store_version = version,
                     config_version = applied.version,
@@ -248,8 +251,7 @@ impl Agent {
                 self.status.apply_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(store_version = version, errors = %errors,
                     "store version refused; the running config keeps serving");
-                *self.status.failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((version, errors.to_string()));
+                self.status.set_failed(Some((version, errors.to_string())));
             }
         }
         Ok(())

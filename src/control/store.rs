@@ -500,14 +500,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        sqlx::query(
-            "UPDATE config_versions SET status = 'ROLLED_BACK', reason = $1 WHERE version = $2",
-        )
-        .bind(reason)
-        .bind(version)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
+        self.mark_rolled_back(&mut tx, version, reason).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         self.notify(env).await;
         Ok(())
@@ -541,15 +534,27 @@ impl Store {
             )));
         };
         self.activate(target, actor).await?;
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        let reason = format!("rolled back to version {target} by {actor}");
+        self.mark_rolled_back(&mut conn, current, &reason).await?;
+        Ok((current, target))
+    }
+
+    async fn mark_rolled_back(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        version: i64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE config_versions SET status = 'ROLLED_BACK', reason = $1 WHERE version = $2",
         )
-        .bind(format!("rolled back to version {target} by {actor}"))
-        .bind(current)
-        .execute(&self.pool)
+        .bind(reason)
+        .bind(version)
+        .execute(conn)
         .await
         .map_err(|e| self.err(e))?;
-        Ok((current, target))
+        Ok(())
     }
 
     /// Records an instance's state (its heartbeat).

@@ -206,6 +206,39 @@ impl TargetPool {
     async fn open(&self, upgrades: bool) -> Result<Conn, UpstreamError> {
         let target = self.authority.as_str();
         let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
+        let stream = self.tcp_connect().await?;
+        let peer = stream.peer_addr().ok();
+        let sender = match &self.transport {
+            Transport::Plain => handshake_h1(TokioIo::new(stream), upgrades)
+                .await
+                .map_err(|e| self.exchange_error(e))?,
+            Transport::Tls(config, name) => {
+                let tls = tokio::time::timeout(
+                    timeout,
+                    tokio_rustls::TlsConnector::from(Arc::clone(config))
+                        .connect(name.clone(), stream),
+                )
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout {
+                    target: target.to_string(),
+                })?
+                .map_err(|e| UpstreamError::Tls {
+                    target: target.to_string(),
+                    message: e.to_string(),
+                })?;
+                handshake_h1(TokioIo::new(tls), upgrades)
+                    .await
+                    .map_err(|e| self.exchange_error(e))?
+            }
+        };
+        Ok(Conn { sender, peer })
+    }
+
+    /// A TCP connection to the target within `connect_timeout_ms`: for host names, to the
+    /// addresses the DNS refresher keeps, tried in order.
+    async fn tcp_connect(&self) -> Result<TcpStream, UpstreamError> {
+        let target = self.authority.as_str();
+        let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
         let connect = async {
             match &self.resolved {
                 // Host names: the addresses kept fresh by the DNS refresher, tried in order.
@@ -235,35 +268,14 @@ impl TargetPool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let peer = stream.peer_addr().ok();
-        let exchange = |source| UpstreamError::Exchange {
-            target: target.to_string(),
+        Ok(stream)
+    }
+
+    fn exchange_error(&self, source: hyper::Error) -> UpstreamError {
+        UpstreamError::Exchange {
+            target: self.authority.as_str().to_string(),
             source,
-        };
-        let sender = match &self.transport {
-            Transport::Plain => handshake_h1(TokioIo::new(stream), upgrades)
-                .await
-                .map_err(exchange)?,
-            Transport::Tls(config, name) => {
-                let tls = tokio::time::timeout(
-                    timeout,
-                    tokio_rustls::TlsConnector::from(Arc::clone(config))
-                        .connect(name.clone(), stream),
-                )
-                .await
-                .map_err(|_| UpstreamError::ConnectTimeout {
-                    target: target.to_string(),
-                })?
-                .map_err(|e| UpstreamError::Tls {
-                    target: target.to_string(),
-                    message: e.to_string(),
-                })?;
-                handshake_h1(TokioIo::new(tls), upgrades)
-                    .await
-                    .map_err(exchange)?
-            }
-        };
-        Ok(Conn { sender, peer })
+        }
     }
 
     /// A new connection for proxied traffic (counted in `created`).
@@ -285,23 +297,7 @@ impl TargetPool {
         {
             return Ok(s.clone());
         }
-        let target = self.authority.as_str();
-        let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-            Err(_) => {
-                return Err(UpstreamError::ConnectTimeout {
-                    target: target.to_string(),
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(UpstreamError::Connect {
-                    target: target.to_string(),
-                    source,
-                })
-            }
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = self.tcp_connect().await?;
         self.created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (sender, conn) =
@@ -310,10 +306,7 @@ impl TargetPool {
                 .keep_alive_interval(Duration::from_secs(30))
                 .handshake(TokioIo::new(stream))
                 .await
-                .map_err(|source| UpstreamError::Exchange {
-                    target: target.to_string(),
-                    source,
-                })?;
+                .map_err(|e| self.exchange_error(e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream h2 connection ended with an error");
@@ -343,21 +336,11 @@ impl TargetPool {
         }
         *req.version_mut() = http::Version::HTTP_2;
         let mut sender = self.h2_sender().await?;
-        let target = || self.authority.as_str().to_string();
-        sender
-            .ready()
-            .await
-            .map_err(|source| UpstreamError::Exchange {
-                target: target(),
-                source,
-            })?;
+        sender.ready().await.map_err(|e| self.exchange_error(e))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|source| UpstreamError::Exchange {
-                target: target(),
-                source,
-            })?;
+            .map_err(|e| self.exchange_error(e))?;
         Ok(resp.map(PooledBody::unpooled))
     }
 
@@ -400,7 +383,6 @@ impl TargetPool {
         if self.settings.protocol == Protocol::Http2 {
             return Box::pin(self.send_h2(req)).await;
         }
-        let target = || self.authority.as_str().to_string();
         // A pooled connection may have been closed by the upstream a moment ago; hyper hands
         // the request back unsent in that case and it goes out on a fresh connection.
         let (mut conn, mut fresh) = match self.take_idle() {
@@ -424,12 +406,7 @@ impl TargetPool {
                         conn = Box::pin(self.connect(false)).await?;
                         fresh = true;
                     }
-                    _ => {
-                        return Err(UpstreamError::Exchange {
-                            target: target(),
-                            source: e.into_error(),
-                        })
-                    }
+                    _ => return Err(self.exchange_error(e.into_error())),
                 },
             }
         }
@@ -441,19 +418,17 @@ impl TargetPool {
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let target = || self.authority.as_str().to_string();
         if self.settings.protocol == Protocol::Http2 {
-            return Err(UpstreamError::UpgradeOverH2 { target: target() });
+            return Err(UpstreamError::UpgradeOverH2 {
+                target: self.authority.as_str().to_string(),
+            });
         }
         let mut conn = self.connect(true).await?;
-        let resp =
-            conn.sender
-                .send_request(req)
-                .await
-                .map_err(|source| UpstreamError::Exchange {
-                    target: target(),
-                    source,
-                })?;
+        let resp = conn
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.exchange_error(e))?;
         Ok(resp.map(|inner| PooledBody {
             inner,
             owner: Owner::Dedicated { _conn: conn },
