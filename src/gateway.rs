@@ -1,8 +1,9 @@
 //! The running gateway's state: the current snapshot behind an `ArcSwap`, and reload
-//! (read → validate → compile → atomic swap). Reloads are serialised; requests never wait on
+//! (read → compile → assemble a snapshot → atomic swap). Reloads are serialised; requests never wait on
 //! them.
 
-use crate::config::{self, AccessLogConfig, ConfigError, ConfigErrors, OtlpConfig, ValidConfig};
+use crate::compile::{self, Compiled};
+use crate::config::{AccessLogConfig, ConfigError, ConfigErrors, OtlpConfig};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::otlp::SpanExporter;
@@ -57,27 +58,27 @@ pub struct Applied {
 impl Gateway {
     /// Loads and compiles the config file for a first start.
     pub fn load(config_path: PathBuf) -> Result<Arc<Gateway>, ConfigErrors> {
-        let valid = config::load_file(&config_path)?;
-        Self::start_with(valid, ConfigSource::File(config_path))
+        let compiled = compile::file(&config_path)?;
+        Self::start_with(compiled, ConfigSource::File(config_path))
     }
 
     /// Compiles a config document (from the store, or a last-known-good copy) for a first start.
     pub fn load_document(text: &str, name: &str) -> Result<Arc<Gateway>, ConfigErrors> {
-        let valid = config::load_str(text, name)?;
-        Self::start_with(valid, ConfigSource::Store)
+        let compiled = compile::text(text, name)?;
+        Self::start_with(compiled, ConfigSource::Store)
     }
 
-    fn start_with(valid: ValidConfig, source: ConfigSource) -> Result<Arc<Gateway>, ConfigErrors> {
+    fn start_with(compiled: Compiled, source: ConfigSource) -> Result<Arc<Gateway>, ConfigErrors> {
         let mut registries = Registries::default();
-        let (access_log, spans) = sinks_for(&valid, None, None)?;
-        let (tls, tls_fingerprint) = crate::tls::build_all(&valid)?;
+        let (access_log, spans) = sinks_for(&compiled, None, None)?;
+        let (tls, tls_fingerprint) = crate::tls::build_all(&compiled.listeners, &compiled.source)?;
         let metrics = Arc::new(Metrics::default());
         let prepared = Prepared {
             sinks: sinks(&access_log, &spans),
             tls,
             tls_fingerprint,
         };
-        let snap = snapshot::compile(&valid, 1, &mut registries, prepared, &metrics);
+        let snap = snapshot::assemble(compiled, 1, &mut registries, prepared, &metrics);
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(snap),
             metrics,
@@ -134,10 +135,8 @@ impl Gateway {
         let result = match &self.source {
             ConfigSource::File(path) => {
                 let path = path.clone();
-                self.apply_in_background(path.display().to_string(), move || {
-                    config::load_file(&path)
-                })
-                .await
+                self.apply_in_background(path.display().to_string(), move || compile::file(&path))
+                    .await
             }
             ConfigSource::Store => Err(ConfigErrors(vec![ConfigError {
                 file: "store".into(),
@@ -160,7 +159,7 @@ impl Gateway {
     ) -> Result<Applied, ConfigErrors> {
         let source = name.clone();
         let result = self
-            .apply_in_background(source, move || config::load_str(&text, &name))
+            .apply_in_background(source, move || compile::text(&text, &name))
             .await;
         self.count_and_sync(result)
     }
@@ -185,7 +184,7 @@ impl Gateway {
     async fn apply_in_background(
         self: &Arc<Self>,
         source: String,
-        load: impl FnOnce() -> Result<ValidConfig, ConfigErrors> + Send + 'static,
+        load: impl FnOnce() -> Result<Compiled, ConfigErrors> + Send + 'static,
     ) -> Result<Applied, ConfigErrors> {
         let _gate = self.reload_gate.lock().await;
         let this = Arc::clone(self);
@@ -202,22 +201,23 @@ impl Gateway {
             })
     }
 
-    fn apply(&self, valid: ValidConfig) -> Result<Applied, ConfigErrors> {
+    fn apply(&self, compiled: Compiled) -> Result<Applied, ConfigErrors> {
         let current = self.snapshot();
         // Certificate files are read on every reload: rotated files swap in even when the
         // config text did not change; a file that does not load refuses the reload.
-        let (tls, tls_fingerprint) = crate::tls::build_all(&valid)?;
-        if valid.checksum == current.checksum && tls_fingerprint == current.tls_fingerprint {
+        let (tls, tls_fingerprint) = crate::tls::build_all(&compiled.listeners, &compiled.source)?;
+        if compiled.checksum == current.checksum && tls_fingerprint == current.tls_fingerprint {
             return Ok(Applied {
                 version: current.version,
                 checksum: current.checksum.clone(),
                 changed: false,
             });
         }
-        check_fixed_at_start(&current, &valid)?;
+        check_fixed_at_start(&current, &compiled)?;
         let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
         let version = state.last_version + 1;
-        let (access_log, spans) = sinks_for(&valid, state.access_log.clone(), state.spans.clone())?;
+        let (access_log, spans) =
+            sinks_for(&compiled, state.access_log.clone(), state.spans.clone())?;
         let prepared = Prepared {
             sinks: sinks(&access_log, &spans),
             tls,
@@ -226,8 +226,9 @@ impl Gateway {
         state.access_log = access_log;
         state.spans = spans;
         let state = &mut *state;
-        let snap = snapshot::compile(
-            &valid,
+        let checksum = compiled.checksum.clone();
+        let snap = snapshot::assemble(
+            compiled,
             version,
             &mut state.registries,
             prepared,
@@ -237,7 +238,7 @@ impl Gateway {
         self.current.store(Arc::new(snap));
         Ok(Applied {
             version,
-            checksum: valid.checksum,
+            checksum,
             changed: true,
         })
     }
@@ -256,11 +257,11 @@ fn sinks(
     }
 }
 
-/// The access log and span exporter for `valid`: the running ones where their settings did not
+/// The access log and span exporter for `compiled`: the running ones where their settings did not
 /// change, new ones otherwise.
 #[allow(clippy::type_complexity)]
 fn sinks_for(
-    valid: &ValidConfig,
+    compiled: &Compiled,
     access_log: Running<AccessLogConfig, AccessLog>,
     spans: Running<OtlpConfig, SpanExporter>,
 ) -> Result<
@@ -270,26 +271,30 @@ fn sinks_for(
     ),
     ConfigErrors,
 > {
-    let o = &valid.config.observability;
+    let o = &compiled.observe;
     let access_log = keep_or_start(
-        valid,
+        &compiled.source,
         o.access_log.as_ref(),
         access_log,
         |c| AccessLog::start(c).map_err(|e| format!("cannot open `{}`: {e}", c.destination)),
         "observability.access_log.destination",
     )?;
+    let endpoint = o.otlp.as_ref().map(|(_, e)| e.clone());
     let spans = keep_or_start(
-        valid,
-        o.otlp.as_ref(),
+        &compiled.source,
+        o.otlp.as_ref().map(|(c, _)| c),
         spans,
-        |c| SpanExporter::start(c).map_err(|e| format!("cannot start the exporter: {e}")),
+        |c| {
+            let endpoint = endpoint.clone().ok_or("no collector endpoint")?;
+            SpanExporter::start(c, endpoint).map_err(|e| format!("cannot start the exporter: {e}"))
+        },
         "observability.otlp",
     )?;
     Ok((access_log, spans))
 }
 
 fn keep_or_start<C: Clone + PartialEq, T>(
-    valid: &ValidConfig,
+    source: &str,
     wanted: Option<&C>,
     current: Running<C, T>,
     start: impl FnOnce(&C) -> Result<T, String>,
@@ -306,7 +311,7 @@ fn keep_or_start<C: Clone + PartialEq, T>(
     match start(cfg) {
         Ok(t) => Ok(Some((cfg.clone(), Arc::new(t)))),
         Err(e) => Err(ConfigErrors(vec![ConfigError {
-            file: valid.source.clone(),
+            file: source.to_string(),
             line: 0,
             key: key.into(),
             message: e,
@@ -316,33 +321,32 @@ fn keep_or_start<C: Clone + PartialEq, T>(
 
 /// Listener and admin addresses are bound once at start; a reload that changes them is refused
 /// (restart to move a listener) rather than half-applied.
-fn check_fixed_at_start(current: &Snapshot, valid: &ValidConfig) -> Result<(), ConfigErrors> {
-    let cfg = &valid.config;
+fn check_fixed_at_start(current: &Snapshot, compiled: &Compiled) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
-    let err = |line: u32, key: String, message: String| ConfigError {
-        file: valid.source.clone(),
+    let err = |line: u32, key: &str, message: &str| ConfigError {
+        file: compiled.source.clone(),
         line,
-        key,
-        message,
+        key: key.into(),
+        message: message.into(),
     };
-    let same_set = cfg.listeners.len() == current.listeners.len()
-        && cfg.listeners.iter().all(|l| {
+    let same_set = compiled.listeners.len() == current.listeners.len()
+        && compiled.listeners.iter().all(|l| {
             current
                 .listener(&l.name)
-                .is_some_and(|c| l.address.parse::<std::net::SocketAddr>().ok() == Some(c.address))
+                .is_some_and(|c| l.address == c.address)
         });
     if !same_set {
         errors.push(err(
             0,
-            "listeners".into(),
-            "listener names or addresses changed: restart the gateway to rebind listeners".into(),
+            "listeners",
+            "listener names or addresses changed: restart the gateway to rebind listeners",
         ));
     }
-    if cfg.admin.address.parse::<std::net::SocketAddr>().ok() != Some(current.admin_address) {
+    if compiled.admin.address != current.admin_address {
         errors.push(err(
-            cfg.admin.address.line,
-            "admin.address".into(),
-            "the admin address changed: restart the gateway to rebind it".into(),
+            compiled.admin.address_line,
+            "admin.address",
+            "the admin address changed: restart the gateway to rebind it",
         ));
     }
     if errors.is_empty() {

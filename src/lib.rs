@@ -1,12 +1,16 @@
 //! Portcullis, an API gateway.
 //!
-//! Configuration flows one way: YAML → `config` (parse, validate) → `snapshot` (compile) →
-//! `gateway` (atomic swap). Requests run through `pipeline` on the snapshot they started with.
+//! Configuration flows one way: YAML → `config` (parse into the model) → `compile` (each
+//! module builds its own section, with file:line errors) → `snapshot` (attach the state carried
+//! across reloads) → `gateway` (atomic swap). Requests run through `pipeline` on the snapshot
+//! they started with.
 
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod compile;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod forwarded;
 pub mod gateway;
@@ -17,8 +21,10 @@ pub mod outbound;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
+pub mod redis_store;
 pub mod reject;
 pub mod request_id;
+pub mod route;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -2,11 +2,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use portcullis::config;
+use portcullis::compile;
 use portcullis::gateway::Gateway;
 use portcullis::router::explain::explain;
-use portcullis::router::normalize::normalize_path;
-use portcullis::router::{RequestView, Router};
+use portcullis::router::normalize::{normalize_path, routing_host};
+use portcullis::router::RequestView;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -175,15 +175,15 @@ fn main() -> ExitCode {
 }
 
 fn validate(file: &std::path::Path) -> ExitCode {
-    match config::load_file(file) {
-        Ok(valid) => {
+    match compile::file(file) {
+        Ok(compiled) => {
             println!(
                 "{}: ok ({} listeners, {} upstreams, {} routes; {})",
                 file.display(),
-                valid.config.listeners.len(),
-                valid.config.upstreams.len(),
-                valid.config.routes.len(),
-                valid.checksum
+                compiled.listeners.len(),
+                compiled.upstreams.len(),
+                compiled.routes.len(),
+                compiled.checksum
             );
             ExitCode::SUCCESS
         }
@@ -203,8 +203,8 @@ fn explain_cmd(
     url: &str,
     headers: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let valid = match config::load_file(file) {
-        Ok(v) => v,
+    let compiled = match compile::file(file) {
+        Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {
                 println!("{e}");
@@ -212,7 +212,6 @@ fn explain_cmd(
             return Ok(ExitCode::from(1));
         }
     };
-    let router = Router::compile(&valid.config);
     let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .context("invalid method")?;
     let uri: http::Uri = url.parse().context("invalid URL")?;
@@ -226,19 +225,19 @@ fn explain_cmd(
             http::HeaderValue::from_str(value.trim()).context("invalid header value")?,
         );
     }
-    let host = uri
-        .host()
-        .map(str::to_string)
+    // The same host normalization as live routing: the URL's authority, else the Host header.
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
         .or_else(|| {
             header_map
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_string())
+                .map(str::to_string)
         })
-        .unwrap_or_default()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    let path = match normalize_path(uri.path(), valid.config.defaults.allow_encoded_slashes) {
+        .unwrap_or_default();
+    let host = routing_host(&authority).into_owned();
+    let path = match normalize_path(uri.path(), compiled.defaults.allow_encoded_slashes) {
         Ok(p) => p,
         Err(e) => {
             println!(
@@ -249,7 +248,7 @@ fn explain_cmd(
         }
     };
     let (chosen, text) = explain(
-        &router,
+        &compiled.router,
         &RequestView {
             host: &host,
             path: &path,

@@ -1,7 +1,26 @@
-//! The request pipeline: every phase a proxied request goes through, in order, in one place.
-//! Each phase calls the module that owns it and either continues or answers the request.
+//! The request pipeline: every phase a request goes through, in order, in one place. Each
+//! phase calls the module that owns it and either continues or answers the request. The list
+//! (`shared/DESIGN.md`, README "Architecture"):
+//!
+//!  1. accept — listener limits, request id, trace context
+//!  2. route — host, path, method, headers (a CORS preflight by the method it asks about)
+//!  3. early answers — what must not need credentials (CORS preflights)
+//!  4. authenticate
+//!  5. authorize
+//!  6. rate limit
+//!  7. validate request — required headers, content type, size; request-body filters
+//!  8. cache lookup
+//!  9. direct response
+//! 10. transform request — rewrite, header rules, forwarding and identity headers
+//! 11. forward — split, balancer, breaker, bulkhead, timeouts, retries
+//! 12. response headers — every response, the upstream's and the gateway's own
+//! 13. response-body filters
+//! 14. log — metrics, access log, span (when the body ends, off the request path)
 
+use crate::body::filter::{FilterChain, Filtered};
+use crate::body::read::read_whole;
 use crate::body::{ResponseBody, ServedBody, UpstreamBody};
+use crate::connection::ConnContext;
 use crate::forwarded;
 use crate::grpc;
 use crate::observe::record::{AuthResult, Record, Trail};
@@ -9,28 +28,40 @@ use crate::observe::trace_context::TraceContext;
 use crate::observe::Completion;
 use crate::policy::request_rules::BodyPlan;
 use crate::ratelimit::key::KeyInput;
-use crate::ratelimit::Refusal;
+use crate::ratelimit::{RateHeaders, Refusal};
 use crate::reject::Reject;
 use crate::request_id;
-use crate::router::normalize::normalize_path;
+use crate::route::Action;
+use crate::router::normalize::{normalize_path, routing_host};
 use crate::router::RequestView;
-use crate::server::ConnContext;
-use crate::snapshot::{Action, CompiledRoute, Snapshot};
+use crate::snapshot::{LiveRoute, Snapshot};
 use crate::upstream::forward::forward;
 use crate::websocket::Upgrade;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What the phases learn about one request, for the phases after them and for the log.
+#[derive(Default)]
+struct Exchange {
+    trail: Trail,
+    /// What the rate limits said (phase 6), set on whatever response the request gets.
+    rate_headers: Option<RateHeaders>,
+    /// A WebSocket handshake's client side, completed once the response is final.
+    upgrade: Option<Upgrade>,
+    /// The upstream answered (rather than the gateway itself).
+    from_upstream: bool,
+}
+
 /// Handles one request on the snapshot current when it arrived.
 pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response<ServedBody> {
+    // 1. accept: request id and trace context, and what the record needs from the request.
     let started = std::time::Instant::now();
     let snapshot = conn.gateway.snapshot();
     let request_id = request_id::for_request(req.headers());
@@ -43,7 +74,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         .spans
         .as_ref()
         .filter(|_| trace.as_ref().is_some_and(|t| t.sampled()));
-    // What the record needs from the request itself (cheap clones), only when used.
+    // Cheap clones, only when a record is kept.
     let taken = (snapshot.sinks.access_log.is_some() || spans.is_some()).then(|| Taken {
         uri: req.uri().clone(),
         method: req.method().clone(),
@@ -61,7 +92,8 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
     });
     let method = req.method().clone();
     let grpc = grpc::is_grpc(req.headers());
-    let mut trail = Trail::default();
+    let mut ex = Exchange::default();
+    // 2–11, 13.
     let mut resp = match run(
         req,
         conn,
@@ -69,7 +101,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         &request_id,
         trace.as_ref(),
         grpc,
-        &mut trail,
+        &mut ex,
     )
     .await
     {
@@ -77,9 +109,15 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         Err(reject) if grpc => grpc::error_response(reject, &request_id),
         Err(reject) => reject.into_response(&request_id),
     };
-    if let (Some(name), Some(t)) = (&snapshot.trace_id_header, &trace) {
-        resp.headers_mut().insert(name.clone(), t.trace_id_header());
-    }
+
+    // The trace id header (when configured) is made before the trace moves into the record.
+    let trace_id = snapshot
+        .trace_id_header
+        .as_ref()
+        .zip(trace.as_ref())
+        .map(|(name, t)| (name.clone(), t.trace_id_header()));
+
+    // 14. log: what is recorded when the body ends.
     let status = resp.status().as_u16();
     let log = snapshot
         .sinks
@@ -90,7 +128,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
     let record = match taken {
         Some(taken) if log.is_some() || spans.is_some() => Some(Arc::new(record(
             &snapshot,
-            &mut trail,
+            &mut ex.trail,
             &request_id,
             trace,
             conn,
@@ -99,8 +137,9 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         ))),
         _ => None,
     };
-    let metrics = snapshot.metrics_enabled.then(|| match trail.route {
-        Some(r) => Arc::clone(&snapshot.routes[r].metrics),
+    let route = ex.trail.route.map(|r| &snapshot.routes[r]);
+    let metrics = snapshot.metrics_enabled.then(|| match route {
+        Some(r) => Arc::clone(&r.metrics),
         None => Arc::clone(&snapshot.no_route_metrics),
     });
     let done = (metrics.is_some() || record.is_some()).then(|| Completion {
@@ -108,18 +147,324 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         method,
         status,
         started,
-        bytes_in: trail.bytes_in,
-        bytes_in_counter: trail.bytes_in_counter.take(),
+        bytes_in: ex.trail.bytes_in,
+        bytes_in_counter: ex.trail.bytes_in_counter.take(),
         record,
         log,
         spans: spans.cloned(),
     });
-    resp.headers_mut().insert(request_id::HEADER, request_id);
-    if let Some(hsts) = &conn.hsts {
-        resp.headers_mut()
-            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+
+    // 12. response headers, on every response.
+    response_headers(resp.headers_mut(), &ex, route, conn, trace_id, request_id);
+    // A WebSocket answered with 101 becomes a tunnel once its headers are final.
+    if let (Some(u), Some(listener)) = (ex.upgrade.take(), snapshot.listener(&conn.listener.name)) {
+        let idle = Duration::from_millis(listener.limits.idle_timeout_ms);
+        u.complete(&mut resp, idle, Arc::clone(conn));
     }
     resp.map(|b| ServedBody::new(b, done))
+}
+
+/// Phases 1–11 and 13; a refusal anywhere is answered by the caller.
+async fn run(
+    mut req: Request<Incoming>,
+    conn: &Arc<ConnContext>,
+    snapshot: &Snapshot,
+    request_id: &HeaderValue,
+    trace: Option<&TraceContext>,
+    grpc: bool,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, Reject> {
+    // 1. accept: listener limits (load shedding, head size).
+    // Listeners cannot change on reload, so the snapshot always knows this one.
+    let limits = &snapshot
+        .listener(&conn.listener.name)
+        .ok_or(Reject::NoRoute)?
+        .limits;
+    let _slot = conn
+        .listener
+        .begin_request(limits.max_concurrent_requests)
+        .ok_or(Reject::Overloaded)?;
+    if head_size(&req) > limits.max_header_bytes {
+        return Err(Reject::HeadersTooLarge(limits.max_header_bytes));
+    }
+    let upgrade = Upgrade::take(&mut req);
+
+    // 2. route: host and normalized path against the compiled router.
+    let host_value = request_host(&req);
+    let host = host_value
+        .as_ref()
+        .map(|h| routing_host(h.to_str().unwrap_or("")))
+        .unwrap_or_default();
+    let path = normalize_path(req.uri().path(), snapshot.allow_encoded_slashes)
+        .map_err(Reject::BadPath)?;
+    let view = RequestView {
+        host: &host,
+        path: &path,
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let (route_index, by_preflight) = match snapshot.router.route(&view) {
+        Some(i) => (i, false),
+        None => (
+            preflight_route(snapshot, &view).ok_or(Reject::NoRoute)?,
+            true,
+        ),
+    };
+    let route = &snapshot.routes[route_index];
+
+    // 3. early answers: given before any credential is asked for.
+    if let Some(answer) = early_answer(route, &req) {
+        ex.trail.route = Some(route_index);
+        return Ok(answer);
+    }
+    if by_preflight {
+        // Routed only by the method it asks about, and not answered: no route, as before.
+        return Err(Reject::NoRoute);
+    }
+    ex.trail.route = Some(route_index);
+
+    // 4. authenticate: the route's policy yields the principal (or 401).
+    let principal = if route.auth.is_none() {
+        None
+    } else {
+        match route
+            .auth
+            .authenticate(req.headers(), req.uri(), conn.client_cert.as_ref())
+            .await
+        {
+            Ok(p) => {
+                ex.trail.auth = AuthResult::Success;
+                ex.trail.principal = p.clone();
+                p
+            }
+            Err(f) => {
+                ex.trail.auth = AuthResult::Failure;
+                return Err(Reject::Unauthorized(f));
+            }
+        }
+    };
+
+    // 5. authorize: required scopes and claims (or 403).
+    if let Some(rules) = &route.rules.authorize {
+        if let Err(denied) = rules.check(principal.as_deref()) {
+            ex.trail.auth = AuthResult::Denied;
+            route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
+            return Err(Reject::Forbidden(denied));
+        }
+    }
+
+    // 6. rate limit: every limit the route applies, in order.
+    if !route.rate_limits.is_empty() {
+        let input = KeyInput {
+            route: &route.rules.name,
+            client_ip: &conn.client_ip,
+            headers: req.headers(),
+            principal: principal.as_deref(),
+        };
+        match route
+            .rate_limits
+            .check(&input, &mut ex.trail.rate_limit)
+            .await
+        {
+            Ok(h) => ex.rate_headers = Some(h),
+            Err(Refusal::Limited { limit, headers }) => {
+                return Err(Reject::RateLimited(limit, Box::new(headers)))
+            }
+            Err(Refusal::StoreUnavailable { limit }) => {
+                return Err(Reject::RateLimitStoreDown(limit))
+            }
+        }
+    }
+
+    // 7. validate request: required headers, content type, declared body size; then the
+    // request-body filters.
+    let has_body = !req.body().is_end_stream();
+    let content_length = req.body().size_hint().exact();
+    let body_plan = route
+        .rules
+        .request
+        .check(req.headers(), has_body, content_length)?;
+    ex.trail.bytes_in = content_length.unwrap_or(0);
+    let request_filters = request_body_filters(route);
+
+    // 8. cache lookup: not built yet.
+
+    // 9. direct responses are answered here.
+    let upstream_index = match &route.rules.action {
+        Action::Direct(d) => return Ok(d.respond()),
+        Action::Upstream(u) => *u,
+        Action::Split(split) => split.pick(req.headers(), &conn.client_ip),
+    };
+
+    // 10. transform request: path rewrite, header rules, forwarding headers, body plan.
+    let upstream_path = match &route.rules.rewrite {
+        Some(rw) => Cow::Owned(rw.apply(&path)),
+        None => path,
+    };
+    let uri = upstream_path_and_query(&upstream_path, req.uri())?;
+    let (mut parts, incoming) = req.into_parts();
+    let body = match body_plan {
+        BodyPlan::None => UpstreamBody::empty(),
+        BodyPlan::Stream => UpstreamBody::Streaming {
+            inner: incoming,
+            limit: route.rules.request.max_body_bytes,
+            seen: 0,
+            counter: match content_length {
+                None => {
+                    let c = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    ex.trail.bytes_in_counter = Some(Arc::clone(&c));
+                    Some(c)
+                }
+                Some(_) => None,
+            },
+        },
+        // Boxed: a rare path whose future would otherwise enlarge every request's.
+        BodyPlan::Buffer => {
+            let deadline = tokio::time::Instant::now() + route.rules.timeout;
+            let limit = route.rules.request.max_body_bytes;
+            let data = Box::pin(read_whole(incoming, limit, deadline)).await?;
+            ex.trail.bytes_in = data.as_ref().map_or(0, |b| b.len() as u64);
+            UpstreamBody::Full(data)
+        }
+    };
+    let body = if request_filters.is_empty() || body.is_end_stream() {
+        body
+    } else {
+        if request_filters.changes_length() {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        UpstreamBody::Filtered(Box::new(Filtered::new(body, request_filters)))
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    prepare_upstream_headers(
+        &mut parts.headers,
+        conn,
+        host_value,
+        request_id,
+        route,
+        &body,
+    );
+    if let Some(u) = &upgrade {
+        u.prepare_request(&mut parts.headers);
+    }
+    set_identity_headers(
+        &mut parts.headers,
+        snapshot,
+        route,
+        conn,
+        principal.as_deref(),
+    );
+    if let Some(t) = trace {
+        t.apply(&mut parts.headers);
+    }
+
+    // 11. forward: bulkhead, balancer, breaker, timeouts, retries. A gRPC client's own
+    // deadline shortens the route's timeout.
+    let timeout = grpc
+        .then(|| grpc::deadline(&parts.headers))
+        .flatten()
+        .map_or(route.rules.timeout, |d| d.min(route.rules.timeout));
+    let upstream = &snapshot.upstreams[upstream_index];
+    ex.trail.upstream = Some(upstream_index);
+    let resp = forward(
+        upstream,
+        route.rules.retry.as_ref(),
+        timeout,
+        parts,
+        body,
+        &conn.client_ip,
+        &mut ex.trail,
+    )
+    .await?;
+    ex.from_upstream = true;
+    ex.upgrade = upgrade;
+
+    // 13. response-body filters.
+    let (mut head, body) = resp.into_parts();
+    let filters = response_body_filters(route, &head);
+    let body = if filters.is_empty() {
+        ResponseBody::Upstream(body)
+    } else {
+        if filters.changes_length() {
+            head.headers.remove(header::CONTENT_LENGTH);
+        }
+        ResponseBody::Filtered(Box::new(Filtered::new(
+            ResponseBody::Upstream(body),
+            filters,
+        )))
+    };
+    Ok(Response::from_parts(head, body))
+}
+
+/// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) that no route
+/// matches by its own method is routed by the method it asks about, so that a route listing
+/// only `GET` still sees its preflights.
+fn preflight_route(snapshot: &Snapshot, view: &RequestView) -> Option<usize> {
+    let requested = preflight_method(view.method, view.headers)?;
+    snapshot.router.route(&RequestView {
+        method: &requested,
+        ..*view
+    })
+}
+
+/// The method a CORS preflight asks about (Fetch standard: an `OPTIONS` request with `Origin`
+/// and `Access-Control-Request-Method`).
+pub fn preflight_method(method: &Method, headers: &HeaderMap) -> Option<Method> {
+    if method != Method::OPTIONS || !headers.contains_key(header::ORIGIN) {
+        return None;
+    }
+    let requested = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    Method::from_bytes(requested.as_bytes()).ok()
+}
+
+/// Phase 3, early answers: given before authentication, for requests that must not need credentials. The
+/// CORS policy (`routes[].cors`, its own issue) answers preflights here; until a route has one,
+/// nothing is answered and a preflight routed only by its requested method finds no route.
+fn early_answer(_route: &LiveRoute, _req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+    None
+}
+
+/// Phase 7: the route's request-body filters, in order (JSON Schema validation, signature digest,
+/// as their capabilities land).
+fn request_body_filters(_route: &LiveRoute) -> FilterChain {
+    FilterChain::new()
+}
+
+/// Phase 13: the route's response-body filters, in their one defined order: JSON field filter →
+/// compression → cache fill (tee) → shadow comparison (tee), as their capabilities land. Each
+/// decides from the response head whether it applies.
+fn response_body_filters(_route: &LiveRoute, _head: &http::response::Parts) -> FilterChain {
+    FilterChain::new()
+}
+
+/// Phase 12, response headers, for every response: the upstream's (hop-by-hop headers removed, the
+/// route's header rules) and the gateway's own (direct responses, every refusal and failure)
+/// alike get the rate-limit headers, the trace id, the request id and HSTS.
+fn response_headers(
+    headers: &mut HeaderMap,
+    ex: &Exchange,
+    route: Option<&LiveRoute>,
+    conn: &ConnContext,
+    trace_id: Option<(http::HeaderName, HeaderValue)>,
+    request_id: HeaderValue,
+) {
+    if ex.from_upstream {
+        forwarded::strip_hop_by_hop(headers);
+        if let Some(r) = route {
+            r.rules.response_headers.apply(headers);
+        }
+    }
+    if let Some(h) = &ex.rate_headers {
+        h.apply(headers);
+    }
+    if let Some((name, value)) = trace_id {
+        headers.insert(name, value);
+    }
+    headers.insert(request_id::HEADER, request_id);
+    if let Some(hsts) = &conn.hsts {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
 }
 
 /// Identity headers only ever come from the gateway: client copies of claim headers and
@@ -128,7 +473,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
 fn set_identity_headers(
     headers: &mut http::HeaderMap,
     snapshot: &Snapshot,
-    route: &CompiledRoute,
+    route: &LiveRoute,
     conn: &ConnContext,
     principal: Option<&crate::auth::Principal>,
 ) {
@@ -182,7 +527,9 @@ fn record(
         started: taken.started,
         request_id: request_id.clone(),
         trace,
-        route: trail.route.map(|r| Arc::clone(&snapshot.routes[r].name)),
+        route: trail
+            .route
+            .map(|r| Arc::clone(&snapshot.routes[r].rules.name)),
         config_version: snapshot.version,
         method: taken.method,
         uri: taken.uri,
@@ -203,208 +550,6 @@ fn record(
         retries: trail.retries,
         retry_events: std::mem::take(&mut trail.retry_events),
     }
-}
-
-async fn run(
-    mut req: Request<Incoming>,
-    conn: &Arc<ConnContext>,
-    snapshot: &Snapshot,
-    request_id: &HeaderValue,
-    trace: Option<&TraceContext>,
-    grpc: bool,
-    trail: &mut Trail,
-) -> Result<Response<ResponseBody>, Reject> {
-    // 1. accept: listener limits (load shedding, head size).
-    // Listeners cannot change on reload, so the snapshot always knows this one.
-    let limits = &snapshot
-        .listener(&conn.listener.name)
-        .ok_or(Reject::NoRoute)?
-        .limits;
-    let _slot = conn
-        .listener
-        .begin_request(limits.max_concurrent_requests)
-        .ok_or(Reject::Overloaded)?;
-    if head_size(&req) > limits.max_header_bytes {
-        return Err(Reject::HeadersTooLarge(limits.max_header_bytes));
-    }
-    let upgrade = Upgrade::take(&mut req);
-
-    // 2. route: host and normalized path against the compiled router.
-    let host_value = request_host(&req);
-    let host = host_value.as_ref().map(routing_host).unwrap_or_default();
-    let path = normalize_path(req.uri().path(), snapshot.allow_encoded_slashes)
-        .map_err(Reject::BadPath)?;
-    let route_index = snapshot
-        .router
-        .route(&RequestView {
-            host: &host,
-            path: &path,
-            method: req.method(),
-            headers: req.headers(),
-        })
-        .ok_or(Reject::NoRoute)?;
-    let route = &snapshot.routes[route_index];
-    trail.route = Some(route_index);
-
-    // 3. authenticate: the route's policy yields the principal (or 401).
-    let principal = if route.auth.is_none() {
-        None
-    } else {
-        match route
-            .auth
-            .authenticate(req.headers(), req.uri(), conn.client_cert.as_ref())
-            .await
-        {
-            Ok(p) => {
-                trail.auth = AuthResult::Success;
-                trail.principal = p.clone();
-                p
-            }
-            Err(f) => {
-                trail.auth = AuthResult::Failure;
-                return Err(Reject::Unauthorized(f));
-            }
-        }
-    };
-
-    // 4. authorize: required scopes and claims (or 403).
-    if let Some(rules) = &route.authorize {
-        if let Err(denied) = rules.check(principal.as_deref()) {
-            trail.auth = AuthResult::Denied;
-            route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
-            return Err(Reject::Forbidden(denied));
-        }
-    }
-
-    // 5. rate limit: every limit the route applies, in order.
-    let rate_headers = if route.rate_limits.is_empty() {
-        None
-    } else {
-        let input = KeyInput {
-            route: &route.name,
-            client_ip: &conn.client_ip,
-            headers: req.headers(),
-            principal: principal.as_deref(),
-        };
-        match route.rate_limits.check(&input, &mut trail.rate_limit).await {
-            Ok(h) => Some(h),
-            Err(Refusal::Limited { limit, headers }) => {
-                return Err(Reject::RateLimited(limit, Box::new(headers)))
-            }
-            Err(Refusal::StoreUnavailable { limit }) => {
-                return Err(Reject::RateLimitStoreDown(limit))
-            }
-        }
-    };
-
-    // 6. validate request: required headers, content type, declared body size.
-    let has_body = !req.body().is_end_stream();
-    let content_length = req.body().size_hint().exact();
-    let body_plan = route
-        .request_rules
-        .check(req.headers(), has_body, content_length)?;
-    trail.bytes_in = content_length.unwrap_or(0);
-
-    // 7. cache lookup: not built yet.
-
-    // 8. direct responses are answered here.
-    let upstream_index = match &route.action {
-        Action::Direct(d) => {
-            let mut resp = d.respond();
-            if let Some(h) = &rate_headers {
-                h.apply(resp.headers_mut());
-            }
-            return Ok(resp);
-        }
-        Action::Upstream(u) => *u,
-        Action::Split(split) => split.pick(req.headers(), &conn.client_ip),
-    };
-
-    // 9. transform request: path rewrite, header rules, forwarding headers, body plan.
-    let upstream_path = match &route.rewrite {
-        Some(rw) => Cow::Owned(rw.apply(&path)),
-        None => path,
-    };
-    let uri = upstream_path_and_query(&upstream_path, req.uri())?;
-    let (mut parts, incoming) = req.into_parts();
-    let body = match body_plan {
-        BodyPlan::None => UpstreamBody::empty(),
-        BodyPlan::Stream => UpstreamBody::Streaming {
-            inner: incoming,
-            limit: route.request_rules.max_body_bytes,
-            seen: 0,
-            counter: match content_length {
-                None => {
-                    let c = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                    trail.bytes_in_counter = Some(Arc::clone(&c));
-                    Some(c)
-                }
-                Some(_) => None,
-            },
-        },
-        // Boxed: a rare path whose future would otherwise enlarge every request's.
-        BodyPlan::Buffer => {
-            let body = Box::pin(buffer_body(incoming, route)).await?;
-            if let UpstreamBody::Full(Some(b)) = &body {
-                trail.bytes_in = b.len() as u64;
-            }
-            body
-        }
-    };
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    prepare_upstream_headers(
-        &mut parts.headers,
-        conn,
-        host_value,
-        request_id,
-        route,
-        &body,
-    );
-    if let Some(u) = &upgrade {
-        u.prepare_request(&mut parts.headers);
-    }
-    set_identity_headers(
-        &mut parts.headers,
-        snapshot,
-        route,
-        conn,
-        principal.as_deref(),
-    );
-    if let Some(t) = trace {
-        t.apply(&mut parts.headers);
-    }
-
-    // 10-11. select a target and forward: bulkhead, balancer, breaker, timeouts, retries.
-    // A gRPC client's own deadline shortens the route's timeout.
-    let timeout = grpc
-        .then(|| grpc::deadline(&parts.headers))
-        .flatten()
-        .map_or(route.timeout, |d| d.min(route.timeout));
-    let upstream = &snapshot.upstreams[upstream_index];
-    trail.upstream = Some(upstream_index);
-    let mut resp = forward(
-        upstream,
-        route.retry.as_ref(),
-        timeout,
-        parts,
-        body,
-        &conn.client_ip,
-        trail,
-    )
-    .await?;
-
-    // 12. transform response (a WebSocket answered with 101 becomes a tunnel here).
-    forwarded::strip_hop_by_hop(resp.headers_mut());
-    if let Some(u) = upgrade {
-        let idle = Duration::from_millis(limits.idle_timeout_ms);
-        u.complete(&mut resp, idle, Arc::clone(conn));
-    }
-    route.response_headers.apply(resp.headers_mut());
-    if let Some(h) = &rate_headers {
-        h.apply(resp.headers_mut());
-    }
-    Ok(resp.map(ResponseBody::Upstream))
 }
 
 /// Approximate size of the request head as it arrived: request line plus `name: value\r\n` per
@@ -432,26 +577,6 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     req.headers().get(header::HOST).cloned()
 }
 
-/// The host for routing: lower-case, port and trailing dot removed.
-fn routing_host(h: &HeaderValue) -> Cow<'_, str> {
-    let s = h.to_str().unwrap_or("");
-    let without_port = if let Some(rest) = s.strip_prefix('[') {
-        // [v6]:port
-        rest.split(']').next().unwrap_or("")
-    } else {
-        match s.rsplit_once(':') {
-            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-            _ => s,
-        }
-    };
-    let host = without_port.trim_end_matches('.');
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    }
-}
-
 /// The origin-form target sent upstream. When the path is unchanged (already normal, not
 /// rewritten) the client's path-and-query is reused as it is.
 fn upstream_path_and_query(path: &str, original: &Uri) -> Result<Uri, Reject> {
@@ -472,38 +597,12 @@ fn upstream_path_and_query(path: &str, original: &Uri) -> Result<Uri, Reject> {
     Ok(Uri::from(path_and_query))
 }
 
-/// Reads a chunked body whose route limit is small, refusing it whole if it is too large.
-async fn buffer_body(incoming: Incoming, route: &CompiledRoute) -> Result<UpstreamBody, Reject> {
-    let limit = route.request_rules.max_body_bytes;
-    let read = tokio::time::timeout(
-        route.timeout,
-        Limited::new(incoming, limit as usize).collect(),
-    )
-    .await;
-    match read {
-        Err(_) => Err(Reject::Status(
-            http::StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "request body not received within {} ms",
-                route.timeout.as_millis()
-            ),
-        )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Reject::PayloadTooLarge(limit))
-        }
-        Ok(Err(e)) => Err(Reject::ClientBody(format!(
-            "client request body failed: {e}"
-        ))),
-        Ok(Ok(collected)) => Ok(UpstreamBody::Full(Some(collected.to_bytes()))),
-    }
-}
-
 fn prepare_upstream_headers(
     headers: &mut http::HeaderMap,
     conn: &ConnContext,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
-    route: &CompiledRoute,
+    route: &LiveRoute,
     body: &UpstreamBody,
 ) {
     forwarded::strip_hop_by_hop(headers);
@@ -522,7 +621,7 @@ fn prepare_upstream_headers(
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
     }
-    route.request_headers.apply(headers);
+    route.rules.request_headers.apply(headers);
 }
 
 #[cfg(test)]
@@ -530,11 +629,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routing_host_strips_port_and_case() {
-        let h = |s: &str| routing_host(&HeaderValue::from_str(s).unwrap()).into_owned();
-        assert_eq!(h("API.Example.com:8080"), "api.example.com");
-        assert_eq!(h("api.example.com."), "api.example.com");
-        assert_eq!(h("[::1]:8080"), "::1");
-        assert_eq!(h("localhost"), "localhost");
+    fn preflights_are_told_apart_from_other_options_requests() {
+        let mut h = HeaderMap::new();
+        assert_eq!(preflight_method(&Method::OPTIONS, &h), None);
+        h.insert(header::ORIGIN, "https://app.example".parse().unwrap());
+        assert_eq!(
+            preflight_method(&Method::OPTIONS, &h),
+            None,
+            "no requested method"
+        );
+        h.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            "PUT".parse().unwrap(),
+        );
+        assert_eq!(preflight_method(&Method::OPTIONS, &h), Some(Method::PUT));
+        assert_eq!(preflight_method(&Method::GET, &h), None, "only OPTIONS");
     }
 }

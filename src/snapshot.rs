@@ -1,68 +1,39 @@
-//! One config version compiled into an immutable snapshot: the router, each route's policies
-//! and action, the upstreams with their pools. Requests read a snapshot and never change it.
+//! One config version in a running gateway: the compiled config (`crate::compile`) plus the
+//! shared state it uses — pools and target state, limiter counters, auth providers, metric
+//! series — taken from the registries that carry them across reloads. Assembling a snapshot
+//! cannot fail: everything that could was decided when the config was compiled. Requests read
+//! a snapshot and never change it.
 
-use crate::auth::{AuthRegistry, Authorize, ProviderStats, RouteAuth};
-use crate::body::ResponseBody;
-use crate::config::{ListenerLimits, ValidConfig};
+use crate::auth::{AuthRegistry, ProviderStats, RouteAuth};
+use crate::compile::Compiled;
+use crate::config::{ListenerLimits, RedisConfig};
 use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::observe::trace_context::Sampler;
 use crate::observe::Sinks;
-use crate::policy::header_ops::HeaderOps;
-use crate::policy::request_rules::RequestRules;
-use crate::policy::rewrite::Rewrite;
-use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::{self, Limiter, LimiterRegistry, RouteLimits};
+use crate::redis_store::{RedisSpec, RedisStore};
+use crate::route::RouteRules;
 use crate::router::Router;
 use crate::tls::TlsSettings;
-use crate::upstream::retry::RetryPolicy;
-use crate::upstream::split::{Split, SplitKey};
 use crate::upstream::{CompiledUpstream, UpstreamRegistry};
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::HeaderName;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub struct DirectResponse {
-    pub status: StatusCode,
-    pub body: Bytes,
-    pub headers: HeaderMap,
-}
-
-impl DirectResponse {
-    pub fn respond(&self) -> Response<ResponseBody> {
-        let mut resp = Response::new(ResponseBody::full(self.body.clone()));
-        *resp.status_mut() = self.status;
-        *resp.headers_mut() = self.headers.clone();
-        resp
-    }
-}
-
-pub enum Action {
-    Upstream(usize),
-    Split(Split),
-    Direct(DirectResponse),
-}
-
-pub struct CompiledRoute {
-    pub name: Arc<str>,
-    pub action: Action,
-    pub rewrite: Option<Rewrite>,
-    pub timeout: Duration,
-    pub retry: Option<RetryPolicy>,
-    pub request_rules: RequestRules,
+/// A route as requests see it: its rules plus the shared state they use.
+pub struct LiveRoute {
+    pub rules: RouteRules,
     pub metrics: Arc<RouteMetrics>,
-    pub request_headers: HeaderOps,
-    pub response_headers: HeaderOps,
     pub rate_limits: RouteLimits,
     pub auth: RouteAuth,
-    pub authorize: Option<Authorize>,
     /// Credential headers this route's auth reads: never forwarded upstream.
     pub credential_headers: Vec<HeaderName>,
 }
 
-pub struct ListenerSpec {
+/// A listener as the accept loop sees it.
+pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub limits: ListenerLimits,
@@ -71,13 +42,36 @@ pub struct ListenerSpec {
     pub tls: Option<Arc<TlsSettings>>,
 }
 
+/// The shared Redis connection, kept while the `redis` section does not change.
+#[derive(Default)]
+pub struct SharedRedis {
+    current: Option<(RedisConfig, Arc<RedisStore>)>,
+}
+
+impl SharedRedis {
+    /// The store for `spec`; the bool says whether it is a new one (state kept in the old
+    /// store must then be rebuilt).
+    fn apply(&mut self, spec: Option<&RedisSpec>) -> (Option<Arc<RedisStore>>, bool) {
+        let changed = match (&self.current, spec) {
+            (Some((old, _)), Some(new)) => *old != new.config,
+            (None, None) => false,
+            _ => true,
+        };
+        if changed {
+            self.current = spec.map(|s| (s.config.clone(), Arc::new(RedisStore::new(s))));
+        }
+        (self.current.as_ref().map(|(_, s)| Arc::clone(s)), changed)
+    }
+}
+
 /// State carried from one snapshot to the next (pools, target state, limiter counters, JWKS
-/// caches).
+/// caches, the Redis connection).
 #[derive(Default)]
 pub struct Registries {
     pub upstreams: UpstreamRegistry,
     pub limiters: LimiterRegistry,
     pub auth: AuthRegistry,
+    pub redis: SharedRedis,
 }
 
 /// What is built, fallibly, before a snapshot is compiled: the telemetry sinks and the TLS
@@ -97,9 +91,9 @@ pub struct Snapshot {
     pub tls_fingerprint: String,
     pub source: String,
     pub router: Router,
-    pub routes: Vec<CompiledRoute>,
+    pub routes: Vec<LiveRoute>,
     pub upstreams: Vec<CompiledUpstream>,
-    pub listeners: Vec<ListenerSpec>,
+    pub listeners: Vec<Listener>,
     pub admin_address: SocketAddr,
     pub admin_token: Option<String>,
     pub allow_encoded_slashes: bool,
@@ -125,210 +119,119 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn listener(&self, name: &str) -> Option<&ListenerSpec> {
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.name == name)
     }
 }
 
-/// Compiles a validated config. Pools and target state are taken from `registry` when they
-/// still apply.
-pub fn compile(
-    valid: &ValidConfig,
+/// Assembles the snapshot of a compiled config. Pools, target state, limiters and providers
+/// are taken from `registries` when they still apply.
+pub fn assemble(
+    compiled: Compiled,
     version: u64,
     registries: &mut Registries,
     prepared: Prepared,
     metrics: &Metrics,
 ) -> Snapshot {
-    let cfg = &valid.config;
     let Registries {
-        upstreams: registry,
+        upstreams: upstream_registry,
         limiters: limiter_registry,
         auth: auth_registry,
+        redis: shared_redis,
     } = registries;
     let Prepared {
         sinks,
         mut tls,
         tls_fingerprint,
     } = prepared;
-    registry.set_dns(&cfg.dns);
-    let upstreams: Vec<CompiledUpstream> = cfg
-        .upstreams
-        .iter()
-        .map(|u| registry.compile(u, metrics))
-        .collect();
-    registry.retain(&upstreams);
-    let names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
-    let upstream_index: HashMap<&str, usize> =
-        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let Compiled {
+        source,
+        checksum,
+        listeners,
+        admin,
+        dns,
+        upstreams,
+        auth,
+        rate_limits,
+        redis,
+        observe,
+        defaults,
+        router,
+        routes,
+        routes_json,
+    } = compiled;
 
-    let limiters = limiter_registry.compile(cfg);
-    auth_registry.compile(
-        cfg,
-        limiter_registry.redis(),
-        limiter_registry.redis_changed(),
-    );
-    let routes = cfg
-        .routes
+    upstream_registry.set_dns(&dns);
+    let upstreams: Vec<CompiledUpstream> = upstreams
         .iter()
-        .map(|r| {
-            let action = if let Some(u) = &r.upstream {
-                Action::Upstream(upstream_index[&*u.value.0])
-            } else if let Some(split) = &r.split {
-                let entries: Vec<(u32, usize)> = split
-                    .iter()
-                    .map(|s| (s.weight, upstream_index[&*s.upstream.value.0]))
-                    .collect();
-                let key = r
-                    .split_key
-                    .as_ref()
-                    .map(|k| SplitKey::parse(k).expect("validated split key"));
-                Action::Split(Split::new(&entries, key))
-            } else {
-                let d = r.direct_response.as_ref().expect("validated: one action");
-                let mut headers = HeaderMap::new();
-                for (k, v) in &d.headers {
-                    headers.insert(
-                        HeaderName::from_bytes(k.as_bytes()).expect("validated"),
-                        HeaderValue::from_str(v).expect("validated"),
-                    );
-                }
-                Action::Direct(DirectResponse {
-                    status: StatusCode::from_u16(d.status).expect("validated status"),
-                    body: Bytes::from(d.body.0.clone()),
-                    headers,
-                })
-            };
-            let auth = auth_registry.route(
-                r.auth
-                    .as_ref()
-                    .or(cfg.defaults.auth.as_ref())
-                    .map(|a| &a.value),
-            );
-            CompiledRoute {
-                name: r.name.value.0.as_str().into(),
-                action,
-                rewrite: r.rewrite.as_ref().map(|rw| Rewrite::compile(rw)),
-                timeout: Duration::from_millis(
-                    r.timeout_ms
-                        .as_ref()
-                        .map_or(cfg.defaults.timeout_ms.value, |t| t.value),
-                ),
-                retry: r.retries.as_ref().map(|rt| RetryPolicy::compile(rt)),
-                request_rules: RequestRules::compile(&r.request, cfg.defaults.max_body_bytes),
-                metrics: metrics.route(&r.name.value),
-                request_headers: HeaderOps::compile(&r.headers.request),
-                response_headers: HeaderOps::compile(&r.headers.response),
+        .map(|u| upstream_registry.compile(u, metrics))
+        .collect();
+    upstream_registry.retain(&upstreams);
+
+    let (redis, redis_changed) = shared_redis.apply(redis.as_ref());
+    let limiters = limiter_registry.compile(&rate_limits.limits, redis.as_ref(), redis_changed);
+    let mtls_listener = listeners
+        .iter()
+        .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
+    auth_registry.compile(&auth, mtls_listener, redis.as_ref(), redis_changed);
+
+    let route_names: Vec<&str> = routes.iter().map(|r| &*r.name).collect();
+    let upstream_names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
+    metrics.retain(&route_names, &upstream_names);
+    let routes: Vec<LiveRoute> = routes
+        .into_iter()
+        .map(|rules| {
+            let auth = auth_registry.route(&rules.auth);
+            let mut credential_headers = Vec::new();
+            auth.credential_headers(&mut credential_headers);
+            LiveRoute {
+                metrics: metrics.route(&rules.name),
                 rate_limits: ratelimit::route_limits(
                     &limiters,
-                    &cfg.defaults.rate_limits,
-                    &r.rate_limits,
+                    &rate_limits.defaults,
+                    &rules.rate_limits,
                 ),
-                auth: auth.clone(),
-                authorize: Authorize::compile(r.authorization.as_ref().map(|a| &a.value)),
-                credential_headers: {
-                    let mut h = Vec::new();
-                    auth.credential_headers(&mut h);
-                    h
-                },
+                auth,
+                credential_headers,
+                rules,
             }
         })
         .collect();
 
-    let route_names: Vec<&str> = cfg.routes.iter().map(|r| &*r.name.value.0).collect();
-    let upstream_names: Vec<&str> = cfg.upstreams.iter().map(|u| &*u.name.value.0).collect();
-    metrics.retain(&route_names, &upstream_names);
     Snapshot {
         version,
         loaded_at: SystemTime::now(),
-        checksum: valid.checksum.clone(),
+        checksum,
         tls_fingerprint,
-        source: valid.source.clone(),
-        router: Router::compile(cfg),
+        source,
+        router,
         routes,
         upstreams,
-        listeners: cfg
-            .listeners
-            .iter()
-            .map(|l| ListenerSpec {
-                name: l.name.value.0.clone(),
-                address: l.address.parse().expect("validated address"),
-                limits: l.limits.clone(),
-                tls: tls.remove(&*l.name.value.0),
+        listeners: listeners
+            .into_iter()
+            .map(|l| Listener {
+                tls: tls.remove(&l.name),
+                name: l.name,
+                address: l.address,
+                limits: l.limits,
             })
             .collect(),
-        admin_address: cfg.admin.address.parse().expect("validated address"),
-        admin_token: cfg.admin.token.as_ref().map(|t| t.0.clone()),
-        allow_encoded_slashes: cfg.defaults.allow_encoded_slashes,
-        drain_timeout: Duration::from_millis(cfg.defaults.drain_timeout_ms),
-        trace_context: cfg.observability.trace_context.enabled,
-        sampler: cfg
-            .observability
-            .otlp
-            .as_ref()
-            .map_or(Sampler::ALWAYS, |o| {
-                Sampler::ratio(o.sample_ratio, o.parent_based)
-            }),
+        admin_address: admin.address,
+        admin_token: admin.token,
+        allow_encoded_slashes: defaults.allow_encoded_slashes,
+        drain_timeout: defaults.drain_timeout,
+        trace_context: observe.trace_context,
+        sampler: observe.sampler,
         sinks,
-        limiters: ratelimit::all(&limiters),
+        limiters: ratelimit::by_name(&limiters),
         forwarded_headers: auth_registry.forwarded_headers.clone(),
         auth_stats: auth_registry.stats(),
-        redis: limiter_registry.redis().cloned(),
-        metrics_enabled: cfg.observability.metrics.enabled,
+        redis,
+        metrics_enabled: observe.metrics_enabled,
         no_route_metrics: Arc::clone(&metrics.no_route),
-        trace_id_header: cfg
-            .observability
-            .trace_context
-            .response_header
-            .as_ref()
-            .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("validated header name")),
-        routes_json: routes_document(valid),
+        trace_id_header: observe.trace_id_header,
+        routes_json,
     }
-}
-
-/// Header names whose configured values are secrets and are never shown by the admin API.
-fn is_secret_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n == "authorization"
-        || n == "cookie"
-        || ["token", "secret", "key", "password", "auth"]
-            .iter()
-            .any(|s| n.contains(s))
-}
-
-fn routes_document(valid: &ValidConfig) -> serde_json::Value {
-    let cfg = &valid.config;
-    let routes: Vec<serde_json::Value> = cfg
-        .routes
-        .iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(&r.value).expect("route serialises");
-            // Redact configured header values that carry credentials.
-            for dir in ["request", "response"] {
-                if let Some(set) = v
-                    .pointer_mut(&format!("/headers/{dir}/set"))
-                    .and_then(|s| s.as_object_mut())
-                {
-                    for (k, val) in set.iter_mut() {
-                        if is_secret_header(k) {
-                            *val = serde_json::Value::String("<redacted>".into());
-                        }
-                    }
-                }
-            }
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert(
-                    "timeout_ms".into(),
-                    serde_json::json!(r
-                        .timeout_ms
-                        .as_ref()
-                        .map_or(cfg.defaults.timeout_ms.value, |t| t.value)),
-                );
-                obj.retain(|_, val| !val.is_null());
-            }
-            v
-        })
-        .collect();
-    serde_json::json!({ "routes": routes })
 }
 
 pub type SharedSnapshot = Arc<Snapshot>;

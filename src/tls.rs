@@ -4,7 +4,8 @@
 //! up rotated certificates for new handshakes while open connections keep theirs; a file that
 //! does not load is a reload error and the old certificates stay.
 
-use crate::config::{ListenerTls, ValidConfig};
+use crate::config::ListenerTls;
+use crate::server::listener::ListenerSpec;
 use http::HeaderValue;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -166,23 +167,24 @@ fn build(cfg: &ListenerTls, base: &Path, fingerprint: &mut Sha256) -> Result<Tls
 /// Every TLS listener's settings, by listener name, and a fingerprint of all the files read
 /// (a reload with the same config but rotated files must still swap).
 pub fn build_all(
-    valid: &ValidConfig,
+    listeners: &[ListenerSpec],
+    source: &str,
 ) -> Result<(HashMap<String, Arc<TlsSettings>>, String), crate::config::ConfigErrors> {
-    let base = Path::new(&valid.source)
+    let base = Path::new(source)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let mut fingerprint = Sha256::new();
     let mut out = HashMap::new();
     let mut errors = Vec::new();
-    for (i, l) in valid.config.listeners.iter().enumerate() {
+    for (i, l) in listeners.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };
         match build(tls, &base, &mut fingerprint) {
             Ok(s) => {
-                out.insert(l.name.value.to_string(), Arc::new(s));
+                out.insert(l.name.clone(), Arc::new(s));
             }
             Err(message) => errors.push(crate::config::ConfigError {
-                file: valid.source.clone(),
+                file: source.to_string(),
                 line: tls.line,
                 key: format!("listeners[{i}].tls"),
                 message,

@@ -4,8 +4,8 @@
 //! byte tunnel until either side closes, the listener's idle timeout passes, or the gateway
 //! shuts down. Any other answer from the upstream goes back to the client as it is.
 
-use crate::server::io::{Activity, ActivityIo};
-use crate::server::{idle_expired, ConnContext};
+use crate::connection::io::{Activity, ActivityIo};
+use crate::connection::{idle_expired, ConnContext};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;

@@ -207,16 +207,37 @@ async fn admin_api_reports_version_routes_and_health() {
     get(&c, &admin("/nope"), &[auth])
         .await
         .assert_gateway_error(404);
+    // Every admin path answers the wrong method with 405 and says which one it takes.
+    for (method, path, allowed) in [
+        ("POST", "/metrics", "GET"),
+        ("DELETE", "/admin/routes", "GET"),
+        ("PUT", "/admin/upstreams", "GET"),
+        ("GET", "/admin/reload", "POST"),
+        ("POST", "/health/live", "GET"),
+    ] {
+        let r = send(
+            &c,
+            http::Request::builder()
+                .method(method)
+                .uri(admin(path))
+                .header(auth.0, auth.1)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        r.assert_gateway_error(405);
+        assert_eq!(r.headers["allow"], allowed, "{method} {path}");
+    }
 }
 
 #[test]
 fn checksum_ignores_layout_and_comments() {
     let a = "listeners: [{ name: public, address: \"127.0.0.1:0\" }]\nadmin: { address: \"127.0.0.1:0\" }\ndefaults: { auth: none }\nroutes:\n  - name: r\n    match: { path: { exact: /x } }\n    direct_response: { status: 200 }\n";
     let b = "# same config, other layout\nadmin:\n  address: 127.0.0.1:0\nlisteners:\n  - address: 127.0.0.1:0\n    name: public\ndefaults:\n  auth: none\nroutes:\n  - match:\n      path:\n        exact: /x\n    name: r\n    direct_response:\n      status: 200\n";
-    let ca = portcullis::config::load_str(a, "a.yaml").unwrap().checksum;
-    let cb = portcullis::config::load_str(b, "b.yaml").unwrap().checksum;
+    let ca = portcullis::compile::text(a, "a.yaml").unwrap().checksum;
+    let cb = portcullis::compile::text(b, "b.yaml").unwrap().checksum;
     assert_eq!(ca, cb);
-    let c = portcullis::config::load_str(&a.replace("/x", "/y"), "c.yaml")
+    let c = portcullis::compile::text(&a.replace("/x", "/y"), "c.yaml")
         .unwrap()
         .checksum;
     assert_ne!(ca, c);

@@ -2,9 +2,10 @@
 //! hashes, compared in constant time against every configured hash.
 
 use super::{Failure, Principal, Reason};
-use crate::config::ApiKeyProvider;
+use crate::config::{ApiKeyProvider, Diag, Located};
 use http::{HeaderMap, HeaderName, Uri};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -22,39 +23,73 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
-    pub fn compile(cfg: &ApiKeyProvider) -> ApiKeys {
-        let name: Arc<str> = cfg.name.value.0.as_str().into();
-        let query = cfg.query.as_ref().map(|q| q.to_string());
-        let header = match (&cfg.header, &query) {
-            (Some(h), _) => Some(HeaderName::from_bytes(h.as_bytes()).expect("validated")),
+    /// Builds one provider: its header (or query parameter) and every key's hash.
+    pub fn build(a: &Located<ApiKeyProvider>, key: &str, diag: &mut Diag) -> Option<ApiKeys> {
+        let mark = diag.mark();
+        diag.kebab_name(&a.name, format!("{key}.name"));
+        if a.header.is_some() && a.query.is_some() {
+            diag.err(a.name.line, key, "use either `header` or `query`, not both");
+        }
+        let header = match (&a.header, &a.query) {
+            (Some(h), _) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    diag.err(
+                        a.name.line,
+                        format!("{key}.header"),
+                        format!("`{h}` is not a valid header name"),
+                    );
+                    None
+                }
+            },
             (None, Some(_)) => None,
             (None, None) => Some(HeaderName::from_static("x-api-key")),
         };
-        let keys = cfg
-            .keys
-            .iter()
-            .map(|k| {
-                let mut sha256 = [0u8; 32];
-                hex::decode_to_slice(&*k.sha256.value, &mut sha256).expect("validated hex");
-                StoredKey {
-                    sha256,
-                    principal: Arc::new(Principal {
-                        provider: Arc::clone(&name),
-                        subject: Some(k.id.value.to_string()),
-                        tenant: k.tenant.as_ref().map(|t| t.to_string()),
-                        api_key: Some(k.id.value.to_string()),
-                        scopes: k.scopes.iter().map(|s| s.to_string()).collect(),
-                        claims: None,
-                    }),
-                }
-            })
-            .collect();
-        ApiKeys {
-            name,
-            header,
-            query,
-            keys,
+        if a.keys.is_empty() {
+            diag.err(a.name.line, format!("{key}.keys"), "at least one key");
         }
+        let name: Arc<str> = a.name.value.0.as_str().into();
+        let mut ids = BTreeSet::new();
+        let mut keys = Vec::with_capacity(a.keys.len());
+        for k in &a.keys {
+            if !ids.insert(&*k.id.value.0) {
+                diag.err(
+                    k.id.line,
+                    format!("{key}.keys"),
+                    format!("duplicate key id `{}`", k.id.value),
+                );
+            }
+            let mut sha256 = [0u8; 32];
+            let h = &k.sha256.value;
+            if h.len() != 64 || hex::decode_to_slice(h.as_bytes(), &mut sha256).is_err() {
+                diag.err(
+                    k.sha256.line,
+                    format!("{key}.keys"),
+                    "sha256 must be 64 hex digits (the SHA-256 of the key, never the key itself)",
+                );
+                continue;
+            }
+            keys.push(StoredKey {
+                sha256,
+                principal: Arc::new(Principal {
+                    provider: Arc::clone(&name),
+                    subject: Some(k.id.value.to_string()),
+                    tenant: k.tenant.as_ref().map(|t| t.to_string()),
+                    api_key: Some(k.id.value.to_string()),
+                    scopes: k.scopes.iter().map(|s| s.to_string()).collect(),
+                    claims: None,
+                }),
+            });
+        }
+        diag.ok_since(
+            mark,
+            ApiKeys {
+                name,
+                header,
+                query: a.query.as_ref().map(|q| q.to_string()),
+                keys,
+            },
+        )
     }
 
     /// The header carrying keys, removed before the request goes upstream.
@@ -121,27 +156,69 @@ fn percent_decode(v: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ApiKey, Located, Text};
+    use crate::config::{ApiKey, Text};
 
     fn provider(header: Option<&str>, query: Option<&str>) -> ApiKeys {
-        ApiKeys::compile(&ApiKeyProvider {
-            name: Located::new(Text::from("p"), 1),
-            header: header.map(Text::from),
-            query: query.map(Text::from),
-            keys: vec![Located::new(
-                ApiKey {
-                    id: Located::new(Text::from("k1"), 1),
-                    // sha256("s3cret key")
-                    sha256: Located::new(
-                        Text::from(hex::encode(Sha256::digest(b"s3cret key")).as_str()),
-                        1,
-                    ),
-                    tenant: Some(Text::from("acme")),
-                    scopes: vec![Text::from("read")],
-                },
-                1,
-            )],
-        })
+        let section = Located::new(
+            ApiKeyProvider {
+                name: Located::new(Text::from("p"), 1),
+                header: header.map(Text::from),
+                query: query.map(Text::from),
+                keys: vec![Located::new(
+                    ApiKey {
+                        id: Located::new(Text::from("k1"), 1),
+                        // sha256("s3cret key")
+                        sha256: Located::new(
+                            Text::from(hex::encode(Sha256::digest(b"s3cret key")).as_str()),
+                            1,
+                        ),
+                        tenant: Some(Text::from("acme")),
+                        scopes: vec![Text::from("read")],
+                    },
+                    1,
+                )],
+            },
+            1,
+        );
+        let mut diag = Diag::new("t.yaml");
+        let keys = ApiKeys::build(&section, "auth.api_keys[0]", &mut diag).unwrap();
+        assert!(diag.is_empty());
+        keys
+    }
+
+    #[test]
+    fn bad_hashes_and_duplicate_ids_are_reported() {
+        let yaml = "name: p\nheader: \"x key\"\nkeys:\n  - { id: a, sha256: abc }\n  - { id: a, sha256: zz }\n";
+        let section: Located<ApiKeyProvider> = serde_saphyr::from_str(yaml).unwrap();
+        let mut diag = Diag::new("t.yaml");
+        assert!(ApiKeys::build(&section, "auth.api_keys[0]", &mut diag).is_none());
+        let e = diag.finish(yaml).unwrap_err().0;
+        let got: Vec<(u32, &str, &str)> = e
+            .iter()
+            .map(|e| (e.line, e.key.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    1,
+                    "auth.api_keys[0].header",
+                    "`x key` is not a valid header name"
+                ),
+                // A key's flow mapping one line below `keys:` is reported at `keys:`.
+                (
+                    3,
+                    "auth.api_keys[0].keys",
+                    "sha256 must be 64 hex digits (the SHA-256 of the key, never the key itself)"
+                ),
+                (3, "auth.api_keys[0].keys", "duplicate key id `a`"),
+                (
+                    3,
+                    "auth.api_keys[0].keys",
+                    "sha256 must be 64 hex digits (the SHA-256 of the key, never the key itself)"
+                ),
+            ]
+        );
     }
 
     #[test]

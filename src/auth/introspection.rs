@@ -5,7 +5,7 @@
 
 use super::expiring::Expiring;
 use super::{AuthCounters, Failure, Principal, Reason};
-use crate::config::IntrospectionProvider;
+use crate::config::{Diag, IntrospectionProvider, Located};
 use crate::outbound::Endpoint;
 use base64::Engine;
 use bytes::Bytes;
@@ -55,22 +55,81 @@ fn form(s: &str) -> String {
     out
 }
 
+/// One `auth.introspection[]` provider, checked.
+#[derive(Clone, PartialEq)]
+pub struct IntrospectionSpec {
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub client_id: String,
+    pub client_secret: String,
+    pub cache_s: u64,
+    pub inactive_cache_s: u64,
+    pub timeout: Duration,
+    pub tenant_claim: Option<String>,
+}
+
+impl IntrospectionSpec {
+    pub fn build(
+        p: &Located<IntrospectionProvider>,
+        key: &str,
+        diag: &mut Diag,
+    ) -> Option<IntrospectionSpec> {
+        let mark = diag.mark();
+        diag.kebab_name(&p.name, format!("{key}.name"));
+        let endpoint = match Endpoint::parse(&p.endpoint, None) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                diag.err(p.endpoint.line, format!("{key}.endpoint"), e);
+                None
+            }
+        };
+        if !(1..=86_400).contains(&p.cache_s) || p.inactive_cache_s > 3600 {
+            diag.err(
+                p.name.line,
+                key,
+                "cache_s must be 1–86400 and inactive_cache_s at most 3600",
+            );
+        }
+        if !(10..=30_000).contains(&p.timeout_ms) {
+            diag.err(
+                p.name.line,
+                format!("{key}.timeout_ms"),
+                "must be between 10 and 30000",
+            );
+        }
+        let spec = IntrospectionSpec {
+            name: p.name.value.to_string(),
+            endpoint: endpoint?,
+            client_id: p.client_id.to_string(),
+            client_secret: p.client_secret.to_string(),
+            cache_s: p.cache_s,
+            inactive_cache_s: p.inactive_cache_s,
+            timeout: Duration::from_millis(p.timeout_ms),
+            tenant_claim: p.tenant_claim.as_ref().map(|t| t.to_string()),
+        };
+        diag.ok_since(mark, spec)
+    }
+}
+
 impl Introspection {
-    pub fn compile(cfg: &IntrospectionProvider) -> Introspection {
+    pub fn new(spec: &IntrospectionSpec) -> Introspection {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
-            form(&cfg.client_id),
-            form(&cfg.client_secret)
+            form(&spec.client_id),
+            form(&spec.client_secret)
         ));
+        // Base64 is always a valid header value.
+        let authorization =
+            http::HeaderValue::from_maybe_shared(Bytes::from(format!("Basic {basic}")))
+                .unwrap_or(http::HeaderValue::from_static("Basic"));
         Introspection {
-            name: cfg.name.value.0.as_str().into(),
-            endpoint: Endpoint::parse(&cfg.endpoint, None).expect("validated endpoint"),
-            authorization: http::HeaderValue::from_str(&format!("Basic {basic}"))
-                .expect("base64 is a valid header value"),
-            cache_s: cfg.cache_s,
-            inactive_cache_s: cfg.inactive_cache_s,
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            tenant_claim: cfg.tenant_claim.as_ref().map(|t| t.to_string()),
+            name: spec.name.as_str().into(),
+            endpoint: spec.endpoint.clone(),
+            authorization,
+            cache_s: spec.cache_s,
+            inactive_cache_s: spec.inactive_cache_s,
+            timeout: spec.timeout,
+            tenant_claim: spec.tenant_claim.clone(),
             cache: Expiring::new(CACHE_MAX),
             counters: Arc::default(),
         }

@@ -15,9 +15,9 @@
 
 use super::expiring::Expiring;
 use super::{AuthCounters, Failure, Principal, Reason};
-use crate::config::{JwtProvider, RevocationFailure};
+use crate::config::{Diag, JwtProvider, Located, RevocationFailure};
 use crate::outbound::Endpoint;
-use crate::ratelimit::redis::RedisStore;
+use crate::redis_store::RedisStore;
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -96,10 +96,192 @@ struct KeySet {
 }
 
 /// Where a JWKS comes from.
-#[derive(Debug, Clone)]
-enum JwksSource {
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwksSource {
     Url(Endpoint),
     File(PathBuf),
+}
+
+/// Where a provider's keys come from.
+#[derive(Clone, PartialEq)]
+pub enum KeySource {
+    /// HMAC secret (HS256/384/512 only).
+    Secret(String),
+    Jwks(JwksSource),
+}
+
+/// `revocation`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevocationSpec {
+    pub key_prefix: String,
+    pub cache_s: u64,
+    pub allow_on_failure: bool,
+}
+
+/// One `auth.jwt[]` provider, checked.
+#[derive(Clone, PartialEq)]
+pub struct JwtSpec {
+    pub name: String,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: KeySource,
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub clock_skew_s: u64,
+    pub jwks_cache_s: u64,
+    pub jwks_min_refetch_s: u64,
+    pub forward: Vec<(String, HeaderName)>,
+    pub tenant_claim: Option<String>,
+    pub revocation: Option<RevocationSpec>,
+    pub verified_cache_s: u64,
+}
+
+impl JwtSpec {
+    /// Builds one provider; `redis` says whether the shared `redis` section exists.
+    pub fn build(
+        j: &Located<JwtProvider>,
+        key: &str,
+        redis: bool,
+        diag: &mut Diag,
+    ) -> Option<JwtSpec> {
+        let mark = diag.mark();
+        diag.kebab_name(&j.name, format!("{key}.name"));
+        let sources = [
+            j.jwks_url.is_some(),
+            j.jwks_file.is_some(),
+            j.secret.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            diag.err(
+                j.name.line,
+                key,
+                "exactly one of jwks_url, jwks_file, secret is required",
+            );
+        }
+        if j.algorithms.is_empty() {
+            diag.err(
+                j.algorithms.line,
+                format!("{key}.algorithms"),
+                "at least one algorithm",
+            );
+        }
+        let mut algorithms = Vec::new();
+        for a in j.algorithms.iter() {
+            match parse_algorithm(&a.value) {
+                Err(e) => diag.err(a.line, format!("{key}.algorithms"), e),
+                Ok(alg) => {
+                    let hmac = is_hmac(alg);
+                    if j.secret.is_some() && !hmac {
+                        diag.err(
+                            a.line,
+                            format!("{key}.algorithms"),
+                            format!(
+                                "`{}` needs a public key (jwks_url or jwks_file), not a secret",
+                                a.value
+                            ),
+                        );
+                    }
+                    if j.secret.is_none() && hmac {
+                        diag.err(
+                            a.line,
+                            format!("{key}.algorithms"),
+                            format!("`{}` needs `secret` (keys from a JWKS are never used as HMAC secrets)", a.value),
+                        );
+                    }
+                    algorithms.push(alg);
+                }
+            }
+        }
+        let url = j
+            .jwks_url
+            .as_ref()
+            .and_then(|u| match Endpoint::parse(u, None) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    diag.err(u.line, format!("{key}.jwks_url"), e);
+                    None
+                }
+            });
+        if let Some(s) = &j.secret {
+            if s.len() < 32 {
+                diag.err(
+                    s.line,
+                    format!("{key}.secret"),
+                    "an HMAC secret must be at least 32 bytes",
+                );
+            }
+        }
+        if j.jwks_min_refetch_s == 0 || j.jwks_cache_s == 0 {
+            diag.err(
+                j.name.line,
+                key,
+                "jwks_cache_s and jwks_min_refetch_s must be at least 1",
+            );
+        }
+        let mut forward = Vec::new();
+        for (claim, h) in &j.forward_claims {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => forward.push((claim.clone(), name)),
+                Err(_) => diag.err(
+                    j.name.line,
+                    format!("{key}.forward_claims"),
+                    format!("`{h}` (for claim `{claim}`) is not a valid header name"),
+                ),
+            }
+        }
+        if let Some(r) = &j.revocation {
+            if &*r.store != "redis" {
+                diag.err(
+                    r.line,
+                    format!("{key}.revocation.store"),
+                    "the only store is `redis`",
+                );
+            }
+            if !redis {
+                diag.err(
+                    r.line,
+                    format!("{key}.revocation"),
+                    "revocation needs a top-level `redis` section",
+                );
+            }
+            if r.cache_s > 300 {
+                diag.err(r.line, format!("{key}.revocation.cache_s"), "at most 300");
+            }
+        }
+        if j.verified_cache_s > 3600 {
+            diag.err(
+                j.name.line,
+                format!("{key}.verified_cache_s"),
+                "at most 3600",
+            );
+        }
+        if !diag.clean_since(mark) {
+            return None;
+        }
+        let keys = match (&j.secret, &j.jwks_file, url) {
+            (Some(s), None, None) => KeySource::Secret(s.value.to_string()),
+            (None, Some(f), None) => KeySource::Jwks(JwksSource::File(PathBuf::from(&*f.value.0))),
+            (None, None, Some(u)) => KeySource::Jwks(JwksSource::Url(u)),
+            _ => return None,
+        };
+        Some(JwtSpec {
+            name: j.name.value.to_string(),
+            algorithms,
+            keys,
+            issuer: j.issuer.as_ref().map(|s| s.to_string()),
+            audiences: j.audiences.iter().map(|s| s.to_string()).collect(),
+            clock_skew_s: j.clock_skew_s,
+            jwks_cache_s: j.jwks_cache_s,
+            jwks_min_refetch_s: j.jwks_min_refetch_s,
+            forward,
+            tenant_claim: j.tenant_claim.as_ref().map(|s| s.to_string()),
+            revocation: j.revocation.as_ref().map(|r| RevocationSpec {
+                key_prefix: r.key_prefix.to_string(),
+                cache_s: r.cache_s,
+                allow_on_failure: r.on_store_failure == RevocationFailure::Allow,
+            }),
+            verified_cache_s: j.verified_cache_s,
+        })
+    }
 }
 
 /// A provider's JWKS, shared by every snapshot while the provider's settings are unchanged.
@@ -373,61 +555,40 @@ struct Header {
 }
 
 impl JwtVerifier {
-    pub fn compile(cfg: &JwtProvider, redis: Option<&Arc<RedisStore>>) -> JwtVerifier {
-        let algorithms: Vec<Algorithm> = cfg
-            .algorithms
-            .iter()
-            .filter_map(|a| parse_algorithm(&a.value).ok())
-            .collect();
-        let keys = if let Some(secret) = &cfg.secret {
-            Keys::Secret(Arc::new(Key {
+    /// The verifier for `spec`; `redis` is the shared store (for revocation).
+    pub fn new(spec: &JwtSpec, redis: Option<&Arc<RedisStore>>) -> JwtVerifier {
+        let keys = match &spec.keys {
+            KeySource::Secret(secret) => Keys::Secret(Arc::new(Key {
                 key: DecodingKey::from_secret(secret.as_bytes()),
                 alg: None,
-            }))
-        } else if let Some(file) = &cfg.jwks_file {
-            Keys::Jwks(JwksCache::new(
-                JwksSource::File(PathBuf::from(&*file.value.0)),
-                cfg.jwks_cache_s,
-                cfg.jwks_min_refetch_s,
-            ))
-        } else {
-            let url = cfg.jwks_url.as_ref().expect("validated: one key source");
-            Keys::Jwks(JwksCache::new(
-                JwksSource::Url(Endpoint::parse(url, None).expect("validated URL")),
-                cfg.jwks_cache_s,
-                cfg.jwks_min_refetch_s,
-            ))
+            })),
+            KeySource::Jwks(source) => Keys::Jwks(JwksCache::new(
+                source.clone(),
+                spec.jwks_cache_s,
+                spec.jwks_min_refetch_s,
+            )),
         };
         JwtVerifier {
-            name: cfg.name.value.0.as_str().into(),
-            algorithms,
-            issuer: cfg.issuer.as_ref().map(|s| s.to_string()),
-            audiences: cfg.audiences.iter().map(|s| s.to_string()).collect(),
-            skew: cfg.clock_skew_s,
+            name: spec.name.as_str().into(),
+            algorithms: spec.algorithms.clone(),
+            issuer: spec.issuer.clone(),
+            audiences: spec.audiences.clone(),
+            skew: spec.clock_skew_s,
             keys,
-            forward: cfg
-                .forward_claims
-                .iter()
-                .map(|(c, h)| {
-                    (
-                        c.clone(),
-                        HeaderName::from_bytes(h.as_bytes()).expect("validated"),
-                    )
-                })
-                .collect(),
-            tenant_claim: cfg.tenant_claim.as_ref().map(|s| s.to_string()),
+            forward: spec.forward.clone(),
+            tenant_claim: spec.tenant_claim.clone(),
             counters: Arc::default(),
             verified: Expiring::new(CACHE_MAX),
-            verified_cache_s: cfg.verified_cache_s,
-            revocation: cfg
+            verified_cache_s: spec.verified_cache_s,
+            revocation: spec
                 .revocation
                 .as_ref()
                 .zip(redis)
                 .map(|(r, store)| RevocationCheck {
                     store: Arc::clone(store),
-                    prefix: r.key_prefix.to_string(),
+                    prefix: r.key_prefix.clone(),
                     cache_s: r.cache_s,
-                    allow_on_failure: r.on_store_failure == RevocationFailure::Allow,
+                    allow_on_failure: r.allow_on_failure,
                     cache: Expiring::new(CACHE_MAX),
                 }),
         }

@@ -7,9 +7,8 @@ pub mod expiring;
 pub mod introspection;
 pub mod jwt;
 
-use crate::config::{AuthSpec, Authorization, Config};
+use crate::config::{AuthProviders, AuthSpec, Authorization, Diag, Located};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -297,16 +296,31 @@ impl Denied {
 }
 
 impl Authorize {
-    pub fn compile(a: Option<&Authorization>) -> Option<Authorize> {
-        let a = a?;
-        Some(Authorize {
+    /// `authorization` of a route; `public` says whether the route's auth is `none` (nothing to
+    /// authorize then).
+    pub fn build(
+        a: Option<&Located<Authorization>>,
+        public: bool,
+        key: &str,
+        diag: &mut Diag,
+    ) -> Option<Option<Authorize>> {
+        let Some(a) = a else { return Some(None) };
+        if public {
+            diag.err(
+                a.line,
+                format!("{key}.authorization"),
+                "authorization needs an authenticated route (auth is none)",
+            );
+            return None;
+        }
+        Some(Some(Authorize {
             scopes: a.required_scopes.iter().map(|s| s.to_string()).collect(),
             claims: a
                 .required_claims
                 .iter()
                 .map(|(k, v)| (k.clone(), v.iter().map(|s| s.to_string()).collect()))
                 .collect(),
-        })
+        }))
     }
 
     pub fn check(&self, p: Option<&Principal>) -> Result<(), Denied> {
@@ -340,17 +354,194 @@ impl Authorize {
     }
 }
 
-/// Providers carried across reloads.
+/// A route's auth policy, checked: providers are positions in `AuthProviderSpecs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthPolicy {
+    None,
+    Jwt(usize),
+    ApiKey(usize),
+    Introspection(usize),
+    Mtls,
+    Any(Vec<AuthPolicy>),
+}
+
+impl AuthPolicy {
+    /// Builds `auth: none` or `{ jwt: NAME }` / `{ api_key: NAME }` / `{ introspection: NAME }`
+    /// / `{ mtls: {} }` / `{ any: [...] }`. `mtls_listener` says whether any listener verifies
+    /// client certificates.
+    pub fn build(
+        spec: &Located<AuthSpec>,
+        key: &str,
+        providers: &AuthProviders,
+        mtls_listener: bool,
+        diag: &mut Diag,
+    ) -> Option<AuthPolicy> {
+        let mark = diag.mark();
+        let policy = Self::build_spec(&spec.value, spec.line, key, providers, mtls_listener, diag);
+        diag.ok_since(mark, policy?)
+    }
+
+    fn build_spec(
+        spec: &AuthSpec,
+        line: u32,
+        key: &str,
+        providers: &AuthProviders,
+        mtls_listener: bool,
+        diag: &mut Diag,
+    ) -> Option<AuthPolicy> {
+        let p = match spec {
+            AuthSpec::Keyword(k) if k == "none" => return Some(AuthPolicy::None),
+            AuthSpec::Keyword(k) => {
+                diag.err(
+                    line,
+                    key,
+                    format!("unknown auth `{k}`: use `none` or a policy such as `{{ jwt: NAME }}`"),
+                );
+                return None;
+            }
+            AuthSpec::Policy(p) => p,
+        };
+        let set = [
+            p.jwt.is_some(),
+            p.api_key.is_some(),
+            p.introspection.is_some(),
+            p.any.is_some(),
+            p.mtls.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set != 1 {
+            diag.err(
+                line,
+                key,
+                "an auth policy is exactly one of jwt, api_key, introspection, any, mtls",
+            );
+            return None;
+        }
+        if let Some(n) = &p.jwt {
+            let i = providers.jwt.iter().position(|j| *j.name.value.0 == **n);
+            if i.is_none() {
+                diag.err(line, key, format!("unknown jwt provider `{n}`"));
+            }
+            return i.map(AuthPolicy::Jwt);
+        }
+        if let Some(n) = &p.api_key {
+            let i = providers
+                .api_keys
+                .iter()
+                .position(|j| *j.name.value.0 == **n);
+            if i.is_none() {
+                diag.err(line, key, format!("unknown api_keys provider `{n}`"));
+            }
+            return i.map(AuthPolicy::ApiKey);
+        }
+        if let Some(n) = &p.introspection {
+            let i = providers
+                .introspection
+                .iter()
+                .position(|j| *j.name.value.0 == **n);
+            if i.is_none() {
+                diag.err(line, key, format!("unknown introspection provider `{n}`"));
+            }
+            return i.map(AuthPolicy::Introspection);
+        }
+        if p.mtls.is_some() {
+            if !mtls_listener {
+                diag.err(line, key, "mtls auth needs a listener with tls.client_auth");
+                return None;
+            }
+            return Some(AuthPolicy::Mtls);
+        }
+        let any = p.any.as_deref().unwrap_or_default();
+        if any.is_empty() {
+            diag.err(line, key, "`any` needs at least one policy");
+        }
+        let mut all = Vec::with_capacity(any.len());
+        let mut ok = !any.is_empty();
+        for a in any {
+            if matches!(a, AuthSpec::Keyword(k) if k == "none") {
+                diag.err(line, key, "`none` inside `any` would make the route public");
+                ok = false;
+            } else {
+                match Self::build_spec(a, line, key, providers, mtls_listener, diag) {
+                    Some(policy) => all.push(policy),
+                    None => ok = false,
+                }
+            }
+        }
+        ok.then_some(AuthPolicy::Any(all))
+    }
+
+    pub fn is_public(&self) -> bool {
+        *self == AuthPolicy::None
+    }
+}
+
+/// Every auth provider, checked, in file order within its kind.
+#[derive(Clone, Default)]
+pub struct AuthProviderSpecs {
+    pub jwt: Vec<jwt::JwtSpec>,
+    pub api_keys: Vec<Arc<api_key::ApiKeys>>,
+    pub introspection: Vec<introspection::IntrospectionSpec>,
+}
+
+impl AuthProviderSpecs {
+    /// Builds `auth`; `redis` says whether the shared `redis` section exists (revocation needs
+    /// it).
+    pub fn build(auth: &AuthProviders, redis: bool, diag: &mut Diag) -> Option<AuthProviderSpecs> {
+        let introspection: Vec<_> = auth
+            .introspection
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                introspection::IntrospectionSpec::build(
+                    p,
+                    &format!("auth.introspection[{i}]"),
+                    diag,
+                )
+            })
+            .collect();
+        let jwt: Vec<_> = auth
+            .jwt
+            .iter()
+            .enumerate()
+            .map(|(i, j)| jwt::JwtSpec::build(j, &format!("auth.jwt[{i}]"), redis, diag))
+            .collect();
+        let api_keys: Vec<_> = auth
+            .api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                api_key::ApiKeys::build(a, &format!("auth.api_keys[{i}]"), diag).map(Arc::new)
+            })
+            .collect();
+        let names = auth
+            .jwt
+            .iter()
+            .map(|j| &j.name)
+            .chain(auth.api_keys.iter().map(|a| &a.name))
+            .chain(auth.introspection.iter().map(|a| &a.name))
+            .enumerate()
+            .map(|(i, n)| (n, format!("auth provider {i}")));
+        diag.duplicates("auth provider", names);
+        Some(AuthProviderSpecs {
+            jwt: jwt.into_iter().collect::<Option<_>>()?,
+            api_keys: api_keys.into_iter().collect::<Option<_>>()?,
+            introspection: introspection.into_iter().collect::<Option<_>>()?,
+        })
+    }
+}
+
+/// Providers carried across reloads (JWKS caches, verified-token caches and counters survive a
+/// reload that does not change the provider).
 pub struct AuthRegistry {
-    jwt: HashMap<String, (crate::config::JwtProvider, Arc<jwt::JwtVerifier>)>,
-    api_keys: HashMap<String, (Arc<api_key::ApiKeys>, Arc<AuthCounters>)>,
-    introspection: HashMap<
-        String,
-        (
-            crate::config::IntrospectionProvider,
-            Arc<introspection::Introspection>,
-        ),
-    >,
+    jwt: Vec<(jwt::JwtSpec, Arc<jwt::JwtVerifier>)>,
+    api_keys: Vec<(Arc<api_key::ApiKeys>, Arc<AuthCounters>)>,
+    introspection: Vec<(
+        introspection::IntrospectionSpec,
+        Arc<introspection::Introspection>,
+    )>,
     /// Every header any JWT provider forwards claims in: removed from every request.
     pub forwarded_headers: Vec<HeaderName>,
     mtls: (Arc<str>, Arc<AuthCounters>),
@@ -360,9 +551,9 @@ pub struct AuthRegistry {
 impl Default for AuthRegistry {
     fn default() -> Self {
         AuthRegistry {
-            jwt: HashMap::new(),
-            api_keys: HashMap::new(),
-            introspection: HashMap::new(),
+            jwt: Vec::new(),
+            api_keys: Vec::new(),
+            introspection: Vec::new(),
             forwarded_headers: Vec::new(),
             mtls: (Arc::from("mtls"), Arc::default()),
             mtls_configured: false,
@@ -378,56 +569,63 @@ pub struct ProviderStats {
 }
 
 impl AuthRegistry {
-    /// Compiles the providers; `redis` is the shared store (for revocation), and `redis_changed`
-    /// says whether it is a new one since the last compile.
+    /// Instantiates the providers, reusing each one whose definition did not change.
+    /// `redis` is the shared store (for revocation), and `redis_changed` says whether it is a
+    /// new one since the last compile. `mtls_configured`: some listener verifies client
+    /// certificates.
     pub fn compile(
         &mut self,
-        cfg: &Config,
-        redis: Option<&Arc<crate::ratelimit::redis::RedisStore>>,
+        specs: &AuthProviderSpecs,
+        mtls_configured: bool,
+        redis: Option<&Arc<crate::redis_store::RedisStore>>,
         redis_changed: bool,
     ) {
-        self.mtls_configured = cfg
-            .listeners
+        self.mtls_configured = mtls_configured;
+        let mut old_jwt = std::mem::take(&mut self.jwt);
+        self.jwt = specs
+            .jwt
             .iter()
-            .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
-        let mut jwt = HashMap::new();
-        for j in &cfg.auth.jwt {
-            let name = j.name.value.to_string();
-            let keep = !(redis_changed && j.revocation.is_some());
-            let verifier = match self.jwt.remove(&name) {
-                Some((old, v)) if old == j.value && keep => v,
-                _ => Arc::new(jwt::JwtVerifier::compile(&j.value, redis)),
-            };
-            jwt.insert(name, (j.value.clone(), verifier));
-        }
-        self.jwt = jwt;
-        let mut keys = HashMap::new();
-        for a in &cfg.auth.api_keys {
-            let name = a.name.value.to_string();
-            let counters = self
-                .api_keys
-                .get(&name)
-                .map(|(_, c)| Arc::clone(c))
-                .unwrap_or_default();
-            keys.insert(
-                name,
-                (Arc::new(api_key::ApiKeys::compile(&a.value)), counters),
-            );
-        }
-        self.api_keys = keys;
-        let mut intro = HashMap::new();
-        for p in &cfg.auth.introspection {
-            let name = p.name.value.to_string();
-            let provider = match self.introspection.remove(&name) {
-                Some((old, v)) if old == p.value => v,
-                _ => Arc::new(introspection::Introspection::compile(&p.value)),
-            };
-            intro.insert(name, (p.value.clone(), provider));
-        }
-        self.introspection = intro;
+            .map(|spec| {
+                let keep = !(redis_changed && spec.revocation.is_some());
+                let reused = old_jwt
+                    .iter()
+                    .position(|(old, _)| old == spec && keep)
+                    .map(|i| old_jwt.swap_remove(i).1);
+                let verifier =
+                    reused.unwrap_or_else(|| Arc::new(jwt::JwtVerifier::new(spec, redis)));
+                (spec.clone(), verifier)
+            })
+            .collect();
+        let old_keys = std::mem::take(&mut self.api_keys);
+        self.api_keys = specs
+            .api_keys
+            .iter()
+            .map(|k| {
+                let counters = old_keys
+                    .iter()
+                    .find(|(old, _)| old.name == k.name)
+                    .map(|(_, c)| Arc::clone(c))
+                    .unwrap_or_default();
+                (Arc::clone(k), counters)
+            })
+            .collect();
+        let mut old_intro = std::mem::take(&mut self.introspection);
+        self.introspection = specs
+            .introspection
+            .iter()
+            .map(|spec| {
+                let reused = old_intro
+                    .iter()
+                    .position(|(old, _)| old == spec)
+                    .map(|i| old_intro.swap_remove(i).1);
+                let provider =
+                    reused.unwrap_or_else(|| Arc::new(introspection::Introspection::new(spec)));
+                (spec.clone(), provider)
+            })
+            .collect();
         let mut forwarded: Vec<HeaderName> = self
             .jwt
-            .values()
+            .iter()
             .flat_map(|(_, v)| v.forwarded_headers())
             .collect();
         forwarded.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -435,48 +633,38 @@ impl AuthRegistry {
         self.forwarded_headers = forwarded;
     }
 
-    pub fn route(&self, spec: Option<&AuthSpec>) -> RouteAuth {
-        match spec {
-            None | Some(AuthSpec::Keyword(_)) => RouteAuth::None,
-            Some(AuthSpec::Policy(p)) => {
-                if let Some(n) = &p.jwt {
-                    self.jwt
-                        .get(n)
-                        .map_or(RouteAuth::None, |(_, v)| RouteAuth::Jwt(Arc::clone(v)))
-                } else if let Some(n) = &p.api_key {
-                    self.api_keys.get(n).map_or(RouteAuth::None, |(k, c)| {
-                        RouteAuth::ApiKey(Arc::clone(k), Arc::clone(c))
-                    })
-                } else if let Some(n) = &p.introspection {
-                    self.introspection.get(n).map_or(RouteAuth::None, |(_, v)| {
-                        RouteAuth::Introspection(Arc::clone(v))
-                    })
-                } else if p.mtls.is_some() {
-                    RouteAuth::Mtls(Arc::clone(&self.mtls.0), Arc::clone(&self.mtls.1))
-                } else if let Some(any) = &p.any {
-                    RouteAuth::Any(any.iter().map(|a| self.route(Some(a))).collect())
-                } else {
-                    RouteAuth::None
-                }
+    /// The runtime form of a route's policy (positions come from the same specs).
+    pub fn route(&self, policy: &AuthPolicy) -> RouteAuth {
+        match policy {
+            AuthPolicy::None => RouteAuth::None,
+            AuthPolicy::Jwt(i) => RouteAuth::Jwt(Arc::clone(&self.jwt[*i].1)),
+            AuthPolicy::ApiKey(i) => {
+                let (k, c) = &self.api_keys[*i];
+                RouteAuth::ApiKey(Arc::clone(k), Arc::clone(c))
             }
+            AuthPolicy::Introspection(i) => {
+                RouteAuth::Introspection(Arc::clone(&self.introspection[*i].1))
+            }
+            AuthPolicy::Mtls => RouteAuth::Mtls(Arc::clone(&self.mtls.0), Arc::clone(&self.mtls.1)),
+            AuthPolicy::Any(all) => RouteAuth::Any(all.iter().map(|a| self.route(a)).collect()),
         }
     }
 
     pub fn stats(&self) -> Vec<ProviderStats> {
         let mut v: Vec<ProviderStats> = self
             .jwt
-            .values()
+            .iter()
             .map(|(_, j)| ProviderStats {
                 name: Arc::clone(&j.name),
                 counters: Arc::clone(&j.counters),
                 jwks: j.jwks(),
             })
-            .chain(self.api_keys.values().map(|(k, c)| ProviderStats {
+            .chain(self.api_keys.iter().map(|(k, c)| ProviderStats {
                 name: Arc::clone(&k.name),
                 counters: Arc::clone(c),
                 jwks: None,
             }))
-            .chain(self.introspection.values().map(|(_, i)| ProviderStats {
+            .chain(self.introspection.iter().map(|(_, i)| ProviderStats {
                 name: Arc::clone(&i.name),
                 counters: Arc::clone(&i.counters),
                 jwks: None,
@@ -491,5 +679,65 @@ impl AuthRegistry {
         }
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+}
+
+/// The auth families for `/metrics`: successes and failures by provider (and reason), JWKS
+/// fetches.
+pub fn render_metrics(stats: &[ProviderStats], out: &mut String) {
+    use crate::observe::metrics::{family, label};
+    use std::sync::atomic::Ordering::Relaxed;
+    if !stats.is_empty() {
+        let mut failures = Vec::new();
+        let mut successes = Vec::new();
+        let mut fetches = Vec::new();
+        for p in stats {
+            for r in crate::auth::Reason::ALL {
+                let n = p.counters.failures(r);
+                failures.push((
+                    format!(
+                        "{},{}",
+                        label("provider", &p.name),
+                        label("reason", r.as_str())
+                    ),
+                    n as f64,
+                ));
+            }
+            successes.push((
+                label("provider", &p.name),
+                p.counters.successes.load(Relaxed) as f64,
+            ));
+            if let Some(j) = &p.jwks {
+                for (result, n) in [("ok", &j.fetches_ok), ("failed", &j.fetches_failed)] {
+                    fetches.push((
+                        format!("{},{}", label("provider", &p.name), label("result", result)),
+                        n.load(Relaxed) as f64,
+                    ));
+                }
+            }
+        }
+        family(
+            out,
+            "portcullis_auth_failures_total",
+            "counter",
+            "Failed authentications (401) by provider and reason.",
+            &failures,
+        );
+        family(
+            out,
+            "portcullis_auth_successes_total",
+            "counter",
+            "Successful authentications by provider.",
+            &successes,
+        );
+        if !fetches.is_empty() {
+            family(
+                out,
+                "portcullis_jwks_fetches_total",
+                "counter",
+                "JWKS fetches by provider and result (a failed fetch keeps the last good keys).",
+                &fetches,
+            );
+        }
     }
 }

@@ -70,6 +70,49 @@ pub struct StoreStatus {
 }
 
 impl StoreStatus {
+    /// This instance's store families for `/metrics`.
+    pub fn render_metrics(&self, out: &mut String) {
+        use crate::observe::metrics::family;
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self;
+        let one = |v: f64| [(String::new(), v)];
+        family(
+            out,
+            "portcullis_config_store_up",
+            "gauge",
+            "1 when the config store answered the last poll.",
+            &one(f64::from(u8::from(s.up.load(Relaxed)))),
+        );
+        family(
+            out,
+            "portcullis_config_store_errors_total",
+            "counter",
+            "Polls or heartbeats the config store did not answer.",
+            &one(s.errors.load(Relaxed) as f64),
+        );
+        family(
+            out,
+            "portcullis_config_store_version",
+            "gauge",
+            "The store version this instance runs.",
+            &one(s.version.load(Relaxed) as f64),
+        );
+        family(
+            out,
+            "portcullis_config_last_known_good",
+            "gauge",
+            "1 while running from the last-known-good file.",
+            &one(f64::from(u8::from(s.last_known_good.load(Relaxed)))),
+        );
+        family(
+            out,
+            "portcullis_config_store_apply_failures_total",
+            "counter",
+            "Store versions this instance refused (invalid for it).",
+            &one(s.apply_failures.load(Relaxed) as f64),
+        );
+    }
+
     /// The version this instance could not apply, and why.
     pub fn failed(&self) -> Option<(i64, String)> {
         self.failed

@@ -25,7 +25,7 @@ pub async fn push(
 ) -> Result<Exit, StoreError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| StoreError::Refused(format!("cannot read {}: {e}", file.display())))?;
-    match crate::config::load_str(&text, &file.display().to_string()) {
+    match crate::compile::text(&text, &file.display().to_string()) {
         Ok(valid) => {
             let v = store
                 .push(
@@ -166,7 +166,7 @@ pub async fn activate(
     let Some((info, document)) = store.get(version).await? else {
         return Err(StoreError::Refused(format!("no version {version}")));
     };
-    if let Err(errors) = crate::config::load_str(&document, &format!("version {version}")) {
+    if let Err(errors) = crate::compile::text(&document, &format!("version {version}")) {
         return Err(StoreError::Refused(format!(
             "version {version} does not validate and cannot be activated:\n{errors}"
         )));

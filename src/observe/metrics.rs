@@ -294,3 +294,11 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(
 pub fn label(k: &str, v: &str) -> String {
     format!("{k}=\"{}\"", escape(v))
 }
+
+/// Samples labelled `result="…"`, one per counter.
+pub fn by_result(counters: &[(&str, &AtomicU64)]) -> Vec<(String, f64)> {
+    counters
+        .iter()
+        .map(|(result, n)| (label("result", result), n.load(Relaxed) as f64))
+        .collect()
+}

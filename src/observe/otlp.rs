@@ -40,9 +40,7 @@ pub struct SpanExporter {
 impl SpanExporter {
     /// Starts the exporter thread. It ends by itself, after sending what is queued, once every
     /// snapshot holding this exporter is gone.
-    pub fn start(config: &OtlpConfig) -> io::Result<SpanExporter> {
-        let endpoint = endpoint(&config.endpoint)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    pub fn start(config: &OtlpConfig, endpoint: Endpoint) -> io::Result<SpanExporter> {
         let (tx, rx) = sync_channel(config.queue_size);
         let stats = Arc::new(ExportStats::default());
         let exporter = Exporter {

@@ -1,6 +1,7 @@
-//! Per-route policies. Each is compiled from its config section once per snapshot and then
-//! offers a cheap per-request check or transform.
+//! Per-route policies. Each builds its compiled form from its config section once per
+//! snapshot and then offers a cheap per-request check or transform.
 
+pub mod direct_response;
 pub mod header_ops;
 pub mod request_rules;
 pub mod rewrite;

@@ -1,6 +1,6 @@
 //! The route's `request` block: body size (413), content type (415), required headers (400).
 
-use crate::config::RequestRules as RequestRulesConfig;
+use crate::config::{Diag, RequestRules as RequestRulesConfig};
 use crate::reject::Reject;
 use http::{header, HeaderMap, HeaderName};
 
@@ -34,26 +34,67 @@ pub enum BodyPlan {
 }
 
 impl RequestRules {
-    pub fn compile(cfg: &RequestRulesConfig, default_max_body_bytes: u64) -> RequestRules {
-        RequestRules {
-            max_body_bytes: cfg.max_body_bytes.unwrap_or(default_max_body_bytes),
-            content_types: cfg.content_types.as_ref().map(|ts| {
-                ts.iter()
-                    .map(|t| {
-                        let t = t.to_ascii_lowercase();
-                        match t.strip_suffix('*') {
-                            Some(prefix) => MediaRange::AnyOf(prefix.to_string()),
-                            None => MediaRange::Exact(t),
-                        }
-                    })
-                    .collect()
-            }),
-            required_headers: cfg
-                .required_headers
-                .iter()
-                .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("validated header name"))
-                .collect(),
+    /// Builds a route's `request` block; `line` is the route's, `key` e.g. `routes[0]`.
+    pub fn build(
+        cfg: &RequestRulesConfig,
+        default_max_body_bytes: u64,
+        line: u32,
+        key: &str,
+        diag: &mut Diag,
+    ) -> Option<RequestRules> {
+        let mark = diag.mark();
+        if cfg.max_body_bytes == Some(0) {
+            diag.err(
+                line,
+                format!("{key}.request.max_body_bytes"),
+                "must be greater than 0",
+            );
         }
+        let content_types = cfg.content_types.as_ref().map(|ct| {
+            let mut ranges = Vec::with_capacity(ct.len());
+            for t in ct.iter() {
+                let ok = t.split_once('/').is_some_and(|(a, b)| {
+                    !a.is_empty()
+                        && !b.is_empty()
+                        && a != "*"
+                        && !t.contains(';')
+                        && !t.contains(' ')
+                });
+                if !ok {
+                    diag.err(
+                        ct.line,
+                        format!("{key}.request.content_types"),
+                        format!("`{t}` is not a media type such as application/json or text/*"),
+                    );
+                    continue;
+                }
+                let t = t.to_ascii_lowercase();
+                ranges.push(match t.strip_suffix('*') {
+                    Some(prefix) => MediaRange::AnyOf(prefix.to_string()),
+                    None => MediaRange::Exact(t),
+                });
+            }
+            ranges
+        });
+        let mut required_headers = Vec::with_capacity(cfg.required_headers.len());
+        for (j, h) in cfg.required_headers.iter().enumerate() {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => required_headers.push(n),
+                Err(_) => diag.err(
+                    h.line,
+                    format!("{key}.request.required_headers[{j}]"),
+                    format!("`{}` is not a valid header name", h.value),
+                ),
+            }
+        }
+        diag.ok_since(
+            mark,
+            RequestRules {
+                max_body_bytes: cfg.max_body_bytes.unwrap_or(default_max_body_bytes),
+                content_types,
+                required_headers,
+            },
+        )
     }
 
     /// Checks what can be checked before reading the body and says how to send the body.
@@ -105,5 +146,78 @@ impl RequestRules {
             None if self.max_body_bytes <= BUFFER_CHUNKED_UP_TO => Ok(BodyPlan::Buffer),
             None => Ok(BodyPlan::Stream),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(yaml: &str) -> Result<RequestRules, Vec<(u32, String, String)>> {
+        let cfg: RequestRulesConfig = serde_saphyr::from_str(yaml).unwrap();
+        let mut diag = Diag::new("t.yaml");
+        let built = RequestRules::build(&cfg, 1000, 7, "routes[0]", &mut diag);
+        match diag.finish(yaml) {
+            Ok(()) => Ok(built.unwrap()),
+            Err(e) => Err(e
+                .0
+                .into_iter()
+                .map(|e| (e.line, e.key, e.message))
+                .collect()),
+        }
+    }
+
+    #[test]
+    fn media_types_and_headers_are_checked() {
+        let e = build("max_body_bytes: 0\ncontent_types: [\"*/*\", application/json]\nrequired_headers: [\"x ok\"]\n").unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                (
+                    2,
+                    "routes[0].request.content_types".into(),
+                    "`*/*` is not a media type such as application/json or text/*".into()
+                ),
+                (
+                    3,
+                    "routes[0].request.required_headers[0]".into(),
+                    "`x ok` is not a valid header name".into()
+                ),
+                (
+                    7,
+                    "routes[0].request.max_body_bytes".into(),
+                    "must be greater than 0".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn checks_before_the_body() {
+        let r = build("content_types: [application/json, text/*]\nrequired_headers: [x-tenant]\n")
+            .unwrap();
+        assert_eq!(r.max_body_bytes, 1000, "the default applies");
+        let mut h = HeaderMap::new();
+        assert!(matches!(
+            r.check(&h, false, None),
+            Err(Reject::MissingHeader(_))
+        ));
+        h.insert("x-tenant", "a".parse().unwrap());
+        assert_eq!(r.check(&h, false, None).unwrap(), BodyPlan::None);
+        h.insert(
+            header::CONTENT_TYPE,
+            "Text/Plain; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(r.check(&h, true, Some(10)).unwrap(), BodyPlan::Stream);
+        assert!(matches!(
+            r.check(&h, true, Some(1001)),
+            Err(Reject::PayloadTooLarge(1000))
+        ));
+        assert_eq!(r.check(&h, true, None).unwrap(), BodyPlan::Buffer);
+        h.insert(header::CONTENT_TYPE, "image/png".parse().unwrap());
+        assert!(matches!(
+            r.check(&h, true, Some(1)),
+            Err(Reject::UnsupportedMediaType(_))
+        ));
     }
 }

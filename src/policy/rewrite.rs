@@ -1,6 +1,7 @@
 //! `rewrite`: change the path prefix the upstream sees.
 
-use crate::config::Rewrite as RewriteConfig;
+use crate::config::{Diag, Located, Rewrite as RewriteConfig};
+use crate::router::normalize::path_literal;
 use crate::router::prefix_matches;
 
 #[derive(Debug)]
@@ -10,15 +11,54 @@ pub enum Rewrite {
 }
 
 impl Rewrite {
-    pub fn compile(cfg: &RewriteConfig) -> Rewrite {
-        match (&cfg.strip_prefix, &cfg.replace_prefix) {
-            (Some(p), _) => Rewrite::StripPrefix(p.trim_end_matches('/').to_string()),
-            (None, Some(rp)) => Rewrite::ReplacePrefix {
-                from: rp.from.trim_end_matches('/').to_string(),
-                to: rp.to.0.clone(),
-            },
-            (None, None) => unreachable!("validated: one rewrite kind"),
+    /// Builds a route's `rewrite`; `direct` says whether the route answers by itself.
+    pub fn build(
+        rw: &Located<RewriteConfig>,
+        direct: bool,
+        key: &str,
+        diag: &mut Diag,
+    ) -> Option<Rewrite> {
+        let mark = diag.mark();
+        let rewrite = match (&rw.strip_prefix, &rw.replace_prefix) {
+            (Some(p), None) => {
+                path_literal(p, rw.line, &format!("{key}.rewrite.strip_prefix"), diag);
+                Some(Rewrite::StripPrefix(p.trim_end_matches('/').to_string()))
+            }
+            (None, Some(rp)) => {
+                path_literal(
+                    &rp.from,
+                    rw.line,
+                    &format!("{key}.rewrite.replace_prefix.from"),
+                    diag,
+                );
+                path_literal(
+                    &rp.to,
+                    rw.line,
+                    &format!("{key}.rewrite.replace_prefix.to"),
+                    diag,
+                );
+                Some(Rewrite::ReplacePrefix {
+                    from: rp.from.trim_end_matches('/').to_string(),
+                    to: rp.to.0.clone(),
+                })
+            }
+            _ => {
+                diag.err(
+                    rw.line,
+                    format!("{key}.rewrite"),
+                    "give exactly one of `strip_prefix` or `replace_prefix`",
+                );
+                None
+            }
+        };
+        if direct {
+            diag.err(
+                rw.line,
+                format!("{key}.rewrite"),
+                "a direct_response route has nothing to rewrite",
+            );
         }
+        diag.ok_since(mark, rewrite?)
     }
 
     /// The rewritten path; paths that do not start with the prefix (on a segment boundary) are

@@ -2,8 +2,6 @@
 //! store runs them directly; the Redis store runs the same arithmetic in a Lua script and hands
 //! the resulting state back here, so both stores report identical numbers.
 
-use crate::config::{RateAlgorithm, RateLimit};
-
 const MICROS: u64 = 1_000_000;
 
 /// A limit's parameters, compiled.
@@ -50,19 +48,19 @@ fn ceil_s(us: u64) -> u64 {
 }
 
 impl Algorithm {
-    pub fn compile(l: &RateLimit) -> Algorithm {
-        match *l.algorithm {
-            RateAlgorithm::TokenBucket => {
-                let rate = l.refill_per_second.as_ref().map_or(1.0, |r| r.value);
-                Algorithm::TokenBucket {
-                    capacity: l.capacity.as_ref().map_or(1, |c| c.value).max(1),
-                    interval_us: ((MICROS as f64 / rate).round() as u64).max(1),
-                }
-            }
-            RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow {
-                limit: l.limit.as_ref().map_or(1, |c| c.value).max(1),
-                window_us: l.window_s.as_ref().map_or(1, |w| w.value).max(1) * MICROS,
-            },
+    /// `capacity` tokens, refilled at `per_second` (both checked by the limit's builder).
+    pub fn token_bucket(capacity: u64, per_second: f64) -> Algorithm {
+        Algorithm::TokenBucket {
+            capacity: capacity.max(1),
+            interval_us: ((MICROS as f64 / per_second).round() as u64).max(1),
+        }
+    }
+
+    /// `limit` requests per `window_s` seconds.
+    pub fn sliding_window(limit: u64, window_s: u64) -> Algorithm {
+        Algorithm::SlidingWindow {
+            limit: limit.max(1),
+            window_us: window_s.max(1) * MICROS,
         }
     }
 

@@ -8,12 +8,15 @@ pub mod key;
 pub mod local;
 pub mod redis;
 
-use crate::config::{Config, RateLimit, RateMode, RateStore, RedisConfig, StoreFailure};
+pub mod spec;
+
+use crate::config::{RateMode, RateStore, StoreFailure};
+use crate::redis_store::RedisStore;
 use algorithm::{Algorithm, Outcome};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use key::{KeyInput, KeyPart, KeySpec};
+use key::{KeyInput, KeySpec};
 use local::LocalStore;
-use redis::RedisStore;
+pub use spec::{LimitSpec, RateLimitSpecs};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,7 +57,7 @@ pub struct Limiter {
     /// Its quota, for `X-RateLimit-Limit`.
     limit_value: HeaderValue,
     pub counters: LimitCounters,
-    definition: RateLimit,
+    definition: LimitSpec,
 }
 
 /// What one limit said about one request.
@@ -73,33 +76,27 @@ enum Taken<'l> {
 }
 
 impl Limiter {
-    fn compile(def: &RateLimit, redis: Option<&Arc<RedisStore>>) -> Limiter {
-        let algorithm = Algorithm::compile(def);
+    fn new(def: &LimitSpec, redis: Option<&Arc<RedisStore>>) -> Limiter {
+        let algorithm = def.algorithm;
         let backend = match (def.store, redis) {
             (RateStore::Redis, Some(store)) => Backend::Redis {
-                prefix: format!("{}{}", store.key_prefix, def.name.value),
+                prefix: format!("{}{}", store.key_prefix, def.name),
                 store: Arc::clone(store),
                 on_failure: def.on_store_failure,
                 fallback: (def.on_store_failure == StoreFailure::LocalFallback)
                     .then(|| LocalStore::new(algorithm, def.max_keys)),
             },
-            // Validation requires `redis` for a redis limit.
+            // A `redis` limit always has a store: the config cross-check requires the section.
             _ => Backend::Local(LocalStore::new(algorithm, def.max_keys)),
         };
-        let (q, w) = algorithm.policy();
+        let (q, _) = algorithm.policy();
         Limiter {
-            name: def.name.value.to_string(),
+            name: def.name.clone(),
             algorithm,
-            key: KeySpec::new(
-                def.key
-                    .iter()
-                    .map(|k| KeyPart::parse(k).expect("validated key part"))
-                    .collect(),
-            ),
+            key: KeySpec::new(def.key.clone()),
             mode: def.mode,
             backend,
-            policy_value: HeaderValue::from_str(&format!("\"{}\";q={q};w={w}", def.name.value))
-                .expect("kebab-case names make valid header values"),
+            policy_value: def.policy_value.clone(),
             limit_value: HeaderValue::from(q),
             counters: LimitCounters::default(),
             definition: def.clone(),
@@ -127,7 +124,7 @@ impl Limiter {
                 fallback,
             } => {
                 let key = self.key.redis(prefix, input)?;
-                match store.decide(&self.algorithm, &key).await {
+                match redis::decide(store, &self.algorithm, &key).await {
                     Ok(outcome) => {
                         Some((Verdict::Decided(outcome), Some(Taken::Redis(store, key))))
                     }
@@ -159,7 +156,7 @@ impl Limiter {
     async fn give_back(&self, taken: Taken<'_>) {
         match taken {
             Taken::Local(store, key) => store.refund(key),
-            Taken::Redis(store, key) => store.refund(&self.algorithm, &key).await,
+            Taken::Redis(store, key) => redis::refund(store, &self.algorithm, &key).await,
         }
     }
 }
@@ -364,80 +361,114 @@ impl RouteLimits {
     }
 }
 
-/// Limiters and the Redis connection, carried across reloads.
+/// Limiters carried across reloads (while their definition and store do not change, so a
+/// reload never resets a counter).
 #[derive(Default)]
 pub struct LimiterRegistry {
     limiters: HashMap<String, Arc<Limiter>>,
-    redis: Option<(RedisConfig, Arc<RedisStore>)>,
-    redis_changed: bool,
 }
 
 impl LimiterRegistry {
-    /// Compiles the config's limits, reusing every limiter whose definition (and Redis
-    /// settings) did not change, and returns them by name.
-    /// Whether the last `compile` replaced the Redis store.
-    pub fn redis_changed(&self) -> bool {
-        self.redis_changed
-    }
-
-    pub fn compile(&mut self, cfg: &Config) -> HashMap<String, Arc<Limiter>> {
-        let redis_cfg = cfg.redis.as_ref().map(|r| &r.value);
-        let redis_changed = match (&self.redis, redis_cfg) {
-            (Some((old, _)), Some(new)) => old != new,
-            (None, None) => false,
-            _ => true,
-        };
-        self.redis_changed = redis_changed;
-        if redis_changed {
-            self.redis = redis_cfg.and_then(|c| match RedisStore::new(c) {
-                Ok(s) => Some((c.clone(), Arc::new(s))),
-                Err(e) => {
-                    // Validation opened the same URL already; this cannot fail.
-                    tracing::error!(error = %e, "redis store");
-                    None
+    /// The limiters for `specs`, in their order, reusing every limiter whose definition did
+    /// not change (and, for Redis limits, whose store was not replaced).
+    pub fn compile(
+        &mut self,
+        specs: &[LimitSpec],
+        redis: Option<&Arc<RedisStore>>,
+        redis_changed: bool,
+    ) -> Vec<Arc<Limiter>> {
+        let limiters: Vec<Arc<Limiter>> = specs
+            .iter()
+            .map(|def| {
+                let keep = self.limiters.get(&def.name).filter(|l| {
+                    l.definition == *def && !(redis_changed && def.store == RateStore::Redis)
+                });
+                match keep {
+                    Some(l) => Arc::clone(l),
+                    None => Arc::new(Limiter::new(def, redis)),
                 }
-            });
-        }
-        let redis = self.redis.as_ref().map(|(_, s)| s);
-        let mut next = HashMap::new();
-        for def in &cfg.rate_limits {
-            let name = def.name.value.to_string();
-            let keep = self.limiters.get(&name).filter(|l| {
-                l.definition == def.value && !(redis_changed && def.store == RateStore::Redis)
-            });
-            let limiter = match keep {
-                Some(l) => Arc::clone(l),
-                None => Arc::new(Limiter::compile(def, redis)),
-            };
-            next.insert(name, limiter);
-        }
-        self.limiters = next.clone();
-        next
-    }
-
-    pub fn redis(&self) -> Option<&Arc<RedisStore>> {
-        self.redis.as_ref().map(|(_, s)| s)
+            })
+            .collect();
+        self.limiters = limiters
+            .iter()
+            .map(|l| (l.name.clone(), Arc::clone(l)))
+            .collect();
+        limiters
     }
 }
 
-/// The limits for one route: `defaults.rate_limits` then the route's own.
-pub fn route_limits(
-    by_name: &HashMap<String, Arc<Limiter>>,
-    defaults: &[crate::config::Located<crate::config::Text>],
-    route: &[crate::config::Located<crate::config::Text>],
-) -> RouteLimits {
+/// The limits for one route, by position: `defaults.rate_limits` then the route's own.
+pub fn route_limits(all: &[Arc<Limiter>], defaults: &[usize], route: &[usize]) -> RouteLimits {
     RouteLimits {
         limiters: defaults
             .iter()
             .chain(route)
-            .filter_map(|n| by_name.get(&*n.value.0).cloned())
+            .map(|i| Arc::clone(&all[*i]))
             .collect(),
     }
 }
 
-/// Every limiter in the snapshot, for `/metrics`.
-pub fn all(by_name: &HashMap<String, Arc<Limiter>>) -> Vec<Arc<Limiter>> {
-    let mut v: Vec<Arc<Limiter>> = by_name.values().cloned().collect();
+/// Every limiter in the snapshot by name, for `/metrics`.
+pub fn by_name(all: &[Arc<Limiter>]) -> Vec<Arc<Limiter>> {
+    let mut v = all.to_vec();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
+}
+
+/// The rate-limit families for `/metrics`: decisions by limit and result, local keys, and the
+/// shared store's state.
+pub fn render_metrics(limiters: &[Arc<Limiter>], redis: Option<&RedisStore>, out: &mut String) {
+    use crate::observe::metrics::{family, label};
+    use std::sync::atomic::Ordering::Relaxed;
+    if !limiters.is_empty() {
+        let mut decisions = Vec::new();
+        let mut keys = Vec::new();
+        for l in limiters {
+            let c = &l.counters;
+            for (result, n) in [
+                ("allowed", &c.allowed),
+                ("limited", &c.limited),
+                ("shadow_limited", &c.shadow_limited),
+                ("store_failure_allowed", &c.failure_allowed),
+                ("store_failure_denied", &c.failure_denied),
+                ("store_failure_fallback", &c.failure_fallback),
+            ] {
+                decisions.push((
+                    format!("{},{}", label("limit", &l.name), label("result", result)),
+                    n.load(Relaxed) as f64,
+                ));
+            }
+            keys.push((label("limit", &l.name), l.local_keys() as f64));
+        }
+        family(
+            out,
+            "portcullis_ratelimit_decisions_total",
+            "counter",
+            "Rate-limit decisions by limit and result (store_failure_*: Redis unusable, what happened instead).",
+            &decisions,
+        );
+        family(
+            out,
+            "portcullis_ratelimit_local_keys",
+            "gauge",
+            "Keys held in this instance's memory by limit (local store or Redis fallback).",
+            &keys,
+        );
+    }
+    if let Some(redis) = redis {
+        family(
+            out,
+            "portcullis_ratelimit_store_up",
+            "gauge",
+            "1 while Redis is used for rate limits, 0 while its breaker skips it.",
+            &[(label("store", "redis"), f64::from(u8::from(redis.is_up())))],
+        );
+        family(
+            out,
+            "portcullis_ratelimit_store_errors_total",
+            "counter",
+            "Failed or timed-out Redis calls.",
+            &[(label("store", "redis"), redis.errors.load(Relaxed) as f64)],
+        );
+    }
 }

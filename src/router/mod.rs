@@ -10,7 +10,7 @@
 pub mod explain;
 pub mod normalize;
 
-use crate::config::{Config, HeaderMatch, PathMatch};
+use crate::config::{Diag, Located, PathMatch, RouteMatch};
 use http::{HeaderMap, HeaderName, Method};
 use regex::{Regex, RegexSet};
 use std::collections::HashMap;
@@ -68,15 +68,6 @@ pub enum HeaderRule {
 }
 
 impl HeaderRule {
-    fn compile(h: &HeaderMatch) -> HeaderRule {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).expect("validated header name");
-        match (&h.value, &h.regex) {
-            (Some(v), _) => HeaderRule::Equals(name, v.0.clone()),
-            (None, Some(r)) => HeaderRule::Regex(name, Regex::new(r).expect("validated regex")),
-            (None, None) => HeaderRule::Present(name),
-        }
-    }
-
     pub fn matches(&self, headers: &HeaderMap) -> bool {
         match self {
             HeaderRule::Present(n) => headers.contains_key(n),
@@ -115,6 +106,88 @@ pub struct RouteMatcher {
 }
 
 impl RouteMatcher {
+    /// Builds a route's `match`; `key` is e.g. `routes[0]`.
+    pub fn build(
+        name: &str,
+        index: usize,
+        priority: i32,
+        m: &Located<RouteMatch>,
+        key: &str,
+        diag: &mut Diag,
+    ) -> Option<RouteMatcher> {
+        let mark = diag.mark();
+        for (j, h) in m.hosts.iter().enumerate() {
+            if let Err(msg) = check_host_pattern(h) {
+                diag.err(h.line, format!("{key}.match.hosts[{j}]"), msg);
+            }
+        }
+        let path = build_path(&m.path, &format!("{key}.match.path"), diag);
+        let methods = m.methods.as_ref().map(|methods| {
+            if methods.is_empty() {
+                diag.err(
+                    methods.line,
+                    format!("{key}.match.methods"),
+                    "must not be empty (omit it to match every method)",
+                );
+            }
+            let mut out = Vec::with_capacity(methods.len());
+            for meth in methods.iter() {
+                match Method::from_bytes(meth.as_bytes()) {
+                    Ok(mm) if !meth.bytes().any(|b| b.is_ascii_lowercase()) => out.push(mm),
+                    _ => diag.err(
+                        methods.line,
+                        format!("{key}.match.methods"),
+                        format!("`{meth}` is not an upper-case HTTP method"),
+                    ),
+                }
+            }
+            out
+        });
+        let mut headers = Vec::with_capacity(m.headers.len());
+        for (j, h) in m.headers.iter().enumerate() {
+            let hkey = format!("{key}.match.headers[{j}]");
+            let header_name = HeaderName::from_bytes(h.name.as_bytes());
+            if header_name.is_err() {
+                diag.err(
+                    h.line,
+                    format!("{hkey}.name"),
+                    format!("`{}` is not a valid header name", h.name),
+                );
+            }
+            if h.value.value.is_some() && h.regex.is_some() {
+                diag.err(h.line, hkey.clone(), "give `value` or `regex`, not both");
+            }
+            let regex = h.regex.as_ref().and_then(|re| match Regex::new(re) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    diag.err(
+                        h.line,
+                        format!("{hkey}.regex"),
+                        format!("invalid regex: {}", regex_error(&e)),
+                    );
+                    None
+                }
+            });
+            if let Ok(n) = header_name {
+                headers.push(match (&h.value.value, regex) {
+                    (Some(v), _) => HeaderRule::Equals(n, v.0.clone()),
+                    (None, Some(r)) => HeaderRule::Regex(n, r),
+                    (None, None) => HeaderRule::Present(n),
+                });
+            }
+        }
+        let matcher = RouteMatcher {
+            name: name.to_string(),
+            index,
+            hosts: m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            path: path?,
+            methods,
+            headers,
+            priority,
+        };
+        diag.ok_since(mark, matcher)
+    }
+
     pub fn method_matches(&self, m: &Method) -> bool {
         self.methods.as_ref().is_none_or(|ms| ms.contains(m))
     }
@@ -193,29 +266,8 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn compile(config: &Config) -> Router {
-        let routes: Vec<RouteMatcher> = config
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(index, r)| {
-                let m = &r.matcher;
-                RouteMatcher {
-                    name: r.name.value.0.clone(),
-                    index,
-                    hosts: m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                    path: compile_path(&m.path),
-                    methods: m.methods.as_ref().map(|ms| {
-                        ms.iter()
-                            .map(|s| Method::from_bytes(s.as_bytes()).expect("validated method"))
-                            .collect()
-                    }),
-                    headers: m.headers.iter().map(|h| HeaderRule::compile(h)).collect(),
-                    priority: r.priority,
-                }
-            })
-            .collect();
-
+    /// Builds the lookup tables over every route's matcher (in file order).
+    pub fn build(routes: Vec<RouteMatcher>, diag: &mut Diag) -> Option<Router> {
         let mut exact_hosts: HashMap<String, Vec<usize>> = HashMap::new();
         let mut wildcard_hosts: HashMap<String, Vec<usize>> = HashMap::new();
         let mut any_host = Vec::new();
@@ -233,19 +285,22 @@ impl Router {
                 }
             }
         }
-        let build = |ids: Vec<usize>| PathTable::build(&routes, ids);
-        Router {
-            exact_hosts: exact_hosts
-                .into_iter()
-                .map(|(k, v)| (k, build(v)))
-                .collect(),
-            wildcard_hosts: wildcard_hosts
-                .into_iter()
-                .map(|(k, v)| (k, build(v)))
-                .collect(),
-            any_host: build(any_host),
+        let mut build = |ids: Vec<usize>| PathTable::build(&routes, ids, diag);
+        let exact_hosts: Option<HashMap<String, PathTable>> = exact_hosts
+            .into_iter()
+            .map(|(k, v)| Some((k, build(v)?)))
+            .collect();
+        let wildcard_hosts: Option<HashMap<String, PathTable>> = wildcard_hosts
+            .into_iter()
+            .map(|(k, v)| Some((k, build(v)?)))
+            .collect();
+        let any_host = build(any_host);
+        Some(Router {
+            exact_hosts: exact_hosts?,
+            wildcard_hosts: wildcard_hosts?,
+            any_host: any_host?,
             routes,
-        }
+        })
     }
 
     pub fn routes(&self) -> &[RouteMatcher] {
@@ -290,24 +345,84 @@ impl Router {
     }
 }
 
-fn compile_path(p: &PathMatch) -> PathRule {
+fn build_path(p: &Located<PathMatch>, key: &str, diag: &mut Diag) -> Option<PathRule> {
     match (&p.exact, &p.prefix, &p.regex) {
-        (Some(e), _, _) => PathRule::Exact(e.0.clone()),
-        (_, Some(pre), _) => {
-            let pre = if pre.len() > 1 {
-                pre.trim_end_matches('/')
-            } else {
-                pre
-            };
-            PathRule::Prefix(pre.to_string())
+        (Some(e), None, None) => normalize::path_literal(e, p.line, &format!("{key}.exact"), diag)
+            .then(|| PathRule::Exact(e.0.clone())),
+        (None, Some(pre), None) => {
+            normalize::path_literal(pre, p.line, &format!("{key}.prefix"), diag).then(|| {
+                let pre = if pre.len() > 1 {
+                    pre.trim_end_matches('/')
+                } else {
+                    pre
+                };
+                PathRule::Prefix(pre.to_string())
+            })
         }
-        (_, _, Some(r)) => PathRule::Regex(Regex::new(r).expect("validated regex")),
-        _ => unreachable!("validated: exactly one path rule"),
+        (None, None, Some(re)) => match Regex::new(re) {
+            Ok(r) => Some(PathRule::Regex(r)),
+            Err(e) => {
+                diag.err(
+                    p.line,
+                    format!("{key}.regex"),
+                    format!("invalid regex: {}", regex_error(&e)),
+                );
+                None
+            }
+        },
+        _ => {
+            diag.err(
+                p.line,
+                key,
+                "give exactly one of `exact`, `prefix` or `regex`",
+            );
+            None
+        }
+    }
+}
+
+/// `api.example.com` or `*.example.com`; compared case-insensitively.
+pub fn check_host_pattern(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if h == "*" {
+        return Err("`*` alone is not a host pattern: omit `hosts` to match every host".into());
+    }
+    let ok = !name.is_empty()
+        && !name.contains('*')
+        && !name.contains(':')
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{h}` is not a host name or a `*.suffix` wildcard (no port)"
+        ))
+    }
+}
+
+/// regex's error text spans several lines (pattern, caret, message); keep it on one.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let message = text
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .trim_start_matches("error: ");
+    match text.lines().nth(1) {
+        Some(pattern) => format!("{message} in `{}`", pattern.trim()),
+        None => message.to_string(),
     }
 }
 
 impl PathTable {
-    fn build(routes: &[RouteMatcher], ids: Vec<usize>) -> PathTable {
+    fn build(routes: &[RouteMatcher], ids: Vec<usize>, diag: &mut Diag) -> Option<PathTable> {
         let mut t = PathTable::default();
         let mut patterns = Vec::new();
         for id in ids {
@@ -325,9 +440,24 @@ impl PathTable {
             v.sort_by(rank);
         }
         if !patterns.is_empty() {
-            t.regex_set = Some(RegexSet::new(&patterns).expect("validated regexes"));
+            // Each pattern compiled on its own already; together they can still exceed the
+            // regex engine's size limit.
+            match RegexSet::new(&patterns) {
+                Ok(set) => t.regex_set = Some(set),
+                Err(e) => {
+                    diag.err(
+                        0,
+                        "routes",
+                        format!(
+                            "the path regexes of one host together are too large: {}",
+                            regex_error(&e)
+                        ),
+                    );
+                    return None;
+                }
+            }
         }
-        t
+        Some(t)
     }
 
     fn find(

@@ -2,6 +2,7 @@
 //! route that its canonical form reaches (`/v1/orders/../admin`, `//v1//admin` and
 //! `/v1/%61dmin` all become `/v1/admin` or are refused).
 
+use crate::config::Diag;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -117,6 +118,45 @@ pub fn normalize_path(path: &str, allow_encoded_slashes: bool) -> Result<Cow<'_,
     Ok(Cow::Owned(out))
 }
 
+/// A path written in the config (a match, a rewrite) must start with `/` and already be in
+/// normalized form: it is compared with normalized request paths. Returns whether it is.
+pub fn path_literal(p: &str, line: u32, key: &str, diag: &mut Diag) -> bool {
+    if !p.starts_with('/') {
+        diag.err(line, key, format!("`{p}` must start with `/`"));
+        false
+    } else if normalize_path(p, false).as_deref() != Ok(p) {
+        diag.err(
+            line,
+            key,
+            format!("`{p}` is not in normalized form (no `//`, `.` or `..` segments, no encoded unreserved characters)"),
+        );
+        false
+    } else {
+        true
+    }
+}
+
+/// The host a request is routed by: lower-case, without port or trailing dot, IPv6 without
+/// brackets. `None` when the value is not a valid host (nothing to route by). The one
+/// normalization both live routing and `explain` use.
+pub fn routing_host(value: &str) -> Cow<'_, str> {
+    let without_port = if let Some(rest) = value.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => value,
+        }
+    };
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +210,26 @@ mod tests {
         );
         assert_eq!(normalize_path("a", false), Err(PathError::NotAbsolute));
         assert_eq!(normalize_path("/a%2fb", true).as_deref(), Ok("/a%2Fb"));
+    }
+
+    #[test]
+    fn routing_host_strips_port_and_case() {
+        assert_eq!(routing_host("API.Example.com:8080"), "api.example.com");
+        assert_eq!(routing_host("api.example.com."), "api.example.com");
+        assert_eq!(routing_host("[::1]:8080"), "::1");
+        assert_eq!(routing_host("[::1]"), "::1");
+        assert_eq!(routing_host("localhost"), "localhost");
+        assert_eq!(routing_host("host:notaport"), "host:notaport");
+    }
+
+    #[test]
+    fn config_paths_must_be_normal() {
+        let mut d = Diag::new("t.yaml");
+        assert!(path_literal("/v1/orders", 1, "k", &mut d));
+        assert!(!path_literal("v1", 2, "k", &mut d));
+        assert!(!path_literal("/a//b", 3, "k", &mut d));
+        let e = d.finish("").unwrap_err().0;
+        assert_eq!(e[0].message, "`v1` must start with `/`");
+        assert!(e[1].message.contains("not in normalized form"), "{e:?}");
     }
 }

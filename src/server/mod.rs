@@ -1,61 +1,24 @@
 //! Listeners: accept with a connection limit, serve HTTP/1.1 and h2c on each connection with
 //! the listener's limits, close idle connections, and drain on shutdown.
 
-pub(crate) mod io;
+pub mod listener;
 
 use crate::admin;
+use crate::connection::io::{Activity, ActivityIo};
+use crate::connection::{idle_expired, ConnContext, ListenerRuntime};
 use crate::gateway::Gateway;
 use crate::held::Held;
 use crate::pipeline;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use io::{Activity, ActivityIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
-
-/// Per-listener counters shared by its connections.
-pub struct ListenerRuntime {
-    pub name: String,
-    connections: AtomicU64,
-    requests: AtomicU64,
-}
-
-impl ListenerRuntime {
-    /// Takes a concurrent-request slot, or `None` when the listener is at `limit`.
-    pub fn begin_request(&self, limit: u64) -> Option<Held<'_>> {
-        Held::take_within(&self.requests, limit)
-    }
-}
-
-/// What a request handler knows about its connection.
-pub struct ConnContext {
-    pub gateway: Arc<Gateway>,
-    pub listener: Arc<ListenerRuntime>,
-    pub client_ip: Arc<str>,
-    pub scheme: &'static str,
-    /// TLS listeners: the HSTS header for every response.
-    pub hsts: Option<http::HeaderValue>,
-    /// A client certificate the listener's CA verified (mTLS).
-    pub client_cert: Option<crate::tls::ClientCert>,
-    /// Requests in flight on this connection (the idle timer never closes a busy connection).
-    inflight: AtomicU64,
-    /// Becomes true when the gateway shuts down (WebSocket tunnels close then).
-    pub shutdown: watch::Receiver<bool>,
-}
-
-impl Drop for ConnContext {
-    // The connection stops counting against `max_connections` once nothing uses it: its
-    // HTTP connection has ended and no WebSocket tunnel made from it is still open.
-    fn drop(&mut self) {
-        self.listener.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Counts live connections so shutdown can wait for them to drain.
 #[derive(Default)]
@@ -138,11 +101,7 @@ pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
         })?;
         let addr = listener.local_addr()?;
         bound.push((spec.name.clone(), addr));
-        let rt = Arc::new(ListenerRuntime {
-            name: spec.name.clone(),
-            connections: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-        });
+        let rt = Arc::new(ListenerRuntime::new(&spec.name));
         tokio::spawn(accept_loop(
             listener,
             rt,
@@ -215,16 +174,15 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let ctx = |client_cert, hsts, scheme| {
-                Arc::new(ConnContext {
+                Arc::new(ConnContext::new(
                     gateway,
-                    listener: Arc::clone(&rt),
-                    client_ip: peer.ip().to_string().into(),
+                    Arc::clone(&rt),
+                    peer.ip().to_string().into(),
                     scheme,
                     hsts,
                     client_cert,
-                    inflight: AtomicU64::new(0),
-                    shutdown: shutdown.clone(),
-                })
+                    shutdown.clone(),
+                ))
             };
             match tls {
                 None => {
@@ -337,25 +295,4 @@ async fn serve_connection<S>(
         }
     }
     watcher.abort();
-}
-
-/// Resolves once the connection has moved no bytes for `idle` and has no request in flight.
-/// Checked in quarter steps, so a connection closes between `idle` and `1.25 × idle`.
-pub(crate) async fn idle_expired(activity: &Activity, inflight: &AtomicU64, idle: Duration) {
-    let tick = (idle / 4).max(Duration::from_millis(10));
-    let mut last = activity.count();
-    let mut quiet = Duration::ZERO;
-    loop {
-        tokio::time::sleep(tick).await;
-        let now = activity.count();
-        if now != last || inflight.load(Ordering::Acquire) > 0 {
-            last = now;
-            quiet = Duration::ZERO;
-        } else {
-            quiet += tick;
-            if quiet >= idle {
-                return;
-            }
-        }
-    }
 }

@@ -2,7 +2,7 @@
 //! out (never sooner than `dns.min_ttl_s`, never later than `dns.max_ttl_s`). A failed lookup
 //! keeps the last good addresses; connections go to the addresses in hand.
 
-use crate::config::DnsConfig;
+use crate::config::{Diag, DnsConfig};
 use arc_swap::ArcSwap;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -12,6 +12,63 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// The `dns` section, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSpec {
+    /// Empty: the system's (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for DnsSpec {
+    fn default() -> Self {
+        DnsSpec {
+            nameservers: Vec::new(),
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(300),
+            timeout: Duration::from_millis(2000),
+        }
+    }
+}
+
+impl DnsSpec {
+    pub fn build(cfg: &DnsConfig, diag: &mut Diag) -> Option<DnsSpec> {
+        let mark = diag.mark();
+        let mut nameservers = Vec::new();
+        for n in &cfg.nameservers {
+            match n.parse::<SocketAddr>() {
+                Ok(a) => nameservers.push(a),
+                Err(_) => diag.err(
+                    0,
+                    "dns.nameservers",
+                    format!("`{n}` is not an IP:port address"),
+                ),
+            }
+        }
+        if cfg.min_ttl_s == 0 || cfg.min_ttl_s > cfg.max_ttl_s {
+            diag.err(
+                0,
+                "dns.min_ttl_s",
+                "must be at least 1 and at most max_ttl_s",
+            );
+        }
+        if !(100..=30_000).contains(&cfg.timeout_ms) {
+            diag.err(0, "dns.timeout_ms", "must be between 100 and 30000");
+        }
+        diag.ok_since(
+            mark,
+            DnsSpec {
+                nameservers,
+                min_ttl: Duration::from_secs(cfg.min_ttl_s),
+                max_ttl: Duration::from_secs(cfg.max_ttl_s),
+                timeout: Duration::from_millis(cfg.timeout_ms),
+            },
+        )
+    }
+}
+
 /// The resolver the gateway uses for upstream host names.
 pub struct Dns {
     resolver: TokioResolver,
@@ -20,7 +77,7 @@ pub struct Dns {
 }
 
 impl Dns {
-    pub fn new(cfg: &DnsConfig) -> Result<Dns, String> {
+    pub fn new(cfg: &DnsSpec) -> Result<Dns, String> {
         let mut builder = if cfg.nameservers.is_empty() {
             TokioResolver::builder_tokio()
                 .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
@@ -28,8 +85,7 @@ impl Dns {
             let servers = cfg
                 .nameservers
                 .iter()
-                .map(|s| {
-                    let addr: SocketAddr = s.parse().expect("validated nameserver address");
+                .map(|addr| {
                     let mut udp = ConnectionConfig::udp();
                     udp.port = addr.port();
                     let mut tcp = ConnectionConfig::tcp();
@@ -43,15 +99,15 @@ impl Dns {
             )
         };
         let opts = builder.options_mut();
-        opts.timeout = Duration::from_millis(cfg.timeout_ms);
+        opts.timeout = cfg.timeout;
         opts.attempts = 2;
         let resolver = builder
             .build()
             .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
         Ok(Dns {
             resolver,
-            min_ttl: Duration::from_secs(cfg.min_ttl_s),
-            max_ttl: Duration::from_secs(cfg.max_ttl_s),
+            min_ttl: cfg.min_ttl,
+            max_ttl: cfg.max_ttl,
         })
     }
 

@@ -6,6 +6,7 @@ use super::breaker::Admission;
 use super::pool::{PooledBody, UpstreamError};
 use super::retry::{RetryOn, RetryPolicy};
 use super::CompiledUpstream;
+use crate::body::read::read_whole;
 use crate::body::{RequestBodyError, UpstreamBody};
 use crate::held::Held;
 use crate::observe::record::{RetryEvent, Trail};
@@ -14,7 +15,6 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderValue, Request, Response};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Limited};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -206,55 +206,20 @@ async fn replayable(
     max_replay: u64,
     deadline: Instant,
 ) -> Result<(Option<UpstreamBody>, Option<Option<Bytes>>), Reject> {
-    match body {
-        UpstreamBody::Full(data) => {
-            if data.as_ref().is_none_or(|d| d.len() as u64 <= max_replay) {
-                Ok((Some(UpstreamBody::Full(data.clone())), Some(data)))
-            } else {
-                Ok((Some(UpstreamBody::Full(data)), None))
-            }
+    if let UpstreamBody::Full(data) = body {
+        return if data.as_ref().is_none_or(|d| d.len() as u64 <= max_replay) {
+            Ok((Some(UpstreamBody::Full(data.clone())), Some(data)))
+        } else {
+            Ok((Some(UpstreamBody::Full(data)), None))
+        };
+    }
+    match body.size_hint().exact() {
+        // Declared and small enough: read it now so it can be sent more than once.
+        Some(len) if len <= max_replay => {
+            let data = read_whole(body, max_replay, deadline).await?;
+            Ok((Some(UpstreamBody::Full(data.clone())), Some(data)))
         }
-        UpstreamBody::Streaming {
-            inner,
-            limit,
-            seen,
-            counter,
-        } => match inner.size_hint().exact() {
-            // Declared and small enough: read it now so it can be sent more than once.
-            Some(len) if len <= max_replay => {
-                let read = tokio::time::timeout_at(
-                    deadline,
-                    Limited::new(inner, limit as usize).collect(),
-                )
-                .await;
-                match read {
-                    Err(_) => Err(Reject::Status(
-                        http::StatusCode::REQUEST_TIMEOUT,
-                        "request body not received in time".into(),
-                    )),
-                    Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                        Err(Reject::PayloadTooLarge(limit))
-                    }
-                    Ok(Err(e)) => Err(Reject::ClientBody(format!(
-                        "client request body failed: {e}"
-                    ))),
-                    Ok(Ok(c)) => {
-                        let bytes = c.to_bytes();
-                        let data = (!bytes.is_empty()).then_some(bytes);
-                        Ok((Some(UpstreamBody::Full(data.clone())), Some(data)))
-                    }
-                }
-            }
-            _ => Ok((
-                Some(UpstreamBody::Streaming {
-                    inner,
-                    limit,
-                    seen,
-                    counter,
-                }),
-                None,
-            )),
-        },
+        _ => Ok((Some(body), None)),
     }
 }
 
@@ -277,12 +242,7 @@ fn classify(
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = source {
         if let Some(body_err) = err.downcast_ref::<RequestBodyError>() {
-            return Outcome::Fatal(match body_err {
-                RequestBodyError::TooLarge(n) => Reject::PayloadTooLarge(*n),
-                RequestBodyError::Client(e) => {
-                    Reject::ClientBody(format!("client request body failed: {e}"))
-                }
-            });
+            return Outcome::Fatal(body_err.to_reject());
         }
         source = err.source();
     }

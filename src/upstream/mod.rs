@@ -6,23 +6,24 @@ pub mod breaker;
 pub mod dns;
 pub mod forward;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 pub mod retry;
+pub mod spec;
 pub mod split;
 pub mod target;
 
-use crate::config::{DnsConfig, HealthCheck, RetryBudgetConfig, Upstream as UpstreamConfig};
+use crate::config::{HealthCheck, RetryBudgetConfig};
 use crate::held::Held;
 use balancer::{Balancer, HashRing, RoundRobin};
 use breaker::BreakerConfig;
-use dns::{Dns, ResolvedTarget};
-use pool::{PoolSettings, TargetPool};
+use dns::{Dns, DnsSpec, ResolvedTarget};
+use pool::TargetPool;
 use retry::RetryBudget;
-use split::SplitKey;
+use spec::{BalancingSpec, UpstreamSpec};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use target::{Target, TargetState};
 
 /// Per-upstream state that outlives snapshots: bulkhead occupancy, retry budget, counters.
@@ -71,14 +72,14 @@ impl CompiledUpstream {
 pub struct UpstreamRegistry {
     targets: HashMap<(String, String), (Arc<TargetPool>, Arc<TargetState>)>,
     runtimes: HashMap<String, Arc<UpstreamRuntime>>,
-    dns_config: Option<DnsConfig>,
+    dns_config: Option<DnsSpec>,
     /// Built on first use by a host-name target; `None` inside if it could not be built.
     dns: Option<Option<Arc<Dns>>>,
 }
 
 impl UpstreamRegistry {
     /// Applies the `dns` section; a change rebuilds the resolver and every host-name target.
-    pub fn set_dns(&mut self, cfg: &DnsConfig) {
+    pub fn set_dns(&mut self, cfg: &DnsSpec) {
         if self.dns_config.as_ref() != Some(cfg) {
             self.dns_config = Some(cfg.clone());
             self.dns = None;
@@ -87,12 +88,11 @@ impl UpstreamRegistry {
         }
     }
 
-    fn resolved(&mut self, address: &str) -> Option<Arc<ResolvedTarget>> {
-        if address.parse::<std::net::SocketAddr>().is_ok() {
+    fn resolved(&mut self, target: &spec::TargetSpec) -> Option<Arc<ResolvedTarget>> {
+        if target.address.parse::<std::net::SocketAddr>().is_ok() {
             return None;
         }
-        let (host, port) = address.rsplit_once(':')?;
-        let port: u16 = port.parse().ok()?;
+        let port = target.authority.port_u16()?;
         let cfg = self.dns_config.clone().unwrap_or_default();
         let dns = self.dns.get_or_insert_with(|| match Dns::new(&cfg) {
             Ok(d) => Some(Arc::new(d)),
@@ -102,32 +102,28 @@ impl UpstreamRegistry {
             }
         });
         dns.as_ref()
-            .map(|d| ResolvedTarget::new(host, port, Arc::clone(d)))
+            .map(|d| ResolvedTarget::new(target.authority.host(), port, Arc::clone(d)))
     }
 
     pub fn compile(
         &mut self,
-        u: &UpstreamConfig,
+        u: &UpstreamSpec,
         metrics: &crate::observe::metrics::Metrics,
     ) -> CompiledUpstream {
-        let name = u.name.value.0.clone();
-        let settings = PoolSettings {
-            connect_timeout_ms: u.connect_timeout_ms,
-            pool: u.pool.clone(),
-            protocol: u.protocol.value,
-            tls: u.tls.as_ref().map(|t| t.value.clone()),
-        };
         let mut targets: Vec<Target> = Vec::with_capacity(u.targets.len());
-        for t in u.targets.iter() {
-            let address = t.address.value.0.clone();
-            let key = (name.clone(), address.clone());
+        for t in &u.targets {
+            let key = (u.name.clone(), t.address.clone());
             let reusable = self
                 .targets
                 .get(&key)
-                .is_some_and(|(pool, _)| *pool.settings() == settings);
+                .is_some_and(|(pool, _)| *pool.settings() == u.settings);
             if !reusable {
-                let authority = address.parse().expect("validated host:port");
-                let pool = TargetPool::new(authority, settings.clone(), self.resolved(&address));
+                let pool = TargetPool::new(
+                    t.authority.clone(),
+                    u.settings.clone(),
+                    t.tls.as_ref(),
+                    self.resolved(t),
+                );
                 match self.targets.get_mut(&key) {
                     // New settings: a new pool, but the target keeps its health and breaker.
                     Some(entry) => entry.0 = pool,
@@ -141,42 +137,35 @@ impl UpstreamRegistry {
             targets.push(Target {
                 pool: Arc::clone(pool),
                 state: Arc::clone(state),
-                weight: t.weight.value,
+                weight: t.weight,
             });
         }
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
-        let balancer = match u.load_balancing.value {
-            crate::config::LoadBalancing::RoundRobin => {
-                Balancer::RoundRobin(RoundRobin::new(&weights))
-            }
-            crate::config::LoadBalancing::LeastRequest => Balancer::LeastRequest,
-            crate::config::LoadBalancing::ConsistentHash => {
+        let balancer = match &u.balancing {
+            BalancingSpec::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),
+            BalancingSpec::LeastRequest => Balancer::LeastRequest,
+            BalancingSpec::ConsistentHash(key) => {
                 let addrs: Vec<(&str, u32)> = u
                     .targets
                     .iter()
-                    .map(|t| (&*t.address.value.0, t.weight.value))
+                    .map(|t| (t.address.as_str(), t.weight))
                     .collect();
                 Balancer::ConsistentHash {
                     ring: HashRing::new(&addrs),
-                    key: SplitKey::parse(u.hash_key.as_ref().expect("validated hash_key"))
-                        .expect("validated hash_key"),
+                    key: key.clone(),
                 }
             }
         };
         CompiledUpstream {
-            runtime: Arc::clone(self.runtimes.entry(name.clone()).or_default()),
-            name: name.into(),
+            runtime: Arc::clone(self.runtimes.entry(u.name.clone()).or_default()),
+            name: u.name.as_str().into(),
             targets,
             balancer,
-            breaker: u.circuit_breaker.as_ref().map(|cb| BreakerConfig {
-                consecutive_failures: cb.consecutive_failures,
-                open: Duration::from_millis(cb.open_ms),
-                half_open_requests: cb.half_open_requests,
-            }),
-            max_concurrent_requests: u.max_concurrent_requests.as_ref().map(|m| m.value),
+            breaker: u.breaker.clone(),
+            max_concurrent_requests: u.max_concurrent_requests,
             retry_budget: u.retry_budget.clone(),
-            health_check: u.health_check.as_ref().map(|h| h.value.clone()),
-            metrics: metrics.upstream(&u.name.value),
+            health_check: u.health_check.clone(),
+            metrics: metrics.upstream(&u.name),
         }
     }
 

@@ -112,26 +112,16 @@ pub struct TargetPool {
 }
 
 impl TargetPool {
+    /// A pool for one target; `tls` is set for `protocol: https` (built with the upstream's spec).
     pub fn new(
         authority: Authority,
         settings: PoolSettings,
+        tls: Option<&super::spec::TargetTls>,
         resolved: Option<Arc<ResolvedTarget>>,
     ) -> Arc<TargetPool> {
-        let transport = match (&settings.protocol, &settings.tls) {
-            (Protocol::Https, tls) => {
-                let tls = tls.clone().unwrap_or_default();
-                let name = tls
-                    .server_name
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| authority.host().to_string());
-                // Validated (names, CA file) before a pool is ever built.
-                let config = crate::tls::upstream_client(tls.ca_file.as_deref())
-                    .expect("validated upstream TLS settings");
-                let name =
-                    rustls_pki_types::ServerName::try_from(name).expect("validated server name");
-                Transport::Tls(config, name)
-            }
-            _ => Transport::Plain,
+        let transport = match tls {
+            Some(t) => Transport::Tls(Arc::clone(&t.config), t.server_name.clone()),
+            None => Transport::Plain,
         };
         Arc::new(TargetPool {
             label: authority.as_str().into(),

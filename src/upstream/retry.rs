@@ -1,10 +1,14 @@
 //! Retry policy (which failures, how often, how far apart) and the per-upstream retry budget
 //! that keeps retries from multiplying the load on an upstream that is already failing.
 
-use crate::config::{Retries, RetryBudgetConfig};
+use super::spec::MAX_TIMEOUT_MS;
+use crate::config::{Diag, Located, Retries, RetryBudgetConfig};
 use http::Method;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+/// More extra attempts than this multiply load on an already failing upstream (retry storms).
+pub const MAX_RETRY_ATTEMPTS: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryOn {
@@ -53,18 +57,80 @@ pub struct RetryPolicy {
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 impl RetryPolicy {
-    pub fn compile(cfg: &Retries) -> RetryPolicy {
-        RetryPolicy {
-            attempts: cfg.attempts.value,
-            on: cfg.on.iter().filter_map(|s| RetryOn::parse(s)).collect(),
-            backoff: Duration::from_millis(cfg.backoff_ms),
-            per_try_timeout: cfg
-                .per_try_timeout_ms
-                .as_ref()
-                .map(|t| Duration::from_millis(t.value)),
-            idempotency_key: cfg.idempotency_key,
-            max_replay_bytes: cfg.max_replay_bytes,
+    /// Builds a route's `retries`; `direct` says whether the route answers by itself.
+    pub fn build(
+        retries: &Located<Retries>,
+        direct: bool,
+        key: &str,
+        diag: &mut Diag,
+    ) -> Option<RetryPolicy> {
+        let mark = diag.mark();
+        if retries.attempts.value > MAX_RETRY_ATTEMPTS {
+            diag.err(
+                retries.attempts.line,
+                format!("{key}.retries.attempts"),
+                format!(
+                    "{} extra attempts is above the maximum of {MAX_RETRY_ATTEMPTS}: each layer that \
+                     retries multiplies the load on an upstream that is already failing (a retry storm)",
+                    retries.attempts.value
+                ),
+            );
         }
+        let mut on = Vec::with_capacity(retries.on.len());
+        for cond in &retries.on {
+            match RetryOn::parse(cond) {
+                Some(c) => on.push(c),
+                None => diag.err(
+                    cond.line,
+                    format!("{key}.retries.on"),
+                    format!("`{}` is not a retry condition: use connect_failure, reset, timeout or a status code such as \"503\"", cond.value),
+                ),
+            }
+        }
+        if let Some(t) = &retries.per_try_timeout_ms {
+            if t.value == 0 || t.value > MAX_TIMEOUT_MS {
+                diag.err(
+                    t.line,
+                    format!("{key}.retries.per_try_timeout_ms"),
+                    format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+                );
+            }
+        }
+        if retries.backoff_ms > 10_000 {
+            diag.err(
+                retries.line,
+                format!("{key}.retries.backoff_ms"),
+                "must be at most 10000",
+            );
+        }
+        if retries.max_replay_bytes > 16 * 1024 * 1024 {
+            diag.err(
+                retries.line,
+                format!("{key}.retries.max_replay_bytes"),
+                "must be at most 16777216",
+            );
+        }
+        if direct {
+            diag.err(
+                retries.line,
+                format!("{key}.retries"),
+                "a direct_response route has nothing to retry",
+            );
+        }
+        diag.ok_since(
+            mark,
+            RetryPolicy {
+                attempts: retries.attempts.value,
+                on,
+                backoff: Duration::from_millis(retries.backoff_ms),
+                per_try_timeout: retries
+                    .per_try_timeout_ms
+                    .as_ref()
+                    .map(|t| Duration::from_millis(t.value)),
+                idempotency_key: retries.idempotency_key,
+                max_replay_bytes: retries.max_replay_bytes,
+            },
+        )
     }
 
     /// Only idempotent methods are retried, unless the route opted in to `Idempotency-Key` and

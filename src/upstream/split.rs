@@ -2,8 +2,12 @@
 //! seed 0) into 10000 buckets, so a key always lands on the same side, and moving weight from
 //! one side to another only moves keys into the side that grows.
 
-use crate::config::SPLIT_BUCKETS;
+use crate::config::{Diag, Located, SplitEntry, Text};
 use http::HeaderMap;
+use std::collections::BTreeMap;
+
+/// Split weights are parts of this many buckets.
+pub const SPLIT_BUCKETS: u32 = 10_000;
 
 /// MurmurHash3_x86_32, written out because it is twelve lines and its output must never change
 /// (hash crates with per-process seeds would move users between canary buckets on restart).
@@ -95,6 +99,67 @@ pub struct Split {
 }
 
 impl Split {
+    /// Builds a route's `split` and `split_key`; `upstreams` maps names to positions. `None`
+    /// when either is wrong, `Some(None)` when the route has no split.
+    pub fn build(
+        split: Option<&Located<Vec<Located<SplitEntry>>>>,
+        split_key: Option<&Located<Text>>,
+        upstreams: &BTreeMap<&str, usize>,
+        key: &str,
+        diag: &mut Diag,
+    ) -> Option<Option<Split>> {
+        let mark = diag.mark();
+        let mut entries = Vec::new();
+        if let Some(split) = split {
+            let mut sum = 0u64;
+            for (j, s) in split.iter().enumerate() {
+                match upstreams.get(&*s.upstream.value.0) {
+                    Some(u) => entries.push((s.weight, *u)),
+                    None => diag.err(
+                        s.upstream.line,
+                        format!("{key}.split[{j}].upstream"),
+                        format!("unknown upstream `{}`", s.upstream.value),
+                    ),
+                }
+                if s.weight == 0 {
+                    diag.err(
+                        s.line,
+                        format!("{key}.split[{j}].weight"),
+                        "must be greater than 0 (remove the entry instead)",
+                    );
+                }
+                sum += u64::from(s.weight);
+            }
+            if sum != u64::from(SPLIT_BUCKETS) {
+                diag.err(
+                    split.line,
+                    format!("{key}.split"),
+                    format!(
+                        "weights add up to {sum}; they must add up to {SPLIT_BUCKETS} (parts of 10000)"
+                    ),
+                );
+            }
+        }
+        let mut sticky = None;
+        if let Some(k) = split_key {
+            if split.is_none() {
+                diag.err(
+                    k.line,
+                    format!("{key}.split_key"),
+                    "split_key needs a `split`",
+                );
+            }
+            match SplitKey::parse(k) {
+                Ok(sk) => sticky = Some(sk),
+                Err(msg) => diag.err(k.line, format!("{key}.split_key"), msg),
+            }
+        }
+        if !diag.clean_since(mark) {
+            return None;
+        }
+        Some(split.map(|_| Split::new(&entries, sticky)))
+    }
+
     /// `entries` are (weight, upstream index) in file order; weights add up to 10000.
     pub fn new(entries: &[(u32, usize)], key: Option<SplitKey>) -> Split {
         let mut end = 0;
@@ -113,12 +178,13 @@ impl Split {
     }
 
     pub fn upstream_for_bucket(&self, bucket: u32) -> usize {
+        // Weights add up to SPLIT_BUCKETS (checked when built), so a bucket always has an end
+        // above it; the last entry takes any rounding.
         self.bounds
             .iter()
             .find(|(end, _)| bucket < *end)
             .or(self.bounds.last())
-            .map(|(_, u)| *u)
-            .expect("split has at least one entry")
+            .map_or(0, |(_, u)| *u)
     }
 
     /// Picks the upstream for a request: sticky by key, random when the key is absent.

@@ -1,7 +1,12 @@
 //! The body types that cross the gateway. Both stream: nothing is buffered whole except a
-//! chunked request body on a route whose size limit is small enough to hold (see `pipeline`).
+//! chunked request body on a route whose size limit is small enough to hold (see `pipeline`),
+//! or what a body filter holds within its declared bound (see `filter`).
+
+pub mod filter;
+pub mod read;
 
 use bytes::Bytes;
+use filter::{BoxError, FilterError, Filtered};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
@@ -14,6 +19,42 @@ pub enum RequestBodyError {
     TooLarge(u64),
     #[error("client request body failed: {0}")]
     Client(#[from] hyper::Error),
+    /// A request-body filter stopped the body.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+}
+
+impl RequestBodyError {
+    /// What the client is told when its own body was the problem.
+    pub fn to_reject(&self) -> crate::reject::Reject {
+        use crate::reject::Reject;
+        match self {
+            RequestBodyError::TooLarge(n) => Reject::PayloadTooLarge(*n),
+            RequestBodyError::Client(e) => {
+                Reject::ClientBody(format!("client request body failed: {e}"))
+            }
+            RequestBodyError::Filter(FilterError::Refused { status, message }) => {
+                Reject::Status(*status, message.clone())
+            }
+            RequestBodyError::Filter(FilterError::Overflow { bound, .. }) => {
+                Reject::PayloadTooLarge(*bound as u64)
+            }
+        }
+    }
+
+    /// Back from the boxed error a filtered body reports.
+    fn from_boxed(e: BoxError) -> RequestBodyError {
+        match e.downcast::<RequestBodyError>() {
+            Ok(e) => *e,
+            Err(e) => match e.downcast::<FilterError>() {
+                Ok(f) => RequestBodyError::Filter(*f),
+                Err(e) => RequestBodyError::Filter(FilterError::Refused {
+                    status: http::StatusCode::BAD_REQUEST,
+                    message: format!("request body failed: {e}"),
+                }),
+            },
+        }
+    }
 }
 
 /// The request body sent upstream.
@@ -28,6 +69,8 @@ pub enum UpstreamBody {
         /// Mirrors `seen` for the access log, when one is written.
         counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     },
+    /// Seen through the route's request-body filters.
+    Filtered(Box<Filtered<UpstreamBody>>),
 }
 
 impl UpstreamBody {
@@ -68,6 +111,14 @@ impl Body for UpstreamBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            UpstreamBody::Filtered(f) => match Pin::new(&mut **f).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => {
+                    Poll::Ready(Some(Err(RequestBodyError::from_boxed(e))))
+                }
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -75,6 +126,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Full(d) => d.is_none(),
             UpstreamBody::Streaming { inner, .. } => inner.is_end_stream(),
+            UpstreamBody::Filtered(f) => f.is_end_stream(),
         }
     }
 
@@ -83,6 +135,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             UpstreamBody::Full(None) => SizeHint::with_exact(0),
             UpstreamBody::Streaming { inner, .. } => inner.size_hint(),
+            UpstreamBody::Filtered(f) => f.size_hint(),
         }
     }
 }
@@ -91,6 +144,8 @@ impl Body for UpstreamBody {
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream(crate::upstream::pool::PooledBody),
+    /// Seen through the route's response-body filters.
+    Filtered(Box<Filtered<ResponseBody>>),
 }
 
 impl ResponseBody {
@@ -102,7 +157,7 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -110,7 +165,10 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBody::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+            ResponseBody::Upstream(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            ResponseBody::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
         }
     }
 
@@ -118,6 +176,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(d) => d.is_none(),
             ResponseBody::Upstream(inner) => inner.is_end_stream(),
+            ResponseBody::Filtered(f) => f.is_end_stream(),
         }
     }
 
@@ -126,6 +185,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Upstream(inner) => inner.size_hint(),
+            ResponseBody::Filtered(f) => f.size_hint(),
         }
     }
 }
@@ -156,7 +216,7 @@ impl ServedBody {
 
 impl Body for ServedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -1,0 +1,191 @@
+//! Parse, don't validate: a config document becomes its compiled form in one pass. Each
+//! section is built by the module that owns it, reporting every problem into one `Diag`; what
+//! comes out is already valid, so a snapshot is assembled from it without re-parsing anything
+//! and without any check that could still fail.
+//!
+//! `portcullis validate`, `portcullis config push`, `explain` and every (re)load run exactly
+//! this, so a file that validates is a file that loads.
+
+use crate::admin::spec::AdminSpec;
+use crate::auth::AuthProviderSpecs;
+use crate::config::names::{check_shadowing, Names};
+use crate::config::{self, ConfigErrors, Diag, Document};
+use crate::observe::ObserveSpec;
+use crate::ratelimit::RateLimitSpecs;
+use crate::redis_store::RedisSpec;
+use crate::route::{RouteDefaults, RouteRules};
+use crate::router::Router;
+use crate::server::listener::ListenerSpec;
+use crate::upstream::dns::DnsSpec;
+use crate::upstream::spec::UpstreamSpec;
+use std::path::Path;
+
+/// One config version, compiled: every section checked and in the form the gateway uses.
+pub struct Compiled {
+    /// The file (or store version) it came from, for messages and relative paths.
+    pub source: String,
+    pub checksum: String,
+    pub listeners: Vec<ListenerSpec>,
+    pub admin: AdminSpec,
+    pub dns: DnsSpec,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub auth: AuthProviderSpecs,
+    pub rate_limits: RateLimitSpecs,
+    pub redis: Option<RedisSpec>,
+    pub observe: ObserveSpec,
+    pub defaults: RouteDefaults,
+    pub router: Router,
+    pub routes: Vec<RouteRules>,
+    /// The `/admin/routes` document.
+    pub routes_json: serde_json::Value,
+}
+
+pub fn file(path: &Path) -> Result<Compiled, ConfigErrors> {
+    document(&config::read_file(path)?)
+}
+
+pub fn text(text: &str, source: &str) -> Result<Compiled, ConfigErrors> {
+    document(&config::parse_str(text, source)?)
+}
+
+/// Builds every section (in a fixed order, so errors on one line always come out alike) and
+/// the checks that span sections.
+pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
+    let cfg = &doc.config;
+    let mut diag = Diag::new(&doc.source);
+    let names = Names::of(cfg);
+
+    let auth = AuthProviderSpecs::build(&cfg.auth, names.redis, &mut diag);
+    let rate_limits = RateLimitSpecs::build(
+        &cfg.rate_limits,
+        &cfg.defaults.rate_limits,
+        names.redis,
+        &mut diag,
+    );
+    let redis = cfg.redis.as_ref().map(|r| RedisSpec::build(r, &mut diag));
+    let observe = ObserveSpec::build(&cfg.observability, &mut diag);
+    let dns = DnsSpec::build(&cfg.dns, &mut diag);
+    let listeners = crate::server::listener::build_all(&cfg.listeners, &mut diag);
+    let admin = crate::admin::spec::build(cfg.admin.as_ref(), &listeners, &mut diag);
+    let defaults = RouteDefaults::build(&cfg.defaults, cfg, &names, &mut diag);
+    let upstreams = crate::upstream::spec::build_all(&cfg.upstreams, &mut diag);
+    let routes: Vec<_> = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| crate::route::build(r, i, cfg, &names, defaults.as_ref(), &mut diag))
+        .collect();
+    diag.duplicates(
+        "route",
+        cfg.routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&r.name, format!("routes[{i}].name"))),
+    );
+    check_shadowing(cfg, &mut diag);
+
+    let built = (|| {
+        let (matchers, routes): (Vec<_>, Vec<_>) = routes
+            .into_iter()
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let router = Router::build(matchers, &mut diag)?;
+        Some(Compiled {
+            source: doc.source.clone(),
+            checksum: doc.checksum.clone(),
+            listeners,
+            admin: admin?,
+            dns: dns?,
+            upstreams: upstreams?,
+            auth: auth?,
+            rate_limits: rate_limits?,
+            redis: redis.map(|r| r.ok_or(())).transpose().ok()?,
+            observe: observe?,
+            defaults: defaults?,
+            router,
+            routes,
+            routes_json: routes_document(cfg),
+        })
+    })();
+    diag.finish(&doc.text)?;
+    // `finish` passed: nothing was reported, so every builder returned its section.
+    built.ok_or_else(|| {
+        ConfigErrors(vec![config::ConfigError {
+            file: doc.source.clone(),
+            line: 0,
+            key: String::new(),
+            message: "internal error: a section failed to build without reporting why".into(),
+        }])
+    })
+}
+
+/// Header names whose configured values are secrets and are never shown by the admin API.
+fn is_secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "authorization"
+        || n == "cookie"
+        || ["token", "secret", "key", "password", "auth"]
+            .iter()
+            .any(|s| n.contains(s))
+}
+
+fn routes_document(cfg: &config::Config) -> serde_json::Value {
+    let routes: Vec<serde_json::Value> = cfg
+        .routes
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r.value).unwrap_or_default();
+            // Redact configured header values that carry credentials.
+            for dir in ["request", "response"] {
+                if let Some(set) = v
+                    .pointer_mut(&format!("/headers/{dir}/set"))
+                    .and_then(|s| s.as_object_mut())
+                {
+                    for (k, val) in set.iter_mut() {
+                        if is_secret_header(k) {
+                            *val = serde_json::Value::String("<redacted>".into());
+                        }
+                    }
+                }
+            }
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "timeout_ms".into(),
+                    serde_json::json!(r
+                        .timeout_ms
+                        .as_ref()
+                        .map_or(cfg.defaults.timeout_ms.value, |t| t.value)),
+                );
+                obj.retain(|_, val| !val.is_null());
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({ "routes": routes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every builder that returns `None` has reported why: a valid file compiles, and each
+    /// error keeps its file, line and key.
+    #[test]
+    fn a_valid_file_compiles_and_an_invalid_one_reports_each_error() {
+        let ok = "listeners: [{ name: public, address: \"127.0.0.1:0\" }]\nadmin: { address: \"127.0.0.1:0\" }\ndefaults: { auth: none }\nupstreams:\n  - name: app\n    targets: [{ address: \"127.0.0.1:9\" }]\nroutes:\n  - name: a\n    match: { path: { prefix: / } }\n    upstream: app\n";
+        let c = text(ok, "ok.yaml").unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert!(c.checksum.starts_with("sha256:"));
+        let bad = ok.replace("upstream: app", "upstream: nope");
+        let Err(e) = text(&bad, "bad.yaml") else {
+            panic!("an unknown upstream must be refused")
+        };
+        let e = e.0;
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            e[0].to_string(),
+            "bad.yaml:10: routes[0].upstream: unknown upstream `nope`"
+        );
+    }
+}

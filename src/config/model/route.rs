@@ -1,0 +1,180 @@
+//! `routes[]`: match rules, the action, and the per-route policies.
+
+use super::{AuthSpec, Authorization, Unsupported};
+use crate::config::located::{Located, Text};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: Located<Text>,
+    #[serde(rename = "match")]
+    pub matcher: Located<RouteMatch>,
+    #[serde(default)]
+    pub priority: i32,
+
+    // Exactly one action.
+    #[serde(default)]
+    pub upstream: Option<Located<Text>>,
+    #[serde(default)]
+    pub split: Option<Located<Vec<Located<SplitEntry>>>>,
+    #[serde(default)]
+    pub split_key: Option<Located<Text>>,
+    #[serde(default)]
+    pub direct_response: Option<Located<DirectResponse>>,
+
+    #[serde(default)]
+    pub rewrite: Option<Located<Rewrite>>,
+    #[serde(default)]
+    pub timeout_ms: Option<Located<u64>>,
+    #[serde(default)]
+    pub retries: Option<Located<Retries>>,
+    #[serde(default)]
+    pub auth: Option<Located<AuthSpec>>,
+    #[serde(default)]
+    pub request: RequestRules,
+    #[serde(default)]
+    pub headers: HeaderRules,
+
+    #[serde(default, skip_serializing)]
+    pub authorization: Option<Located<Authorization>>,
+    /// Limits applied to this route, after the `defaults.rate_limits`.
+    #[serde(default)]
+    pub rate_limits: Vec<Located<Text>>,
+    #[serde(default, skip_serializing)]
+    pub cache: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub cors: Unsupported,
+    #[serde(default, skip_serializing)]
+    pub mirror: Unsupported,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub hosts: Vec<Located<Text>>,
+    pub path: Located<PathMatch>,
+    #[serde(default)]
+    pub methods: Option<Located<Vec<Text>>>,
+    #[serde(default)]
+    pub headers: Vec<Located<HeaderMatch>>,
+}
+
+/// `{ exact: P }`, `{ prefix: P }` or `{ regex: R }`; exactly one.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(default)]
+    pub exact: Option<Text>,
+    #[serde(default)]
+    pub prefix: Option<Text>,
+    #[serde(default)]
+    pub regex: Option<Text>,
+}
+
+/// A header predicate: present (only `name`), equal to `value`, or matching `regex`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: Text,
+    #[serde(default)]
+    pub value: Option<Text>,
+    #[serde(default)]
+    pub regex: Option<Text>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitEntry {
+    pub upstream: Located<Text>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub body: Text,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Text>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    #[serde(default)]
+    pub strip_prefix: Option<Text>,
+    #[serde(default)]
+    pub replace_prefix: Option<ReplacePrefix>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplacePrefix {
+    pub from: Text,
+    pub to: Text,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    pub attempts: Located<u32>,
+    /// `connect_failure`, `reset`, `timeout`, or a status code such as "503".
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<Located<Text>>,
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    #[serde(default)]
+    pub per_try_timeout_ms: Option<Located<u64>>,
+    #[serde(default)]
+    pub idempotency_key: bool,
+    #[serde(default = "default_max_replay_bytes")]
+    pub max_replay_bytes: u64,
+}
+
+fn default_retry_on() -> Vec<Located<Text>> {
+    ["connect_failure", "reset"]
+        .iter()
+        .map(|s| Located::new(Text::from(*s), 0))
+        .collect()
+}
+
+fn default_backoff_ms() -> u64 {
+    25
+}
+
+fn default_max_replay_bytes() -> u64 {
+    64 * 1024
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRules {
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub content_types: Option<Located<Vec<Text>>>,
+    #[serde(default)]
+    pub required_headers: Vec<Located<Text>>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    #[serde(default)]
+    pub request: HeaderOps,
+    #[serde(default)]
+    pub response: HeaderOps,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, Text>,
+    #[serde(default)]
+    pub remove: Vec<Text>,
+}

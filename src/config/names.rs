@@ -1,0 +1,141 @@
+//! Checks that span sections: the names one section may refer to in another (upstreams, auth
+//! providers, rate limits, the shared Redis server, mTLS listeners), and route shadowing.
+
+use super::model::{AuthProviders, Config, RateStore};
+use super::Diag;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a config defines by name, for the sections that refer to it. Positions are file order.
+#[derive(Debug, Default)]
+pub struct Names<'c> {
+    pub upstreams: BTreeMap<&'c str, usize>,
+    pub jwt: BTreeSet<&'c str>,
+    pub api_keys: BTreeSet<&'c str>,
+    pub introspection: BTreeSet<&'c str>,
+    pub rate_limits: BTreeSet<&'c str>,
+    /// Rate limits kept in Redis.
+    pub redis_limits: BTreeSet<&'c str>,
+    /// A top-level `redis` section exists.
+    pub redis: bool,
+    /// Some listener verifies client certificates (`tls.client_auth`).
+    pub mtls_listener: bool,
+}
+
+impl<'c> Names<'c> {
+    pub fn of(config: &'c Config) -> Names<'c> {
+        let AuthProviders {
+            jwt,
+            api_keys,
+            introspection,
+        } = &config.auth;
+        let mut upstreams = BTreeMap::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            // The first definition wins; a duplicate is reported by the upstreams' builder.
+            upstreams.entry(u.name.value.0.as_str()).or_insert(i);
+        }
+        Names {
+            upstreams,
+            jwt: jwt.iter().map(|p| p.name.value.0.as_str()).collect(),
+            api_keys: api_keys.iter().map(|p| p.name.value.0.as_str()).collect(),
+            introspection: introspection
+                .iter()
+                .map(|p| p.name.value.0.as_str())
+                .collect(),
+            rate_limits: config
+                .rate_limits
+                .iter()
+                .map(|l| l.name.value.0.as_str())
+                .collect(),
+            redis_limits: config
+                .rate_limits
+                .iter()
+                .filter(|l| l.store == RateStore::Redis)
+                .map(|l| l.name.value.0.as_str())
+                .collect(),
+            redis: config.redis.is_some(),
+            mtls_listener: config
+                .listeners
+                .iter()
+                .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some())),
+        }
+    }
+}
+
+/// Reports pairs of routes that no request can tell apart: on the hosts they share, with the
+/// same path match, header predicates and priority and overlapping methods, the one later in
+/// the file can never be chosen for those methods.
+pub fn check_shadowing(config: &Config, diag: &mut Diag) {
+    struct Key {
+        hosts: BTreeSet<String>,
+        path: String,
+        headers: BTreeSet<String>,
+        priority: i32,
+        methods: Option<BTreeSet<String>>,
+    }
+    let keys: Vec<Key> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let m = &r.matcher;
+            let path = match (&m.path.exact, &m.path.prefix, &m.path.regex) {
+                (Some(e), _, _) => format!("exact:{e}"),
+                (_, Some(p), _) => format!("prefix:{}", p.trim_end_matches('/')),
+                (_, _, Some(re)) => format!("regex:{re}"),
+                _ => String::new(),
+            };
+            Key {
+                hosts: m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                path,
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{}={:?}/{:?}",
+                            h.name.to_ascii_lowercase(),
+                            h.value.value.as_ref().map(|v| &v.0),
+                            h.regex.as_ref().map(|v| &v.0)
+                        )
+                    })
+                    .collect(),
+                priority: r.priority,
+                methods: m
+                    .methods
+                    .as_ref()
+                    .map(|ms| ms.iter().map(|s| s.0.clone()).collect()),
+            }
+        })
+        .collect();
+    for (j, b) in keys.iter().enumerate() {
+        for (i, a) in keys[..j].iter().enumerate() {
+            let hosts_overlap = (a.hosts.is_empty() && b.hosts.is_empty())
+                || a.hosts.intersection(&b.hosts).next().is_some();
+            let methods_overlap = match (&a.methods, &b.methods) {
+                (None, None) => true,
+                (Some(x), Some(y)) => x.intersection(y).next().is_some(),
+                // A route that lists methods is more specific than one that does not: it wins
+                // for its methods, and the other still gets the rest.
+                _ => false,
+            };
+            if hosts_overlap
+                && methods_overlap
+                && a.path == b.path
+                && a.headers == b.headers
+                && a.priority == b.priority
+            {
+                let first = &config.routes[i];
+                let second = &config.routes[j];
+                diag.err(
+                    second.line,
+                    format!("routes[{j}]"),
+                    format!(
+                        "route `{}` is shadowed by route `{}` (line {}): same hosts, path match, \
+                         header predicates and priority with overlapping methods, so file order \
+                         alone would decide; give one a different priority, methods or headers",
+                        second.name.value, first.name.value, first.line
+                    ),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The Redis server shared by everything that keeps state across instances (rate limits, the
+//! JWT revocation list): one auto-reconnecting connection, a short timeout and a breaker, so an
+//! outage never adds latency to every request — while the breaker is open Redis is not called
+//! at all, and one request probes it again after `breaker_open_ms`. Callers decide what an
+//! unusable store means for them (their `on_store_failure`).
+
+use crate::config::{Diag, Located, RedisConfig};
+use crate::ratelimit::local::now_us;
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+/// KEYS[1]: a key. Returns {1} when it exists.
+const EXISTS: &str = "return {redis.call('EXISTS', KEYS[1])}";
+static EXISTS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(EXISTS));
+
+/// The `redis` section, checked; the client is made (nothing is contacted) when it is built.
+#[derive(Debug, Clone)]
+pub struct RedisSpec {
+    /// As configured: a store is replaced when this changes.
+    pub config: RedisConfig,
+    client: redis::Client,
+}
+
+impl RedisSpec {
+    pub fn build(r: &Located<RedisConfig>, diag: &mut Diag) -> Option<RedisSpec> {
+        let mark = diag.mark();
+        let client = match redis::Client::open(&*r.url.value.0) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                diag.err(r.url.line, "redis.url", format!("invalid redis url: {e}"));
+                None
+            }
+        };
+        if !(1..=10_000).contains(&r.timeout_ms) {
+            diag.err(r.line, "redis.timeout_ms", "must be between 1 and 10000");
+        }
+        if r.breaker_failures == 0 {
+            diag.err(r.line, "redis.breaker_failures", "must be at least 1");
+        }
+        if !(10..=600_000).contains(&r.breaker_open_ms) {
+            diag.err(
+                r.line,
+                "redis.breaker_open_ms",
+                "must be between 10 and 600000",
+            );
+        }
+        let spec = RedisSpec {
+            config: r.value.clone(),
+            client: client?,
+        };
+        diag.ok_since(mark, spec)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis breaker open")]
+    BreakerOpen,
+    #[error("redis did not answer within {0} ms")]
+    Timeout(u64),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// One Redis server's connection and breaker; shared by every limit and provider using it and
+/// kept across reloads while `redis` does not change.
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    /// Prefix of every rate-limit key the gateway writes.
+    pub key_prefix: String,
+    timeout: Duration,
+    breaker: Breaker,
+    pub errors: AtomicU64,
+}
+
+/// Consecutive failures open it; while open, calls fail at once; after the open period one
+/// call (the probe) goes through, and its success closes it.
+#[derive(Default)]
+struct Breaker {
+    failures: AtomicU32,
+    threshold: u32,
+    open_for_us: u64,
+    /// 0 when closed; else when the next probe may go.
+    open_until: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    /// Whether a call may go to Redis now (true for the probe, which must then report back).
+    fn admit(&self, now: u64) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        now >= until
+            && self
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if self.open_until.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!("redis is reachable again");
+        }
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// Returns true when this failure opened (or re-opened) the breaker.
+    fn failure(&self, now: u64) -> bool {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let was_probe = self.probing.swap(false, Ordering::AcqRel);
+        if n >= self.threshold || was_probe {
+            let before = self
+                .open_until
+                .swap(now + self.open_for_us, Ordering::AcqRel);
+            return before == 0;
+        }
+        false
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) != 0
+    }
+}
+
+impl RedisStore {
+    pub fn new(spec: &RedisSpec) -> RedisStore {
+        let config = &spec.config;
+        RedisStore {
+            client: spec.client.clone(),
+            conn: ArcSwapOption::empty(),
+            key_prefix: config.key_prefix.to_string(),
+            timeout: Duration::from_millis(config.timeout_ms),
+            breaker: Breaker {
+                threshold: config.breaker_failures.max(1),
+                open_for_us: config.breaker_open_ms * 1000,
+                ..Breaker::default()
+            },
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        !self.breaker.is_open()
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        // Lazy: it connects on its first command (inside our timeout), and reconnects by
+        // itself after a connection is lost.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            // No retry loop inside a request: the breaker decides when to try again.
+            .set_number_of_retries(0);
+        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
+        self.conn.store(Some(Arc::new(manager.clone())));
+        Ok(manager)
+    }
+
+    /// Runs one script invocation under the breaker and the timeout.
+    pub async fn call(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let now = now_us();
+        if !self.breaker.admit(now) {
+            return Err(StoreError::BreakerOpen);
+        }
+        let result = match self.connection() {
+            Ok(mut conn) => {
+                match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(StoreError::Redis(e)),
+                    Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                if self.breaker.failure(now_us()) {
+                    tracing::warn!(error = %e, "redis unavailable; rate limits and revocation checks use their on_store_failure mode until it is back");
+                    // Start over with a fresh connection on the next probe.
+                    self.conn.store(None);
+                }
+            }
+        }
+        result
+    }
+
+    /// Whether `key` exists (under the same timeout and breaker as limits).
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let v = self.call(EXISTS_SCRIPT.key(key)).await?;
+        Ok(v.first() == Some(&1))
+    }
+}
