@@ -236,3 +236,136 @@ pub fn build(
     };
     Some((matcher?, rules))
 }
+
+#[cfg(test)]
+mod tests {
+    /// Base config: one upstream `app`, one rate limit `rl`, one JWT provider `jwt`; the test's
+    /// route follows at line 11.
+    const BASE: &str = "listeners: [{ name: public, address: \"127.0.0.1:8080\" }]\nadmin: { address: \"127.0.0.1:9901\" }\nupstreams: [{ name: app, targets: [{ address: \"127.0.0.1:9001\" }] }]\nrate_limits: [{ name: rl, algorithm: sliding_window, limit: 5, window_s: 10 }]\nauth:\n  jwt:\n    - name: jwt\n      secret: \"0123456789abcdef0123456789abcdef\"\n      algorithms: [HS256]\nroutes:\n";
+
+    fn errors(route: &str) -> Vec<(u32, String, String)> {
+        let text = format!("{BASE}{route}");
+        match crate::compile::text(&text, "t.yaml") {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|e| (e.line, e.key, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    fn one(route: &str) -> (u32, String, String) {
+        let e = errors(route);
+        assert_eq!(e.len(), 1, "{e:?}");
+        e.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_valid_route_compiles_with_its_defaults() {
+        let text = format!("{BASE}  - name: r\n    match: {{ path: {{ prefix: / }} }}\n    upstream: app\n    auth: {{ jwt: jwt }}\n    rate_limits: [rl]\n");
+        let Ok(c) = crate::compile::text(&text, "t.yaml") else {
+            panic!("valid")
+        };
+        let r = &c.routes[0];
+        assert!(matches!(r.action, super::Action::Upstream(0)));
+        assert_eq!(r.timeout, std::time::Duration::from_millis(15_000));
+        assert_eq!(r.auth, crate::auth::AuthPolicy::Jwt(0));
+        assert_eq!(r.rate_limits, vec![0]);
+        assert_eq!(r.request.max_body_bytes, 10 * 1024 * 1024);
+    }
+
+    #[test]
+    fn actions_and_references() {
+        assert_eq!(
+            one("  - name: r\n    match: { path: { prefix: / } }\n    auth: none\n"),
+            // Errors on a route as a whole are placed on `routes:` when it is the first.
+            (
+                10,
+                "routes[0]".into(),
+                "a route needs exactly one of `upstream`, `split` or `direct_response`".into()
+            )
+        );
+        assert_eq!(
+            one("  - name: r\n    match: { path: { prefix: / } }\n    upstream: nope\n    auth: none\n"),
+            (13, "routes[0].upstream".into(), "unknown upstream `nope`".into())
+        );
+        let e = one("  - name: r\n    match: { path: { prefix: / } }\n    split: [{ upstream: app, weight: 10000 }]\n    split_key: \"cookie:\"\n    auth: none\n");
+        assert_eq!(
+            (e.0, e.1.as_str(), e.2.as_str()),
+            (14, "routes[0].split_key", "`` is not a valid cookie name")
+        );
+        assert_eq!(
+            one("  - name: r\n    match: { path: { prefix: / } }\n    upstream: app\n    auth: { jwt: other }\n").2,
+            "unknown jwt provider `other`"
+        );
+        assert_eq!(
+            one("  - name: r\n    match: { path: { prefix: / } }\n    upstream: app\n    auth: none\n    rate_limits: [rl, rl]\n").2,
+            "`rl` is listed twice"
+        );
+        assert_eq!(
+            one("  - name: r\n    match: { path: { prefix: / } }\n    upstream: app\n").1,
+            "routes[0].auth"
+        );
+    }
+
+    #[test]
+    fn timeouts_retries_and_authorization() {
+        let e = one("  - name: r\n    match: { path: { prefix: / } }\n    upstream: app\n    auth: none\n    timeout_ms: 0\n");
+        assert_eq!(
+            (e.0, e.1.as_str(), e.2.as_str()),
+            (15, "routes[0].timeout_ms", "must be greater than 0")
+        );
+        let e = errors("  - name: r\n    match: { path: { prefix: / } }\n    direct_response: { status: 204 }\n    auth: none\n    retries: { attempts: 3, on: [sometimes] }\n");
+        let got: Vec<&str> = e.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "routes[0].retries.attempts",
+                "routes[0].retries.on",
+                "routes[0].retries"
+            ]
+        );
+        assert!(e[0].2.contains("above the maximum of 2"), "{e:?}");
+        let e = one("  - name: r\n    match: { path: { prefix: / } }\n    upstream: app\n    auth: none\n    authorization: { required_scopes: [a] }\n");
+        assert_eq!(
+            e.2,
+            "authorization needs an authenticated route (auth is none)"
+        );
+        assert!(errors("  - name: r\n    match: { path: { prefix: / } }\n    upstream: app\n    auth: { jwt: jwt }\n    authorization: { required_scopes: [a] }\n").is_empty());
+    }
+
+    #[test]
+    fn match_rules_are_built_by_the_router() {
+        let e = errors("  - name: r\n    match:\n      hosts: [\"*\"]\n      path: { regex: \"(\" }\n      methods: [get]\n      headers: [{ name: x, value: \"1\", regex: \"1\" }]\n    upstream: app\n    auth: none\n");
+        let got: Vec<(u32, &str)> = e.iter().map(|e| (e.0, e.1.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (13, "routes[0].match.hosts[0]"),
+                (14, "routes[0].match.path.regex"),
+                (15, "routes[0].match.methods"),
+                (16, "routes[0].match.headers[0]"),
+            ]
+        );
+    }
+
+    #[test]
+    fn auth_policies_nest_and_never_allow_none_inside_any() {
+        let e = errors("  - name: r\n    match: { path: { prefix: / } }\n    upstream: app\n    auth: { any: [none, { jwt: jwt, api_key: k }, { mtls: {} }] }\n");
+        let got: Vec<&str> = e.iter().map(|e| e.2.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "`none` inside `any` would make the route public",
+                "an auth policy is exactly one of jwt, api_key, introspection, any, mtls",
+                "mtls auth needs a listener with tls.client_auth",
+            ]
+        );
+        assert!(
+            e.iter()
+                .all(|e| (e.0, e.1.as_str()) == (14, "routes[0].auth")),
+            "{e:?}"
+        );
+    }
+}

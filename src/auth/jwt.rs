@@ -110,6 +110,16 @@ pub enum KeySource {
     Jwks(JwksSource),
 }
 
+impl std::fmt::Debug for KeySource {
+    // The secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Secret(_) => f.write_str("Secret(<redacted>)"),
+            KeySource::Jwks(s) => f.debug_tuple("Jwks").field(s).finish(),
+        }
+    }
+}
+
 /// `revocation`, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RevocationSpec {
@@ -119,7 +129,7 @@ pub struct RevocationSpec {
 }
 
 /// One `auth.jwt[]` provider, checked.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtSpec {
     pub name: String,
     pub algorithms: Vec<Algorithm>,
@@ -797,5 +807,73 @@ impl JwtVerifier {
             }
         }
         Ok(exp)
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    fn build(yaml: &str, redis: bool) -> Result<JwtSpec, Vec<(u32, String, String)>> {
+        let p: Located<JwtProvider> = serde_saphyr::from_str(yaml).unwrap();
+        let mut diag = Diag::new("t.yaml");
+        let spec = JwtSpec::build(&p, "auth.jwt[0]", redis, &mut diag);
+        match diag.finish(yaml) {
+            Ok(()) => Ok(spec.unwrap()),
+            Err(e) => Err(e
+                .0
+                .into_iter()
+                .map(|e| (e.line, e.key, e.message))
+                .collect()),
+        }
+    }
+
+    #[test]
+    fn key_sources_and_algorithm_families() {
+        let s = build("name: a\njwks_url: http://127.0.0.1:9/jwks\nalgorithms: [RS256, ES256]\nforward_claims: { sub: X-User }\n", false).unwrap();
+        assert_eq!(s.algorithms, [Algorithm::RS256, Algorithm::ES256]);
+        assert!(matches!(&s.keys, KeySource::Jwks(JwksSource::Url(e)) if e.path == "/jwks"));
+        assert_eq!(s.forward[0].1, "x-user");
+        let e = build(
+            "name: a\nsecret: \"0123456789abcdef0123456789abcdef\"\nalgorithms: [RS256, none]\n",
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                (
+                    3,
+                    "auth.jwt[0].algorithms".into(),
+                    "`RS256` needs a public key (jwks_url or jwks_file), not a secret".into()
+                ),
+                (
+                    3,
+                    "auth.jwt[0].algorithms".into(),
+                    "`none` can never be allowed".into()
+                ),
+            ]
+        );
+        let e = build("name: a\njwks_file: k.json\nalgorithms: [HS512]\n", false).unwrap_err();
+        assert_eq!(
+            e[0].2,
+            "`HS512` needs `secret` (keys from a JWKS are never used as HMAC secrets)"
+        );
+    }
+
+    #[test]
+    fn secrets_sources_and_revocation() {
+        let e = build("name: a\nsecret: short\njwks_file: k.json\nalgorithms: [HS256]\nrevocation: { store: redis }\n", false).unwrap_err();
+        let got: Vec<&str> = e.iter().map(|e| e.2.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "exactly one of jwks_url, jwks_file, secret is required",
+                "an HMAC secret must be at least 32 bytes",
+                "revocation needs a top-level `redis` section",
+            ]
+        );
+        let s = build("name: a\nsecret: \"0123456789abcdef0123456789abcdef\"\nalgorithms: [HS256]\nrevocation: { store: redis, on_store_failure: allow }\n", true).unwrap();
+        assert!(s.revocation.unwrap().allow_on_failure);
     }
 }

@@ -215,3 +215,41 @@ impl Drop for ResolvedTarget {
         }
     }
 }
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    #[test]
+    fn nameservers_and_ttls_are_checked() {
+        let cfg = DnsConfig {
+            nameservers: vec!["127.0.0.1:53".into(), "8.8.8.8".into()],
+            min_ttl_s: 10,
+            max_ttl_s: 5,
+            timeout_ms: 50,
+        };
+        let mut diag = Diag::new("t.yaml");
+        assert!(DnsSpec::build(&cfg, &mut diag).is_none());
+        let e = diag.finish("dns:\n  min_ttl_s: 10\n").unwrap_err().0;
+        let got: Vec<(u32, &str, &str)> = e
+            .iter()
+            .map(|e| (e.line, e.key.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                // Keys without a line of their own are placed at their deepest parent written.
+                (1, "dns.nameservers", "`8.8.8.8` is not an IP:port address"),
+                (1, "dns.timeout_ms", "must be between 100 and 30000"),
+                (
+                    2,
+                    "dns.min_ttl_s",
+                    "must be at least 1 and at most max_ttl_s"
+                ),
+            ]
+        );
+        let mut diag = Diag::new("t.yaml");
+        let spec = DnsSpec::build(&DnsConfig::default(), &mut diag).unwrap();
+        assert_eq!(spec, DnsSpec::default());
+    }
+}

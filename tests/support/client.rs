@@ -1,0 +1,141 @@
+//! Clients for the tests: hyper (HTTP/1.1 and h2c) for ordinary requests, raw TCP for exact
+//! bytes on the wire, and `Reply` with the assertions every test shares.
+
+use super::*;
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A simple response for assertions.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the gateway's JSON error shape and that its request id matches the header.
+    pub fn assert_gateway_error(&self, status: u16) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        let j = self.json();
+        assert!(
+            j["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "no error message: {j}"
+        );
+        let rid = self
+            .headers
+            .get("x-request-id")
+            .expect("x-request-id header");
+        assert_eq!(j["request_id"].as_str(), Some(rid.to_str().unwrap()), "{j}");
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(client, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes or `wait` passes.
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if complete_response(&out) {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// True once `buf` holds a full response with a Content-Length body.
+fn complete_response(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let len = text[..head_end].lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    match len {
+        Some(n) => buf.len() >= head_end + 4 + n,
+        None => false,
+    }
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn raw_status(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The JSON body of a raw response.
+pub fn raw_json(resp: &str) -> serde_json::Value {
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {resp}"))
+}
+
+/// A free 127.0.0.1 port (bound and released; good enough for tests on loopback).
+pub fn free_addr() -> SocketAddr {
+    closed_port()
+}

@@ -1,0 +1,154 @@
+//! A real PostgreSQL server for the control-plane tests.
+
+use super::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A PostgreSQL server from Debian's package on 127.0.0.1 and a free port, in a temporary
+/// data directory. Panics (never skips) when PostgreSQL is not installed: scripts/test
+/// installs it.
+pub struct PostgresServer {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl PostgresServer {
+    fn bin(name: &str) -> std::path::PathBuf {
+        let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path().join("bin").join(name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.retain(|p: &std::path::PathBuf| p.exists());
+        found.sort();
+        found.pop().unwrap_or_else(|| {
+            panic!("PostgreSQL's {name} not found under /usr/lib/postgresql: install the postgresql package (scripts/test does)")
+        })
+    }
+
+    /// PostgreSQL refuses to run as root: as root, the server runs as the `postgres` user.
+    fn as_server_user(cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let (uid, gid) = postgres_ids();
+            cmd.uid(uid).gid(gid);
+        }
+    }
+
+    pub fn start() -> PostgresServer {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let data = dir.path().join("data");
+        let mut initdb = std::process::Command::new(Self::bin("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "portcullis",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Self::as_server_user(&mut initdb);
+        assert!(
+            initdb.status().expect("run initdb").success(),
+            "initdb failed"
+        );
+        let port = free_addr().port();
+        let mut server = PostgresServer {
+            child: None,
+            dir,
+            port,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = std::process::Command::new(Self::bin("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Self::as_server_user(&mut cmd);
+        self.child = Some(cmd.spawn().expect("start postgres"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // Accepting TCP is not enough: wait until a query succeeds.
+        loop {
+            if std::process::Command::new(Self::bin("psql"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "portcullis",
+                ])
+                .args(["-d", "postgres", "-tAc", "SELECT 1"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://portcullis@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server at once (fast shutdown), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the PID of a child this test started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .expect("the postgres user exists (created by the postgresql package)");
+    let fields: Vec<&str> = line.split(':').collect();
+    (fields[2].parse().unwrap(), fields[3].parse().unwrap())
+}

@@ -1,0 +1,88 @@
+//! A real Redis server for the tests that share state across instances.
+
+use super::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A real Redis server (Debian's `redis-server`) on 127.0.0.1 and a random port, without
+/// persistence. Panics if the binary is missing: `scripts/test` installs it.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = free_addr().port();
+        let mut r = RedisServer {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers PING.
+    pub async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); scripts/test installs it (apt package redis-server)")
+            });
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.command(&["PING"]).await.as_deref() == Some("+PONG") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server on port {} did not answer PING", self.port);
+    }
+
+    /// Kills the server (SIGKILL, by the PID this test started).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends one command (inline protocol) and returns the first reply line.
+    pub async fn command(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .map(str::to_string)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
