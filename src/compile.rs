@@ -165,6 +165,19 @@ fn routes_document(cfg: &config::Config) -> serde_json::Value {
     serde_json::json!({ "routes": routes })
 }
 
+/// Test helper: every error of a whole document as (line, key, message); empty when it compiles.
+#[cfg(test)]
+pub fn errors_of(text: &str) -> Vec<(u32, String, String)> {
+    match self::text(text, "t.yaml") {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            e.0.into_iter()
+                .map(|e| (e.line, e.key, e.message))
+                .collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

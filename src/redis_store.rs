@@ -214,20 +214,19 @@ mod tests {
     #[test]
     fn the_redis_section_is_checked_without_contacting_anything() {
         let yaml = "url: http://127.0.0.1:6379\ntimeout_ms: 0\nbreaker_open_ms: 1\n";
-        let r: Located<RedisConfig> = serde_saphyr::from_str(yaml).unwrap();
-        let mut diag = Diag::new("t.yaml");
-        assert!(RedisSpec::build(&r, &mut diag).is_none());
-        let e = diag.finish(yaml).unwrap_err().0;
-        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        let build = |yaml: &str| {
+            crate::config::diag::build_yaml(yaml, |r: &Located<RedisConfig>, diag| {
+                RedisSpec::build(r, diag)
+            })
+        };
+        let e = build(yaml).err().unwrap();
+        let keys: Vec<&str> = e.iter().map(|(_, k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
             ["redis.url", "redis.timeout_ms", "redis.breaker_open_ms"]
         );
-        assert!(e[0].message.starts_with("invalid redis url"), "{e:?}");
-        let ok: Located<RedisConfig> =
-            serde_saphyr::from_str("url: redis://127.0.0.1:1/0\n").unwrap();
-        let mut diag = Diag::new("t.yaml");
-        let spec = RedisSpec::build(&ok, &mut diag).unwrap();
+        assert!(e[0].2.starts_with("invalid redis url"), "{e:?}");
+        let spec = build("url: redis://127.0.0.1:1/0\n").unwrap();
         assert_eq!(spec.config.timeout_ms, 50);
         assert_eq!(RedisStore::new(&spec).key_prefix, "portcullis:rl:");
     }

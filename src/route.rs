@@ -244,15 +244,7 @@ mod tests {
     const BASE: &str = "listeners: [{ name: public, address: \"127.0.0.1:8080\" }]\nadmin: { address: \"127.0.0.1:9901\" }\nupstreams: [{ name: app, targets: [{ address: \"127.0.0.1:9001\" }] }]\nrate_limits: [{ name: rl, algorithm: sliding_window, limit: 5, window_s: 10 }]\nauth:\n  jwt:\n    - name: jwt\n      secret: \"0123456789abcdef0123456789abcdef\"\n      algorithms: [HS256]\nroutes:\n";
 
     fn errors(route: &str) -> Vec<(u32, String, String)> {
-        let text = format!("{BASE}{route}");
-        match crate::compile::text(&text, "t.yaml") {
-            Ok(_) => Vec::new(),
-            Err(e) => {
-                e.0.into_iter()
-                    .map(|e| (e.line, e.key, e.message))
-                    .collect()
-            }
-        }
+        crate::compile::errors_of(&format!("{BASE}{route}"))
     }
 
     fn one(route: &str) -> (u32, String, String) {

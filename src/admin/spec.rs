@@ -77,7 +77,6 @@ mod tests {
     use super::*;
 
     fn errors(yaml: &str, listener: &str) -> Vec<(u32, String, String)> {
-        let admin: Located<Admin> = serde_saphyr::from_str(yaml).unwrap();
         let listeners = [ListenerSpec {
             name: "l".into(),
             address: listener.parse().unwrap(),
@@ -85,16 +84,11 @@ mod tests {
             limits: Default::default(),
             tls: None,
         }];
-        let mut diag = Diag::new("t.yaml");
-        build(Some(&admin), &listeners, &mut diag);
-        match diag.finish(yaml) {
-            Ok(()) => vec![],
-            Err(e) => {
-                e.0.into_iter()
-                    .map(|e| (e.line, e.key, e.message))
-                    .collect()
-            }
-        }
+        crate::config::diag::build_yaml(yaml, |a: &Located<Admin>, diag| {
+            build(Some(a), &listeners, diag)
+        })
+        .err()
+        .unwrap_or_default()
     }
 
     #[test]

@@ -189,13 +189,14 @@ mod tests {
     #[test]
     fn bad_hashes_and_duplicate_ids_are_reported() {
         let yaml = "name: p\nheader: \"x key\"\nkeys:\n  - { id: a, sha256: abc }\n  - { id: a, sha256: zz }\n";
-        let section: Located<ApiKeyProvider> = serde_saphyr::from_str(yaml).unwrap();
-        let mut diag = Diag::new("t.yaml");
-        assert!(ApiKeys::build(&section, "auth.api_keys[0]", &mut diag).is_none());
-        let e = diag.finish(yaml).unwrap_err().0;
+        let e = crate::config::diag::build_yaml(yaml, |a: &Located<ApiKeyProvider>, diag| {
+            ApiKeys::build(a, "auth.api_keys[0]", diag)
+        })
+        .err()
+        .unwrap();
         let got: Vec<(u32, &str, &str)> = e
             .iter()
-            .map(|e| (e.line, e.key.as_str(), e.message.as_str()))
+            .map(|(l, k, m)| (*l, k.as_str(), m.as_str()))
             .collect();
         assert_eq!(
             got,

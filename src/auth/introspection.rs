@@ -227,14 +227,13 @@ mod tests {
     #[test]
     fn endpoint_and_cache_bounds_are_checked() {
         let yaml = "name: o\nendpoint: https://idp/introspect\nclient_id: gw\nclient_secret: s\ncache_s: 0\ntimeout_ms: 5\n";
-        let p: Located<IntrospectionProvider> = serde_saphyr::from_str(yaml).unwrap();
-        let mut diag = Diag::new("t.yaml");
-        assert!(IntrospectionSpec::build(&p, "auth.introspection[0]", &mut diag).is_none());
-        let e = diag.finish(yaml).unwrap_err().0;
-        let got: Vec<(&str, &str)> = e
-            .iter()
-            .map(|e| (e.key.as_str(), e.message.as_str()))
-            .collect();
+        let build = |yaml: &str| {
+            crate::config::diag::build_yaml(yaml, |p: &Located<IntrospectionProvider>, diag| {
+                IntrospectionSpec::build(p, "auth.introspection[0]", diag)
+            })
+        };
+        let e = build(yaml).err().unwrap();
+        let got: Vec<(&str, &str)> = e.iter().map(|(_, k, m)| (k.as_str(), m.as_str())).collect();
         assert_eq!(
             got,
             [
@@ -253,9 +252,7 @@ mod tests {
             ]
         );
         let ok = "name: o\nendpoint: http://127.0.0.1:9/i\nclient_id: gw\nclient_secret: s\n";
-        let p: Located<IntrospectionProvider> = serde_saphyr::from_str(ok).unwrap();
-        let mut diag = Diag::new("t.yaml");
-        let spec = IntrospectionSpec::build(&p, "k", &mut diag).unwrap();
+        let spec = build(ok).unwrap();
         assert_eq!(spec.timeout, Duration::from_millis(1000));
         assert_eq!(spec.endpoint.port, 9);
     }

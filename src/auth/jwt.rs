@@ -815,17 +815,9 @@ mod spec_tests {
     use super::*;
 
     fn build(yaml: &str, redis: bool) -> Result<JwtSpec, Vec<(u32, String, String)>> {
-        let p: Located<JwtProvider> = serde_saphyr::from_str(yaml).unwrap();
-        let mut diag = Diag::new("t.yaml");
-        let spec = JwtSpec::build(&p, "auth.jwt[0]", redis, &mut diag);
-        match diag.finish(yaml) {
-            Ok(()) => Ok(spec.unwrap()),
-            Err(e) => Err(e
-                .0
-                .into_iter()
-                .map(|e| (e.line, e.key, e.message))
-                .collect()),
-        }
+        crate::config::diag::build_yaml(yaml, |p: &Located<JwtProvider>, diag| {
+            JwtSpec::build(p, "auth.jwt[0]", redis, diag)
+        })
     }
 
     #[test]

@@ -419,32 +419,36 @@ impl AuthPolicy {
             );
             return None;
         }
-        if let Some(n) = &p.jwt {
-            let i = providers.jwt.iter().position(|j| *j.name.value.0 == **n);
+        let by_name = |names: Vec<&str>, n: &str, kind: &str, diag: &mut Diag| {
+            let i = names.iter().position(|name| *name == n);
             if i.is_none() {
-                diag.err(line, key, format!("unknown jwt provider `{n}`"));
+                diag.err(line, key, format!("unknown {kind} provider `{n}`"));
             }
-            return i.map(AuthPolicy::Jwt);
+            i
+        };
+        if let Some(n) = &p.jwt {
+            let names = providers
+                .jwt
+                .iter()
+                .map(|j| j.name.value.0.as_str())
+                .collect();
+            return by_name(names, n, "jwt", diag).map(AuthPolicy::Jwt);
         }
         if let Some(n) = &p.api_key {
-            let i = providers
+            let names = providers
                 .api_keys
                 .iter()
-                .position(|j| *j.name.value.0 == **n);
-            if i.is_none() {
-                diag.err(line, key, format!("unknown api_keys provider `{n}`"));
-            }
-            return i.map(AuthPolicy::ApiKey);
+                .map(|j| j.name.value.0.as_str())
+                .collect();
+            return by_name(names, n, "api_keys", diag).map(AuthPolicy::ApiKey);
         }
         if let Some(n) = &p.introspection {
-            let i = providers
+            let names = providers
                 .introspection
                 .iter()
-                .position(|j| *j.name.value.0 == **n);
-            if i.is_none() {
-                diag.err(line, key, format!("unknown introspection provider `{n}`"));
-            }
-            return i.map(AuthPolicy::Introspection);
+                .map(|j| j.name.value.0.as_str())
+                .collect();
+            return by_name(names, n, "introspection", diag).map(AuthPolicy::Introspection);
         }
         if p.mtls.is_some() {
             if !mtls_listener {
@@ -561,6 +565,27 @@ impl Default for AuthRegistry {
     }
 }
 
+/// The providers for `specs`, in their order: the old one where its spec is unchanged (and
+/// `rebuild` does not ask for a new one), a new one otherwise.
+#[allow(clippy::type_complexity)]
+fn reuse<S: PartialEq + Clone, T>(
+    mut old: Vec<(S, Arc<T>)>,
+    specs: &[S],
+    rebuild: impl Fn(&S) -> bool,
+    make: impl Fn(&S) -> T,
+) -> Vec<(S, Arc<T>)> {
+    specs
+        .iter()
+        .map(|spec| {
+            let kept = old
+                .iter()
+                .position(|(o, _)| o == spec && !rebuild(spec))
+                .map(|i| old.swap_remove(i).1);
+            (spec.clone(), kept.unwrap_or_else(|| Arc::new(make(spec))))
+        })
+        .collect()
+}
+
 /// The per-provider counters in a snapshot, for `/metrics`.
 pub struct ProviderStats {
     pub name: Arc<str>,
@@ -581,21 +606,15 @@ impl AuthRegistry {
         redis_changed: bool,
     ) {
         self.mtls_configured = mtls_configured;
-        let mut old_jwt = std::mem::take(&mut self.jwt);
-        self.jwt = specs
-            .jwt
-            .iter()
-            .map(|spec| {
-                let keep = !(redis_changed && spec.revocation.is_some());
-                let reused = old_jwt
-                    .iter()
-                    .position(|(old, _)| old == spec && keep)
-                    .map(|i| old_jwt.swap_remove(i).1);
-                let verifier =
-                    reused.unwrap_or_else(|| Arc::new(jwt::JwtVerifier::new(spec, redis)));
-                (spec.clone(), verifier)
-            })
-            .collect();
+        self.jwt = reuse(
+            std::mem::take(&mut self.jwt),
+            &specs.jwt,
+            |spec| {
+                // A verifier holds the Redis store of its revocation check.
+                redis_changed && spec.revocation.is_some()
+            },
+            |spec| jwt::JwtVerifier::new(spec, redis),
+        );
         let old_keys = std::mem::take(&mut self.api_keys);
         self.api_keys = specs
             .api_keys
@@ -609,20 +628,12 @@ impl AuthRegistry {
                 (Arc::clone(k), counters)
             })
             .collect();
-        let mut old_intro = std::mem::take(&mut self.introspection);
-        self.introspection = specs
-            .introspection
-            .iter()
-            .map(|spec| {
-                let reused = old_intro
-                    .iter()
-                    .position(|(old, _)| old == spec)
-                    .map(|i| old_intro.swap_remove(i).1);
-                let provider =
-                    reused.unwrap_or_else(|| Arc::new(introspection::Introspection::new(spec)));
-                (spec.clone(), provider)
-            })
-            .collect();
+        self.introspection = reuse(
+            std::mem::take(&mut self.introspection),
+            &specs.introspection,
+            |_| false,
+            introspection::Introspection::new,
+        );
         let mut forwarded: Vec<HeaderName> = self
             .jwt
             .iter()

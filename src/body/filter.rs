@@ -388,6 +388,15 @@ mod tests {
         }
     }
 
+    fn hold_all(bound: usize, give_up: bool) -> Box<HoldAll> {
+        Box::new(HoldAll {
+            held: vec![],
+            bound,
+            give_up,
+            passing: false,
+        })
+    }
+
     async fn collect<B>(body: B) -> (Vec<u8>, Option<HeaderMap>, usize)
     where
         B: Body<Data = Bytes> + Unpin,
@@ -473,12 +482,7 @@ mod tests {
     async fn filters_run_in_order_and_each_sees_the_one_before() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut chain = FilterChain::new();
-        chain.push(Box::new(HoldAll {
-            held: vec![],
-            bound: 1000,
-            give_up: false,
-            passing: false,
-        }));
+        chain.push(hold_all(1000, false));
         chain.push(Box::new(Doubler));
         chain.push(Box::new(Tee {
             seen: Arc::clone(&seen),
@@ -506,23 +510,13 @@ mod tests {
     async fn a_filter_past_its_bound_fails_the_body_or_passes_it_on() {
         // Within the bound: held and transformed.
         let mut chain = FilterChain::new();
-        chain.push(Box::new(HoldAll {
-            held: vec![],
-            bound: 100,
-            give_up: false,
-            passing: false,
-        }));
+        chain.push(hold_all(100, false));
         let (data, _, _) = collect(Filtered::new(streamed(10, 10, None), chain)).await;
         assert_eq!(data, expected(10, 10).to_ascii_uppercase());
 
         // Past it, failing: the body ends with the filter's error after what was sent.
         let mut chain = FilterChain::new();
-        chain.push(Box::new(HoldAll {
-            held: vec![],
-            bound: 100,
-            give_up: false,
-            passing: false,
-        }));
+        chain.push(hold_all(100, false));
         let mut body = Filtered::new(streamed(20, 10, None), chain);
         let err = loop {
             match body.frame().await {
@@ -542,12 +536,7 @@ mod tests {
 
         // Past it, giving up: what was held comes back unchanged and the rest passes.
         let mut chain = FilterChain::new();
-        chain.push(Box::new(HoldAll {
-            held: vec![],
-            bound: 100,
-            give_up: true,
-            passing: false,
-        }));
+        chain.push(hold_all(100, true));
         let (data, _, _) = collect(Filtered::new(streamed(20, 10, None), chain)).await;
         assert_eq!(data, expected(20, 10), "nothing lost, nothing transformed");
     }

@@ -122,6 +122,29 @@ impl Diag {
     }
 }
 
+/// Test helper: parses `yaml` as one section, builds it with `build`, and returns the compiled
+/// form or every error as (line, key, message).
+#[cfg(test)]
+pub fn build_yaml<T, R>(
+    yaml: &str,
+    build: impl FnOnce(&T, &mut Diag) -> Option<R>,
+) -> Result<R, Vec<(u32, String, String)>>
+where
+    T: serde::de::DeserializeOwned,
+{
+    let section: T = serde_saphyr::from_str(yaml).expect("test YAML parses");
+    let mut diag = Diag::new("t.yaml");
+    let built = build(&section, &mut diag);
+    match diag.finish(yaml) {
+        Ok(()) => Ok(built.expect("a builder that reports nothing returns its section")),
+        Err(e) => Err(e
+            .0
+            .into_iter()
+            .map(|e| (e.line, e.key, e.message))
+            .collect()),
+    }
+}
+
 pub fn is_kebab_case(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()

@@ -243,15 +243,7 @@ mod tests {
     const BASE: &str = "listeners: [{ name: public, address: \"127.0.0.1:8080\" }]\nadmin: { address: \"127.0.0.1:9901\" }\ndefaults: { auth: none }\nroutes:\n  - name: hello\n    match: { path: { prefix: / } }\n    direct_response: { status: 200 }\n";
 
     fn errors(extra: &str) -> Vec<(u32, String, String)> {
-        let text = format!("{BASE}{extra}");
-        match crate::compile::text(&text, "t.yaml") {
-            Ok(_) => Vec::new(),
-            Err(e) => {
-                e.0.into_iter()
-                    .map(|e| (e.line, e.key, e.message))
-                    .collect()
-            }
-        }
+        crate::compile::errors_of(&format!("{BASE}{extra}"))
     }
 
     #[test]

@@ -154,17 +154,9 @@ mod tests {
     use super::*;
 
     fn build(yaml: &str) -> Result<RequestRules, Vec<(u32, String, String)>> {
-        let cfg: RequestRulesConfig = serde_saphyr::from_str(yaml).unwrap();
-        let mut diag = Diag::new("t.yaml");
-        let built = RequestRules::build(&cfg, 1000, 7, "routes[0]", &mut diag);
-        match diag.finish(yaml) {
-            Ok(()) => Ok(built.unwrap()),
-            Err(e) => Err(e
-                .0
-                .into_iter()
-                .map(|e| (e.line, e.key, e.message))
-                .collect()),
-        }
+        crate::config::diag::build_yaml(yaml, |cfg: &RequestRulesConfig, diag| {
+            RequestRules::build(cfg, 1000, 7, "routes[0]", diag)
+        })
     }
 
     #[test]

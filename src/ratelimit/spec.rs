@@ -224,17 +224,9 @@ mod tests {
     }
 
     fn build(yaml: &str) -> Result<RateLimitSpecs, Vec<(u32, String, String)>> {
-        let doc: Doc = serde_saphyr::from_str(yaml).unwrap();
-        let mut diag = Diag::new("t.yaml");
-        let built = RateLimitSpecs::build(&doc.rate_limits, &doc.defaults, false, &mut diag);
-        match diag.finish(yaml) {
-            Ok(()) => Ok(built.unwrap()),
-            Err(e) => Err(e
-                .0
-                .into_iter()
-                .map(|e| (e.line, e.key, e.message))
-                .collect()),
-        }
+        crate::config::diag::build_yaml(yaml, |d: &Doc, diag| {
+            RateLimitSpecs::build(&d.rate_limits, &d.defaults, false, diag)
+        })
     }
 
     #[test]

@@ -126,17 +126,7 @@ mod tests {
         struct Doc {
             listeners: Vec<Located<crate::config::Listener>>,
         }
-        let doc: Doc = serde_saphyr::from_str(yaml).unwrap();
-        let mut diag = Diag::new("t.yaml");
-        let built = build_all(&doc.listeners, &mut diag);
-        match diag.finish(yaml) {
-            Ok(()) => Ok(built),
-            Err(e) => Err(e
-                .0
-                .into_iter()
-                .map(|e| (e.line, e.key, e.message))
-                .collect()),
-        }
+        crate::config::diag::build_yaml(yaml, |d: &Doc, diag| Some(build_all(&d.listeners, diag)))
     }
 
     #[test]

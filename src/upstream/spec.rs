@@ -346,21 +346,9 @@ mod tests {
         struct Doc {
             upstreams: Vec<Located<Upstream>>,
         }
-        let doc: Doc = serde_saphyr::from_str(yaml).unwrap();
-        let mut diag = Diag::new("t.yaml");
-        let built = build_all(&doc.upstreams, &mut diag);
-        match diag.finish(yaml) {
-            Ok(()) => {
-                assert!(built.is_some());
-                vec![]
-            }
-            Err(e) => {
-                assert!(built.is_none());
-                e.0.into_iter()
-                    .map(|e| (e.line, e.key, e.message))
-                    .collect()
-            }
-        }
+        crate::config::diag::build_yaml(yaml, |d: &Doc, diag| build_all(&d.upstreams, diag))
+            .err()
+            .unwrap_or_default()
     }
 
     #[test]
