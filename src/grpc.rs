@@ -66,9 +66,10 @@ pub fn code(reject: &Reject) -> Code {
         Reject::RateLimited(..) => Code::ResourceExhausted,
         Reject::PayloadTooLarge(_) | Reject::HeadersTooLarge(_) => Code::ResourceExhausted,
         Reject::UpstreamTimeout(_) => Code::DeadlineExceeded,
-        Reject::NoRoute => Code::Unimplemented,
+        Reject::NoRoute | Reject::NotImplemented(_) => Code::Unimplemented,
         Reject::BadPath(_)
         | Reject::BadRequest(_)
+        | Reject::BadFraming(_)
         | Reject::MissingHeader(_)
         | Reject::UnsupportedMediaType(_)
         | Reject::ClientBody(_) => Code::InvalidArgument,

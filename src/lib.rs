@@ -16,6 +16,7 @@ pub mod forwarded;
 pub mod gateway;
 pub mod grpc;
 pub mod held;
+pub mod http_rules;
 pub mod observe;
 pub mod outbound;
 pub mod pipeline;

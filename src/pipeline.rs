@@ -23,6 +23,7 @@ use crate::body::{ResponseBody, ServedBody, UpstreamBody};
 use crate::connection::ConnContext;
 use crate::forwarded;
 use crate::grpc;
+use crate::http_rules;
 use crate::observe::record::{AuthResult, Record, Trail};
 use crate::observe::trace_context::TraceContext;
 use crate::observe::Completion;
@@ -187,6 +188,7 @@ async fn run(
     if head_size(&req) > limits.max_header_bytes {
         return Err(Reject::HeadersTooLarge(limits.max_header_bytes));
     }
+    http_rules::check_request(&req)?;
     let upgrade = Upgrade::take(&mut req);
 
     // 2. route: host and normalized path against the compiled router.
@@ -280,10 +282,11 @@ async fn run(
     // request-body filters.
     let has_body = !req.body().is_end_stream();
     let content_length = req.body().size_hint().exact();
-    let body_plan = route
-        .rules
-        .request
-        .check(req.headers(), has_body, content_length)?;
+    let body_plan =
+        route
+            .rules
+            .request
+            .check(req.method(), req.headers(), has_body, content_length)?;
     ex.trail.bytes_in = content_length.unwrap_or(0);
     let request_filters = request_body_filters(route);
 
@@ -319,9 +322,8 @@ async fn run(
             },
         },
         // Boxed: a rare path whose future would otherwise enlarge every request's.
-        BodyPlan::Buffer => {
+        BodyPlan::Buffer(limit) => {
             let deadline = tokio::time::Instant::now() + route.rules.timeout;
-            let limit = route.rules.request.max_body_bytes;
             let data = Box::pin(read_whole(incoming, limit, deadline)).await?;
             ex.trail.bytes_in = data.as_ref().map_or(0, |b| b.len() as u64);
             UpstreamBody::Full(data)

@@ -11,6 +11,11 @@ pub enum Reject {
     NoRoute,
     BadPath(PathError),
     BadRequest(String),
+    /// The request's framing is ambiguous or invalid: 400, and the connection is closed (what
+    /// follows on it cannot be trusted to start a new request).
+    BadFraming(String),
+    /// A transfer coding the gateway does not implement: 501, and the connection is closed.
+    NotImplemented(String),
     MissingHeader(String),
     HeadersTooLarge(u64),
     PayloadTooLarge(u64),
@@ -42,9 +47,11 @@ impl Reject {
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::BadPath(_)
             | Reject::BadRequest(_)
+            | Reject::BadFraming(_)
             | Reject::MissingHeader(_)
             | Reject::ClientBody(_) => StatusCode::BAD_REQUEST,
             Reject::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reject::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Reject::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::Overloaded
@@ -67,7 +74,11 @@ impl Reject {
         match self {
             Reject::NoRoute => "no route matches this request".into(),
             Reject::BadPath(e) => e.to_string(),
-            Reject::BadRequest(m) | Reject::ClientBody(m) | Reject::Status(_, m) => m.clone(),
+            Reject::BadRequest(m)
+            | Reject::BadFraming(m)
+            | Reject::NotImplemented(m)
+            | Reject::ClientBody(m)
+            | Reject::Status(_, m) => m.clone(),
             Reject::MissingHeader(h) => format!("missing required header {h}"),
             Reject::HeadersTooLarge(n) => format!("request headers are larger than {n} bytes"),
             Reject::PayloadTooLarge(n) => format!("request body is larger than {n} bytes"),
@@ -118,6 +129,10 @@ impl Reject {
             Reject::Forbidden(d) => {
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, d.challenge());
+            }
+            Reject::BadFraming(_) | Reject::NotImplemented(_) => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -135,22 +135,16 @@ pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     Some((trace_id, parent_id, flags))
 }
 
+/// Trace Context Level 2 §3.3.1.3.1: `key = ( lcalpha / DIGIT ) 0*255 ( keychar )`, `keychar
+/// = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"` (the Level 1 `tenant@system` keys are a
+/// subset).
 fn valid_key(k: &str) -> bool {
-    let simple = |s: &str, max: usize| {
-        let b = s.as_bytes();
-        !b.is_empty()
-            && b.len() <= max
-            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-*/".contains(c))
-    };
-    match k.split_once('@') {
-        // Multi-tenant key: tenant@system.
-        Some((tenant, system)) => {
-            simple(tenant, 241) && simple(system, 14) && system.as_bytes()[0].is_ascii_lowercase()
-        }
-        None => simple(k, 256) && k.as_bytes()[0].is_ascii_lowercase(),
-    }
+    let b = k.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-*/@".contains(c))
 }
 
 fn valid_value(v: &str) -> bool {
@@ -163,8 +157,9 @@ fn valid_value(v: &str) -> bool {
 }
 
 /// Validates and normalizes tracestate (all header lines joined by `,`): `None` when any member
-/// is malformed, keys repeat or there are more than 32 members; shortened to 512 bytes by the
-/// spec's rule (long members first, then from the end).
+/// is malformed or there are more than 32 members; a key that repeats keeps its first member
+/// (the list is still propagated); shortened to 512 bytes by the spec's rule (long members
+/// first, then from the end).
 pub fn parse_tracestate(values: &[&str]) -> Option<String> {
     let mut members: Vec<&str> = Vec::new();
     for v in values {
@@ -174,15 +169,15 @@ pub fn parse_tracestate(values: &[&str]) -> Option<String> {
                 continue;
             }
             let (k, val) = m.split_once('=')?;
-            if !valid_key(k)
-                || !valid_value(val)
-                || members
-                    .iter()
-                    .any(|p| p.split_once('=').map(|x| x.0) == Some(k))
-            {
+            if !valid_key(k) || !valid_value(val) {
                 return None;
             }
-            members.push(m);
+            let repeated = members
+                .iter()
+                .any(|p| p.split_once('=').map(|x| x.0) == Some(k));
+            if !repeated {
+                members.push(m);
+            }
         }
     }
     if members.is_empty() || members.len() > MAX_TRACESTATE_MEMBERS {
@@ -377,7 +372,32 @@ mod tests {
         let members: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
         assert_eq!(parse_tracestate(&[&members.join(",")]), None, "33 members");
         assert!(parse_tracestate(&[&members[..32].join(",")]).is_some());
-        assert_eq!(parse_tracestate(&["a=1,a=2"]), None, "duplicate key");
+        assert_eq!(
+            parse_tracestate(&["a=1,a=2"]).as_deref(),
+            Some("a=1"),
+            "a repeated key keeps its first member"
+        );
+        assert_eq!(parse_tracestate(&["foo=1,foo=1"]).as_deref(), Some("foo=1"));
+        // Level 2 keys: `@` anywhere after the first character, up to 256 characters.
+        let long_key = format!("{}@{}", "t".repeat(241), "s".repeat(14));
+        for key in [
+            "foo@",
+            "foo@@bar",
+            "0tenant@vendor",
+            long_key.as_str(),
+            "a/b*c_d-e",
+        ] {
+            let member = format!("{key}=v");
+            assert_eq!(
+                parse_tracestate(&[&member]).as_deref(),
+                Some(member.as_str()),
+                "{key}"
+            );
+        }
+        let too_long = format!("{}=v", "k".repeat(257));
+        for bad in ["@foo=v", "Foo=v", "fo o=v", too_long.as_str()] {
+            assert_eq!(parse_tracestate(&[bad]), None, "{bad}");
+        }
         assert_eq!(parse_tracestate(&["A=1"]), None, "upper-case key");
         assert_eq!(parse_tracestate(&["a=1,b"]), None);
         assert_eq!(

@@ -2,11 +2,12 @@
 
 use crate::config::{Diag, RequestRules as RequestRulesConfig};
 use crate::reject::Reject;
-use http::{header, HeaderMap, HeaderName};
+use http::{header, HeaderMap, HeaderName, Method};
 
 /// Chunked bodies on routes whose limit is at most this are read fully before anything is sent
 /// upstream, so an oversized body is refused without the upstream seeing any of it. Above it the
 /// body streams and is cut off (413 to the client, an aborted request upstream) at the limit.
+/// A chunked body on a method without body semantics is always read first, up to this.
 pub const BUFFER_CHUNKED_UP_TO: u64 = 1024 * 1024;
 
 #[derive(Debug)]
@@ -29,8 +30,8 @@ pub enum BodyPlan {
     None,
     /// Stream, cutting off past `max_body_bytes`.
     Stream,
-    /// Read it all first (it is at most `max_body_bytes`, which is small).
-    Buffer,
+    /// Read it all first, at most this many bytes (413 beyond).
+    Buffer(u64),
 }
 
 impl RequestRules {
@@ -101,6 +102,7 @@ impl RequestRules {
     /// `content_length` is the declared length; `has_body` is false for bodiless requests.
     pub fn check(
         &self,
+        method: &Method,
         headers: &HeaderMap,
         has_body: bool,
         content_length: Option<u64>,
@@ -143,10 +145,29 @@ impl RequestRules {
         match content_length {
             Some(n) if n > self.max_body_bytes => Err(Reject::PayloadTooLarge(self.max_body_bytes)),
             Some(_) => Ok(BodyPlan::Stream),
-            None if self.max_body_bytes <= BUFFER_CHUNKED_UP_TO => Ok(BodyPlan::Buffer),
+            None if self.max_body_bytes <= BUFFER_CHUNKED_UP_TO => {
+                Ok(BodyPlan::Buffer(self.max_body_bytes))
+            }
+            // An upstream may answer such a request from its head alone (and HTTP/1.1 clients
+            // drop bodies of unknown length on GET, HEAD and CONNECT): its framing is checked,
+            // and its length made known, before anything is forwarded.
+            None if without_body_semantics(method) => Ok(BodyPlan::Buffer(BUFFER_CHUNKED_UP_TO)),
             None => Ok(BodyPlan::Stream),
         }
     }
+}
+
+/// Methods whose content has no generally defined meaning (RFC 9110 §9.3).
+fn without_body_semantics(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET
+            | Method::HEAD
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::CONNECT
+    )
 }
 
 #[cfg(test)]
@@ -191,25 +212,58 @@ mod tests {
         assert_eq!(r.max_body_bytes, 1000, "the default applies");
         let mut h = HeaderMap::new();
         assert!(matches!(
-            r.check(&h, false, None),
+            r.check(&Method::POST, &h, false, None),
             Err(Reject::MissingHeader(_))
         ));
         h.insert("x-tenant", "a".parse().unwrap());
-        assert_eq!(r.check(&h, false, None).unwrap(), BodyPlan::None);
+        assert_eq!(
+            r.check(&Method::POST, &h, false, None).unwrap(),
+            BodyPlan::None
+        );
         h.insert(
             header::CONTENT_TYPE,
             "Text/Plain; charset=utf-8".parse().unwrap(),
         );
-        assert_eq!(r.check(&h, true, Some(10)).unwrap(), BodyPlan::Stream);
+        assert_eq!(
+            r.check(&Method::POST, &h, true, Some(10)).unwrap(),
+            BodyPlan::Stream
+        );
         assert!(matches!(
-            r.check(&h, true, Some(1001)),
+            r.check(&Method::POST, &h, true, Some(1001)),
             Err(Reject::PayloadTooLarge(1000))
         ));
-        assert_eq!(r.check(&h, true, None).unwrap(), BodyPlan::Buffer);
+        assert_eq!(
+            r.check(&Method::POST, &h, true, None).unwrap(),
+            BodyPlan::Buffer(1000)
+        );
         h.insert(header::CONTENT_TYPE, "image/png".parse().unwrap());
         assert!(matches!(
-            r.check(&h, true, Some(1)),
+            r.check(&Method::POST, &h, true, Some(1)),
             Err(Reject::UnsupportedMediaType(_))
         ));
+    }
+
+    #[test]
+    fn chunked_bodies_without_body_semantics_are_read_first() {
+        let big = crate::config::diag::build_yaml("{}", |cfg: &RequestRulesConfig, diag| {
+            RequestRules::build(cfg, 10 << 20, 1, "routes[0]", diag)
+        })
+        .unwrap();
+        let h = HeaderMap::new();
+        for m in [Method::GET, Method::HEAD, Method::DELETE, Method::OPTIONS] {
+            assert_eq!(
+                big.check(&m, &h, true, None).unwrap(),
+                BodyPlan::Buffer(BUFFER_CHUNKED_UP_TO),
+                "{m}"
+            );
+        }
+        assert_eq!(
+            big.check(&Method::POST, &h, true, None).unwrap(),
+            BodyPlan::Stream
+        );
+        assert_eq!(
+            big.check(&Method::GET, &h, true, Some(5)).unwrap(),
+            BodyPlan::Stream
+        );
     }
 }

@@ -37,14 +37,24 @@ pub struct Outcome {
     pub allowed: bool,
     /// Requests still admitted right now after this one.
     pub remaining: u64,
-    /// Seconds until the quota is fully restored.
+    /// Seconds until more quota is available (draft-ietf-httpapi-ratelimit-headers-10 `t`):
+    /// the earliest time at which one request more than `remaining` would be admitted, rounded
+    /// up so a client that waits this long is admitted. On a refusal that is when the refused
+    /// request would be (at least 1); 0 when the quota is full.
     pub reset_s: u64,
-    /// Seconds until a refused request may succeed (0 when allowed).
-    pub retry_after_s: u64,
 }
 
 fn ceil_s(us: u64) -> u64 {
     us.div_ceil(MICROS)
+}
+
+/// `reset_s` from the wait for more quota: 0 when the quota is full, at least 1 on a refusal.
+fn settle(allowed: bool, full: bool, wait_us: u64) -> u64 {
+    match (allowed, full) {
+        (true, true) => 0,
+        (true, false) => ceil_s(wait_us),
+        (false, _) => ceil_s(wait_us).max(1),
+    }
 }
 
 impl Algorithm {
@@ -132,15 +142,13 @@ impl Algorithm {
             unreachable!("token bucket only")
         };
         let burst = capacity * interval_us;
+        let remaining = burst.saturating_sub(ahead) / interval_us;
+        // One more request fits once the TAT has come down to burst − (remaining + 1) intervals.
+        let wait_us = (ahead + (remaining + 1) * interval_us).saturating_sub(burst);
         Outcome {
             allowed,
-            remaining: burst.saturating_sub(ahead) / interval_us,
-            reset_s: ceil_s(ahead),
-            retry_after_s: if allowed {
-                0
-            } else {
-                ceil_s((ahead + interval_us).saturating_sub(burst)).max(1)
-            },
+            remaining,
+            reset_s: settle(allowed, remaining >= capacity, wait_us),
         }
     }
 
@@ -169,19 +177,21 @@ impl Algorithm {
         };
         let w = u128::from(window_us);
         let used = u128::from(current) * w + u128::from(previous) * (w - u128::from(elapsed));
-        let remaining = (u128::from(limit) * w).saturating_sub(used) / w;
+        let remaining = ((u128::from(limit) * w).saturating_sub(used) / w) as u64;
+        // Wait until `need` requests fit, with nothing more arriving: the previous window's
+        // weight decays through this window; after its end, this window's count decays.
+        let need = remaining + 1;
         let to_window_end = window_us - elapsed;
-        let retry_after_us = if allowed {
-            0
-        } else if current < limit && previous > 0 {
-            // Within this window, once the previous window's weight has decayed enough:
-            // previous × (w − e)/w ≤ limit − 1 − current.
-            let room = u128::from(limit - 1 - current.min(limit - 1));
+        let wait_us = if need + current <= limit && previous > 0 {
+            // previous × (w − e)/w ≤ limit − need − current, within this window.
+            let room = u128::from(limit - need - current);
             let e_needed = w - (room * w) / u128::from(previous);
-            (e_needed as u64).saturating_sub(elapsed).max(1)
+            (e_needed as u64).saturating_sub(elapsed)
+        } else if need + current <= limit {
+            0
         } else {
-            // Next window: current becomes previous; wait until current × (w − e)/w ≤ limit − 1.
-            let room = u128::from(limit - 1);
+            // In the next window current weighs as previous: current × (w − e)/w ≤ limit − need.
+            let room = u128::from(limit.saturating_sub(need));
             let e_needed = if current == 0 {
                 0
             } else {
@@ -191,11 +201,8 @@ impl Algorithm {
         };
         Outcome {
             allowed,
-            remaining: remaining as u64,
-            // Everything counted now has no weight two windows on; the usual reading of
-            // "reset" for a window is its end.
-            reset_s: ceil_s(to_window_end),
-            retry_after_s: ceil_s(retry_after_us),
+            remaining,
+            reset_s: settle(allowed, remaining >= limit, wait_us),
         }
     }
 
@@ -259,10 +266,8 @@ mod tests {
         assert_eq!(first[0].remaining, 9);
         assert_eq!(first[9].remaining, 0);
         assert!(!first[10].allowed);
-        assert_eq!(
-            first[10].retry_after_s, 1,
-            "next token in 0.2 s, rounded up"
-        );
+        assert_eq!(first[10].reset_s, 1, "next token in 0.2 s, rounded up");
+        assert_eq!(first[0].reset_s, 1, "more quota in 0.2 s");
         // Then exactly 5 per second, second after second.
         for sec in 1..=5 {
             let now = t0 + sec * S;
@@ -328,9 +333,53 @@ mod tests {
         assert!(!refused.allowed);
         assert_eq!(refused.remaining, 0);
         // Current full (10): the next window, once 10 × (w − e)/w ≤ 9 → e ≥ 1 s, i.e. 8 + 1 s.
-        assert_eq!(refused.retry_after_s, 9);
+        assert_eq!(refused.reset_s, 9);
         assert!(!run(&a, &mut st, t0 + 10 * S + S / 2).allowed);
         assert!(run(&a, &mut st, t0 + 11 * S).allowed);
+    }
+
+    /// `reset_s` is a promise a client can act on: after waiting it, one request more than
+    /// `remaining` is admitted; one second earlier it would not have been (it is rounded up, not
+    /// padded). Checked after every decision of bursts at many points in time.
+    #[test]
+    fn waiting_reset_s_is_enough_and_not_more_than_needed() {
+        let algorithms = [
+            Algorithm::token_bucket(10, 5.0),
+            Algorithm::token_bucket(3, 0.5),
+            Algorithm::sliding_window(10, 10),
+            Algorithm::sliding_window(7, 3),
+        ];
+        for a in algorithms {
+            let mut st = None;
+            let base = 1_000 * 30 * S;
+            let mut checked = 0;
+            for step in 0..400u64 {
+                // Bursts of up to 4 requests every 0.37 s, so decisions land all over windows.
+                let now = base + step * 370_000;
+                for _ in 0..(step % 5) {
+                    let before = st;
+                    let o = run(&a, &mut st, now);
+                    if o.reset_s == 0 {
+                        continue;
+                    }
+                    checked += 1;
+                    // With nothing else arriving, `remaining + 1` requests fit after reset_s.
+                    let want = o.remaining + 1;
+                    let fits = |at: u64| {
+                        let mut s = if o.allowed { st } else { before };
+                        (0..want).all(|_| run(&a, &mut s, at).allowed)
+                    };
+                    assert!(fits(now + o.reset_s * S), "{a:?} at {step}: {o:?}");
+                    if o.reset_s > 1 {
+                        assert!(
+                            !fits(now + (o.reset_s - 1) * S),
+                            "{a:?} at {step}: {o:?} padded"
+                        );
+                    }
+                }
+            }
+            assert!(checked > 100, "{a:?}: only {checked} decisions checked");
+        }
     }
 
     #[test]

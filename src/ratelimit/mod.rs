@@ -338,7 +338,8 @@ impl RouteLimits {
                     }
                     let mut refused = RateHeaders::default();
                     refused.add(limiter, outcome, true);
-                    refused.retry_after_s = Some(outcome.retry_after_s.max(1));
+                    // The same number as the refusing limit's `t` and X-RateLimit-Reset.
+                    refused.retry_after_s = Some(outcome.reset_s);
                     return Err(Refusal::Limited {
                         limit: limiter.name.clone(),
                         headers: refused,

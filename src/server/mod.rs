@@ -187,7 +187,8 @@ async fn accept_loop(
             match tls {
                 None => {
                     let _ = stream.set_nodelay(true);
-                    serve_connection(stream, ctx(None, None, "http"), &limits, shutdown).await
+                    let ctx = ctx(None, None, "http");
+                    serve_connection(stream, ctx, &limits, shutdown, Protocols::Sniffed).await
                 }
                 Some(tls) => {
                     // The handshake is bounded like a request head: a client that stalls it
@@ -208,7 +209,13 @@ async fn accept_loop(
                                 .and_then(|c| c.first())
                                 .and_then(crate::tls::client_cert);
                             let ctx = ctx(cert, tls.hsts.clone(), "https");
-                            serve_connection(stream, ctx, &limits, shutdown).await
+                            // ALPN decided the protocol: after `h2`, only an HTTP/2 preface is
+                            // valid (RFC 9113 §3.4), anything else is a connection error.
+                            let protocols = match stream.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => Protocols::Http2,
+                                _ => Protocols::Sniffed,
+                            };
+                            serve_connection(stream, ctx, &limits, shutdown, protocols).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
@@ -226,11 +233,43 @@ async fn accept_loop(
     }
 }
 
+/// Which HTTP versions a connection may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    /// HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c prior knowledge).
+    Sniffed,
+    /// HTTP/2 only (TLS with ALPN `h2`).
+    Http2,
+}
+
+/// Serves `conn` until it ends, or until `close` fires (idle or shutdown): then it finishes its
+/// in-flight requests and stops. A macro because hyper's connection types share no trait.
+macro_rules! drive {
+    ($conn:expr, $close:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            Ok(()) = &mut $close => {
+                conn.as_mut().graceful_shutdown();
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+        }
+    }};
+}
+
 async fn serve_connection<S>(
     stream: S,
     ctx: Arc<ConnContext>,
     limits: &crate::config::ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
+    protocols: Protocols,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -265,8 +304,6 @@ async fn serve_connection<S>(
             Ok::<_, Infallible>(pipeline::handle(req, &ctx).await)
         })
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
     // The idle timer and the shutdown signal live in a watcher task, so the connection's own
     // task polls only a oneshot receiver besides the connection on each wake-up.
     let (close_tx, mut close_rx) = tokio::sync::oneshot::channel::<()>();
@@ -281,17 +318,14 @@ async fn serve_connection<S>(
             let _ = close_tx.send(());
         }
     });
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        }
-        Ok(()) = &mut close_rx => {
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+    match protocols {
+        Protocols::Sniffed => drive!(
+            builder.serve_connection_with_upgrades(io, service),
+            close_rx
+        ),
+        Protocols::Http2 => {
+            let builder = builder.http2_only();
+            drive!(builder.serve_connection(io, service), close_rx)
         }
     }
     watcher.abort();

@@ -45,6 +45,9 @@ pub async fn forward(
     };
     upstream.runtime.budget.deposit(&upstream.retry_budget);
 
+    // Each try is bounded by the per-try timeout, retried or not (with `attempts: 0`, or a
+    // method that is never retried, the single try still gets it).
+    let per_try_timeout = policy.and_then(|p| p.per_try_timeout);
     // A request can be retried only if its body can be sent again.
     let policy = policy.filter(|p| p.may_retry(&parts.method, &parts.headers));
     let (mut first_body, replay) = match policy {
@@ -110,9 +113,7 @@ pub async fn forward(
             None => UpstreamBody::Full(replay.clone().flatten()),
         };
         let remaining = deadline.saturating_duration_since(now);
-        let try_timeout = policy
-            .and_then(|p| p.per_try_timeout)
-            .map_or(remaining, |t| t.min(remaining));
+        let try_timeout = per_try_timeout.map_or(remaining, |t| t.min(remaining));
 
         let in_flight = Held::take(&target.state.in_flight);
         let try_started = Instant::now();
