@@ -235,7 +235,7 @@ async fn accept_loop(
 
 /// Which HTTP versions a connection may speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocols {
+pub enum Protocols {
     /// HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c prior knowledge).
     Sniffed,
     /// HTTP/2 only (TLS with ALPN `h2`).
@@ -264,7 +264,10 @@ macro_rules! drive {
     }};
 }
 
-async fn serve_connection<S>(
+/// Serves one accepted connection with the listener's limits until it ends, idles out or the
+/// gateway shuts down. Public so that harnesses (the fuzz target) drive the same code as the
+/// accept loop.
+pub async fn serve_connection<S>(
     stream: S,
     ctx: Arc<ConnContext>,
     limits: &crate::config::ListenerLimits,
