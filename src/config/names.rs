@@ -1,20 +1,15 @@
-//! Checks that span sections: the names one section may refer to in another (upstreams, auth
-//! providers, rate limits, the shared Redis server, mTLS listeners), and route shadowing.
+//! Checks that span sections: what one section may refer to in another (upstreams, the shared
+//! Redis server, mTLS listeners), and route shadowing.
 
-use super::model::{AuthProviders, Config, RateStore};
+use super::model::Config;
 use super::Diag;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What a config defines by name, for the sections that refer to it. Positions are file order.
+/// What one section refers to in others. Positions are file order; auth providers and rate
+/// limits are looked up by their own modules in the model, by position.
 #[derive(Debug, Default)]
 pub struct Names<'c> {
     pub upstreams: BTreeMap<&'c str, usize>,
-    pub jwt: BTreeSet<&'c str>,
-    pub api_keys: BTreeSet<&'c str>,
-    pub introspection: BTreeSet<&'c str>,
-    pub rate_limits: BTreeSet<&'c str>,
-    /// Rate limits kept in Redis.
-    pub redis_limits: BTreeSet<&'c str>,
     /// A top-level `redis` section exists.
     pub redis: bool,
     /// Some listener verifies client certificates (`tls.client_auth`).
@@ -23,11 +18,6 @@ pub struct Names<'c> {
 
 impl<'c> Names<'c> {
     pub fn of(config: &'c Config) -> Names<'c> {
-        let AuthProviders {
-            jwt,
-            api_keys,
-            introspection,
-        } = &config.auth;
         let mut upstreams = BTreeMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
             // The first definition wins; a duplicate is reported by the upstreams' builder.
@@ -35,23 +25,6 @@ impl<'c> Names<'c> {
         }
         Names {
             upstreams,
-            jwt: jwt.iter().map(|p| p.name.value.0.as_str()).collect(),
-            api_keys: api_keys.iter().map(|p| p.name.value.0.as_str()).collect(),
-            introspection: introspection
-                .iter()
-                .map(|p| p.name.value.0.as_str())
-                .collect(),
-            rate_limits: config
-                .rate_limits
-                .iter()
-                .map(|l| l.name.value.0.as_str())
-                .collect(),
-            redis_limits: config
-                .rate_limits
-                .iter()
-                .filter(|l| l.store == RateStore::Redis)
-                .map(|l| l.name.value.0.as_str())
-                .collect(),
             redis: config.redis.is_some(),
             mtls_listener: config
                 .listeners
