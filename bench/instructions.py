@@ -4,6 +4,7 @@ several Portcullis configurations on the plain proxy path. Steadier than wall-cl
 shared cores: use it for small differences (a rate limit's cost, telemetry's).
 
 Usage: bench/run-instructions [--duration S] [--connections C] [--jwt]
+       bench/run-instructions --compare BIN [BIN ...] [--rounds N]   (plain path only)
 
 Each configuration runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation
 is switched on only around a wrk run (after a warm-up), and the total instruction count (Ir) is
@@ -23,10 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proxy_bench as pb  # noqa: E402
 
 
-def run_config(workdir, name, upstream_port, observability, extra, args, headers=()):
+def run_config(workdir, name, upstream_port, observability, extra, args, headers=(), binary=None):
     conf, port = pb.portcullis_config(workdir, name, upstream_port, observability, extra)
     out_file = os.path.join(workdir, f"callgrind.{name}.out")
-    binary = os.path.join(pb.ROOT, "target", "release", "portcullis")
+    binary = binary or os.path.join(pb.ROOT, "target", "release", "portcullis")
     proc = subprocess.Popen(
         ["taskset", "-c", "0", "valgrind", "--tool=callgrind", "--instr-atstart=no",
          f"--callgrind-out-file={out_file}", binary, "run", "-c", conf, "--worker-threads", "1"],
@@ -65,7 +66,12 @@ def main():
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--jwt", action="store_true",
                     help="JWT verification (HS256, RS256, ES256) with and without the verified-token cache")
+    ap.add_argument("--compare", nargs="+", metavar="BIN",
+                    help="measure the plain path of these binaries, alternating, in one run")
+    ap.add_argument("--rounds", type=int, default=3, help="with --compare: rounds per binary")
     args = ap.parse_args()
+    if args.compare:
+        return compare(args)
     workdir = tempfile.mkdtemp(prefix="portcullis-instr-")
     procs = []
     try:
@@ -98,6 +104,30 @@ def main():
             per_req, n = run_config(workdir, name, up_port, obs, extra, args, headers)
             base = base or per_req
             print(f"{name:<16} {per_req:>10.0f} {100 * (per_req / base - 1):>+8.1f}% {n:>9}", flush=True)
+    finally:
+        pb.stop_all(procs)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def compare(args):
+    """The plain path of several builds under the same conditions: the same upstream, load and
+    machine state, alternating binary by binary each round; the median per binary."""
+    workdir = tempfile.mkdtemp(prefix="portcullis-instr-")
+    procs = []
+    try:
+        up, up_port, _ = pb.start_nginx(workdir, "upstream", 1, body=pb.BODY)
+        procs.append(up)
+        results = {b: [] for b in args.compare}
+        for r in range(args.rounds):
+            for i, b in enumerate(args.compare):
+                per_req, n = run_config(workdir, f"cmp{i}-{r}", up_port, pb.TELEMETRY_OFF, ("", ""), args, binary=b)
+                results[b].append(per_req)
+                print(f"round {r + 1} {b}: {per_req:.0f} instr/req ({n} requests)", flush=True)
+        first = pb.median(results[args.compare[0]])
+        print(f"{'binary':<48} {'median':>8} {'vs first':>9}")
+        for b in args.compare:
+            m = pb.median(results[b])
+            print(f"{b:<48} {m:>8.0f} {100 * (m / first - 1):>+8.1f}%")
     finally:
         pb.stop_all(procs)
         shutil.rmtree(workdir, ignore_errors=True)

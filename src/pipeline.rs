@@ -188,11 +188,11 @@ async fn run(
     if head_size(&req) > limits.max_header_bytes {
         return Err(Reject::HeadersTooLarge(limits.max_header_bytes));
     }
-    http_rules::check_request(&req)?;
+    let host_header = http_rules::check_request(&req)?.cloned();
     let upgrade = Upgrade::take(&mut req);
 
     // 2. route: host and normalized path against the compiled router.
-    let host_value = request_host(&req);
+    let host_value = request_host(&req, host_header);
     let host = host_value
         .as_ref()
         .map(|h| routing_host(h.to_str().unwrap_or("")))
@@ -570,13 +570,13 @@ fn head_size(req: &Request<Incoming>) -> u64 {
     (line + headers) as u64
 }
 
-/// The host the client asked for, as sent (Host header, or the :authority of h2 and
-/// absolute-form requests).
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+/// The host the client asked for, as sent: the :authority of h2 and absolute-form requests,
+/// else the (checked) Host header.
+fn request_host(req: &Request<Incoming>, host_header: Option<HeaderValue>) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
         return HeaderValue::from_str(a.as_str()).ok();
     }
-    req.headers().get(header::HOST).cloned()
+    host_header
 }
 
 /// The origin-form target sent upstream. When the path is unchanged (already normal, not
