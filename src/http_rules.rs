@@ -110,50 +110,44 @@ static REG_NAME: [bool; 256] = {
 
 /// `uri-host [":" port]` (RFC 3986 §3.2.2): an IP literal in brackets, or a reg-name of
 /// unreserved, percent-encoded and sub-delim characters; the port is digits. Empty is valid
-/// (RFC 9112 §3.2: a target without authority is sent with an empty Host).
+/// (RFC 9112 §3.2: a target without authority is sent with an empty Host). One pass.
 pub fn valid_host(v: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
-        let Some(end) = rest.iter().position(|b| *b == b']') else {
-            return false;
-        };
-        let literal = &rest[..end];
-        let ok = std::str::from_utf8(literal)
-            .ok()
-            .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
-            .is_some();
-        if !ok {
-            return false;
-        }
-        match &rest[end + 1..] {
-            [] => return true,
-            [b':', port @ ..] => (&[][..], port),
-            _ => return false,
-        }
-    } else {
-        match v.iter().position(|b| *b == b':') {
-            Some(i) => (&v[..i], &v[i + 1..]),
-            None => (v, &[][..]),
-        }
-    };
-    if !port.iter().all(u8::is_ascii_digit) {
-        return false;
+    if v.first() == Some(&b'[') {
+        return valid_ip_literal(&v[1..]);
     }
     let mut i = 0;
-    while i < host.len() {
-        let b = host[i];
-        if b == b'%' {
-            let hex = |j: usize| host.get(j).is_some_and(u8::is_ascii_hexdigit);
-            if !(hex(i + 1) && hex(i + 2)) {
-                return false;
-            }
-            i += 3;
-        } else if REG_NAME[usize::from(b)] {
+    while i < v.len() {
+        let b = v[i];
+        if REG_NAME[usize::from(b)] {
             i += 1;
+        } else if b == b':' {
+            return v[i + 1..].iter().all(u8::is_ascii_digit);
+        } else if b == b'%'
+            && v.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && v.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+        {
+            i += 3;
         } else {
             return false;
         }
     }
     true
+}
+
+/// After `[`: an IPv6 address, `]`, and an optional `:port`.
+fn valid_ip_literal(rest: &[u8]) -> bool {
+    let Some(end) = rest.iter().position(|b| *b == b']') else {
+        return false;
+    };
+    let address = std::str::from_utf8(&rest[..end])
+        .ok()
+        .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok());
+    address.is_some()
+        && match &rest[end + 1..] {
+            [] => true,
+            [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
+            _ => false,
+        }
 }
 
 /// Whether two authorities name the same origin (RFC 3986 §6.2: case-insensitive host, the
