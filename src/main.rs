@@ -253,6 +253,7 @@ fn explain_cmd(
             host: &host,
             path: &path,
             method: &method,
+            any_method: false,
             headers: &header_map,
         },
     );

@@ -27,7 +27,9 @@ use crate::http_rules;
 use crate::observe::record::{AuthResult, Record, Trail};
 use crate::observe::trace_context::TraceContext;
 use crate::observe::Completion;
+use crate::policy::compression::{Codec, CompressionPolicy};
 use crate::policy::request_rules::BodyPlan;
+use crate::policy::vary::add_vary;
 use crate::ratelimit::key::KeyInput;
 use crate::ratelimit::{RateHeaders, Refusal};
 use crate::reject::Reject;
@@ -58,6 +60,11 @@ struct Exchange {
     upgrade: Option<Upgrade>,
     /// The upstream answered (rather than the gateway itself).
     from_upstream: bool,
+    /// The request's `Origin`, kept when a CORS policy applies.
+    origin: Option<HeaderValue>,
+    /// The CORS policy decided in phase 3, on a preflight (answered, or in report-only mode
+    /// counted): phase 12 leaves CORS alone.
+    cors_decided: bool,
 }
 
 /// Handles one request on the snapshot current when it arrived.
@@ -118,6 +125,18 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         .zip(trace.as_ref())
         .map(|(name, t)| (name.clone(), t.trace_id_header()));
 
+    // 12. response headers, on every response.
+    let route = ex.trail.route.map(|r| &snapshot.routes[r]);
+    response_headers(
+        resp.headers_mut(),
+        &mut ex,
+        route,
+        &snapshot,
+        conn,
+        trace_id,
+        &request_id,
+    );
+
     // 14. log: what is recorded when the body ends.
     let status = resp.status().as_u16();
     let log = snapshot
@@ -138,7 +157,6 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         ))),
         _ => None,
     };
-    let route = ex.trail.route.map(|r| &snapshot.routes[r]);
     let metrics = snapshot.metrics_enabled.then(|| match route {
         Some(r) => Arc::clone(&r.metrics),
         None => Arc::clone(&snapshot.no_route_metrics),
@@ -155,8 +173,6 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         spans: spans.cloned(),
     });
 
-    // 12. response headers, on every response.
-    response_headers(resp.headers_mut(), &ex, route, conn, trace_id, request_id);
     // A WebSocket answered with 101 becomes a tunnel once its headers are final.
     if let (Some(u), Some(listener)) = (ex.upgrade.take(), snapshot.listener(&conn.listener.name)) {
         let idle = Duration::from_millis(listener.limits.idle_timeout_ms);
@@ -203,19 +219,26 @@ async fn run(
         host: &host,
         path: &path,
         method: req.method(),
+        any_method: false,
         headers: req.headers(),
     };
-    let (route_index, by_preflight) = match snapshot.router.route(&view) {
-        Some(i) => (i, false),
-        None => (
-            preflight_route(snapshot, &view).ok_or(Reject::NoRoute)?,
-            true,
-        ),
+    let routed = match snapshot.router.route(&view) {
+        Some(i) => Some((i, false)),
+        None => preflight_route(snapshot, &view).map(|i| (i, true)),
+    };
+    let Some((route_index, by_preflight)) = routed else {
+        if snapshot.default_cors.is_some() {
+            ex.origin = req.headers().get(header::ORIGIN).cloned();
+        }
+        return Err(Reject::NoRoute);
     };
     let route = &snapshot.routes[route_index];
+    if route.rules.cors.is_some() {
+        ex.origin = req.headers().get(header::ORIGIN).cloned();
+    }
 
     // 3. early answers: given before any credential is asked for.
-    if let Some(answer) = early_answer(route, &req) {
+    if let Some(answer) = early_answer(route, &req, ex) {
         ex.trail.route = Some(route_index);
         return Ok(answer);
     }
@@ -289,6 +312,13 @@ async fn run(
             .check(req.method(), req.headers(), has_body, content_length)?;
     ex.trail.bytes_in = content_length.unwrap_or(0);
     let request_filters = request_body_filters(route);
+    // Negotiated now, used in phase 13.
+    let coding = route
+        .rules
+        .compression
+        .as_ref()
+        .and_then(|c| c.negotiate(req.headers()).map(|codec| (c, codec)));
+    let head_request = req.method() == Method::HEAD;
 
     // 8. cache lookup: not built yet.
 
@@ -360,6 +390,9 @@ async fn run(
     if let Some(t) = trace {
         t.apply(&mut parts.headers);
     }
+    if let Some((c, _)) = coding {
+        c.prepare_request(&mut parts.headers);
+    }
 
     // 11. forward: bulkhead, balancer, breaker, timeouts, retries. A gRPC client's own
     // deadline shortens the route's timeout.
@@ -384,7 +417,7 @@ async fn run(
 
     // 13. response-body filters.
     let (mut head, body) = resp.into_parts();
-    let filters = response_body_filters(route, &head);
+    let filters = response_body_filters(&mut head, coding, head_request);
     let body = if filters.is_empty() {
         ResponseBody::Upstream(body)
     } else {
@@ -400,14 +433,23 @@ async fn run(
 }
 
 /// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) that no route
-/// matches by its own method is routed by the method it asks about, so that a route listing
-/// only `GET` still sees its preflights.
+/// matches by its own method is routed by the method it asks about, then by host, path and
+/// headers alone: a route listing only `GET` still answers its preflights (its CORS policy
+/// decides which methods to allow).
 fn preflight_route(snapshot: &Snapshot, view: &RequestView) -> Option<usize> {
     let requested = preflight_method(view.method, view.headers)?;
-    snapshot.router.route(&RequestView {
-        method: &requested,
-        ..*view
-    })
+    snapshot
+        .router
+        .route(&RequestView {
+            method: &requested,
+            ..*view
+        })
+        .or_else(|| {
+            snapshot.router.route(&RequestView {
+                any_method: true,
+                ..*view
+            })
+        })
 }
 
 /// The method a CORS preflight asks about (Fetch standard: an `OPTIONS` request with `Origin`
@@ -420,11 +462,21 @@ pub fn preflight_method(method: &Method, headers: &HeaderMap) -> Option<Method> 
     Method::from_bytes(requested.as_bytes()).ok()
 }
 
-/// Phase 3, early answers: given before authentication, for requests that must not need credentials. The
-/// CORS policy (`routes[].cors`, its own issue) answers preflights here; until a route has one,
-/// nothing is answered and a preflight routed only by its requested method finds no route.
-fn early_answer(_route: &LiveRoute, _req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
-    None
+/// Phase 3, early answers: given before authentication, for requests that must not need
+/// credentials. The route's CORS policy answers preflights here (never forwarded); without one,
+/// or in report-only mode, a preflight goes on like any request, and one routed only by its
+/// requested method finds no route.
+fn early_answer(
+    route: &LiveRoute,
+    req: &Request<Incoming>,
+    ex: &mut Exchange,
+) -> Option<Response<ResponseBody>> {
+    let cors = route.rules.cors.as_ref()?;
+    let requested = preflight_method(req.method(), req.headers())?;
+    let preflight = cors.preflight(&requested, req.headers(), &route.metrics.cors)?;
+    ex.trail.cors = preflight.refused.map(|r| r.log_value(!cors.report_only));
+    ex.cors_decided = true;
+    preflight.response
 }
 
 /// Phase 7: the route's request-body filters, in order (JSON Schema validation, signature digest,
@@ -435,26 +487,53 @@ fn request_body_filters(_route: &LiveRoute) -> FilterChain {
 
 /// Phase 13: the route's response-body filters, in their one defined order: JSON field filter →
 /// compression → cache fill (tee) → shadow comparison (tee), as their capabilities land. Each
-/// decides from the response head whether it applies.
-fn response_body_filters(_route: &LiveRoute, _head: &http::response::Parts) -> FilterChain {
-    FilterChain::new()
+/// decides from the response head whether it applies (and adjusts the head for what it does).
+fn response_body_filters(
+    head: &mut http::response::Parts,
+    coding: Option<(&Arc<CompressionPolicy>, Codec)>,
+    head_request: bool,
+) -> FilterChain {
+    let mut chain = FilterChain::new();
+    if let Some((policy, codec)) = coding {
+        if let Some(f) = policy.start(codec, head_request, head) {
+            chain.push(f);
+        }
+    }
+    chain
 }
 
 /// Phase 12, response headers, for every response: the upstream's (hop-by-hop headers removed, the
 /// route's header rules) and the gateway's own (direct responses, every refusal and failure)
-/// alike get the rate-limit headers, the trace id, the request id and HSTS.
+/// alike get the CORS headers, the rate-limit headers, the trace id, the request id and HSTS.
 fn response_headers(
     headers: &mut HeaderMap,
-    ex: &Exchange,
+    ex: &mut Exchange,
     route: Option<&LiveRoute>,
+    snapshot: &Snapshot,
     conn: &ConnContext,
     trace_id: Option<(http::HeaderName, HeaderValue)>,
-    request_id: HeaderValue,
+    request_id: &HeaderValue,
 ) {
     if ex.from_upstream {
         forwarded::strip_hop_by_hop(headers);
         if let Some(r) = route {
             r.rules.response_headers.apply(headers);
+        }
+    }
+    // A request no route matched answers with the defaults' CORS policy.
+    let cors = match route {
+        Some(r) => r.rules.cors.as_deref().map(|c| (c, &r.metrics.cors)),
+        None => snapshot
+            .default_cors
+            .as_deref()
+            .map(|c| (c, &snapshot.no_route_metrics.cors)),
+    };
+    if route.is_some_and(|r| r.rules.compression.is_some()) {
+        add_vary(headers, "accept-encoding");
+    }
+    if let (Some((policy, counters)), false) = (cors, ex.cors_decided) {
+        if let Some(refused) = policy.apply(ex.origin.as_ref(), headers, counters) {
+            ex.trail.cors = Some(refused.log_value(!policy.report_only));
         }
     }
     if let Some(h) = &ex.rate_headers {
@@ -463,7 +542,7 @@ fn response_headers(
     if let Some((name, value)) = trace_id {
         headers.insert(name, value);
     }
-    headers.insert(request_id::HEADER, request_id);
+    headers.insert(request_id::HEADER, request_id.clone());
     if let Some(hsts) = &conn.hsts {
         headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
@@ -551,6 +630,7 @@ fn record(
         rate_limit: trail.rate_limit,
         retries: trail.retries,
         retry_events: std::mem::take(&mut trail.retry_events),
+        cors: trail.cors,
     }
 }
 

@@ -5,6 +5,8 @@
 use crate::auth::{AuthPolicy, Authorize};
 use crate::config::names::Names;
 use crate::config::{AuthSpec, Config, Defaults, Diag, Located, Route};
+use crate::policy::compression::CompressionPolicy;
+use crate::policy::cors::CorsPolicy;
 use crate::policy::direct_response::DirectResponse;
 use crate::policy::header_ops::HeaderOps;
 use crate::policy::request_rules::RequestRules;
@@ -39,6 +41,10 @@ pub struct RouteRules {
     pub authorize: Option<Authorize>,
     /// Positions of the limits this route applies after the defaults' (see `RouteDefaults`).
     pub rate_limits: Vec<usize>,
+    /// The route's own, or the defaults'.
+    pub cors: Option<Arc<CorsPolicy>>,
+    /// The route's own, or the defaults'.
+    pub compression: Option<Arc<CompressionPolicy>>,
 }
 
 /// `defaults`: what routes get when they do not say.
@@ -48,6 +54,9 @@ pub struct RouteDefaults {
     pub drain_timeout: Duration,
     pub allow_encoded_slashes: bool,
     pub auth: Option<AuthPolicy>,
+    /// Also answers for requests no route matched (their 404s carry it).
+    pub cors: Option<Arc<CorsPolicy>>,
+    pub compression: Option<Arc<CompressionPolicy>>,
 }
 
 impl RouteDefaults {
@@ -57,6 +66,14 @@ impl RouteDefaults {
         let auth = d.auth.as_ref().map(|a| {
             AuthPolicy::build(a, "defaults.auth", &config.auth, names.mtls_listener, diag)
         });
+        let cors = d
+            .cors
+            .as_ref()
+            .map(|c| CorsPolicy::build(c, "defaults.cors", diag));
+        let compression = d
+            .compression
+            .as_ref()
+            .map(|c| CompressionPolicy::build(c, "defaults.compression", diag));
         if d.max_body_bytes == 0 {
             diag.err(0, "defaults.max_body_bytes", "must be greater than 0");
         }
@@ -67,6 +84,14 @@ impl RouteDefaults {
             allow_encoded_slashes: d.allow_encoded_slashes,
             auth: match auth {
                 Some(a) => Some(a?),
+                None => None,
+            },
+            cors: match cors {
+                Some(c) => Some(Arc::new(c?)),
+                None => None,
+            },
+            compression: match compression {
+                Some(c) => Some(Arc::new(c?)),
                 None => None,
             },
         };
@@ -202,7 +227,14 @@ pub fn build(
         diag,
     );
     diag.unsupported(&r.cache, format!("{key}.cache"), "cache issue");
-    diag.unsupported(&r.cors, format!("{key}.cors"), "transform issue");
+    let cors = r
+        .cors
+        .as_ref()
+        .map(|c| CorsPolicy::build(c, &format!("{key}.cors"), diag));
+    let compression = r
+        .compression
+        .as_ref()
+        .map(|c| CompressionPolicy::build(c, &format!("{key}.compression"), diag));
     diag.unsupported(&r.mirror, format!("{key}.mirror"), "shadow traffic issue");
 
     if !diag.clean_since(mark) {
@@ -233,6 +265,14 @@ pub fn build(
         auth: auth?,
         authorize: authorize?,
         rate_limits: rate_limits?,
+        cors: match cors {
+            Some(c) => Some(Arc::new(c?)),
+            None => defaults.and_then(|d| d.cors.clone()),
+        },
+        compression: match compression {
+            Some(c) => Some(Arc::new(c?)),
+            None => defaults.and_then(|d| d.compression.clone()),
+        },
     };
     Some((matcher?, rules))
 }

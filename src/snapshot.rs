@@ -97,6 +97,8 @@ pub struct Snapshot {
     pub admin_address: SocketAddr,
     pub admin_token: Option<String>,
     pub allow_encoded_slashes: bool,
+    /// `defaults.cors`, for requests no route matched.
+    pub default_cors: Option<Arc<crate::policy::cors::CorsPolicy>>,
     pub drain_timeout: Duration,
     pub trace_context: bool,
     /// Sets the sampled flag of new (and, unless parent-based, continued) traces.
@@ -219,6 +221,7 @@ pub fn assemble(
         admin_address: admin.address,
         admin_token: admin.token,
         allow_encoded_slashes: defaults.allow_encoded_slashes,
+        default_cors: defaults.cors.clone(),
         drain_timeout: defaults.drain_timeout,
         trace_context: observe.trace_context,
         sampler: observe.sampler,

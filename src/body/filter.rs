@@ -55,6 +55,11 @@ impl Emit {
             self.chunks.push(chunk);
         }
     }
+
+    /// What was pushed, in order (for a filter's own tests).
+    pub fn into_chunks(self) -> Vec<Bytes> {
+        self.chunks
+    }
 }
 
 /// One filter's state for one body.

@@ -80,6 +80,7 @@ pub struct RouteMetrics {
     bytes_out: AtomicU64,
     /// Requests authenticated but refused by `authorization` (403).
     pub authz_denials: AtomicU64,
+    pub cors: crate::policy::cors::CorsCounters,
 }
 
 impl RouteMetrics {
@@ -247,6 +248,34 @@ impl Metrics {
                     _ => m.authz_denials.load(Relaxed),
                 };
                 let _ = writeln!(out, "{metric}{{route=\"{}\"}} {v}", escape(route));
+            }
+        }
+        out.push_str("# HELP portcullis_cors_preflights_total CORS preflights answered by the gateway, by route.\n# TYPE portcullis_cors_preflights_total counter\n");
+        for (route, m) in &all {
+            let v = m.cors.preflights.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "portcullis_cors_preflights_total{{route=\"{}\"}} {v}",
+                escape(route)
+            );
+        }
+        out.push_str("# HELP portcullis_cors_refused_total Cross-origin requests the route's CORS policy refused (mode=\"report_only\": would have refused), by route and reason.\n# TYPE portcullis_cors_refused_total counter\n");
+        for (route, m) in &all {
+            for (mode, by) in [
+                ("enforce", &m.cors.refused),
+                ("report_only", &m.cors.would_refuse),
+            ] {
+                for r in crate::policy::cors::Refusal::ALL {
+                    let v = by[r as usize].load(Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "portcullis_cors_refused_total{{route=\"{}\",reason=\"{}\",mode=\"{mode}\"}} {v}",
+                            escape(route),
+                            r.as_str()
+                        );
+                    }
+                }
             }
         }
         drop(routes);

@@ -25,6 +25,8 @@ pub struct Trail {
     pub principal: Option<Arc<crate::auth::Principal>>,
     /// Counts a streamed request body of unknown length (only when recording).
     pub bytes_in_counter: Option<Arc<AtomicU64>>,
+    /// What the CORS policy refused (`refused:origin`, `would_refuse:method`…).
+    pub cors: Option<&'static str>,
 }
 
 /// What authentication and authorization said.
@@ -92,6 +94,7 @@ pub struct Record {
     pub rate_limit: crate::ratelimit::RateResult,
     pub retries: u32,
     pub retry_events: Vec<RetryEvent>,
+    pub cors: Option<&'static str>,
 }
 
 impl Default for Record {
@@ -120,6 +123,7 @@ impl Default for Record {
             rate_limit: crate::ratelimit::RateResult::None,
             retries: 0,
             retry_events: Vec::new(),
+            cors: None,
         }
     }
 }

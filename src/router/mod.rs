@@ -22,6 +22,8 @@ pub struct RequestView<'a> {
     /// Normalized path (see `normalize`).
     pub path: &'a str,
     pub method: &'a Method,
+    /// Match routes whatever methods they list (a CORS preflight's second look).
+    pub any_method: bool,
     pub headers: &'a HeaderMap,
 }
 
@@ -471,7 +473,7 @@ impl PathTable {
             |ids: &[usize], trace: &mut dyn FnMut(usize, Option<Rejection>)| -> Option<usize> {
                 for &id in ids {
                     let r = &routes[id];
-                    if !r.method_matches(req.method) {
+                    if !req.any_method && !r.method_matches(req.method) {
                         trace(id, Some(Rejection::Method));
                         continue;
                     }

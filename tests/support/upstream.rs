@@ -37,6 +37,8 @@ pub struct Seen {
 /// | `/sleep/MS` | waits MS milliseconds, then 200 `slept` |
 /// | `/download/BYTES` | 200 with `Content-Length: BYTES`, streamed in 64 KiB chunks of `x` |
 /// | `/trailers` | 200 `payload` then trailers `grpc-status: 0`, `grpc-message: ok` |
+/// | `/body/KIND` | the JSON document of `json_document()` as: `json` (strong `ETag: "v1"`, 304 to exactly `If-None-Match: "v1"`), `chunked-json` (three chunks, no length), `encoded` (`Content-Encoding: gzip`), `range` (206), `no-transform`, `tiny` (`{"ok":true}`), `png` (as `image/png`) |
+/// | `/upstream-cors` | 200 with its own `Access-Control-Allow-Origin: *` and `Vary: Accept-Language` |
 /// | anything else | 200 JSON echo: `upstream`, `method`, `uri`, `headers`, `body_bytes` |
 ///
 /// Every response carries `x-upstream: NAME` (and keep-alive headers, which the gateway must
@@ -263,6 +265,17 @@ async fn upstream_handle(
             .body(full(format!("status {code}")))
             .unwrap();
     }
+    if let Some(kind) = path.strip_prefix("/body/") {
+        return shaped_body(kind, &parts.headers, builder);
+    }
+    if path == "/upstream-cors" {
+        // An upstream with CORS headers of its own, which a gateway CORS policy replaces.
+        return builder
+            .header("access-control-allow-origin", "*")
+            .header("vary", "Accept-Language")
+            .body(full("own cors"))
+            .unwrap();
+    }
     if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         return builder.body(full("slept")).unwrap();
@@ -311,6 +324,83 @@ async fn upstream_handle(
         .header("keep-alive", "timeout=5")
         .body(full(echo.to_string()))
         .unwrap()
+}
+
+/// The 16 KiB-ish JSON document `/body/*` serves (deterministic, so a test can compare).
+pub fn json_document() -> Bytes {
+    let mut s = String::from("{\"items\":[");
+    let mut i = 0;
+    while s.len() < 16 * 1024 - 64 {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            "{{\"id\":{i},\"name\":\"item-{i}\",\"price\":{}.{:02},\"tags\":[\"a\",\"b\"]}}",
+            i * 7 % 100,
+            i % 100
+        ));
+        i += 1;
+    }
+    s.push_str("]}");
+    Bytes::from(s)
+}
+
+/// `/body/KIND`: responses of the kinds compression must tell apart.
+fn shaped_body(kind: &str, req: &HeaderMap, builder: http::response::Builder) -> Response<BoxBody> {
+    let doc = json_document();
+    if kind == "png" {
+        return builder
+            .header("content-type", "image/png")
+            .body(full(doc))
+            .unwrap();
+    }
+    let json = builder.header("content-type", "application/json");
+    match kind {
+        "json" => {
+            // Entity tags compared byte for byte, as many upstreams do.
+            if req.get("if-none-match").is_some_and(|v| v == "\"v1\"") {
+                return json
+                    .status(304)
+                    .header("etag", "\"v1\"")
+                    .body(full(""))
+                    .unwrap();
+            }
+            json.header("etag", "\"v1\"")
+                .header("accept-ranges", "bytes")
+                .header("content-length", doc.len().to_string())
+                .body(full(doc))
+                .unwrap()
+        }
+        "chunked-json" => {
+            let parts: Vec<Result<hyper::body::Frame<Bytes>, std::io::Error>> = [
+                doc.slice(..5000),
+                doc.slice(5000..12000),
+                doc.slice(12000..),
+            ]
+            .into_iter()
+            .map(|b| Ok(hyper::body::Frame::data(b)))
+            .collect();
+            json.body(BodyExt::boxed(http_body_util::StreamBody::new(
+                futures_util::stream::iter(parts),
+            )))
+            .unwrap()
+        }
+        "encoded" => json
+            .header("content-encoding", "gzip")
+            .body(full(doc))
+            .unwrap(),
+        "range" => json
+            .status(206)
+            .header("content-range", format!("bytes 0-999/{}", doc.len()))
+            .body(full(doc.slice(..1000)))
+            .unwrap(),
+        "no-transform" => json
+            .header("cache-control", "max-age=60, no-transform")
+            .body(full(doc))
+            .unwrap(),
+        "tiny" => json.body(full("{\"ok\":true}")).unwrap(),
+        _ => json.status(404).body(full("no such kind")).unwrap(),
+    }
 }
 
 /// A TCP server that accepts and immediately closes every connection (a "reset" upstream).

@@ -4,6 +4,7 @@
 //! compiled form (see `crate::compile`).
 
 mod auth;
+mod browser;
 mod listener;
 mod observe;
 mod ratelimit;
@@ -11,6 +12,7 @@ mod route;
 mod upstream;
 
 pub use auth::*;
+pub use browser::*;
 pub use listener::*;
 pub use observe::*;
 pub use ratelimit::*;
@@ -94,6 +96,12 @@ pub struct Defaults {
     /// Limits applied to every route, before the route's own (they stack).
     #[serde(default)]
     pub rate_limits: Vec<Located<Text>>,
+    /// CORS for routes that do not set their own, and for the gateway's 404s.
+    // Absent sections are not serialized: the checksum of a config without them is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Located<Cors>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Located<Compression>>,
 }
 
 impl Default for Defaults {
@@ -105,6 +113,8 @@ impl Default for Defaults {
             max_body_bytes: default_max_body_bytes(),
             drain_timeout_ms: default_drain_timeout_ms(),
             allow_encoded_slashes: false,
+            cors: None,
+            compression: None,
         }
     }
 }

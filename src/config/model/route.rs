@@ -1,6 +1,6 @@
 //! `routes[]`: match rules, the action, and the per-route policies.
 
-use super::{AuthSpec, Authorization, Unsupported};
+use super::{AuthSpec, Authorization, Compression, Cors, Unsupported};
 use crate::config::located::{Located, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -44,8 +44,11 @@ pub struct Route {
     pub rate_limits: Vec<Located<Text>>,
     #[serde(default, skip_serializing)]
     pub cache: Unsupported,
-    #[serde(default, skip_serializing)]
-    pub cors: Unsupported,
+    // Absent sections are not serialized: the checksum of a config without them is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Located<Cors>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Located<Compression>>,
     #[serde(default, skip_serializing)]
     pub mirror: Unsupported,
 }
