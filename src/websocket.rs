@@ -24,7 +24,6 @@ impl Upgrade {
     /// The client's upgrade, if this is an HTTP/1.1 request for a WebSocket (`Connection`
     /// naming `upgrade` and `Upgrade` naming `websocket`). Other upgrade protocols are not
     /// proxied: their headers are removed like every hop-by-hop header.
-    #[inline]
     pub fn take<B>(req: &mut Request<B>) -> Option<Upgrade> {
         if req.version() != Version::HTTP_11
             || !has_token(req.headers(), header::CONNECTION, "upgrade")
