@@ -225,7 +225,7 @@ def stop_all(procs):
 def start_portcullis(workdir, upstream_port, cpu, name="portcullis", observability=TELEMETRY_OFF,
                      extra=("", "")):
     conf, port = portcullis_config(workdir, name, upstream_port, observability, extra)
-    binary = os.path.join(ROOT, "target", "release", "portcullis")
+    binary = os.environ.get("PORTCULLIS_BIN") or os.path.join(ROOT, "target", "release", "portcullis")
     proc = subprocess.Popen(["taskset", "-c", str(cpu), binary, "run", "-c", conf, "--worker-threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, RUST_LOG="warn"))

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""CPU per request of gzip response compression: Portcullis against nginx `gzip on`, the same
+16 KiB JSON document, the same level, the same pinning, in one run.
+
+Usage: bench/run-compression [--duration S] [--rounds N] [--level L] [--connections C]
+
+An nginx backend (CPU 1) serves the document uncompressed. Each proxy under test (CPU 0) sits in
+front of it: nginx with `gzip on; gzip_comp_level L; gzip_proxied any`, and Portcullis with
+`compression: { codecs: [gzip], level: L }`; both also without compression, for what the
+compression itself costs. wrk (CPU 1) sends `Accept-Encoding: gzip`. CPU is user+sys of the
+proxy's serving process (nginx's worker; Portcullis with one worker thread) over the run,
+divided by the requests completed. Targets alternate within each round; medians are reported.
+Every process started is stopped by PID.
+"""
+import argparse
+import gzip
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import proxy_bench as pb  # noqa: E402
+
+PATH = "/doc.json"
+
+
+def document():
+    parts, i = [], 0
+    size = 0
+    while size < 16 * 1024 - 64:
+        item = f'{{"id":{i},"name":"item-{i}","price":{i * 7 % 100}.{i % 100:02},"tags":["a","b"]}}'
+        parts.append(item)
+        size += len(item) + 1
+        i += 1
+    return ('{"items":[' + ",".join(parts) + "]}").encode()
+
+
+def nginx_http(workdir, port, body):
+    return f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx-{port}.pid;
+error_log {workdir}/nginx-{port}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/body-{port};
+  proxy_temp_path {workdir}/proxy-{port};
+  fastcgi_temp_path {workdir}/fcgi-{port};
+  uwsgi_temp_path {workdir}/uwsgi-{port};
+  scgi_temp_path {workdir}/scgi-{port};
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+
+
+def start(workdir, name, cpu, body):
+    port = pb.free_port()
+    conf = os.path.join(workdir, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(nginx_http(workdir, port, body.replace("PORT", str(port))))
+    proc, worker = pb.launch_nginx(conf, workdir, cpu, [port])
+    return proc, port, worker
+
+
+def wrk(port, duration, connections):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+         "-H", "Accept-Encoding: gzip", f"http://127.0.0.1:{port}{PATH}"],
+        capture_output=True, text=True, timeout=duration + 30).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return requests, int(errors.group(1)) if errors else 0
+
+
+def fetch(port):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        raw = r.read()
+        return r.headers.get("Content-Encoding"), len(raw), raw
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--level", type=int, default=4)
+    ap.add_argument("--connections", type=int, default=16)
+    args = ap.parse_args()
+    doc = document()
+    procs = []
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            # nginx's worker runs as an unprivileged user: it must be able to read the file.
+            os.chmod(workdir, 0o755)
+            with open(os.path.join(workdir, "doc.json"), "wb") as f:
+                f.write(doc)
+            os.chmod(os.path.join(workdir, "doc.json"), 0o644)
+            backend, backend_port, _ = start(
+                workdir, "backend", 1,
+                f"server {{ listen 127.0.0.1:PORT; root {workdir}; "
+                "location / { default_type application/json; etag on; } }")
+            procs.append(backend)
+            proxy = (f"upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }} "
+                     "server { listen 127.0.0.1:PORT; location / { proxy_pass http://backend; "
+                     'proxy_http_version 1.1; proxy_set_header Connection ""; } ')
+            gzip_on = (f"gzip on; gzip_comp_level {args.level}; gzip_types application/json; "
+                       "gzip_min_length 256; gzip_proxied any; gzip_vary on; ")
+            targets = {}
+            p, port, worker = start(workdir, "nginx-gzip", 0, gzip_on + proxy + "}")
+            procs.append(p)
+            targets["nginx gzip"] = (port, worker)
+            p, port, worker = start(workdir, "nginx-plain", 0, proxy + "}")
+            procs.append(p)
+            targets["nginx plain"] = (port, worker)
+            p, port, pid = pb.start_portcullis(
+                workdir, backend_port, 0, name="portcullis-gzip",
+                extra=("", f"    compression: {{ codecs: [gzip], level: {args.level} }}\n"))
+            procs.append(p)
+            targets["portcullis gzip"] = (port, pid)
+            p, port, pid = pb.start_portcullis(workdir, backend_port, 0, name="portcullis-plain")
+            procs.append(p)
+            targets["portcullis plain"] = (port, pid)
+
+            for name, (port, _) in targets.items():
+                coding, size, raw = fetch(port)
+                body = gzip.decompress(raw) if coding == "gzip" else raw
+                assert body == doc, f"{name}: body differs from the document"
+                print(f"{name:<18} Content-Encoding: {coding or 'identity':<8} {size} bytes on the wire")
+            results = {n: [] for n in targets}
+            for rnd in range(1, args.rounds + 1):
+                for name, (port, pid) in targets.items():
+                    wrk(port, 1, args.connections)  # warm-up
+                    before = pb.cpu_seconds(pid)
+                    n, bad = wrk(port, args.duration, args.connections)
+                    cpu_us = (pb.cpu_seconds(pid) - before) / max(n, 1) * 1e6
+                    results[name].append(cpu_us)
+                    flag = f"  ({bad} non-2xx)" if bad else ""
+                    print(f"round {rnd} {name:<18} {n / args.duration:>9.0f} req/s {cpu_us:>7.1f} CPU us/req{flag}",
+                          flush=True)
+            print(f"\nlevel {args.level}, 16 KiB JSON ({len(doc)} bytes), medians of {args.rounds} rounds:")
+            print(f"{'target':<18} {'CPU us/req':>11}")
+            for name, xs in results.items():
+                print(f"{name:<18} {pb.median(xs):>11.1f}")
+            ng = pb.median(results["nginx gzip"])
+            pc = pb.median(results["portcullis gzip"])
+            print(f"portcullis gzip / nginx gzip: {pc / ng:.2f}")
+        finally:
+            pb.stop_all(procs)
+
+
+if __name__ == "__main__":
+    main()
