@@ -38,31 +38,11 @@ def document():
     return ('{"items":[' + ",".join(parts) + "]}").encode()
 
 
-def nginx_http(workdir, port, body):
-    return f"""
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx-{port}.pid;
-error_log {workdir}/nginx-{port}.err warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {workdir}/body-{port};
-  proxy_temp_path {workdir}/proxy-{port};
-  fastcgi_temp_path {workdir}/fcgi-{port};
-  uwsgi_temp_path {workdir}/uwsgi-{port};
-  scgi_temp_path {workdir}/scgi-{port};
-  keepalive_requests 1000000;
-  {body}
-}}
-"""
-
-
 def start(workdir, name, cpu, body):
     port = pb.free_port()
     conf = os.path.join(workdir, f"{name}.conf")
     with open(conf, "w") as f:
-        f.write(nginx_http(workdir, port, body.replace("PORT", str(port))))
+        f.write(pb.nginx_http(workdir, port, body.replace("PORT", str(port))))
     proc, worker = pb.launch_nginx(conf, workdir, cpu, [port])
     return proc, port, worker
 

@@ -65,6 +65,12 @@ def nginx_conf(workdir, port, body=None, upstream_port=None):
         location = ("proxy_pass http://backend; proxy_http_version 1.1; "
                     'proxy_set_header Connection "";')
         upstream = f"upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
+    return nginx_http(workdir, port, f"{upstream}\n  server {{ listen 127.0.0.1:{port}; location / {{ {location} }} }}")
+
+
+def nginx_http(workdir, port, body):
+    """An nginx config with one worker, no logging, temp paths under `workdir`, and `body`
+    (upstreams and servers) inside `http { }`."""
     return f"""
 worker_processes 1;
 daemon off;
@@ -79,8 +85,7 @@ http {{
   uwsgi_temp_path {workdir}/uwsgi-{port};
   scgi_temp_path {workdir}/scgi-{port};
   keepalive_requests 1000000;
-  {upstream}
-  server {{ listen 127.0.0.1:{port}; location / {{ {location} }} }}
+  {body}
 }}
 """
 

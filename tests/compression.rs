@@ -113,18 +113,7 @@ async fn decoded_bodies_are_the_upstreams_and_headers_follow_the_rules() {
         }
         let r = send(&client, b.body(Full::new(Bytes::new())).unwrap()).await;
         let what = format!("{method} {path} Accept-Encoding: {accept:?}");
-        let vary: Vec<String> = r
-            .headers
-            .get_all("vary")
-            .iter()
-            .flat_map(|v| {
-                v.to_str()
-                    .unwrap()
-                    .split(',')
-                    .map(|t| t.trim().to_ascii_lowercase())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let vary = vary_tokens(&r.headers);
         assert_eq!(
             vary.iter().filter(|v| *v == "accept-encoding").count(),
             1,

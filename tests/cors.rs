@@ -59,17 +59,7 @@ fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
 }
 
 fn vary_lists(r: &Reply, name: &str) -> bool {
-    let all: Vec<String> = r
-        .headers
-        .get_all("vary")
-        .iter()
-        .flat_map(|v| {
-            v.to_str()
-                .unwrap()
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-        })
-        .collect();
+    let all = vary_tokens(&r.headers);
     let n = all.iter().filter(|t| *t == name).count();
     assert!(n <= 1, "{name} listed {n} times in Vary: {all:?}");
     n == 1
@@ -365,12 +355,21 @@ async fn upstream_cors_headers_are_replaced_and_vary_merged_and_404s_use_the_def
     assert!(vary_lists(&r, "origin"));
 }
 
+/// One route `api` for every path, with `policy` (route keys at four spaces) added; its keys
+/// start at line 10.
+fn one_route(up: &Upstream, policy: &str) -> String {
+    format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: / }} }}\n    upstream: up\n{policy}",
+        up.addr
+    )
+}
+
 #[tokio::test]
 async fn report_only_forwards_and_counts() {
     let up = Upstream::start("up").await;
-    let yaml = format!(
-        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: / }} }}\n    upstream: up\n    cors: {{ allow_origins: [\"https://app.example.com\"], report_only: true }}\n",
-        up.addr
+    let yaml = one_route(
+        &up,
+        "    cors: { allow_origins: [\"https://app.example.com\"], report_only: true }\n",
     );
     let gw = TestGateway::start(&yaml).await;
     let r = request(
@@ -410,9 +409,9 @@ async fn report_only_forwards_and_counts() {
 #[tokio::test]
 async fn credentials_with_a_wildcard_is_a_config_error() {
     let up = Upstream::start("up").await;
-    let yaml = format!(
-        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ path: {{ prefix: / }} }}\n    upstream: up\n    cors:\n      allow_origins: [\"*\"]\n      allow_credentials: true\n",
-        up.addr
+    let yaml = one_route(
+        &up,
+        "    cors:\n      allow_origins: [\"*\"]\n      allow_credentials: true\n",
     );
     let errors = portcullis::compile::text(&yaml, "t.yaml")
         .err()

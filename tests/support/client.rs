@@ -122,6 +122,21 @@ fn complete_response(buf: &[u8]) -> bool {
 }
 
 /// The status code of a raw HTTP/1.1 response.
+/// The lower-case field names a response's `Vary` lines list, in order.
+pub fn vary_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("vary")
+        .iter()
+        .flat_map(|v| {
+            v.to_str()
+                .unwrap()
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 pub fn raw_status(resp: &str) -> u16 {
     resp.split_whitespace()
         .nth(1)
