@@ -196,8 +196,10 @@ impl CompressionPolicy {
         head: &mut http::response::Parts,
     ) -> Option<Box<dyn BodyFilter>> {
         if head.status == StatusCode::NOT_MODIFIED {
-            // The 304 carries the validator the full response would have had.
-            if self.compressible(&head.headers) {
+            // The 304 carries the validator the full response would have had. A 304 usually
+            // has no Content-Type: then only the coding and transform rules can say no.
+            let untyped = !head.headers.contains_key(header::CONTENT_TYPE);
+            if self.compressible_as(&head.headers, untyped) {
                 weaken_etag(&mut head.headers);
             }
             return None;
@@ -227,6 +229,11 @@ impl CompressionPolicy {
 
     /// Everything but the status and the body size: coding, transform rules, media type.
     fn compressible(&self, h: &HeaderMap) -> bool {
+        self.compressible_as(h, false)
+    }
+
+    /// As `compressible`; `any_type` skips the media-type test.
+    fn compressible_as(&self, h: &HeaderMap, any_type: bool) -> bool {
         let encoded = h
             .get_all(header::CONTENT_ENCODING)
             .iter()
@@ -239,6 +246,9 @@ impl CompressionPolicy {
         });
         if encoded || no_transform {
             return false;
+        }
+        if any_type {
+            return true;
         }
         let Some(media) = h
             .get(header::CONTENT_TYPE)
