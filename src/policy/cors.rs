@@ -284,6 +284,17 @@ impl CorsPolicy {
         })
     }
 
+    /// `Access-Control-Allow-Origin` (and `-Credentials` when the policy allows them).
+    fn insert_allow_origin(&self, value: HeaderValue, h: &mut HeaderMap) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        if self.credentials {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+    }
+
     /// `Access-Control-Allow-Origin` for an allowed origin.
     fn allow_origin_value(&self, origin: &HeaderValue) -> HeaderValue {
         if self.any_origin && !self.credentials {
@@ -317,16 +328,7 @@ impl CorsPolicy {
         *resp.status_mut() = StatusCode::NO_CONTENT;
         let h = resp.headers_mut();
         if refused.is_none() {
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                self.allow_origin_value(origin),
-            );
-            if self.credentials {
-                h.insert(
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    HeaderValue::from_static("true"),
-                );
-            }
+            self.insert_allow_origin(self.allow_origin_value(origin), h);
             if let Some(v) = &self.allow_methods_value {
                 h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v.clone());
             }
@@ -410,37 +412,18 @@ impl CorsPolicy {
         if self.varies() {
             add_vary(headers, "origin");
         }
-        match (origin, allowed) {
-            (Some(o), Some(true)) => {
-                headers.insert(
-                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    self.allow_origin_value(o),
-                );
-                if self.credentials {
-                    headers.insert(
-                        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                        HeaderValue::from_static("true"),
-                    );
-                }
-                if let Some(v) = &self.expose_value {
-                    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
-                }
-                None
-            }
-            (None, _) if !self.varies() => {
-                // The same answer for every origin and for none: cacheable without `Vary`.
-                headers.insert(
-                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    HeaderValue::from_static("*"),
-                );
-                if let Some(v) = &self.expose_value {
-                    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
-                }
-                None
-            }
-            (Some(_), _) => Some(Refusal::Origin),
-            (None, _) => None,
+        let allow_origin = match (origin, allowed) {
+            (Some(o), Some(true)) => self.allow_origin_value(o),
+            // The same answer for every origin and for none: cacheable without `Vary`.
+            (None, _) if !self.varies() => HeaderValue::from_static("*"),
+            (Some(_), _) => return Some(Refusal::Origin),
+            (None, _) => return None,
+        };
+        self.insert_allow_origin(allow_origin, headers);
+        if let Some(v) = &self.expose_value {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
         }
+        None
     }
 }
 
