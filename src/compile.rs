@@ -10,6 +10,7 @@ use crate::admin::spec::AdminSpec;
 use crate::auth::AuthProviderSpecs;
 use crate::config::names::{check_shadowing, Names};
 use crate::config::{self, ConfigErrors, Diag, Document};
+use crate::edge::EdgeSpec;
 use crate::observe::ObserveSpec;
 use crate::ratelimit::RateLimitSpecs;
 use crate::redis_store::RedisSpec;
@@ -34,6 +35,7 @@ pub struct Compiled {
     pub redis: Option<RedisSpec>,
     pub observe: ObserveSpec,
     pub defaults: RouteDefaults,
+    pub edge: EdgeSpec,
     pub router: Router,
     pub routes: Vec<RouteRules>,
     /// The `/admin/routes` document.
@@ -65,7 +67,8 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
     let redis = cfg.redis.as_ref().map(|r| RedisSpec::build(r, &mut diag));
     let observe = ObserveSpec::build(&cfg.observability, &mut diag);
     let dns = DnsSpec::build(&cfg.dns, &mut diag);
-    let listeners = crate::server::listener::build_all(&cfg.listeners, &mut diag);
+    let mut edge = EdgeSpec::build(cfg, &doc.source, &mut diag);
+    let listeners = crate::server::listener::build_all(&cfg.listeners, &edge.ip_rules, &mut diag);
     let admin = crate::admin::spec::build(cfg.admin.as_ref(), &listeners, &mut diag);
     let defaults = RouteDefaults::build(&cfg.defaults, cfg, &names, &mut diag);
     let upstreams = crate::upstream::spec::build_all(&cfg.upstreams, &mut diag);
@@ -73,7 +76,9 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| crate::route::build(r, i, cfg, &names, defaults.as_ref(), &mut diag))
+        .map(|(i, r)| {
+            crate::route::build(r, i, cfg, &names, defaults.as_ref(), &mut edge, &mut diag)
+        })
         .collect();
     diag.duplicates(
         "route",
@@ -103,6 +108,7 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
             redis: redis.map(|r| r.ok_or(())).transpose().ok()?,
             observe: observe?,
             defaults: defaults?,
+            edge,
             router,
             routes,
             routes_json: routes_document(cfg),

@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+use crate::edge::client_addr::{ClientAddr, FORWARDED, X_FORWARDED_FOR};
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
@@ -66,35 +66,63 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to X-Forwarded-For and sets X-Forwarded-Proto / X-Forwarded-Host.
+/// Tells the upstream who the client was. From a trusted proxy (`client.peer_trusted`) the chain
+/// it sent goes on with the peer appended (X-Forwarded-For, and Forwarded when it sent one), and
+/// its X-Forwarded-Proto / -Host stand (it terminated the client's connection). From anyone
+/// else, what the client sent is replaced: X-Forwarded-For is the client address alone and a
+/// client's Forwarded is removed.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client_ip: &str,
+    client: &ClientAddr,
+    peer: &str,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let xff = if !headers.contains_key(&X_FORWARDED_FOR) {
-        HeaderValue::from_str(client_ip)
-    } else {
-        let previous: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        HeaderValue::from_str(&format!("{}, {client_ip}", previous.join(", ")))
-    };
-    if let Ok(v) = xff {
+    if !client.peer_trusted {
+        if let Ok(v) = HeaderValue::from_str(&client.text) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        headers.remove(FORWARDED);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        match host {
+            Some(h) => headers.insert(X_FORWARDED_HOST, h.clone()),
+            None => headers.remove(X_FORWARDED_HOST),
+        };
+        return;
+    }
+    let xff = append_element(headers, &X_FORWARDED_FOR, peer);
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match host {
-        Some(h) => {
-            headers.insert(X_FORWARDED_HOST, h.clone());
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
+    if headers.contains_key(FORWARDED) {
+        let node = if peer.contains(':') {
+            format!("for=\"[{peer}]\"")
+        } else {
+            format!("for={peer}")
+        };
+        if let Some(v) = append_element(headers, &FORWARDED, &node) {
+            headers.insert(FORWARDED, v);
         }
     }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
+        headers.insert(X_FORWARDED_HOST, h.clone());
+    }
+}
+
+/// Every line of `name` joined into one list, with `element` appended.
+fn append_element(headers: &HeaderMap, name: &HeaderName, element: &str) -> Option<HeaderValue> {
+    let mut joined = String::new();
+    for v in headers.get_all(name) {
+        if let Ok(s) = v.to_str() {
+            joined.push_str(s);
+            joined.push_str(", ");
+        }
+    }
+    joined.push_str(element);
+    HeaderValue::from_str(&joined).ok()
 }
 
 #[cfg(test)]
@@ -114,19 +142,46 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    fn addr(text: &str, trusted: bool) -> ClientAddr {
+        ClientAddr {
+            ip: text.parse().unwrap(),
+            text: text.into(),
+            peer_trusted: trusted,
+        }
+    }
+
     #[test]
-    fn appends_forwarded_for() {
+    fn a_trusted_peer_s_chain_goes_on_with_the_peer_appended() {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        h.insert("forwarded", "for=1.1.1.1".parse().unwrap());
+        let host = "a.example".parse().unwrap();
         set_forwarded(
             &mut h,
-            "127.0.0.1",
+            &addr("2.2.2.2", true),
+            "10.0.0.1",
             "http",
-            Some(&"a.example".parse().unwrap()),
+            Some(&host),
         );
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(h["forwarded"], "for=1.1.1.1, for=10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https", "the proxy terminated TLS");
         assert_eq!(h["x-forwarded-host"], "a.example");
+    }
+
+    #[test]
+    fn an_untrusted_peer_s_headers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        h.insert("x-forwarded-host", "evil".parse().unwrap());
+        h.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        set_forwarded(&mut h, &addr("127.0.0.1", false), "127.0.0.1", "http", None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-host"));
+        assert!(!h.contains_key("forwarded"));
     }
 }

@@ -62,7 +62,11 @@ pub fn code(reject: &Reject) -> Code {
             Code::Unavailable
         }
         Reject::Unauthorized(_) => Code::Unauthenticated,
-        Reject::Forbidden(_) => Code::PermissionDenied,
+        Reject::Forbidden(_) | Reject::IpDenied(_) => Code::PermissionDenied,
+        Reject::EdgeRule(hit) if hit.status == http::StatusCode::FORBIDDEN => {
+            Code::PermissionDenied
+        }
+        Reject::EdgeRule(_) => Code::InvalidArgument,
         Reject::RateLimited(..) => Code::ResourceExhausted,
         Reject::PayloadTooLarge(_) | Reject::HeadersTooLarge(_) => Code::ResourceExhausted,
         Reject::UpstreamTimeout(_) => Code::DeadlineExceeded,

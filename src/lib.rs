@@ -12,6 +12,7 @@ pub mod compile;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod edge;
 pub mod forwarded;
 pub mod gateway;
 pub mod grpc;

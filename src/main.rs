@@ -66,6 +66,12 @@ enum Command {
         /// Request header, `Name: value`; repeatable.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// The connection's peer address (for trusted proxies and IP rules).
+        #[arg(long, default_value = "127.0.0.1")]
+        peer: std::net::IpAddr,
+        /// The listener the request arrives on (default: the first).
+        #[arg(long)]
+        listener: Option<String>,
     },
 }
 
@@ -142,7 +148,9 @@ fn main() -> ExitCode {
             method,
             url,
             headers,
-        } => match explain_cmd(&config, &method, &url, &headers) {
+            peer,
+            listener,
+        } => match explain_cmd(&config, &method, &url, &headers, peer, listener.as_deref()) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -202,6 +210,8 @@ fn explain_cmd(
     method: &str,
     url: &str,
     headers: &[String],
+    peer: std::net::IpAddr,
+    listener: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let compiled = match compile::file(file) {
         Ok(c) => c,
@@ -237,11 +247,37 @@ fn explain_cmd(
         })
         .unwrap_or_default();
     let host = routing_host(&authority).into_owned();
+    let listener = match listener {
+        Some(name) => compiled
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .with_context(|| format!("no listener named {name}"))?,
+        None => compiled.listeners.first().context("no listener")?,
+    };
+    // Edge protection first, as live requests meet it: client address, IP and built-in rules.
+    let mut edge_text = String::new();
+    let (client, refused) = portcullis::edge::explain_before_routing(
+        &compiled.edge,
+        listener,
+        peer,
+        &method,
+        uri.path(),
+        &header_map,
+        &mut edge_text,
+    );
+    if let Some(status) = refused {
+        print!(
+            "request: {method} host={host} path={}\n{edge_text}refused: {status} before routing\n",
+            uri.path()
+        );
+        return Ok(ExitCode::from(2));
+    }
     let path = match normalize_path(uri.path(), compiled.defaults.allow_encoded_slashes) {
         Ok(p) => p,
         Err(e) => {
             println!(
-                "request: {method} host={host} path={}\nrefused: 400 ({e})",
+                "request: {method} host={host} path={}\n{edge_text}refused: 400 ({e})",
                 uri.path()
             );
             return Ok(ExitCode::from(2));
@@ -257,11 +293,28 @@ fn explain_cmd(
             headers: &header_map,
         },
     );
-    print!("{text}");
-    Ok(if chosen.is_some() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
+    let (request_line, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    print!("{request_line}\n{edge_text}{rest}");
+    let Some(route) = chosen else {
+        return Ok(ExitCode::from(2));
+    };
+    let mut route_text = String::new();
+    let refused = portcullis::edge::explain_route(
+        &compiled.edge,
+        &compiled.routes[route],
+        client.ip,
+        &path,
+        uri.query(),
+        &header_map,
+        &mut route_text,
+    );
+    print!("{route_text}");
+    Ok(match refused {
+        Some(status) => {
+            println!("refused: {status} before authentication");
+            ExitCode::from(2)
+        }
+        None => ExitCode::SUCCESS,
     })
 }
 

@@ -2,9 +2,11 @@
 //! phase calls the module that owns it and either continues or answers the request. The list
 //! (`shared/DESIGN.md`, README "Architecture"):
 //!
-//!  1. accept — listener limits, request id, trace context
+//!  1. accept — listener limits, request id, trace context; the one client address, the
+//!     listener's IP rules, the built-in request rules
 //!  2. route — host, path, method, headers (a CORS preflight by the method it asks about)
-//!  3. early answers — what must not need credentials (CORS preflights)
+//!  3. early answers — the route's IP rules and request rules, then what must not need
+//!     credentials (CORS preflights)
 //!  4. authenticate
 //!  5. authorize
 //!  6. rate limit
@@ -21,6 +23,8 @@ use crate::body::filter::{FilterChain, Filtered};
 use crate::body::read::read_whole;
 use crate::body::{ResponseBody, ServedBody, UpstreamBody};
 use crate::connection::ConnContext;
+use crate::edge::client_addr::{self, ClientAddr};
+use crate::edge::rules::RuleHit;
 use crate::forwarded;
 use crate::grpc;
 use crate::http_rules;
@@ -193,10 +197,10 @@ async fn run(
 ) -> Result<Response<ResponseBody>, Reject> {
     // 1. accept: listener limits (load shedding, head size).
     // Listeners cannot change on reload, so the snapshot always knows this one.
-    let limits = &snapshot
+    let listener = snapshot
         .listener(&conn.listener.name)
-        .ok_or(Reject::NoRoute)?
-        .limits;
+        .ok_or(Reject::NoRoute)?;
+    let limits = &listener.limits;
     let _slot = conn
         .listener
         .begin_request(limits.max_concurrent_requests)
@@ -205,6 +209,33 @@ async fn run(
         return Err(Reject::HeadersTooLarge(limits.max_header_bytes));
     }
     let host_header = http_rules::check_request(&req)?.cloned();
+    // The one client address (trusted proxies' chains read), then the listener's IP rules and
+    // the built-in request rules: refused here, a request reaches neither routing nor auth.
+    let client = client_addr::resolve(
+        conn.peer_ip,
+        &conn.client_ip,
+        listener.trusted_proxies.as_deref(),
+        req.headers(),
+    );
+    if client.peer_trusted {
+        ex.trail.client_ip = Some(Arc::clone(&client.text));
+    }
+    if let Some(rule) = snapshot
+        .edge
+        .ip_rules
+        .first_denial(&listener.ip_rules, client.ip)
+    {
+        ex.trail.rule = Some(format!("ip:{}", rule.name).into());
+        return Err(Reject::IpDenied(Arc::clone(&rule.name)));
+    }
+    if let Some(hit) =
+        snapshot
+            .edge
+            .rules
+            .check_builtin(req.method(), req.uri().path(), req.headers())
+    {
+        edge_rule_hit(hit, &mut ex.trail)?;
+    }
     let upgrade = Upgrade::take(&mut req);
 
     // 2. route: host and normalized path against the compiled router.
@@ -237,7 +268,29 @@ async fn run(
         ex.origin = req.headers().get(header::ORIGIN).cloned();
     }
 
-    // 3. early answers: given before any credential is asked for.
+    // 3. early answers: the route's IP and request rules, then answers given before any
+    // credential is asked for.
+    if !route.rules.ip_rules.is_empty() || route.rules.edge_rules.is_some() {
+        ex.trail.route = Some(route_index);
+    }
+    if let Some(rule) = snapshot
+        .edge
+        .ip_rules
+        .first_denial(&route.rules.ip_rules, client.ip)
+    {
+        ex.trail.rule = Some(format!("ip:{}", rule.name).into());
+        return Err(Reject::IpDenied(Arc::clone(&rule.name)));
+    }
+    if let Some(set) = &route.rules.edge_rules {
+        if let Some(hit) = set.check(
+            &snapshot.edge.rules,
+            &path,
+            req.uri().query(),
+            req.headers(),
+        ) {
+            edge_rule_hit(hit, &mut ex.trail)?;
+        }
+    }
     if let Some(answer) = early_answer(route, &req, ex) {
         ex.trail.route = Some(route_index);
         return Ok(answer);
@@ -282,7 +335,7 @@ async fn run(
     if !route.rate_limits.is_empty() {
         let input = KeyInput {
             route: &route.rules.name,
-            client_ip: &conn.client_ip,
+            client_ip: &client.text,
             headers: req.headers(),
             principal: principal.as_deref(),
         };
@@ -326,7 +379,7 @@ async fn run(
     let upstream_index = match &route.rules.action {
         Action::Direct(d) => return Ok(d.respond()),
         Action::Upstream(u) => *u,
-        Action::Split(split) => split.pick(req.headers(), &conn.client_ip),
+        Action::Split(split) => split.pick(req.headers(), &client.text),
     };
 
     // 10. transform request: path rewrite, header rules, forwarding headers, body plan.
@@ -372,6 +425,7 @@ async fn run(
     prepare_upstream_headers(
         &mut parts.headers,
         conn,
+        &client,
         host_value,
         request_id,
         route,
@@ -408,7 +462,7 @@ async fn run(
         timeout,
         parts,
         body,
-        &conn.client_ip,
+        &client.text,
         &mut ex.trail,
     )
     .await?;
@@ -430,6 +484,15 @@ async fn run(
         )))
     };
     Ok(Response::from_parts(head, body))
+}
+
+/// An edge rule matched: recorded for the log; a refusal ends the request.
+fn edge_rule_hit(hit: RuleHit, trail: &mut crate::observe::record::Trail) -> Result<(), Reject> {
+    trail.rule = Some(hit.log_value().into());
+    if hit.refused {
+        return Err(Reject::EdgeRule(Box::new(hit)));
+    }
+    Ok(())
 }
 
 /// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) that no route
@@ -624,13 +687,17 @@ fn record(
         upstream_latency_us: trail.upstream_latency.map(|d| d.as_micros() as u64),
         bytes_in: trail.bytes_in,
         bytes_out: 0,
-        client_ip: Arc::clone(&conn.client_ip),
+        client_ip: trail
+            .client_ip
+            .take()
+            .unwrap_or_else(|| Arc::clone(&conn.client_ip)),
         auth_result: trail.auth.as_str(),
         principal: trail.principal.take(),
         rate_limit: trail.rate_limit,
         retries: trail.retries,
         retry_events: std::mem::take(&mut trail.retry_events),
         cors: trail.cors,
+        rule: trail.rule.take(),
     }
 }
 
@@ -682,6 +749,7 @@ fn upstream_path_and_query(path: &str, original: &Uri) -> Result<Uri, Reject> {
 fn prepare_upstream_headers(
     headers: &mut http::HeaderMap,
     conn: &ConnContext,
+    client: &ClientAddr,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
     route: &LiveRoute,
@@ -690,7 +758,7 @@ fn prepare_upstream_headers(
     forwarded::strip_hop_by_hop(headers);
     // The gateway answers `Expect: 100-continue` itself when it reads the body.
     headers.remove(header::EXPECT);
-    forwarded::set_forwarded(headers, &conn.client_ip, conn.scheme, host.as_ref());
+    forwarded::set_forwarded(headers, client, &conn.client_ip, conn.scheme, host.as_ref());
     // The client's Host goes upstream (for HTTP/1.0 requests without one, `forward` uses the
     // target's address).
     if let Some(h) = host {

@@ -39,6 +39,10 @@ pub enum Reject {
     Unauthorized(crate::auth::Failure),
     /// Authenticated but not allowed: 403 `insufficient_scope`.
     Forbidden(crate::auth::Denied),
+    /// An IP rule (by name) denied the client address: 403.
+    IpDenied(std::sync::Arc<str>),
+    /// An edge rule refused the request (its status: 400, 403, 405 or 431).
+    EdgeRule(Box<crate::edge::rules::RuleHit>),
 }
 
 impl Reject {
@@ -63,7 +67,8 @@ impl Reject {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Reject::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Reject::Forbidden(_) => StatusCode::FORBIDDEN,
+            Reject::Forbidden(_) | Reject::IpDenied(_) => StatusCode::FORBIDDEN,
+            Reject::EdgeRule(hit) => hit.status,
             Reject::UpstreamConnect(_) | Reject::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Reject::Status(s, _) => *s,
@@ -104,6 +109,9 @@ impl Reject {
             }
             Reject::Unauthorized(f) => format!("unauthorized: {}", f.description),
             Reject::Forbidden(_) => "forbidden: insufficient scope or claims".into(),
+            // The rule's name is in the access log, not in the answer an attacker reads.
+            Reject::IpDenied(_) => "forbidden: client address not allowed".into(),
+            Reject::EdgeRule(hit) => hit.message.into(),
         }
     }
 
@@ -129,6 +137,11 @@ impl Reject {
             Reject::Forbidden(d) => {
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, d.challenge());
+            }
+            Reject::EdgeRule(hit) => {
+                if let Some(allow) = &hit.allow {
+                    resp.headers_mut().insert(header::ALLOW, allow.clone());
+                }
             }
             Reject::BadFraming(_) | Reject::NotImplemented(_) => {
                 resp.headers_mut()

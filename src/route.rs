@@ -5,6 +5,8 @@
 use crate::auth::{AuthPolicy, Authorize};
 use crate::config::names::Names;
 use crate::config::{AuthSpec, Config, Defaults, Diag, Located, Route};
+use crate::edge::rules::RuleSet;
+use crate::edge::EdgeSpec;
 use crate::policy::compression::CompressionPolicy;
 use crate::policy::cors::CorsPolicy;
 use crate::policy::direct_response::DirectResponse;
@@ -45,6 +47,10 @@ pub struct RouteRules {
     pub cors: Option<Arc<CorsPolicy>>,
     /// The route's own, or the defaults'.
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// Positions in the snapshot's `ip_rules`, checked after routing, before authentication.
+    pub ip_rules: Vec<usize>,
+    /// The configurable edge rules the route applies (its own selection or the defaults').
+    pub edge_rules: Option<Arc<RuleSet>>,
 }
 
 /// `defaults`: what routes get when they do not say.
@@ -124,6 +130,7 @@ pub fn build(
     config: &Config,
     names: &Names,
     defaults: Option<&RouteDefaults>,
+    edge: &mut EdgeSpec,
     diag: &mut Diag,
 ) -> Option<(RouteMatcher, RouteRules)> {
     let key = format!("routes[{i}]");
@@ -236,6 +243,10 @@ pub fn build(
         .as_ref()
         .map(|c| CompressionPolicy::build(c, &format!("{key}.compression"), diag));
     diag.unsupported(&r.mirror, format!("{key}.mirror"), "shadow traffic issue");
+    let ip_rules = edge
+        .ip_rules
+        .resolve(&r.ip_rules, &format!("{key}.ip_rules"), diag);
+    let edge_rules = edge.rules.for_route(r.edge_rules.as_ref(), &key, diag);
 
     if !diag.clean_since(mark) {
         return None;
@@ -273,6 +284,8 @@ pub fn build(
             Some(c) => Some(Arc::new(c?)),
             None => defaults.and_then(|d| d.compression.clone()),
         },
+        ip_rules,
+        edge_rules,
     };
     Some((matcher?, rules))
 }

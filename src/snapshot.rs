@@ -40,6 +40,10 @@ pub struct Listener {
     /// Present on TLS listeners; each accept uses the current snapshot's, so reloads rotate
     /// certificates for new handshakes.
     pub tls: Option<Arc<TlsSettings>>,
+    pub trusted_proxies: Option<Arc<crate::edge::client_addr::TrustedProxies>>,
+    pub proxy_protocol: Option<crate::edge::proxy_protocol::Accept>,
+    /// Positions in the snapshot's `edge.ip_rules`.
+    pub ip_rules: Vec<usize>,
 }
 
 /// The shared Redis connection, kept while the `redis` section does not change.
@@ -72,6 +76,14 @@ pub struct Registries {
     pub limiters: LimiterRegistry,
     pub auth: AuthRegistry,
     pub redis: SharedRedis,
+    pub edge: EdgeCounters,
+}
+
+/// Edge rule counters by rule name, carried across reloads.
+#[derive(Default)]
+pub struct EdgeCounters {
+    ip_rules: std::collections::BTreeMap<String, Arc<crate::edge::ip_rules::IpRuleCounters>>,
+    rules: std::collections::BTreeMap<String, Arc<crate::edge::rules::RuleCounters>>,
 }
 
 /// What is built, fallibly, before a snapshot is compiled: the telemetry sinks and the TLS
@@ -118,6 +130,8 @@ pub struct Snapshot {
     pub trace_id_header: Option<HeaderName>,
     /// The `/admin/routes` document, prepared at load time.
     pub routes_json: serde_json::Value,
+    /// `ip_rules` and `edge_rules`, compiled; listeners and routes refer to them by position.
+    pub edge: crate::edge::EdgeSpec,
 }
 
 impl Snapshot {
@@ -140,6 +154,7 @@ pub fn assemble(
         limiters: limiter_registry,
         auth: auth_registry,
         redis: shared_redis,
+        edge: edge_counters,
     } = registries;
     let Prepared {
         sinks,
@@ -158,10 +173,15 @@ pub fn assemble(
         redis,
         observe,
         defaults,
+        mut edge,
         router,
         routes,
         routes_json,
     } = compiled;
+    edge.ip_rules.carry_counters(&edge_counters.ip_rules);
+    edge.rules.carry_counters(&edge_counters.rules);
+    edge_counters.ip_rules = edge.ip_rules.counters();
+    edge_counters.rules = edge.rules.counter_map();
 
     upstream_registry.set_dns(&dns);
     let upstreams: Vec<CompiledUpstream> = upstreams
@@ -216,6 +236,9 @@ pub fn assemble(
                 name: l.name,
                 address: l.address,
                 limits: l.limits,
+                trusted_proxies: l.trusted_proxies,
+                proxy_protocol: l.proxy_protocol,
+                ip_rules: l.ip_rules,
             })
             .collect(),
         admin_address: admin.address,
@@ -234,6 +257,7 @@ pub fn assemble(
         no_route_metrics: Arc::clone(&metrics.no_route),
         trace_id_header: observe.trace_id_header,
         routes_json,
+        edge,
     }
 }
 

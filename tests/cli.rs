@@ -165,7 +165,7 @@ routes:
         "-c",
         f,
         "GET",
-        "http://api.example.com/v1/x/../admin/users",
+        "http://api.example.com/v1//admin/./users",
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("path=/v1/admin/users"), "{out}");
@@ -194,6 +194,22 @@ routes:
         out.contains("v1-admin: method POST not in its method list"),
         "{out}"
     );
+
+    // Traversal is refused by the built-in rule before routing, and explain says which.
+    let (code, out, _) = portcullis(&[
+        "explain",
+        "-c",
+        f,
+        "GET",
+        "http://api.example.com/v1/x/../admin/users",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("built-in rules: refused by `path-traversal` (400)"),
+        "{out}"
+    );
+    assert!(out.contains("refused: 400 before routing"), "{out}");
+    assert!(!out.contains("matched:"), "{out}");
 
     let (code, out, _) = portcullis(&["explain", "-c", f, "GET", "/v1/a%2Fb"]);
     assert_eq!(code, 2);

@@ -81,13 +81,14 @@ const CASES: &[Case] = &[
     ("GET", "x.test", "/v3/items/5", &[], "items-regex"),
     ("GET", "x.test", "/v3/items/x", &[], "404"),
     ("GET", "x.test", "/nothing", &[], "404"),
-    // --- path normalization: bypass attempts land on the protected route or are refused
-    ("GET", "x.test", "/v1/public/../admin/x", &[], "v1-admin"),
+    // --- path normalization: bypass attempts land on the protected route or are refused;
+    // `..` in any spelling is refused by the built-in traversal rules (on by default)
+    ("GET", "x.test", "/v1/public/../admin/x", &[], "400"),
     ("GET", "x.test", "//v1//admin", &[], "v1-admin"),
     ("GET", "x.test", "/v1/%61dmin/x", &[], "v1-admin"),
-    ("GET", "x.test", "/v1/%2e%2e/v1/admin", &[], "v1-admin"),
+    ("GET", "x.test", "/v1/%2e%2e/v1/admin", &[], "400"),
     ("GET", "x.test", "/v1/./admin", &[], "v1-admin"),
-    ("GET", "x.test", "/x/../../v1/admin", &[], "v1-admin"),
+    ("GET", "x.test", "/x/../../v1/admin", &[], "400"),
     ("GET", "x.test", "/v1/%2E/admin/%2e/x", &[], "v1-admin"),
     ("GET", "x.test", "/v1/admin%2Fx", &[], "400"),
     ("GET", "x.test", "/v1%2fadmin", &[], "400"),
@@ -149,10 +150,34 @@ const CASES: &[Case] = &[
     ("GET", "x.test", "/f", &[("x-b", "1")], "f-b"),
 ];
 
+/// With the traversal rules off, dot segments are resolved before routing instead: every
+/// spelling lands on the route its normal form reaches.
+const DOT_SEGMENT_CASES: &[Case] = &[
+    ("GET", "x.test", "/v1/public/../admin/x", &[], "v1-admin"),
+    ("GET", "x.test", "/v1/%2e%2e/v1/admin", &[], "v1-admin"),
+    ("GET", "x.test", "/x/../../v1/admin", &[], "v1-admin"),
+    ("GET", "x.test", "/v1/admin/../status", &[], "v1-status"),
+    ("GET", "x.test", "/v1/.%2E/v1/admin%2Fx", &[], "400"),
+];
+
+const TRAVERSAL_RULES_OFF: &str = "edge_rules: { disable: [path-traversal, encoded-traversal] }\n";
+
+#[tokio::test]
+async fn dot_segments_are_resolved_when_the_traversal_rules_are_off() {
+    for admin_first in [false, true] {
+        let yaml = format!("{}{TRAVERSAL_RULES_OFF}", config(admin_first));
+        run_cases(&yaml, DOT_SEGMENT_CASES, admin_first).await;
+    }
+}
+
 async fn run_table(admin_first: bool) {
-    let gw = TestGateway::start(&config(admin_first)).await;
+    run_cases(&config(admin_first), CASES, admin_first).await;
+}
+
+async fn run_cases(yaml: &str, cases: &[Case], admin_first: bool) {
+    let gw = TestGateway::start(yaml).await;
     let mut failures = Vec::new();
-    for (method, host, path, headers, want) in CASES {
+    for (method, host, path, headers, want) in cases {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
         for (k, v) in *headers {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -215,7 +240,7 @@ async fn raw_backslash_in_path_is_refused() {
 async fn upstream_receives_the_normalized_path() {
     let up = Upstream::start("up").await;
     let yaml = format!(
-        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - name: up\n    targets: [{{ address: \"{}\" }}]\nroutes:\n  - name: admin\n    match: {{ path: {{ prefix: /v1/admin }} }}\n    upstream: up\n",
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\n{TRAVERSAL_RULES_OFF}upstreams:\n  - name: up\n    targets: [{{ address: \"{}\" }}]\nroutes:\n  - name: admin\n    match: {{ path: {{ prefix: /v1/admin }} }}\n    upstream: up\n",
         up.addr
     );
     let gw = TestGateway::start(&yaml).await;

@@ -99,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
         let ctx = Arc::new(ConnContext::new(
             Arc::clone(&h.gateway),
             Arc::clone(&h.listener),
-            "127.0.0.1".into(),
+            std::net::IpAddr::from([127, 0, 0, 1]),
             "http",
             None,
             None,

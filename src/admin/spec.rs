@@ -83,6 +83,9 @@ mod tests {
             address_line: 9,
             limits: Default::default(),
             tls: None,
+            trusted_proxies: None,
+            proxy_protocol: None,
+            ip_rules: Vec::new(),
         }];
         crate::config::diag::build_yaml(yaml, |a: &Located<Admin>, diag| {
             build(Some(a), &listeners, diag)

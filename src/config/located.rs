@@ -48,6 +48,12 @@ impl<T: Serialize> Serialize for Located<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Text(pub String);
 
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Deref for Text {
     type Target = str;
     fn deref(&self) -> &str {

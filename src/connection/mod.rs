@@ -39,6 +39,9 @@ impl ListenerRuntime {
 pub struct ConnContext {
     pub gateway: Arc<Gateway>,
     pub listener: Arc<ListenerRuntime>,
+    /// The connection's peer (or the PROXY header's source), IPv4-mapped addresses as IPv4.
+    pub peer_ip: std::net::IpAddr,
+    /// `peer_ip` as text.
     pub client_ip: Arc<str>,
     pub scheme: &'static str,
     /// TLS listeners: the HSTS header for every response.
@@ -55,7 +58,7 @@ impl ConnContext {
     pub fn new(
         gateway: Arc<Gateway>,
         listener: Arc<ListenerRuntime>,
-        client_ip: Arc<str>,
+        peer_ip: std::net::IpAddr,
         scheme: &'static str,
         hsts: Option<http::HeaderValue>,
         client_cert: Option<crate::tls::ClientCert>,
@@ -64,7 +67,8 @@ impl ConnContext {
         ConnContext {
             gateway,
             listener,
-            client_ip,
+            peer_ip,
+            client_ip: peer_ip.to_string().into(),
             scheme,
             hsts,
             client_cert,

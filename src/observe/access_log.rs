@@ -344,6 +344,10 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
         b",\"rate_limited\":false,\"retries\":"
     });
     push_u64(out, u64::from(r.retries));
+    if let Some(rule) = &r.rule {
+        out.extend_from_slice(b",\"rule\":");
+        json_plain(out, Some(rule));
+    }
     if let Some(c) = r.cors {
         out.extend_from_slice(b",\"cors\":");
         json_plain(out, Some(c));

@@ -27,6 +27,12 @@ pub struct Trail {
     pub bytes_in_counter: Option<Arc<AtomicU64>>,
     /// What the CORS policy refused (`refused:origin`, `would_refuse:method`…).
     pub cors: Option<&'static str>,
+    /// The edge rule that decided (`ip:NAME` for IP rules; `NAME:log`, `NAME:report_only`
+    /// when the request went on).
+    pub rule: Option<Arc<str>>,
+    /// The client address the request was handled with (the peer's unless a trusted proxy
+    /// said otherwise); `None`: the connection's.
+    pub client_ip: Option<Arc<str>>,
 }
 
 /// What authentication and authorization said.
@@ -95,6 +101,7 @@ pub struct Record {
     pub retries: u32,
     pub retry_events: Vec<RetryEvent>,
     pub cors: Option<&'static str>,
+    pub rule: Option<Arc<str>>,
 }
 
 impl Default for Record {
@@ -124,6 +131,7 @@ impl Default for Record {
             retries: 0,
             retry_events: Vec::new(),
             cors: None,
+            rule: None,
         }
     }
 }

@@ -1,7 +1,11 @@
 //! `listeners[]` in compiled form: each listener's address, limits and TLS section.
 
 use crate::config::{Diag, ListenerLimits, ListenerTls, Located};
+use crate::edge::client_addr::TrustedProxies;
+use crate::edge::ip_rules::IpRules;
+use crate::edge::proxy_protocol;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// One listener, checked. Its TLS files are read when a snapshot is prepared (`crate::tls`),
 /// on every start and reload.
@@ -13,6 +17,11 @@ pub struct ListenerSpec {
     pub address_line: u32,
     pub limits: ListenerLimits,
     pub tls: Option<Located<ListenerTls>>,
+    pub trusted_proxies: Option<Arc<TrustedProxies>>,
+    /// Every connection starts with a PROXY protocol header of these versions.
+    pub proxy_protocol: Option<proxy_protocol::Accept>,
+    /// Positions in the snapshot's `ip_rules`, checked before routing.
+    pub ip_rules: Vec<usize>,
 }
 
 /// Two socket addresses collide when they have the same port and the same IP, or one of them is
@@ -28,6 +37,7 @@ pub fn same_socket(a: &SocketAddr, b: &SocketAddr) -> bool {
 /// is refused whenever `diag` holds an error.
 pub fn build_all(
     listeners: &[Located<crate::config::Listener>],
+    ip_rules: &IpRules,
     diag: &mut Diag,
 ) -> Vec<ListenerSpec> {
     if listeners.is_empty() {
@@ -77,6 +87,21 @@ pub fn build_all(
             }
         };
         check_limits(&l.limits, l.line, &format!("{key}.limits"), diag);
+        let trusted_proxies =
+            TrustedProxies::build(&l.trusted_proxies, l.forwarded_header.as_ref(), &key, diag)
+                .map(Arc::new);
+        let proxy_protocol = l.proxy_protocol.as_ref().and_then(|p| {
+            let accept = proxy_protocol::Accept::parse(p);
+            if accept.is_none() {
+                diag.err(
+                    p.line,
+                    format!("{key}.proxy_protocol"),
+                    format!("`{}` is not one of v1, v2, any", p.value),
+                );
+            }
+            accept
+        });
+        let ip_rules = ip_rules.resolve(&l.ip_rules, &format!("{key}.ip_rules"), diag);
         if let Some(address) = address {
             specs.push(ListenerSpec {
                 name: l.name.value.to_string(),
@@ -84,6 +109,9 @@ pub fn build_all(
                 address_line: l.address.line,
                 limits: l.limits.clone(),
                 tls: l.tls.clone(),
+                trusted_proxies,
+                proxy_protocol,
+                ip_rules,
             });
         }
     }
@@ -126,7 +154,9 @@ mod tests {
         struct Doc {
             listeners: Vec<Located<crate::config::Listener>>,
         }
-        crate::config::diag::build_yaml(yaml, |d: &Doc, diag| Some(build_all(&d.listeners, diag)))
+        crate::config::diag::build_yaml(yaml, |d: &Doc, diag| {
+            Some(build_all(&d.listeners, &IpRules::default(), diag))
+        })
     }
 
     #[test]

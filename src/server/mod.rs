@@ -6,9 +6,12 @@ pub mod listener;
 use crate::admin;
 use crate::connection::io::{Activity, ActivityIo};
 use crate::connection::{idle_expired, ConnContext, ListenerRuntime};
+use crate::edge::ip_rules::canonical_ip;
+use crate::edge::proxy_protocol::{self, Prefixed};
 use crate::gateway::Gateway;
 use crate::held::Held;
 use crate::pipeline;
+use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -161,6 +164,7 @@ async fn accept_loop(
         };
         let limits = spec.limits.clone();
         let tls = spec.tls.clone();
+        let proxy_protocol = spec.proxy_protocol;
         drop(snapshot);
         if rt.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             rt.connections.fetch_sub(1, Ordering::AcqRel);
@@ -173,11 +177,33 @@ async fn accept_loop(
         let rt = Arc::clone(&rt);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            // The PROXY header comes first, before TLS; its source is the connection's peer.
+            let (stream, peer_ip) = match proxy_protocol {
+                None => (Prefixed::new(BytesMut::new(), stream), peer.ip()),
+                Some(accept) => {
+                    let mut stream = stream;
+                    let timeout = Duration::from_millis(limits.header_read_timeout_ms);
+                    match proxy_protocol::read_header(&mut stream, accept, timeout).await {
+                        Ok((header, rest)) => (
+                            Prefixed::new(rest, stream),
+                            header.source.map_or(peer.ip(), |s| s.ip()),
+                        ),
+                        Err(e) => {
+                            tracing::debug!(listener = %rt.name, peer = %peer, error = %e, "PROXY protocol header refused; connection closed");
+                            rt.connections.fetch_sub(1, Ordering::AcqRel);
+                            drop(guard);
+                            return;
+                        }
+                    }
+                }
+            };
+            let peer_ip = canonical_ip(peer_ip);
             let ctx = |client_cert, hsts, scheme| {
                 Arc::new(ConnContext::new(
                     gateway,
                     Arc::clone(&rt),
-                    peer.ip().to_string().into(),
+                    peer_ip,
                     scheme,
                     hsts,
                     client_cert,
@@ -186,14 +212,12 @@ async fn accept_loop(
             };
             match tls {
                 None => {
-                    let _ = stream.set_nodelay(true);
                     let ctx = ctx(None, None, "http");
                     serve_connection(stream, ctx, &limits, shutdown, Protocols::Sniffed).await
                 }
                 Some(tls) => {
                     // The handshake is bounded like a request head: a client that stalls it
                     // does not hold the connection.
-                    let _ = stream.set_nodelay(true);
                     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
                     let handshake = tokio::time::timeout(
                         Duration::from_millis(limits.header_read_timeout_ms),

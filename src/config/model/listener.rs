@@ -12,6 +12,19 @@ pub struct Listener {
     pub tls: Option<Located<ListenerTls>>,
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Peers (CIDRs) whose X-Forwarded-For / Forwarded is read to find the client address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<Located<Text>>,
+    /// Which header a trusted peer's chain is read from: `x-forwarded-for`, `forwarded`, or
+    /// `auto` (default: `Forwarded` when the request carries only that, else X-Forwarded-For).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_header: Option<Located<Text>>,
+    /// `v1`, `v2` or `any`: every connection must start with a PROXY protocol header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<Located<Text>>,
+    /// `ip_rules` by name, checked for every request before routing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_rules: Vec<Located<Text>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

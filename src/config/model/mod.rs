@@ -5,6 +5,7 @@
 
 mod auth;
 mod browser;
+mod edge;
 mod listener;
 mod observe;
 mod ratelimit;
@@ -13,6 +14,7 @@ mod upstream;
 
 pub use auth::*;
 pub use browser::*;
+pub use edge::*;
 pub use listener::*;
 pub use observe::*;
 pub use ratelimit::*;
@@ -53,6 +55,12 @@ pub struct Config {
     pub redis: Option<Located<RedisConfig>>,
     #[serde(default)]
     pub observability: Observability,
+
+    // Absent sections are not serialized: the checksum of a config without them is unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_rules: Vec<Located<IpRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_rules: Option<Located<EdgeRules>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -102,6 +110,9 @@ pub struct Defaults {
     pub cors: Option<Located<Cors>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Located<Compression>>,
+    /// The configurable `edge_rules.rules` (by name) routes apply when they do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_rules: Option<Located<Vec<Located<Text>>>>,
 }
 
 impl Default for Defaults {
@@ -115,6 +126,7 @@ impl Default for Defaults {
             allow_encoded_slashes: false,
             cors: None,
             compression: None,
+            edge_rules: None,
         }
     }
 }

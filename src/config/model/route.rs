@@ -51,6 +51,12 @@ pub struct Route {
     pub compression: Option<Located<Compression>>,
     #[serde(default, skip_serializing)]
     pub mirror: Unsupported,
+    /// `ip_rules` by name, checked after routing, before authentication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_rules: Vec<Located<Text>>,
+    /// The configurable `edge_rules.rules` this route applies (replaces `defaults.edge_rules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_rules: Option<Located<Vec<Located<Text>>>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
