@@ -181,9 +181,13 @@ impl IpRules {
                     Err(m) => diag.err(file.line, &key, m),
                 }
             }
-            if set.is_empty() {
+            let stated = !r.allow.is_empty()
+                || !r.deny.is_empty()
+                || r.allow_file.is_some()
+                || r.deny_file.is_some();
+            if !stated {
                 diag.err(
-                    r.line,
+                    r.name.line,
                     &key,
                     "an IP rule needs at least one entry in allow, deny, allow_file or deny_file",
                 );

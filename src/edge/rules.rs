@@ -500,7 +500,7 @@ fn build_rule(
             diag.err(
                 line,
                 format!("{key}.{k}"),
-                format!("invalid regex `{pattern}`: {e}"),
+                format!("invalid regex `{pattern}`: {}", regex_error(&e)),
             );
             None
         }
@@ -520,7 +520,11 @@ fn build_rule(
                         Err(e) => diag.err(
                             file.line,
                             format!("{key}.user_agent_file"),
-                            format!("{}:{n}: invalid regex `{p}`: {e}", file.value),
+                            format!(
+                                "{}:{n}: invalid regex `{p}`: {}",
+                                file.value,
+                                regex_error(&e)
+                            ),
                         ),
                     }
                 }
@@ -572,7 +576,7 @@ fn build_rule(
         && r.header.is_none()
     {
         diag.err(
-            r.line,
+            r.name.line,
             key,
             "a rule needs at least one of user_agent, user_agent_file, path, query or header",
         );
@@ -589,6 +593,16 @@ fn build_rule(
             header,
         },
     )
+}
+
+/// The regex crate's message spans lines (pattern, caret, reason): the reason alone.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .last()
+        .unwrap_or("")
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 /// Bot lists are written without regard to case.
