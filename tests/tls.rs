@@ -513,3 +513,52 @@ async fn tls_client_to_an_https_upstream_with_bodies_and_trailers() {
     }
     assert_eq!(up.count(), served);
 }
+
+/// PROXY protocol v2 comes before the TLS handshake; its source is the client the upstream is
+/// told about.
+#[tokio::test]
+async fn tls_after_a_proxy_v2_header() {
+    let s = setup();
+    let up = Upstream::start("up").await;
+    let yaml = config(&s, &up, "").replacen(
+        "    address: \"127.0.0.1:0\"\n    tls:",
+        "    address: \"127.0.0.1:0\"\n    proxy_protocol: v2\n    tls:",
+        1,
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    header.extend_from_slice(&[203, 0, 113, 77, 127, 0, 0, 1, 0x30, 0x39, 0x01, 0xbb]);
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, &header)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_config(&s.ca, &[b"http/1.1"], None))
+        .connect(ServerName::try_from("a.example.com").unwrap(), tcp)
+        .await
+        .expect("TLS after the PROXY header");
+    let mut sender = h1(tls).await;
+    let r = request(
+        &mut sender,
+        "a.example.com",
+        "/who",
+        &[("x-forwarded-for", "6.6.6.6")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().headers["x-forwarded-for"], "203.0.113.77");
+    assert_eq!(up.last().headers["x-forwarded-proto"], "https");
+
+    // Without the header, the TLS handshake never starts: the connection is closed.
+    let before = up.count();
+    let refused = connect(
+        gw.addr,
+        "a.example.com",
+        client_config(&s.ca, &[b"http/1.1"], None),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a TLS client without a PROXY header was served"
+    );
+    assert_eq!(up.count(), before);
+}
