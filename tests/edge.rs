@@ -412,3 +412,49 @@ async fn route_ip_rules_from_files_and_bad_lists_are_config_errors() {
     let resp = raw(gw.addr, &get("/echo", &[]), WAIT).await;
     assert_eq!(raw_status(&resp), 403, "{resp}");
 }
+
+/// The access log records the address the gateway decided on and the rule that decided.
+#[tokio::test]
+async fn the_access_log_has_the_client_address_and_the_rule() {
+    let up = Upstream::start("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let listener = "    trusted_proxies: [127.0.0.1/32]\n    ip_rules: [blocked]\n";
+    let top = format!(
+        "ip_rules:\n  - {{ name: blocked, deny: [198.51.100.66] }}\nedge_rules:\n  rules:\n    - {{ name: watch, header: {{ name: x-debug, present: true }}, action: log }}\nobservability:\n  access_log: {{ destination: \"{}\" }}\n",
+        log.display()
+    );
+    let gw = TestGateway::start(&config(listener, &top, "", up.addr)).await;
+    let sent: [(Vec<u8>, u16); 4] = [
+        (
+            get("/echo", &["X-Forwarded-For: 6.6.6.6, 203.0.113.5"]),
+            200,
+        ),
+        (get("/echo", &["X-Forwarded-For: 198.51.100.66"]), 403),
+        (get("/a/../b", &[]), 400),
+        (get("/echo", &["x-debug: 1"]), 200),
+    ];
+    for (req, status) in &sent {
+        assert_eq!(raw_status(&raw(gw.addr, req, WAIT).await), *status);
+    }
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect();
+        if lines.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["client_ip"], "203.0.113.5");
+    assert!(lines[0].get("rule").is_none(), "{}", lines[0]);
+    assert_eq!(lines[1]["client_ip"], "198.51.100.66");
+    assert_eq!(lines[1]["rule"], "ip:blocked");
+    assert_eq!(lines[2]["rule"], "path-traversal");
+    assert_eq!(lines[3]["rule"], "watch:log");
+    assert_eq!(lines[3]["client_ip"], "127.0.0.1");
+}
