@@ -437,7 +437,8 @@ async fn a_collector_that_never_answers_costs_requests_nothing() {
 async fn an_unreachable_collector_is_counted_and_recovers() {
     let up = Upstream::start("up").await;
     // Reserve a port, keep it closed for a while, then start the receiver on it.
-    let port = closed_port();
+    let reserved = ClosedPort::reserve();
+    let port = reserved.addr;
     let gw = TestGateway::start(&config(
         &up,
         &format!("{{ endpoint: \"http://{port}\", export_interval_ms: 20, timeout_ms: 200 }}"),
@@ -468,7 +469,7 @@ async fn an_unreachable_collector_is_counted_and_recovers() {
         3.0
     );
 
-    let rx = Receiver::start_on(port).await;
+    let rx = Receiver::start_on(reserved.release()).await;
     get(&c, &gw.url("/api/x"), &[]).await;
     assert_eq!(
         rx.wait_for(1).await.len(),

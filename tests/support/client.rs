@@ -152,5 +152,6 @@ pub fn raw_json(resp: &str) -> serde_json::Value {
 
 /// A free 127.0.0.1 port (bound and released; good enough for tests on loopback).
 pub fn free_addr() -> SocketAddr {
-    closed_port()
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }

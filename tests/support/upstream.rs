@@ -416,8 +416,34 @@ pub async fn closing_upstream() -> SocketAddr {
     addr
 }
 
-/// A 127.0.0.1 port with nothing listening on it.
+/// A 127.0.0.1 port with nothing listening on it, reserved for the life of the test process.
 pub fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    let reserved = ClosedPort::reserve();
+    let addr = reserved.addr;
+    std::mem::forget(reserved.socket);
+    addr
+}
+
+/// A port that refuses connections until released. Bound but never listening: connections get
+/// a reset, and while it is held no other test running in parallel can be handed the port (a
+/// listener bound and dropped frees it for the next `bind(0)`; another test's admin listener
+/// once answered a "dead" upstream with a 404).
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    pub fn reserve() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        ClosedPort { addr, socket }
+    }
+
+    /// Frees the port so a server can be started on it.
+    pub fn release(self) -> SocketAddr {
+        drop(self.socket);
+        self.addr
+    }
 }
