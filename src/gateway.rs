@@ -27,6 +27,20 @@ pub struct Gateway {
     ready: AtomicBool,
     /// Set when the config comes from the control plane's store.
     pub store_status: std::sync::OnceLock<Arc<crate::control::agent::StoreStatus>>,
+    /// The outcome of the latest reload attempt, for the admin API and the dashboard.
+    last_reload: Mutex<Option<ReloadRecord>>,
+    /// Per-second samples of the route counters (the dashboard's charts).
+    pub series: crate::admin::series::Series,
+}
+
+/// One reload attempt as the admin API reports it.
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    pub at: std::time::SystemTime,
+    /// `reloaded`, `unchanged` or `failed`.
+    pub result: &'static str,
+    pub version: u64,
+    pub errors: Vec<String>,
 }
 
 struct ReloadState {
@@ -94,12 +108,22 @@ impl Gateway {
             reload_gate: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             store_status: std::sync::OnceLock::new(),
+            last_reload: Mutex::new(None),
+            series: crate::admin::series::Series::default(),
         }))
     }
 
     /// The snapshot a request should use from start to end.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// The latest reload attempt (`None` until one is made).
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set_ready(&self) {
@@ -175,6 +199,21 @@ impl Gateway {
             &self.metrics.reloads_failed
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let record = match &result {
+            Ok(a) => ReloadRecord {
+                at: std::time::SystemTime::now(),
+                result: if a.changed { "reloaded" } else { "unchanged" },
+                version: a.version,
+                errors: Vec::new(),
+            },
+            Err(e) => ReloadRecord {
+                at: std::time::SystemTime::now(),
+                result: "failed",
+                version: self.snapshot().version,
+                errors: e.0.iter().map(|e| e.to_string()).collect(),
+            },
+        };
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
         let applied = result?;
         if applied.changed {
             self.sync_health_checks();

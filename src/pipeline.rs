@@ -317,6 +317,7 @@ async fn run(
             }
             Err(f) => {
                 ex.trail.auth = AuthResult::Failure;
+                route.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
                 return Err(Reject::Unauthorized(f));
             }
         }
@@ -346,7 +347,8 @@ async fn run(
         {
             Ok(h) => ex.rate_headers = Some(h),
             Err(Refusal::Limited { limit, headers }) => {
-                return Err(Reject::RateLimited(limit, Box::new(headers)))
+                route.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Err(Reject::RateLimited(limit, Box::new(headers)));
             }
             Err(Refusal::StoreUnavailable { limit }) => {
                 return Err(Reject::RateLimitStoreDown(limit))

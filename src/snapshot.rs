@@ -108,6 +108,8 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub admin_address: SocketAddr,
     pub admin_token: Option<String>,
+    /// `admin.dashboard`: whether `/dashboard` is served.
+    pub dashboard: bool,
     pub allow_encoded_slashes: bool,
     /// `defaults.cors`, for requests no route matched.
     pub default_cors: Option<Arc<crate::policy::cors::CorsPolicy>>,
@@ -243,6 +245,7 @@ pub fn assemble(
             .collect(),
         admin_address: admin.address,
         admin_token: admin.token,
+        dashboard: admin.dashboard,
         allow_encoded_slashes: defaults.allow_encoded_slashes,
         default_cors: defaults.cors.clone(),
         drain_timeout: defaults.drain_timeout,

@@ -1,7 +1,9 @@
 //! The admin API, on its own listener: health probes, the running config's identity, the
 //! compiled routes, and reload.
 
+pub mod dashboard;
 pub mod metrics;
+pub mod series;
 pub mod spec;
 
 use crate::body::ResponseBody;
@@ -76,11 +78,13 @@ enum Endpoint {
     AccessLog,
     Upstreams,
     Reload,
+    Series,
+    Dashboard(dashboard::Asset),
 }
 
 /// Every admin path with the one method it answers. A known path with another method gets
 /// 405 (with `Allow`), an unknown path 404. `/health/*` needs no token.
-const ENDPOINTS: [(&str, Method, Endpoint); 8] = [
+const ENDPOINTS: [(&str, Method, Endpoint); 13] = [
     ("/health/live", Method::GET, Endpoint::Live),
     ("/health/ready", Method::GET, Endpoint::Ready),
     (
@@ -93,15 +97,47 @@ const ENDPOINTS: [(&str, Method, Endpoint); 8] = [
     ("/admin/access-log", Method::GET, Endpoint::AccessLog),
     ("/admin/upstreams", Method::GET, Endpoint::Upstreams),
     ("/admin/reload", Method::POST, Endpoint::Reload),
+    ("/admin/series", Method::GET, Endpoint::Series),
+    (
+        "/dashboard",
+        Method::GET,
+        Endpoint::Dashboard(dashboard::Asset::Page),
+    ),
+    (
+        "/dashboard/app.js",
+        Method::GET,
+        Endpoint::Dashboard(dashboard::Asset::Script),
+    ),
+    (
+        "/dashboard/app.css",
+        Method::GET,
+        Endpoint::Dashboard(dashboard::Asset::Style),
+    ),
+    (
+        "/dashboard/icon.svg",
+        Method::GET,
+        Endpoint::Dashboard(dashboard::Asset::Icon),
+    ),
 ];
 
 pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<ResponseBody> {
     let request_id = request_id::for_request(req.headers());
     let snapshot = gateway.snapshot();
     let path = req.uri().path();
-    let is_health = path.starts_with("/health/");
     let entry = ENDPOINTS.iter().find(|(p, _, _)| *p == path);
-    let mut resp = if !is_health && !authorized(&req, snapshot.admin_token.as_deref()) {
+    let is_dashboard = matches!(entry, Some((_, _, Endpoint::Dashboard(_))));
+    if is_dashboard && !snapshot.dashboard {
+        let mut r = json_error(
+            StatusCode::NOT_FOUND,
+            "the dashboard is turned off (admin.dashboard: false)",
+            &request_id,
+        );
+        r.headers_mut().insert(request_id::HEADER, request_id);
+        return r;
+    }
+    // Health probes and the dashboard's static files need no token; the page asks for it.
+    let public = path.starts_with("/health/") || is_dashboard;
+    let mut resp = if !public && !authorized(&req, snapshot.admin_token.as_deref()) {
         let mut r = json_error(
             StatusCode::UNAUTHORIZED,
             "admin token required",
@@ -126,7 +162,16 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
                 }
                 r
             }
-            Some((_, _, endpoint)) => answer(*endpoint, gateway, &snapshot, &request_id).await,
+            Some((_, _, endpoint)) => {
+                answer(
+                    *endpoint,
+                    req.uri().query(),
+                    gateway,
+                    &snapshot,
+                    &request_id,
+                )
+                .await
+            }
         }
     };
     resp.headers_mut().insert(request_id::HEADER, request_id);
@@ -135,6 +180,7 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
 
 async fn answer(
     endpoint: Endpoint,
+    query: Option<&str>,
     gateway: &Arc<Gateway>,
     snapshot: &crate::snapshot::Snapshot,
     request_id: &header::HeaderValue,
@@ -181,6 +227,15 @@ async fn answer(
             json_response(StatusCode::OK, &doc)
         }
         Endpoint::Upstreams => json_response(StatusCode::OK, &upstreams_document(snapshot)),
+        Endpoint::Series => {
+            let since = query.and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("since="))
+                    .and_then(|v| v.parse::<u64>().ok())
+            });
+            json_response(StatusCode::OK, &gateway.series.document(since))
+        }
+        Endpoint::Dashboard(asset) => dashboard::serve(asset),
         Endpoint::Reload => match gateway.reload().await {
             Ok(applied) => {
                 tracing::info!(
@@ -225,6 +280,12 @@ fn config_version_document(
         "loaded_at": humantime::format_rfc3339_seconds(snapshot.loaded_at).to_string(),
         "checksum": snapshot.checksum,
         "source": if gateway.store_status.get().is_some() { "store" } else { "file" },
+        "last_reload": gateway.last_reload().map(|r| json!({
+            "at": humantime::format_rfc3339_seconds(r.at).to_string(),
+            "result": r.result,
+            "config_version": r.version,
+            "errors": r.errors,
+        })),
     });
     if let Some(s) = gateway.store_status.get() {
         use std::sync::atomic::Ordering::Relaxed;
@@ -237,6 +298,12 @@ fn config_version_document(
         }
     }
     doc
+}
+
+/// An earlier instant of the monotonic clock as RFC 3339 wall-clock time.
+fn wall_clock(now: tokio::time::Instant, at: tokio::time::Instant) -> String {
+    let then = std::time::SystemTime::now() - now.saturating_duration_since(at);
+    humantime::format_rfc3339_millis(then).to_string()
 }
 
 /// `GET /admin/upstreams`: every upstream's bulkhead and retry counters and, per target, health,
@@ -255,8 +322,12 @@ fn upstreams_document(snapshot: &crate::snapshot::Snapshot) -> serde_json::Value
                     let requests = t.state.requests.load(Relaxed);
                     let failures = t.state.failures.load(Relaxed);
                     let breaker = u.breaker.as_ref().map(|cfg| {
-                        let (state, transitions) = t.state.breaker.state(cfg, now);
-                        json!({"state": state.as_str(), "transitions": transitions})
+                        let s = t.state.breaker.status(cfg, now);
+                        json!({
+                            "state": s.state.as_str(),
+                            "transitions": s.transitions,
+                            "changed_at": s.changed_at.map(|at| wall_clock(now, at)),
+                        })
                     });
                     json!({
                         "address": t.pool.authority().as_str(),

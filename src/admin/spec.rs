@@ -11,6 +11,8 @@ pub struct AdminSpec {
     pub address_line: u32,
     /// When set, every admin call except `/health/*` needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Whether `/dashboard` is served.
+    pub dashboard: bool,
 }
 
 /// Shortest admin token accepted.
@@ -68,6 +70,7 @@ pub fn build(
         address: address?,
         address_line: admin.address.line,
         token: admin.token.as_ref().map(|t| t.0.clone()),
+        dashboard: admin.dashboard.unwrap_or(true),
     };
     diag.ok_since(mark, spec)
 }

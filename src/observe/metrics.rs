@@ -50,7 +50,47 @@ impl Histogram {
         );
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
+
+    /// Observations per bucket (the last slot: above the largest bound) and their count.
+    pub fn counts(&self) -> ([u64; BUCKETS.len() + 1], u64) {
+        let mut out = [0; BUCKETS.len() + 1];
+        for (slot, b) in out.iter_mut().zip(&self.buckets) {
+            *slot = b.load(Relaxed);
+        }
+        let count = self.count.load(Relaxed);
+        let bounded: u64 = out.iter().sum();
+        out[BUCKETS.len()] = count.saturating_sub(bounded);
+        (out, count)
+    }
 }
+
+/// The `q` quantile (0..1) of observations counted per bucket, in seconds, interpolated
+/// linearly inside the bucket as Prometheus' `histogram_quantile` does; `None` without
+/// observations. Above the largest bound the largest bound is returned.
+pub fn quantile(counts: &[u64; BUCKETS.len() + 1], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (i, n) in counts.iter().enumerate() {
+        let upto = below + n;
+        if *n > 0 && upto as f64 >= rank {
+            let Some(&upper) = BUCKETS.get(i) else {
+                return Some(BUCKETS[BUCKETS.len() - 1]);
+            };
+            let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            let within = (rank - below as f64) / *n as f64;
+            return Some(lower + (upper - lower) * within.clamp(0.0, 1.0));
+        }
+        below = upto;
+    }
+    Some(BUCKETS[BUCKETS.len() - 1])
+}
+
+/// Number of histogram slots, the overflow slot included.
+pub const HISTOGRAM_SLOTS: usize = BUCKETS.len() + 1;
 
 const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
@@ -80,6 +120,10 @@ pub struct RouteMetrics {
     bytes_out: AtomicU64,
     /// Requests authenticated but refused by `authorization` (403).
     pub authz_denials: AtomicU64,
+    /// Requests refused by authentication (401).
+    pub auth_failures: AtomicU64,
+    /// Requests refused by one of the route's rate limits (429).
+    pub rate_limited: AtomicU64,
     pub cors: crate::policy::cors::CorsCounters,
 }
 
@@ -97,6 +141,17 @@ impl RouteMetrics {
         self.duration.observe(latency);
         self.bytes_in.fetch_add(bytes_in, Relaxed);
         self.bytes_out.fetch_add(bytes_out, Relaxed);
+    }
+
+    /// Requests counted so far by status class (1xx..5xx).
+    pub fn by_class(&self) -> [u64; 5] {
+        let mut out = [0; 5];
+        for by_class in &self.requests {
+            for (slot, n) in out.iter_mut().zip(by_class) {
+                *slot += n.load(Relaxed);
+            }
+        }
+        out
     }
 
     /// Requests and 5xx answers counted so far.
@@ -150,6 +205,14 @@ impl Metrics {
     pub fn upstream(&self, name: &str) -> Arc<UpstreamMetrics> {
         let mut m = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(m.entry(name.to_string()).or_default())
+    }
+
+    /// Every route's series (not the no-route one), by name.
+    pub fn routes(&self) -> Vec<(String, Arc<RouteMetrics>)> {
+        let m = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Drops series of routes and upstreams the latest config no longer has.
@@ -239,13 +302,25 @@ impl Metrics {
                 "Authenticated requests refused by the route's authorization (403), by route.",
                 2,
             ),
+            (
+                "portcullis_route_auth_failures_total",
+                "Requests refused by the route's authentication (401), by route.",
+                3,
+            ),
+            (
+                "portcullis_route_rate_limited_total",
+                "Requests refused by one of the route's rate limits (429), by route.",
+                4,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
             for (route, m) in &all {
                 let v = match pick {
                     0 => m.bytes_in.load(Relaxed),
                     1 => m.bytes_out.load(Relaxed),
-                    _ => m.authz_denials.load(Relaxed),
+                    2 => m.authz_denials.load(Relaxed),
+                    3 => m.auth_failures.load(Relaxed),
+                    _ => m.rate_limited.load(Relaxed),
                 };
                 let _ = writeln!(out, "{metric}{{route=\"{}\"}} {v}", escape(route));
             }

@@ -122,6 +122,10 @@ pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
             )
         })?;
     let admin_addr = admin_listener.local_addr()?;
+    tokio::spawn(admin::series::run(
+        Arc::clone(&gateway),
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::clone(&gateway),

@@ -30,6 +30,14 @@ impl BreakerState {
     }
 }
 
+/// A breaker as the admin API reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerStatus {
+    pub state: BreakerState,
+    pub transitions: u64,
+    pub changed_at: Option<Instant>,
+}
+
 /// What the breaker said about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -47,6 +55,8 @@ struct Inner {
     probes_in_flight: u32,
     probe_successes: u32,
     transitions: u64,
+    /// When the state last changed (`None`: closed since start).
+    changed_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -64,6 +74,7 @@ impl Default for Breaker {
                 probes_in_flight: 0,
                 probe_successes: 0,
                 transitions: 0,
+                changed_at: None,
             }),
         }
     }
@@ -73,6 +84,7 @@ impl Inner {
     fn go(&mut self, to: BreakerState, now: Instant) {
         if self.state != to {
             self.transitions += 1;
+            self.changed_at = Some(now);
             tracing::info!(
                 from = self.state.as_str(),
                 to = to.as_str(),
@@ -168,9 +180,19 @@ impl Breaker {
     }
 
     pub fn state(&self, cfg: &BreakerConfig, now: Instant) -> (BreakerState, u64) {
+        let s = self.status(cfg, now);
+        (s.state, s.transitions)
+    }
+
+    /// The state, how often it changed and when it last did.
+    pub fn status(&self, cfg: &BreakerConfig, now: Instant) -> BreakerStatus {
         let mut g = self.lock();
         g.refresh(cfg, now);
-        (g.state, g.transitions)
+        BreakerStatus {
+            state: g.state,
+            transitions: g.transitions,
+            changed_at: g.changed_at,
+        }
     }
 }
 

@@ -70,6 +70,9 @@ pub struct Admin {
     /// When set, every admin call except the health probes needs `Authorization: Bearer <token>`.
     #[serde(default, serialize_with = "redact")]
     pub token: Option<Text>,
+    /// Serve the read-only dashboard at `/dashboard` (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<bool>,
 }
 
 fn redact<S: serde::Serializer>(v: &Option<Text>, s: S) -> Result<S::Ok, S::Error> {
