@@ -7,30 +7,10 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
-
-/// Runs `portcullis config --store STORE ARGS…`; returns (exit code, stdout + stderr).
-fn cli(store: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["config", "--store", store])
-        .args(args)
-        // Documents use ${GW_LISTEN} / ${GW_ADMIN}: push validates with the pusher's values.
-        .env("GW_LISTEN", "127.0.0.1:0")
-        .env("GW_ADMIN", "127.0.0.1:0")
-        .env("USER", "tester")
-        .output()
-        .expect("run portcullis config");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
 
 /// A document whose one route answers `body` directly, or proxies to `upstream`.
 fn document(body: &str, upstream: Option<SocketAddr>) -> String {
@@ -54,24 +34,6 @@ defaults: {{ auth: none }}
     {action}
 "#
     )
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
-
-fn push(store: &str, dir: &Path, name: &str, text: &str) -> i64 {
-    let file = write(dir, name, text);
-    let (code, out) = cli(store, &["push", &file, "-m", name]);
-    assert_eq!(code, 0, "{out}");
-    out.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(':')
-        .parse()
-        .unwrap()
 }
 
 async fn body_of(gw: &GatewayProcess) -> Option<String> {

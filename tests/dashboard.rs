@@ -167,7 +167,7 @@ async fn the_dashboard_shows_config_routes_traffic_and_a_failing_upstream_live()
         match driver.next().await.as_deref() {
             Some("STOP_UPSTREAM") => {
                 up.stop();
-                driver.reply("stopped").await;
+                driver.reply("done").await;
             }
             Some(_) => {}
             None => break,
@@ -248,4 +248,43 @@ async fn the_dashboard_is_served_with_a_strict_policy_and_can_be_turned_off() {
     .await;
     let r = get(&client(), &format!("http://{}/dashboard", off.admin), &[]).await;
     r.assert_gateway_error(404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_store_mode_the_page_shows_the_store_version_and_follows_an_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("store.db").display());
+    let document = |body: &str| {
+        format!(
+            "listeners: [{{ name: public, address: \"${{GW_LISTEN}}\" }}]\n\
+             admin: {{ address: \"${{GW_ADMIN}}\" }}\n\
+             defaults: {{ auth: none }}\n\
+             routes:\n  - name: all\n    match: {{ path: {{ prefix: / }} }}\n    \
+             direct_response: {{ status: 200, body: \"{body}\" }}\n"
+        )
+    };
+    let v1 = push(&store, dir.path(), "v1.yaml", &document("v1"));
+    assert_eq!(cli(&store, &["activate", &v1.to_string()]).0, 0);
+    let gw =
+        GatewayProcess::follow(&store, "gw-1", "zone=a", tempfile::tempdir().unwrap(), None).await;
+    let v2 = push(&store, dir.path(), "v2.yaml", &document("v2"));
+
+    let mut driver = Driver::start(&[
+        ("MODE", "store".into()),
+        ("ADMIN_URL", format!("http://{}", gw.admin)),
+        ("EXPECT_STORE_VERSION", v1.to_string()),
+        ("EXPECT_NEXT_STORE_VERSION", v2.to_string()),
+    ]);
+    loop {
+        match driver.next().await.as_deref() {
+            Some("ACTIVATE_NEXT") => {
+                let (code, out) = cli(&store, &["activate", &v2.to_string()]);
+                assert_eq!(code, 0, "{out}");
+                driver.reply("done").await;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    driver.finish().await;
 }

@@ -26,7 +26,7 @@ const lines = stdin[Symbol.asyncIterator]();
 async function ask(step) {
   console.log(step);
   const { value, done } = await lines.next();
-  if (done || value.trim() !== 'stopped') throw new Error(`no acknowledgement for ${step}: ${value}`);
+  if (done || value.trim() !== 'done') throw new Error(`no acknowledgement for ${step}: ${value}`);
 }
 
 function check(ok, message) {
@@ -55,6 +55,8 @@ try {
 
   if (mode === 'open') {
     await runOpen(page);
+  } else if (mode === 'store') {
+    await runStore(page);
   } else if (mode === 'token') {
     await runToken(page, requests);
   } else {
@@ -173,4 +175,19 @@ async function runToken(page, requests) {
   check(api.length > 0, 'no admin API request seen');
   check(requests.every((r) => !r.url.includes(token)), 'the token appeared in a URL');
   check(api.some((r) => r.auth === `Bearer ${token}`), 'no request carried the bearer token');
+}
+
+async function runStore(page) {
+  const first = env('EXPECT_STORE_VERSION');
+  const next = env('EXPECT_NEXT_STORE_VERSION');
+  const sourceIs = (v) => page.waitForFunction((want) => [...document.querySelectorAll('#config dd')]
+    .some((dd) => dd.textContent === want), 'store, version ' + v, { timeout: 5000 });
+  await sourceIs(first);
+  const body = await page.evaluate(() => document.getElementById('config').innerText);
+  check(body.includes('reachable') && !body.includes('unreachable'), `store state: ${body}`);
+  await page.waitForSelector('#routes tbody tr[data-route="all"]', { timeout: 5000 });
+  await ask('ACTIVATE_NEXT');
+  // The newly activated store version reaches the page without a reload.
+  await sourceIs(next);
+  await page.screenshot({ path: path.join(shots, 'dashboard-store.png'), fullPage: true });
 }

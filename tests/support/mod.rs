@@ -10,6 +10,7 @@ mod gateway;
 mod idp;
 mod postgres;
 mod redis;
+mod store;
 mod upstream;
 
 pub use client::*;
@@ -17,4 +18,5 @@ pub use gateway::*;
 pub use idp::*;
 pub use postgres::*;
 pub use redis::*;
+pub use store::*;
 pub use upstream::*;

@@ -93,6 +93,13 @@
   function renderUpstreams(doc) {
     const tbody = $('upstreams').tBodies[0];
     tbody.replaceChildren();
+    if (!doc.upstreams.length) {
+      const td = el('td', 'No upstreams in this config.', 'muted');
+      td.colSpan = 7;
+      const tr = el('tr');
+      tr.append(td);
+      tbody.append(tr);
+    }
     for (const u of doc.upstreams) {
       for (const t of u.targets) {
         const tr = el('tr');
