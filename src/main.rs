@@ -92,6 +92,12 @@ struct FollowArgs {
     /// Where the last applied version is kept, to start from when the store is unreachable.
     #[arg(long, default_value = "portcullis-last-known-good.json")]
     last_known_good: PathBuf,
+    /// How often the store is read (and a heartbeat written) when no notification arrives, in
+    /// milliseconds (100–5000: `config status` calls an instance silent after 10 s without a
+    /// heartbeat). PostgreSQL stores also wake the gateway at once through LISTEN/NOTIFY.
+    #[arg(long, env = "PORTCULLIS_STORE_POLL_MS", default_value_t = portcullis::control::agent::POLL_INTERVAL.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(100..=5_000))]
+    store_poll_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -437,6 +443,7 @@ async fn first_config(
         lkg_path: follow.last_known_good,
         gateway: std::sync::Arc::clone(&gateway),
         status,
+        poll_interval: std::time::Duration::from_millis(follow.store_poll_ms),
     };
     Ok((gateway, Some(agent)))
 }

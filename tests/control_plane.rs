@@ -240,16 +240,28 @@ async fn a_fleet_on_postgres_follows_survives_the_store_and_restarts_from_last_k
             .await,
         );
     }
+    // A fourth gateway polls only every 5 s: reaching it within 2 s takes LISTEN/NOTIFY.
+    let slow = GatewayProcess::follow_with(
+        &store,
+        "gw-slow-poll",
+        "zone=b",
+        tempfile::tempdir().unwrap(),
+        None,
+        &["--store-poll-ms", "5000"],
+    )
+    .await;
     let all: Vec<&GatewayProcess> = gws.iter().collect();
     until_all_serve(&all, "v1", Duration::from_secs(5)).await;
+    until_all_serve(&[&slow], "v1", Duration::from_secs(5)).await;
 
-    // An activation reaches all three within 2 s (LISTEN/NOTIFY).
+    // An activation reaches all four within 2 s (LISTEN/NOTIFY).
     let v2 = push(&store, dir.path(), "v2.yaml", &document("v2", None));
     let activated = Instant::now();
     assert_eq!(cli(&store, &["activate", &v2.to_string()]).0, 0);
-    let took = until_all_serve(&all, "v2", Duration::from_secs(2)).await;
+    let with_slow: Vec<&GatewayProcess> = gws.iter().chain(std::iter::once(&slow)).collect();
+    let took = until_all_serve(&with_slow, "v2", Duration::from_secs(2)).await;
     eprintln!(
-        "v2 on all three {:?} after activate returned ({:?} including the CLI)",
+        "v2 on all four {:?} after activate returned ({:?} including the CLI)",
         took,
         activated.elapsed()
     );
@@ -266,6 +278,7 @@ async fn a_fleet_on_postgres_follows_survives_the_store_and_restarts_from_last_k
     let doc = gws[0].config_document().await;
     assert_eq!(doc["store_version"], v2);
     assert_eq!(doc["last_known_good"], false);
+    drop(slow);
 
     // The store goes away: every gateway keeps serving, no request fails.
     pg.stop();

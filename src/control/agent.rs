@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How often a gateway looks at the store (and heartbeats) when no notification arrives.
+/// How often a gateway looks at the store (and heartbeats) when no notification arrives, unless
+/// `--store-poll-ms` says otherwise.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Who this instance is.
@@ -178,6 +179,8 @@ pub struct Agent {
     pub lkg_path: PathBuf,
     pub gateway: Arc<Gateway>,
     pub status: Arc<StoreStatus>,
+    /// Time between reads of the store when no notification arrives.
+    pub poll_interval: Duration,
 }
 
 impl Agent {
@@ -206,7 +209,7 @@ impl Agent {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
                 _ = wake.notified() => {}
             }
         }

@@ -92,6 +92,18 @@ impl GatewayProcess {
         dir: tempfile::TempDir,
         addrs: Option<(SocketAddr, SocketAddr)>,
     ) -> GatewayProcess {
+        Self::follow_with(store, instance, labels, dir, addrs, &[]).await
+    }
+
+    /// `follow` with extra `run` arguments (e.g. `--store-poll-ms`).
+    pub async fn follow_with(
+        store: &str,
+        instance: &str,
+        labels: &str,
+        dir: tempfile::TempDir,
+        addrs: Option<(SocketAddr, SocketAddr)>,
+        extra: &[&str],
+    ) -> GatewayProcess {
         let (addr, admin) = addrs.unwrap_or_else(|| (free_addr(), free_addr()));
         let lkg = dir.path().join("last-known-good.json");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
@@ -99,6 +111,7 @@ impl GatewayProcess {
             .args(["--instance-labels", labels, "--worker-threads", "1"])
             .arg("--last-known-good")
             .arg(&lkg)
+            .args(extra)
             .env("GW_LISTEN", addr.to_string())
             .env("GW_ADMIN", admin.to_string());
         Self::launch(cmd, addr, admin, dir, lkg).await
