@@ -277,7 +277,25 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests_then_exits_0() {
     // SIGHUP with a broken file: refused, old config serves.
     gw.write_config("listeners: [oops");
     gw.signal(libc::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait for the refusal itself (a gateway that ignored the signal would never report one).
+    let mut doc = gw.config_document().await;
+    for _ in 0..100 {
+        if doc["last_reload"]["result"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        doc = gw.config_document().await;
+    }
+    assert_eq!(doc["last_reload"]["result"], "failed", "{doc}");
+    let error = doc["last_reload"]["errors"][0].as_str().unwrap_or_default();
+    assert!(error.contains("portcullis.yaml:1"), "{doc}");
+    let metrics = get(&c, &format!("http://{}/metrics", gw.admin), &[])
+        .await
+        .text();
+    assert!(
+        metrics.contains("portcullis_config_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(gw.config_version().await, 2);
     assert_eq!(
         get(&c, &format!("http://{}/x", gw.addr), &[]).await.headers["x-config-marker"],
