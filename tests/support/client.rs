@@ -155,3 +155,15 @@ pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// Asserts a connection closed as the README promises for a timeout of `timeout`: not before
+/// it (5% for where the test's clock started), and within 1.25× (timers are checked in quarter
+/// steps) plus 200 ms for scheduling on a loaded 2-core machine.
+pub fn assert_closed_on_time(waited: std::time::Duration, timeout: std::time::Duration) {
+    let earliest = timeout.mul_f64(0.95);
+    let latest = timeout.mul_f64(1.25) + std::time::Duration::from_millis(200);
+    assert!(
+        waited >= earliest && waited <= latest,
+        "closed after {waited:?}; the promise for {timeout:?} is {earliest:?}..={latest:?}"
+    );
+}
