@@ -201,10 +201,26 @@ async fn sni_alpn_hsts_and_old_versions() {
         let conn = connect(gw.addr, sni, Arc::clone(&cfg)).await.unwrap();
         assert_eq!(&served_cert(&conn), want, "{sni}");
     }
-    // An SNI no certificate names also gets the first (which this client then refuses).
-    assert!(connect(gw.addr, "unknown.example.com", Arc::clone(&cfg))
+    // An SNI no certificate names also gets the first (which this client then refuses, for
+    // the name: the handshake itself worked).
+    let err = connect(gw.addr, "unknown.example.com", Arc::clone(&cfg))
         .await
-        .is_err());
+        .err()
+        .expect("a certificate for other names is refused");
+    let tls = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .unwrap_or_else(|| panic!("not a TLS error: {err:?}"));
+    assert!(
+        matches!(
+            tls,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                | rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForNameContext { .. }
+                )
+        ),
+        "{tls:?}"
+    );
 
     // ALPN h2 negotiated and used, over TLS; HSTS on the response.
     let h2cfg = client_config(&s.ca, &[b"h2", b"http/1.1"], None);
