@@ -154,6 +154,7 @@ async fn a_killed_target_costs_no_client_failures_and_rejoins_when_back() {
     let cl = client();
     let mut failures = Vec::new();
     let mut b_again = None;
+    let mut seen_unhealthy = false;
     let started = Instant::now();
     let mut sent = 0;
     while started.elapsed() < Duration::from_secs(4) {
@@ -164,6 +165,10 @@ async fn a_killed_target_costs_no_client_failures_and_rejoins_when_back() {
         }
         if sent == 100 {
             b.stop();
+        }
+        if sent > 100 && sent % 10 == 0 && !seen_unhealthy {
+            let doc = admin_upstreams(&gw).await;
+            seen_unhealthy = doc["upstreams"][0]["targets"][1]["healthy"] == false;
         }
         if sent == 100 && b_again.is_none() {
             // Bring b back 1.5 s later on the same address.
@@ -181,7 +186,12 @@ async fn a_killed_target_costs_no_client_failures_and_rejoins_when_back() {
         &failures[..failures.len().min(5)]
     );
     let b2 = b_again.unwrap().await.unwrap();
-    // It failed while it was down, is healthy again now, and serves traffic again.
+    // It failed while it was down (and was marked so), is healthy again now, and serves
+    // traffic again.
+    assert!(
+        seen_unhealthy,
+        "the stopped target was never reported unhealthy"
+    );
     let doc = admin_upstreams(&gw).await;
     let t = &doc["upstreams"][0]["targets"][1];
     assert_eq!(t["address"], b_addr.to_string());
@@ -307,7 +317,11 @@ async fn retry_budget_caps_load_on_a_failing_upstream() {
         seen as f64 <= 1.25 * n as f64,
         "upstream saw {seen} for {n} requests"
     );
-    assert!(seen > n, "no retries at all");
+    // The 20% budget is used: a budget of 0% would allow only the 10 banked retries plus 3/s.
+    assert!(
+        seen as f64 >= 1.15 * n as f64,
+        "upstream saw {seen} for {n} requests: the budget's 20% was not used"
+    );
     assert!(
         doc["upstreams"][0]["retries_denied_by_budget"]
             .as_u64()
@@ -369,7 +383,7 @@ async fn bulkhead_refuses_the_eleventh_request_at_once_and_spares_other_upstream
 async fn the_route_timeout_covers_every_try() {
     let up = Upstream::start("up").await;
     let ups = format!("  - name: up\n    targets:\n{}", targets(&[&up]));
-    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n    timeout_ms: 500\n    retries: { attempts: 2, on: [timeout, \"503\"], backoff_ms: 10 }\n  - name: per-try\n    match: { path: { prefix: /per-try } }\n    upstream: up\n    timeout_ms: 1000\n    rewrite: { replace_prefix: { from: /per-try, to: /sleep } }\n    retries: { attempts: 2, on: [timeout], backoff_ms: 1, per_try_timeout_ms: 200 }\n";
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n    timeout_ms: 500\n    retries: { attempts: 2, on: [timeout, \"503\"], backoff_ms: 10 }\n  - name: per-try\n    match: { path: { prefix: /per-try } }\n    upstream: up\n    timeout_ms: 1000\n    rewrite: { replace_prefix: { from: /per-try, to: /sleep } }\n    retries: { attempts: 2, on: [timeout], backoff_ms: 1, per_try_timeout_ms: 200 }\n  - name: capped\n    match: { path: { prefix: /capped } }\n    upstream: up\n    timeout_ms: 500\n    rewrite: { replace_prefix: { from: /capped, to: /sleep } }\n    retries: { attempts: 2, on: [timeout], backoff_ms: 1, per_try_timeout_ms: 300 }\n";
     let gw = TestGateway::start(&config(&ups, routes)).await;
     let c = client();
     let started = Instant::now();
@@ -388,6 +402,19 @@ async fn the_route_timeout_covers_every_try() {
     assert_eq!(up.arrivals.load(Ordering::SeqCst) - before, 3);
     assert!(
         took >= Duration::from_millis(590) && took <= Duration::from_millis(900),
+        "{took:?}"
+    );
+    // Tries of 300 ms under a 500 ms route timeout: the second try is cut off by the route's
+    // deadline (at 500 ms, not 600), and no third try starts.
+    let before = up.arrivals.load(Ordering::SeqCst);
+    let started = Instant::now();
+    get(&c, &gw.url("/capped/2000"), &[])
+        .await
+        .assert_gateway_error(504);
+    let took = started.elapsed();
+    assert_eq!(up.arrivals.load(Ordering::SeqCst) - before, 2);
+    assert!(
+        took >= Duration::from_millis(490) && took <= Duration::from_millis(590),
         "{took:?}"
     );
 }
