@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// One export request: path, content type and resource attributes.
-type ExportSeen = (String, String, Vec<(String, String)>);
+/// Path, content type, the `x-collector-key` header (empty when absent), resource attributes.
+type ExportSeen = (String, String, String, Vec<(String, String)>);
 
 /// A collector on 127.0.0.1 that decodes every export request and keeps its spans.
 struct Receiver {
@@ -43,6 +44,11 @@ impl Receiver {
                     .get("content-type")
                     .map(|v| v.to_str().unwrap().to_string())
                     .unwrap_or_default();
+                let key = req
+                    .headers()
+                    .get("x-collector-key")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default();
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 let decoded = ExportTraceServiceRequest::decode(body)
                     .expect("export body is an ExportTraceServiceRequest");
@@ -56,7 +62,7 @@ impl Receiver {
                         s.lock().unwrap().extend(ss.spans);
                     }
                 }
-                r.lock().unwrap().push((path, ctype, resource));
+                r.lock().unwrap().push((path, ctype, key, resource));
                 respond(200, Bytes::new())
             }
         })
@@ -285,9 +291,12 @@ async fn spans_reach_the_collector_with_ids_attributes_and_retry_events() {
 
     // The export requests themselves: OTLP/HTTP protobuf on /v1/traces with the resource.
     let requests = rx.requests.lock().unwrap().clone();
-    for (path, ctype, resource) in &requests {
+    assert!(!requests.is_empty());
+    for (path, ctype, key, resource) in &requests {
         assert_eq!(path, "/v1/traces");
         assert_eq!(ctype, "application/x-protobuf");
+        // `otlp.headers` are sent with every export (a collector's API key, say).
+        assert_eq!(key, "k1");
         let get = |k: &str| {
             resource
                 .iter()
