@@ -237,6 +237,12 @@ fn checksum_ignores_layout_and_comments() {
     let ca = portcullis::compile::text(a, "a.yaml").unwrap().checksum;
     let cb = portcullis::compile::text(b, "b.yaml").unwrap().checksum;
     assert_eq!(ca, cb);
+    // Pinned: gateways of different builds compare checksums, so the canonical form must not
+    // drift by accident. A deliberate change to it updates this value and says so.
+    assert_eq!(
+        ca,
+        "sha256:60bdfafe3ed5a453e2074c77535bd55a6c30a75589434bb04b613eb3f5fb2c4e"
+    );
     let c = portcullis::compile::text(&a.replace("/x", "/y"), "c.yaml")
         .unwrap()
         .checksum;
