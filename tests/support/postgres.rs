@@ -14,17 +14,22 @@ pub struct PostgresServer {
 }
 
 impl PostgresServer {
+    /// `name` from the newest installed PostgreSQL, chosen by its numeric major version
+    /// (a plain sort would put 9 after 15).
     fn bin(name: &str) -> std::path::PathBuf {
-        let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
             .map(|d| {
                 d.flatten()
-                    .map(|e| e.path().join("bin").join(name))
+                    .filter_map(|e| {
+                        let version = e.file_name().to_str()?.parse().ok()?;
+                        Some((version, e.path().join("bin").join(name)))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        found.retain(|p: &std::path::PathBuf| p.exists());
+        found.retain(|(_, p)| p.exists());
         found.sort();
-        found.pop().unwrap_or_else(|| {
+        found.pop().map(|(_, p)| p).unwrap_or_else(|| {
             panic!("PostgreSQL's {name} not found under /usr/lib/postgresql: install the postgresql package (scripts/test does)")
         })
     }
@@ -59,12 +64,15 @@ impl PostgresServer {
                 "UTF8",
                 "--no-sync",
             ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stdin(std::process::Stdio::null());
         Self::as_server_user(&mut initdb);
+        let out = initdb.output().expect("run initdb");
         assert!(
-            initdb.status().expect("run initdb").success(),
-            "initdb failed"
+            out.status.success(),
+            "initdb failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
         let port = free_addr().port();
         let mut server = PostgresServer {
@@ -85,7 +93,8 @@ impl PostgresServer {
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            // The server's log goes to a file that a failed start prints.
+            .stderr(std::fs::File::create(self.dir.path().join("server.log")).unwrap());
         Self::as_server_user(&mut cmd);
         self.child = Some(cmd.spawn().expect("start postgres"));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -110,8 +119,9 @@ impl PostgresServer {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "PostgreSQL did not start on port {}",
-                self.port
+                "PostgreSQL did not start on port {}; its log:\n{}",
+                self.port,
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }

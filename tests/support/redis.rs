@@ -37,6 +37,8 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -50,7 +52,11 @@ impl RedisServer {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("redis-server on port {} did not answer PING", self.port);
+        panic!(
+            "redis-server on port {} did not answer PING; its log:\n{}",
+            self.port,
+            std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+        );
     }
 
     /// Kills the server (SIGKILL, by the PID this test started).
