@@ -339,31 +339,65 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
         // an HMAC secret.
         rs.jwk.to_string()
     };
-    let mut cases: Vec<(&str, String)> = vec![
-        ("expired", with(&|c| c["exp"] = json!(now() - 3600))),
-        ("not yet valid", with(&|c| c["nbf"] = json!(now() + 3600))),
-        ("future iat", with(&|c| c["iat"] = json!(now() + 3600))),
+    const EXPIRED: &str = "the token has expired";
+    const NOT_YET: &str = "the token is not valid yet";
+    const FUTURE: &str = "the token was issued in the future";
+    const ISSUER: &str = "the token's issuer is not accepted";
+    const AUDIENCE: &str = "the token is not meant for this audience";
+    const NO_EXP: &str = "the token has no expiry";
+    const NOT_NUMBER: &str = "a time claim is not a number";
+    const BAD_SIG: &str = "the token's signature is not valid";
+    const MALFORMED: &str = "the token is malformed";
+    const TOO_LARGE: &str = "the token is too large";
+    const ALG: &str = "the token's algorithm is not allowed";
+    const CRIT: &str = "the token has critical headers the gateway does not understand";
+    const NO_KEY: &str = "no key for this token";
+    let mut cases: Vec<(&str, &str, String)> = vec![
+        (
+            "expired",
+            EXPIRED,
+            with(&|c| c["exp"] = json!(now() - 3600)),
+        ),
+        (
+            "not yet valid",
+            NOT_YET,
+            with(&|c| c["nbf"] = json!(now() + 3600)),
+        ),
+        (
+            "future iat",
+            FUTURE,
+            with(&|c| c["iat"] = json!(now() + 3600)),
+        ),
         (
             "wrong iss",
+            ISSUER,
             with(&|c| c["iss"] = json!("https://evil.test")),
         ),
-        ("wrong aud", with(&|c| c["aud"] = json!(["elsewhere"]))),
+        (
+            "wrong aud",
+            AUDIENCE,
+            with(&|c| c["aud"] = json!(["elsewhere"])),
+        ),
         (
             "no exp",
+            NO_EXP,
             with(&|c| {
                 c.as_object_mut().unwrap().remove("exp");
             }),
         ),
         (
             "string exp",
+            NOT_NUMBER,
             with(&|c| c["exp"] = json!((now() + 600).to_string())),
         ),
         (
             "bad signature",
+            BAD_SIG,
             format!("{}.{}.{}", parts[0], parts[1], b64(b"not a signature")),
         ),
         (
             "other payload, same signature",
+            BAD_SIG,
             format!(
                 "{}.{}.{}",
                 parts[0],
@@ -373,17 +407,24 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
                 parts[2]
             ),
         ),
-        ("truncated", good[..good.len() / 2].to_string()),
-        ("garbage", "a.b.c".into()),
-        ("not base64", "%%%.%%%.%%%".into()),
-        ("two parts", format!("{}.{}", parts[0], parts[1])),
-        ("oversized", with(&|c| c["pad"] = json!("x".repeat(9000)))),
+        // Cut inside the (long) RSA signature: three parts, a bad signature.
+        ("truncated", BAD_SIG, good[..good.len() / 2].to_string()),
+        ("garbage", MALFORMED, "a.b.c".into()),
+        ("not base64", MALFORMED, "%%%.%%%.%%%".into()),
+        ("two parts", MALFORMED, format!("{}.{}", parts[0], parts[1])),
+        (
+            "oversized",
+            TOO_LARGE,
+            with(&|c| c["pad"] = json!("x".repeat(9000))),
+        ),
         (
             "alg not on the allow-list (ES256 with a published EC key)",
+            ALG,
             sign(&es, &claims()),
         ),
         (
             "RS256 to HS256 confusion",
+            ALG,
             jsonwebtoken::encode(
                 &{
                     let mut h = Header::new(Algorithm::HS256);
@@ -397,6 +438,7 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
         ),
         (
             "unknown crit",
+            CRIT,
             raw_token(
                 &json!({"alg": "RS256", "kid": "main", "crit": ["exp"]}),
                 &claims(),
@@ -407,24 +449,28 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
             // Signed by the attacker's own key, which the header carries: valid only if the
             // gateway trusted the embedded key.
             "embedded jwk (known kid)",
+            BAD_SIG,
             attacker_token("main", &|h: &mut Header| {
                 h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap())
             }),
         ),
         (
             "embedded jwk (attacker kid)",
+            NO_KEY,
             attacker_token("attacker", &|h: &mut Header| {
                 h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap())
             }),
         ),
         (
             "jku to an attacker",
+            NO_KEY,
             attacker_token("attacker", &|h: &mut Header| {
                 h.jku = Some(format!("http://{attacker_jwks}/jwks.json"))
             }),
         ),
         (
             "x5u to an attacker",
+            NO_KEY,
             attacker_token("attacker", &|h: &mut Header| {
                 h.x5u = Some(format!("http://{attacker_jwks}/cert.pem"))
             }),
@@ -433,6 +479,7 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
     for none in ["none", "None", "NONE", "nOnE"] {
         cases.push((
             "alg none",
+            ALG,
             format!(
                 "{}.{}.",
                 b64(json!({"alg": none, "kid": "main"}).to_string().as_bytes()),
@@ -440,9 +487,15 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
             ),
         ));
     }
-    for (name, token) in &cases {
+    for (name, reason, token) in &cases {
         let r = call(&c, &gw, "/jwt", Some(token)).await;
         r.assert_gateway_error(401);
+        // Refused for the reason the case is about, not by an earlier check.
+        assert_eq!(
+            r.json()["error"],
+            format!("unauthorized: {reason}"),
+            "{name}"
+        );
         let challenge = r.headers["www-authenticate"].to_str().unwrap();
         assert!(challenge.starts_with("Bearer "), "{name}: {challenge}");
         assert!(
@@ -463,6 +516,63 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
         before,
         "no refused request reached the upstream"
     );
+    // A provider that allows RSA and EC algorithms: the allow-list no longer stops a token
+    // that names one family's key and the other family's algorithm; the key's family must (a
+    // JWKS key verifies only its own family). HMAC cannot be allowed on a JWKS provider at all
+    // (a config error), so the HS256 confusion stays refused by the allow-list.
+    let multi = TestGateway::start(&config(&up, &idp, "RS256, ES256")).await;
+    assert_eq!(
+        call(&c, &multi, "/jwt", Some(&sign(&es, &claims())))
+            .await
+            .status,
+        200,
+        "the EC key works on the multi-algorithm provider"
+    );
+    let before_multi = up.count();
+    let confusion = &cases
+        .iter()
+        .find(|(name, _, _)| *name == "RS256 to HS256 confusion")
+        .unwrap()
+        .2;
+    let rs_as_es = SigningKey {
+        alg: Algorithm::ES256,
+        kid: "main".into(),
+        encoding: ec_key(Algorithm::ES256, "x").encoding,
+        jwk: json!({}),
+    };
+    let es_as_rs = SigningKey {
+        alg: Algorithm::RS256,
+        kid: "ec".into(),
+        encoding: rsa_key(Algorithm::RS256, "x").encoding,
+        jwk: json!({}),
+    };
+    for (name, reason, token) in [
+        ("RS256 to HS256 confusion", ALG, confusion.clone()),
+        (
+            "ES256 under the RSA key's kid",
+            NO_KEY,
+            sign(&rs_as_es, &claims()),
+        ),
+        (
+            "RS256 under the EC key's kid",
+            NO_KEY,
+            sign(&es_as_rs, &claims()),
+        ),
+    ] {
+        let r = call(&c, &multi, "/jwt", Some(&token)).await;
+        r.assert_gateway_error(401);
+        assert_eq!(
+            r.json()["error"],
+            format!("unauthorized: {reason}"),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        up.count(),
+        before_multi,
+        "a confused token reached the upstream"
+    );
+
     // `jku` / `x5u` point at the attacker's server: fetching them would be an SSRF hole.
     assert_eq!(
         attacker_hits.load(Ordering::SeqCst),
