@@ -462,3 +462,75 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no live instance"), "{out}");
 }
+
+/// Runs `config status` until its output has a line for `instance` containing `state` (within
+/// `limit`); returns (exit code, output).
+async fn status_until(store: &str, instance: &str, state: &str, limit: Duration) -> (i32, String) {
+    let started = Instant::now();
+    loop {
+        let (code, out) = cli(store, &["status"]);
+        if out
+            .lines()
+            .any(|l| l.starts_with(&format!("{instance} ")) && l.contains(state))
+        {
+            return (code, out);
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{instance} not {state} after {limit:?}:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_status_exits_2_for_behind_silent_and_failed_instances_and_reload_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("store.db").display());
+    let v1 = push(&store, dir.path(), "v1.yaml", &document("v1", None));
+    assert_eq!(cli(&store, &["activate", &v1.to_string()]).0, 0);
+    let gw =
+        GatewayProcess::follow(&store, "gw-s", "zone=a", tempfile::tempdir().unwrap(), None).await;
+    let (code, out) = status_until(&store, "gw-s", "  ok", Duration::from_secs(5)).await;
+    assert_eq!(code, 0, "{out}");
+
+    // Store mode: the admin API's reload is refused (a version is activated instead).
+    let r = send(
+        &client(),
+        http::Request::post(format!("http://{}/admin/reload", gw.admin))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("comes from the store"), "{}", r.text());
+
+    // A stopped gateway (SIGSTOP: its last heartbeat is fresh) does not apply v2: BEHIND.
+    gw.signal(libc::SIGSTOP);
+    let v2 = push(&store, dir.path(), "v2.yaml", &document("v2", None));
+    assert_eq!(cli(&store, &["activate", &v2.to_string()]).0, 0);
+    let (code, out) = status_until(&store, "gw-s", "BEHIND", Duration::from_secs(5)).await;
+    assert_eq!(code, 2, "{out}");
+    // Without a heartbeat for 10 s: SILENT.
+    let (code, out) = status_until(&store, "gw-s", "SILENT", Duration::from_secs(15)).await;
+    assert_eq!(code, 2, "{out}");
+    // Resumed, it catches up and all is well again.
+    gw.signal(libc::SIGCONT);
+    until_all_serve(&[&gw], "v2", Duration::from_secs(5)).await;
+    let (code, out) = status_until(&store, "gw-s", "  ok", Duration::from_secs(5)).await;
+    assert_eq!(code, 0, "{out}");
+
+    // A version this gateway cannot apply (it would move the admin API): FAILED, v2 serves.
+    let moved = document("v3", None).replace("${GW_ADMIN}", "127.0.0.1:1");
+    let v3 = push(&store, dir.path(), "v3.yaml", &moved);
+    assert_eq!(cli(&store, &["activate", &v3.to_string()]).0, 0);
+    let (code, out) = status_until(
+        &store,
+        "gw-s",
+        &format!("FAILED to apply version {v3}"),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(body_of(&gw).await.as_deref(), Some("v2"));
+}
