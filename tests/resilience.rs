@@ -487,3 +487,42 @@ async fn a_target_removed_by_reload_finishes_its_requests_then_its_connections_c
     );
     assert_eq!(b.arrivals.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn only_bodies_within_max_replay_bytes_are_retried_and_chunked_bodies_never() {
+    let up = Upstream::start("up").await;
+    let ups = format!("  - name: up\n    targets:\n{}", targets(&[&up]));
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n    retries: { attempts: 2, on: [\"503\"], backoff_ms: 1, max_replay_bytes: 1024 }\n";
+    let gw = TestGateway::start(&config(&ups, routes)).await;
+    let c = client();
+    let put = |len: usize| {
+        Request::put(gw.url("/status/503"))
+            .body(Full::new(Bytes::from(vec![b'x'; len])))
+            .unwrap()
+    };
+    // Within the bound: kept, and replayed whole on each of the two retries.
+    let before = up.count();
+    assert_eq!(send(&c, put(1000)).await.status, 503);
+    let seen: Vec<u64> = up.seen.lock().unwrap()[before..]
+        .iter()
+        .map(|s| s.body_len)
+        .collect();
+    assert_eq!(seen, vec![1000, 1000, 1000]);
+    // Over it: sent once, never retried.
+    let before = up.count();
+    assert_eq!(send(&c, put(2000)).await.status, 503);
+    assert_eq!(up.count() - before, 1);
+    // A chunked body has no declared size: sent once, never retried.
+    let before = up.count();
+    let r = raw(
+        gw.addr,
+        b"PUT /status/503 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(raw_status(&r), 503, "{r}");
+    assert_eq!(up.count() - before, 1);
+    assert_eq!(up.last().body_len, 5);
+    let doc = admin_upstreams(&gw).await;
+    assert_eq!(doc["upstreams"][0]["retries"], 2, "{doc}");
+}
