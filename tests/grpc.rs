@@ -154,6 +154,14 @@ routes:
     match: {{ path: {{ prefix: /slow.Notes/ }} }}
     upstream: notes
     timeout_ms: 300
+  - name: small
+    match: {{ path: {{ prefix: /small.Notes/ }} }}
+    upstream: notes
+    request: {{ max_body_bytes: 16 }}
+  - name: strict
+    match: {{ path: {{ prefix: /strict.Notes/ }} }}
+    upstream: notes
+    request: {{ required_headers: [x-tenant] }}
 "#,
         gone = closed_port()
     )
@@ -329,6 +337,41 @@ async fn calls_the_gateway_refuses_get_grpc_statuses() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("rate limit one-call exceeded"));
+
+    // 413 (body over max_body_bytes) → RESOURCE_EXHAUSTED, 400 (a required header missing) →
+    // INVALID_ARGUMENT, 431 (head over max_header_bytes) → RESOURCE_EXHAUSTED.
+    let err = unary(&mut client, "/small.Notes/Echo", note(&"x".repeat(64), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("request body is larger than 16 bytes"),
+        "{err:?}"
+    );
+    let err = unary(&mut client, "/strict.Notes/Echo", note("x", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("x-tenant"), "{err:?}");
+    let mut big = note("x", 0);
+    big.metadata_mut()
+        .insert("x-padding", "p".repeat(3000).parse().unwrap());
+    let small_heads = TestGateway::start(&config(up).replace(
+        r#"listeners: [{ name: public, address: "127.0.0.1:0" }]"#,
+        r#"listeners: [{ name: public, address: "127.0.0.1:0", limits: { max_header_bytes: 2048 } }]"#,
+    ))
+    .await;
+    let mut small_client = grpc_client(&small_heads).await;
+    let err = unary(&mut small_client, "/open.Notes/Echo", big)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("request headers are larger than 2048 bytes"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
