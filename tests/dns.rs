@@ -7,7 +7,7 @@ mod support;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::*;
 use tokio::net::UdpSocket;
 
@@ -161,4 +161,60 @@ async fn a_long_ttl_is_not_re_resolved_early() {
         1,
         "re-resolved before the TTL (capped at max_ttl_s 60)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_to_an_old_address_are_not_reused_after_it_changes() {
+    let first = Upstream::start_with("first", "127.0.0.1:0".parse().unwrap(), Duration::ZERO).await;
+    let port = first.addr.port();
+    let second = Upstream::start_with(
+        "second",
+        format!("127.0.0.2:{port}").parse().unwrap(),
+        Duration::ZERO,
+    )
+    .await;
+    let dns = DnsServer::start(Ipv4Addr::new(127, 0, 0, 1), 1).await;
+    // Pooling on (the default), unlike the test above.
+    let yaml = config(&dns, port, 1).replace("    pool: { max_idle_per_target: 0 }\n", "");
+    assert!(!yaml.contains("max_idle_per_target"));
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    for _ in 0..10 {
+        let r = get(&c, &gw.url("/x"), &[]).await;
+        assert_eq!(r.headers["x-upstream"], "first");
+    }
+    let doc = get(&c, &format!("http://{}/admin/upstreams", gw.admin), &[])
+        .await
+        .json();
+    assert!(
+        doc["upstreams"][0]["targets"][0]["idle_connections"].as_u64() > Some(0),
+        "no pooled connection to reuse: {doc}"
+    );
+
+    // The name moves; after its 1 s TTL every request goes to the new address, none over a
+    // kept connection to the old one.
+    *dns.ip.lock().unwrap() = Ipv4Addr::new(127, 0, 0, 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(&c, &gw.url("/x"), &[]).await;
+        if r.headers["x-upstream"] == "second" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "traffic stayed on the old address"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (on_first, on_second) = (first.count(), second.count());
+    for _ in 0..20 {
+        let r = get(&c, &gw.url("/x"), &[]).await;
+        assert_eq!(r.headers["x-upstream"], "second");
+    }
+    assert_eq!(
+        first.count(),
+        on_first,
+        "a stale pooled connection was used"
+    );
+    assert_eq!(second.count(), on_second + 20);
 }
