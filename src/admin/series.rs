@@ -191,9 +191,12 @@ impl Series {
 
 /// Which gateway these numbers are from: they are this process's, never the fleet's.
 fn instance() -> serde_json::Value {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let host = HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
     json!({ "hostname": host, "pid": std::process::id() })
 }
 

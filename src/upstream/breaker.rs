@@ -179,11 +179,6 @@ impl Breaker {
         }
     }
 
-    pub fn state(&self, cfg: &BreakerConfig, now: Instant) -> (BreakerState, u64) {
-        let s = self.status(cfg, now);
-        (s.state, s.transitions)
-    }
-
     /// The state, how often it changed and when it last did.
     pub fn status(&self, cfg: &BreakerConfig, now: Instant) -> BreakerStatus {
         let mut g = self.lock();
@@ -213,14 +208,14 @@ mod tests {
             let a = b.admit(&cfg, t0);
             b.record(&cfg, a, false, t0);
         }
-        assert_eq!(b.state(&cfg, t0).0, BreakerState::Closed);
+        assert_eq!(b.status(&cfg, t0).state, BreakerState::Closed);
         // A success resets the count.
         b.record(&cfg, Admission::Allowed, true, t0);
         for _ in 0..3 {
             let a = b.admit(&cfg, t0);
             b.record(&cfg, a, false, t0);
         }
-        assert_eq!(b.state(&cfg, t0).0, BreakerState::Open);
+        assert_eq!(b.status(&cfg, t0).state, BreakerState::Open);
         assert_eq!(
             b.admit(&cfg, t0 + Duration::from_millis(50)),
             Admission::Rejected
@@ -234,9 +229,9 @@ mod tests {
             "only half_open_requests probes"
         );
         b.record(&cfg, Admission::Probe, true, t1);
-        assert_eq!(b.state(&cfg, t1).0, BreakerState::HalfOpen);
+        assert_eq!(b.status(&cfg, t1).state, BreakerState::HalfOpen);
         b.record(&cfg, Admission::Probe, true, t1);
-        assert_eq!(b.state(&cfg, t1).0, BreakerState::Closed);
+        assert_eq!(b.status(&cfg, t1).state, BreakerState::Closed);
         // Re-open on a failed probe.
         for _ in 0..3 {
             b.record(&cfg, Admission::Allowed, false, t1);
@@ -245,9 +240,9 @@ mod tests {
         let probe = b.admit(&cfg, t2);
         assert_eq!(probe, Admission::Probe);
         b.record(&cfg, probe, false, t2);
-        assert_eq!(b.state(&cfg, t2).0, BreakerState::Open);
+        assert_eq!(b.status(&cfg, t2).state, BreakerState::Open);
         assert_eq!(
-            b.state(&cfg, t2).1,
+            b.status(&cfg, t2).transitions,
             6,
             "closed→open→half→closed→open→half→open"
         );

@@ -57,7 +57,7 @@ pub fn render(upstreams: &[CompiledUpstream], out: &mut String) {
             );
             healthy.push((labels.clone(), if t.state.is_healthy() { 1.0 } else { 0.0 }));
             if let Some(cfg) = &u.breaker {
-                let (state, n) = t.state.breaker.state(cfg, now);
+                let status = t.state.breaker.status(cfg, now);
                 for s in [
                     BreakerState::Closed,
                     BreakerState::Open,
@@ -65,10 +65,10 @@ pub fn render(upstreams: &[CompiledUpstream], out: &mut String) {
                 ] {
                     breaker.push((
                         format!("{labels},{}", label("state", s.as_str())),
-                        if s == state { 1.0 } else { 0.0 },
+                        if s == status.state { 1.0 } else { 0.0 },
                     ));
                 }
-                transitions.push((labels.clone(), n as f64));
+                transitions.push((labels.clone(), status.transitions as f64));
             }
             pool.push((
                 format!("{labels},state=\"idle\""),
