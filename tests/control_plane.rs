@@ -12,30 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
-/// A document whose one route answers `body` directly, or proxies to `upstream`.
-fn document(body: &str, upstream: Option<SocketAddr>) -> String {
-    let (upstreams, action) = match upstream {
-        Some(a) => (
-            format!("upstreams:\n  - {{ name: up, targets: [{{ address: \"{a}\" }}] }}\n"),
-            "upstream: up".to_string(),
-        ),
-        None => (
-            String::new(),
-            format!("direct_response: {{ status: 200, body: \"{body}\" }}"),
-        ),
-    };
-    format!(
-        r#"listeners: [{{ name: public, address: "${{GW_LISTEN}}" }}]
-admin: {{ address: "${{GW_ADMIN}}" }}
-defaults: {{ auth: none }}
-{upstreams}routes:
-  - name: all
-    match: {{ path: {{ prefix: / }} }}
-    {action}
-"#
-    )
-}
-
 async fn body_of(gw: &GatewayProcess) -> Option<String> {
     body_of_addr(&client(), gw.addr).await
 }
@@ -154,19 +130,19 @@ async fn canary_rollout(store: &str, version: i64, extra: &[&str]) -> (i32, Stri
 }
 
 fn store_lifecycle(store: &str, dir: &Path) {
-    let v1 = push(store, dir, "one.yaml", &document("one", None));
+    let v1 = push(store, dir, "one.yaml", &store_document("one", None));
     // Invalid: refused with file, line and reason; kept as REJECTED, never activatable.
     let bad = write(
         dir,
         "bad.yaml",
-        &document("bad", None).replace("prefix: /", "prefix: no-slash"),
+        &store_document("bad", None).replace("prefix: /", "prefix: no-slash"),
     );
     let (code, out) = cli(store, &["push", &bad, "-m", "broken"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("bad.yaml:"), "{out}");
     assert!(out.contains("REJECTED"), "{out}");
     let rejected = v1 + 1;
-    let v3 = push(store, dir, "three.yaml", &document("three", None));
+    let v3 = push(store, dir, "three.yaml", &store_document("three", None));
 
     let (code, out) = cli(store, &["list"]);
     assert_eq!(code, 0);
@@ -225,7 +201,7 @@ async fn a_fleet_on_postgres_follows_survives_the_store_and_restarts_from_last_k
     let mut pg = PostgresServer::start();
     let store = pg.url();
     let dir = tempfile::tempdir().unwrap();
-    let v1 = push(&store, dir.path(), "v1.yaml", &document("v1", None));
+    let v1 = push(&store, dir.path(), "v1.yaml", &store_document("v1", None));
     assert_eq!(cli(&store, &["activate", &v1.to_string()]).0, 0);
     let mut gws = Vec::new();
     for i in 0..3 {
@@ -255,7 +231,7 @@ async fn a_fleet_on_postgres_follows_survives_the_store_and_restarts_from_last_k
     until_all_serve(&[&slow], "v1", Duration::from_secs(5)).await;
 
     // An activation reaches all four within 2 s (LISTEN/NOTIFY).
-    let v2 = push(&store, dir.path(), "v2.yaml", &document("v2", None));
+    let v2 = push(&store, dir.path(), "v2.yaml", &store_document("v2", None));
     let activated = Instant::now();
     assert_eq!(cli(&store, &["activate", &v2.to_string()]).0, 0);
     let with_slow: Vec<&GatewayProcess> = gws.iter().chain(std::iter::once(&slow)).collect();
@@ -310,7 +286,7 @@ async fn a_fleet_on_postgres_follows_survives_the_store_and_restarts_from_last_k
 
     // The store comes back: the gateways reconnect and follow new versions again.
     pg.restart();
-    let v3 = push(&store, dir.path(), "v3.yaml", &document("v3", None));
+    let v3 = push(&store, dir.path(), "v3.yaml", &store_document("v3", None));
     assert_eq!(cli(&store, &["activate", &v3.to_string()]).0, 0);
     let all: Vec<&GatewayProcess> = gws.iter().collect();
     let took = until_all_serve(&all, "v3", Duration::from_secs(10)).await;
@@ -348,7 +324,7 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
     let dir = tempfile::tempdir().unwrap();
     // SQLite: the zero-setup store works for a fleet on one host too (polling).
     let store = format!("sqlite://{}", dir.path().join("store.db").display());
-    let v1 = push(&store, dir.path(), "v1.yaml", &document("v1", None));
+    let v1 = push(&store, dir.path(), "v1.yaml", &store_document("v1", None));
     assert_eq!(cli(&store, &["activate", &v1.to_string()]).0, 0);
     let canary = GatewayProcess::follow(
         &store,
@@ -376,7 +352,7 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
         &store,
         dir.path(),
         "broken.yaml",
-        &document("", Some(closed_port())),
+        &store_document("", Some(closed_port())),
     );
     let traffic = {
         let addrs: Vec<SocketAddr> = std::iter::once(canary.addr)
@@ -429,7 +405,7 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
         &store,
         dir.path(),
         "moved.yaml",
-        &document("moved", None).replace("${GW_ADMIN}", "127.0.0.1:1"),
+        &store_document("moved", None).replace("${GW_ADMIN}", "127.0.0.1:1"),
     );
     let (code, out) = canary_rollout(&store, unappliable, &["--watch-s", "2"]).await;
     assert_eq!(code, 1, "{out}");
@@ -441,7 +417,7 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
     );
 
     // A healthy version: watched on the canary, then promoted to every instance.
-    let good = push(&store, dir.path(), "good.yaml", &document("v2", None));
+    let good = push(&store, dir.path(), "good.yaml", &store_document("v2", None));
     let (code, out) = canary_rollout(&store, good, &["--watch-s", "2"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("promoted to every instance"), "{out}");
@@ -487,7 +463,7 @@ async fn status_until(store: &str, instance: &str, state: &str, limit: Duration)
 async fn config_status_exits_2_for_behind_silent_and_failed_instances_and_reload_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("store.db").display());
-    let v1 = push(&store, dir.path(), "v1.yaml", &document("v1", None));
+    let v1 = push(&store, dir.path(), "v1.yaml", &store_document("v1", None));
     assert_eq!(cli(&store, &["activate", &v1.to_string()]).0, 0);
     let gw =
         GatewayProcess::follow(&store, "gw-s", "zone=a", tempfile::tempdir().unwrap(), None).await;
@@ -495,19 +471,13 @@ async fn config_status_exits_2_for_behind_silent_and_failed_instances_and_reload
     assert_eq!(code, 0, "{out}");
 
     // Store mode: the admin API's reload is refused (a version is activated instead).
-    let r = send(
-        &client(),
-        http::Request::post(format!("http://{}/admin/reload", gw.admin))
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let r = post_empty(&client(), &format!("http://{}/admin/reload", gw.admin)).await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.text().contains("comes from the store"), "{}", r.text());
 
     // A stopped gateway (SIGSTOP: its last heartbeat is fresh) does not apply v2: BEHIND.
     gw.signal(libc::SIGSTOP);
-    let v2 = push(&store, dir.path(), "v2.yaml", &document("v2", None));
+    let v2 = push(&store, dir.path(), "v2.yaml", &store_document("v2", None));
     assert_eq!(cli(&store, &["activate", &v2.to_string()]).0, 0);
     let (code, out) = status_until(&store, "gw-s", "BEHIND", Duration::from_secs(5)).await;
     assert_eq!(code, 2, "{out}");
@@ -521,7 +491,7 @@ async fn config_status_exits_2_for_behind_silent_and_failed_instances_and_reload
     assert_eq!(code, 0, "{out}");
 
     // A version this gateway cannot apply (it would move the admin API): FAILED, v2 serves.
-    let moved = document("v3", None).replace("${GW_ADMIN}", "127.0.0.1:1");
+    let moved = store_document("v3", None).replace("${GW_ADMIN}", "127.0.0.1:1");
     let v3 = push(&store, dir.path(), "v3.yaml", &moved);
     assert_eq!(cli(&store, &["activate", &v3.to_string()]).0, 0);
     let (code, out) = status_until(

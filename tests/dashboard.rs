@@ -232,13 +232,7 @@ async fn the_dashboard_is_served_with_a_strict_policy_and_can_be_turned_off() {
         assert_eq!(h("x-frame-options"), "DENY");
     }
     // Read-only: nothing but GET.
-    let post = send(
-        &client(),
-        http::Request::post(format!("http://{}/dashboard", gw.admin))
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let post = post_empty(&client(), &format!("http://{}/dashboard", gw.admin)).await;
     assert_eq!(post.status, 405);
 
     let off = TestGateway::start(&config(&up, None).replace(
@@ -254,20 +248,11 @@ async fn the_dashboard_is_served_with_a_strict_policy_and_can_be_turned_off() {
 async fn in_store_mode_the_page_shows_the_store_version_and_follows_an_activation() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("store.db").display());
-    let document = |body: &str| {
-        format!(
-            "listeners: [{{ name: public, address: \"${{GW_LISTEN}}\" }}]\n\
-             admin: {{ address: \"${{GW_ADMIN}}\" }}\n\
-             defaults: {{ auth: none }}\n\
-             routes:\n  - name: all\n    match: {{ path: {{ prefix: / }} }}\n    \
-             direct_response: {{ status: 200, body: \"{body}\" }}\n"
-        )
-    };
-    let v1 = push(&store, dir.path(), "v1.yaml", &document("v1"));
+    let v1 = push(&store, dir.path(), "v1.yaml", &store_document("v1", None));
     assert_eq!(cli(&store, &["activate", &v1.to_string()]).0, 0);
     let gw =
         GatewayProcess::follow(&store, "gw-1", "zone=a", tempfile::tempdir().unwrap(), None).await;
-    let v2 = push(&store, dir.path(), "v2.yaml", &document("v2"));
+    let v2 = push(&store, dir.path(), "v2.yaml", &store_document("v2", None));
 
     let mut driver = Driver::start(&[
         ("MODE", "store".into()),

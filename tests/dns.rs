@@ -83,6 +83,20 @@ impl DnsServer {
     }
 }
 
+/// Upstreams "first" on 127.0.0.1 and "second" on 127.0.0.2, on the same port: what a name
+/// moving from one address to the other looks like.
+async fn one_port_two_addresses() -> (Upstream, Upstream, u16) {
+    let first = Upstream::start_with("first", "127.0.0.1:0".parse().unwrap(), Duration::ZERO).await;
+    let port = first.addr.port();
+    let second = Upstream::start_with(
+        "second",
+        format!("127.0.0.2:{port}").parse().unwrap(),
+        Duration::ZERO,
+    )
+    .await;
+    (first, second, port)
+}
+
 fn config(dns: &DnsServer, port: u16, min_ttl: u64) -> String {
     format!(
         "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\ndns: {{ nameservers: [\"{}\"], min_ttl_s: {min_ttl}, max_ttl_s: 60, timeout_ms: 300 }}\nupstreams:\n  - name: up\n    targets: [{{ address: \"svc.portcullis.test:{port}\" }}]\n    pool: {{ max_idle_per_target: 0 }}\nroutes:\n  - name: all\n    match: {{ path: {{ prefix: / }} }}\n    upstream: up\n",
@@ -92,14 +106,7 @@ fn config(dns: &DnsServer, port: u16, min_ttl: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_names_follow_ttl_survive_dns_outages_and_move_with_their_address() {
-    let first = Upstream::start_with("first", "127.0.0.1:0".parse().unwrap(), Duration::ZERO).await;
-    let port = first.addr.port();
-    let second = Upstream::start_with(
-        "second",
-        format!("127.0.0.2:{port}").parse().unwrap(),
-        Duration::ZERO,
-    )
-    .await;
+    let (_first, second, port) = one_port_two_addresses().await;
     let dns = DnsServer::start(Ipv4Addr::new(127, 0, 0, 1), 1).await;
     let gw = TestGateway::start(&config(&dns, port, 1)).await;
     let c = client();
@@ -165,14 +172,7 @@ async fn a_long_ttl_is_not_re_resolved_early() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connections_to_an_old_address_are_not_reused_after_it_changes() {
-    let first = Upstream::start_with("first", "127.0.0.1:0".parse().unwrap(), Duration::ZERO).await;
-    let port = first.addr.port();
-    let second = Upstream::start_with(
-        "second",
-        format!("127.0.0.2:{port}").parse().unwrap(),
-        Duration::ZERO,
-    )
-    .await;
+    let (first, second, port) = one_port_two_addresses().await;
     let dns = DnsServer::start(Ipv4Addr::new(127, 0, 0, 1), 1).await;
     // Pooling on (the default), unlike the test above.
     let yaml = config(&dns, port, 1).replace("    pool: { max_idle_per_target: 0 }\n", "");

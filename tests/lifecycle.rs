@@ -77,13 +77,7 @@ async fn reload_every_200ms_under_load_loses_no_request_and_never_mixes_versions
             },
             valid,
         ));
-        let r = send(
-            &admin,
-            http::Request::post(&reload_url)
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await;
+        let r = post_empty(&admin, &reload_url).await;
         if valid {
             assert_eq!(r.status, 200, "{}", r.text());
             applied.store(n, Ordering::SeqCst);

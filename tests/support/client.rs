@@ -73,6 +73,15 @@ pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
     }
 }
 
+/// `POST url` with an empty body.
+pub async fn post_empty(client: &HttpClient, url: &str) -> Reply {
+    send(
+        client,
+        Request::post(url).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
+}
+
 pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Reply {
     let mut b = Request::get(url);
     for (k, v) in headers {

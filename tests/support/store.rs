@@ -1,5 +1,6 @@
 //! The `portcullis config` CLI against a store, as the control-plane and dashboard tests use it.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
@@ -38,4 +39,28 @@ pub fn push(store: &str, dir: &Path, name: &str, text: &str) -> i64 {
         .trim_end_matches(':')
         .parse()
         .unwrap()
+}
+
+/// A store document (listener and admin from `${GW_LISTEN}` / `${GW_ADMIN}`) whose one route answers `body` directly, or proxies to `upstream`.
+pub fn store_document(body: &str, upstream: Option<SocketAddr>) -> String {
+    let (upstreams, action) = match upstream {
+        Some(a) => (
+            format!("upstreams:\n  - {{ name: up, targets: [{{ address: \"{a}\" }}] }}\n"),
+            "upstream: up".to_string(),
+        ),
+        None => (
+            String::new(),
+            format!("direct_response: {{ status: 200, body: \"{body}\" }}"),
+        ),
+    };
+    format!(
+        r#"listeners: [{{ name: public, address: "${{GW_LISTEN}}" }}]
+admin: {{ address: "${{GW_ADMIN}}" }}
+defaults: {{ auth: none }}
+{upstreams}routes:
+  - name: all
+    match: {{ path: {{ prefix: / }} }}
+    {action}
+"#
+    )
 }
