@@ -57,7 +57,11 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
     let mut diag = Diag::new(&doc.source);
     let names = Names::of(cfg);
 
-    let auth = AuthProviderSpecs::build(&cfg.auth, names.redis, &mut diag);
+    let config_dir = Path::new(&doc.source)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let auth = AuthProviderSpecs::build(&cfg.auth, names.redis, &config_dir, &mut diag);
     let rate_limits = RateLimitSpecs::build(
         &cfg.rate_limits,
         &cfg.defaults.rate_limits,

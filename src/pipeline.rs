@@ -19,6 +19,8 @@
 //! 13. response-body filters
 //! 14. log — metrics, access log, span (when the body ends, off the request path)
 
+use crate::auth::signature::digest;
+use crate::auth::{AuthRequest, Principal};
 use crate::body::filter::{FilterChain, Filtered};
 use crate::body::read::read_whole;
 use crate::body::{ResponseBody, ServedBody, UpstreamBody};
@@ -305,11 +307,17 @@ async fn run(
     let principal = if route.auth.is_none() {
         None
     } else {
-        match route
-            .auth
-            .authenticate(req.headers(), req.uri(), conn.client_cert.as_ref())
-            .await
-        {
+        let authority = host_value.as_ref().and_then(|h| h.to_str().ok());
+        let input = AuthRequest {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            authority: authority.unwrap_or(""),
+            scheme: conn.scheme,
+            has_body: !req.body().is_end_stream(),
+            client_cert: conn.client_cert.as_ref(),
+        };
+        match route.auth.authenticate(&input).await {
             Ok(p) => {
                 ex.trail.auth = AuthResult::Success;
                 ex.trail.principal = p.clone();
@@ -317,6 +325,7 @@ async fn run(
             }
             Err(f) => {
                 ex.trail.auth = AuthResult::Failure;
+                ex.trail.auth_reason = Some(f.reason.as_str());
                 route.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
                 return Err(Reject::Unauthorized(f));
             }
@@ -366,7 +375,8 @@ async fn run(
             .request
             .check(req.method(), req.headers(), has_body, content_length)?;
     ex.trail.bytes_in = content_length.unwrap_or(0);
-    let request_filters = request_body_filters(route);
+    let request_filters = request_body_filters(route, principal.as_deref(), has_body)
+        .inspect_err(|_| record_body_auth_failure(route, ex))?;
     // Negotiated now, used in phase 13.
     let coding = route
         .rules
@@ -467,7 +477,13 @@ async fn run(
         &client.text,
         &mut ex.trail,
     )
-    .await?;
+    .await
+    .inspect_err(|r| {
+        if let Reject::Unauthorized(f) = r {
+            ex.trail.auth_reason = Some(f.reason.as_str());
+            record_body_auth_failure(route, ex);
+        }
+    })?;
     ex.from_upstream = true;
     ex.upgrade = upgrade;
 
@@ -544,10 +560,38 @@ fn early_answer(
     preflight.response
 }
 
-/// Phase 7: the route's request-body filters, in order (JSON Schema validation, signature digest,
-/// as their capabilities land).
-fn request_body_filters(_route: &LiveRoute) -> FilterChain {
-    FilterChain::new()
+/// Phase 7: the route's request-body filters, in order (JSON Schema validation as it lands, then
+/// the signed `Content-Digest`). An empty body is checked against its digest here.
+fn request_body_filters(
+    route: &LiveRoute,
+    principal: Option<&Principal>,
+    has_body: bool,
+) -> Result<FilterChain, Reject> {
+    let mut chain = FilterChain::new();
+    if let Some((p, expected, counters)) = principal.and_then(|p| {
+        Some((p, p.body_digest.as_ref()?, p.signature_counters.as_ref()?))
+    }) {
+        if !has_body {
+            if !digest::matches(expected, b"") {
+                return Err(Reject::Unauthorized(digest::mismatch(&p.provider, counters)));
+            }
+        } else {
+            chain.push(Box::new(digest::DigestFilter::new(
+                Arc::clone(expected),
+                route.rules.request.max_body_bytes,
+                Arc::clone(&p.provider),
+                Arc::clone(counters),
+            )));
+        }
+    }
+    Ok(chain)
+}
+
+/// A body refused after authentication succeeded (its signed digest did not match).
+fn record_body_auth_failure(route: &LiveRoute, ex: &mut Exchange) {
+    ex.trail.auth = AuthResult::Failure;
+    ex.trail.auth_reason.get_or_insert(crate::auth::Reason::DigestMismatch.as_str());
+    route.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Phase 13: the route's response-body filters, in their one defined order: JSON field filter →
@@ -694,6 +738,7 @@ fn record(
             .take()
             .unwrap_or_else(|| Arc::clone(&conn.client_ip)),
         auth_result: trail.auth.as_str(),
+        auth_reason: trail.auth_reason,
         principal: trail.principal.take(),
         rate_limit: trail.rate_limit,
         retries: trail.retries,

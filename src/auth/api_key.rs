@@ -78,6 +78,7 @@ impl ApiKeys {
                     api_key: Some(k.id.value.to_string()),
                     scopes: k.scopes.iter().map(|s| s.to_string()).collect(),
                     claims: None,
+                    ..Principal::default()
                 }),
             });
         }

@@ -214,6 +214,7 @@ impl Introspection {
                 .map(|s| s.split_whitespace().map(str::to_string).collect())
                 .unwrap_or_default(),
             claims: Some(a),
+            ..Principal::default()
         };
         let until = (now + self.cache_s).min(exp.unwrap_or(u64::MAX));
         (Some(Arc::new(principal)), until)

@@ -749,6 +749,7 @@ impl JwtVerifier {
             api_key: None,
             scopes,
             claims: Some(claims),
+            ..Principal::default()
         });
         if self.verified_cache_s > 0 {
             let until = exp.min(now + self.verified_cache_s);

@@ -6,6 +6,7 @@ pub mod api_key;
 pub mod expiring;
 pub mod introspection;
 pub mod jwt;
+pub mod signature;
 
 use crate::config::{AuthProviders, AuthSpec, Authorization, Diag, Located};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
@@ -22,6 +23,19 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// What a provider may read of a request: all as the client sent it.
+pub struct AuthRequest<'a> {
+    pub method: &'a http::Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    /// `Host` (or `:authority`) as sent.
+    pub authority: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    pub has_body: bool,
+    pub client_cert: Option<&'a crate::tls::ClientCert>,
+}
+
 /// Who made the request, as authentication established it.
 #[derive(Debug, Clone, Default)]
 pub struct Principal {
@@ -34,6 +48,10 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// A token's verified claims (JWT), for `forward_claims` and `required_claims`.
     pub claims: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A signed request's `Content-Digest`, which its body must match (checked as it streams).
+    pub body_digest: Option<Arc<signature::digest::Expected>>,
+    /// The counters of the provider that verified the signature (for a digest mismatch).
+    pub signature_counters: Option<Arc<AuthCounters>>,
 }
 
 /// Why authentication failed: the metrics label and what the client is told.
@@ -59,10 +77,20 @@ pub enum Reason {
     Revoked,
     /// The provider could not be asked (introspection endpoint down): 503, never "allow".
     ProviderUnavailable,
+    /// A signature does not cover a component the provider requires.
+    ComponentNotCovered,
+    /// A signed request with a body has no `Content-Digest`.
+    MissingDigest,
+    /// The body does not match its `Content-Digest`.
+    DigestMismatch,
+    /// The provider requires a nonce and the signature has none.
+    MissingNonce,
+    /// The signature's nonce was already used within its validity window.
+    Replayed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 22] = [
         Reason::MissingCredentials,
         Reason::UnknownApiKey,
         Reason::Malformed,
@@ -80,6 +108,11 @@ impl Reason {
         Reason::Inactive,
         Reason::Revoked,
         Reason::ProviderUnavailable,
+        Reason::ComponentNotCovered,
+        Reason::MissingDigest,
+        Reason::DigestMismatch,
+        Reason::MissingNonce,
+        Reason::Replayed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +134,11 @@ impl Reason {
             Reason::Inactive => "inactive",
             Reason::Revoked => "revoked",
             Reason::ProviderUnavailable => "provider_unavailable",
+            Reason::ComponentNotCovered => "component_not_covered",
+            Reason::MissingDigest => "missing_digest",
+            Reason::DigestMismatch => "digest_mismatch",
+            Reason::MissingNonce => "missing_nonce",
+            Reason::Replayed => "replayed",
         }
     }
 
@@ -111,11 +149,13 @@ impl Reason {
 }
 
 /// A failed authentication.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub provider: Arc<str>,
     pub reason: Reason,
     pub description: &'static str,
+    /// The `WWW-Authenticate` scheme (`Bearer`, or `Signature` for signed requests).
+    pub scheme: &'static str,
 }
 
 impl Failure {
@@ -124,6 +164,7 @@ impl Failure {
             provider: Arc::clone(provider),
             reason: Reason::MissingCredentials,
             description: "credentials are required",
+            scheme: "Bearer",
         }
     }
 
@@ -132,17 +173,26 @@ impl Failure {
             provider: Arc::clone(provider),
             reason,
             description,
+            scheme: "Bearer",
+        }
+    }
+
+    /// A signed request's failure (challenge scheme `Signature`).
+    pub fn signature(provider: &Arc<str>, reason: Reason, description: &'static str) -> Failure {
+        Failure {
+            scheme: "Signature",
+            ..Failure::new(provider, reason, description)
         }
     }
 
     /// `WWW-Authenticate` per RFC 6750 §3: no error code when no credentials were sent.
     pub fn challenge(&self) -> HeaderValue {
         let v = if self.reason == Reason::MissingCredentials {
-            "Bearer realm=\"portcullis\"".to_string()
+            format!("{} realm=\"portcullis\"", self.scheme)
         } else {
             format!(
-                "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
-                self.description
+                "{} realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
+                self.scheme, self.description
             )
         };
         HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Bearer"))
@@ -157,7 +207,7 @@ pub struct AuthCounters {
 }
 
 impl AuthCounters {
-    fn fail(&self, r: Reason) {
+    pub fn fail(&self, r: Reason) {
         self.failures[r.index()].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -188,6 +238,8 @@ pub enum RouteAuth {
     Introspection(Arc<introspection::Introspection>),
     /// A client certificate the listener's CA verified (provider name, counters).
     Mtls(Arc<str>, Arc<AuthCounters>),
+    /// RFC 9421 signed requests.
+    Signature(Arc<signature::SignatureVerifier>),
     /// The first that succeeds; when all fail, the first failure that is not "no credentials".
     Any(Vec<RouteAuth>),
 }
@@ -197,12 +249,8 @@ impl RouteAuth {
         matches!(self, RouteAuth::None)
     }
 
-    pub async fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        uri: &Uri,
-        client_cert: Option<&crate::tls::ClientCert>,
-    ) -> Result<Option<Arc<Principal>>, Failure> {
+    pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Option<Arc<Principal>>, Failure> {
+        let (headers, uri, client_cert) = (req.headers, req.uri, req.client_cert);
         match self {
             RouteAuth::None => Ok(None),
             RouteAuth::Mtls(name, counters) => counters.count(match client_cert {
@@ -220,10 +268,27 @@ impl RouteAuth {
             RouteAuth::Jwt(j) => j.counters.count(j.authenticate(headers).await),
             RouteAuth::Introspection(i) => i.counters.count(i.authenticate(headers).await),
             RouteAuth::ApiKey(k, counters) => counters.count(k.authenticate(headers, uri)),
+            RouteAuth::Signature(v) => {
+                let input = signature::SignatureInput {
+                    request: signature::base::SignedRequest {
+                        method: req.method.as_str(),
+                        scheme: req.scheme,
+                        authority: req.authority,
+                        path: uri.path(),
+                        query: uri.query(),
+                        headers,
+                    },
+                    has_body: req.has_body,
+                    now: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                };
+                v.counters.count(v.authenticate(&input).await)
+            }
             RouteAuth::Any(all) => {
                 let mut first: Option<Failure> = None;
                 for a in all {
-                    match Box::pin(a.authenticate(headers, uri, client_cert)).await {
+                    match Box::pin(a.authenticate(req)).await {
                         Ok(p) => return Ok(p),
                         Err(f) => {
                             // Report an unreachable provider first (503), then a real
@@ -259,7 +324,8 @@ impl RouteAuth {
     /// Credential headers this policy reads, removed before the request goes upstream.
     pub fn credential_headers(&self, out: &mut Vec<HeaderName>) {
         match self {
-            RouteAuth::None | RouteAuth::Mtls(..) => {}
+            // Signature fields stay: the upstream may verify the signature again.
+            RouteAuth::None | RouteAuth::Mtls(..) | RouteAuth::Signature(_) => {}
             RouteAuth::Jwt(_) | RouteAuth::Introspection(_) => {
                 out.push(http::header::AUTHORIZATION)
             }
@@ -362,6 +428,7 @@ pub enum AuthPolicy {
     ApiKey(usize),
     Introspection(usize),
     Mtls,
+    Signature(usize),
     Any(Vec<AuthPolicy>),
 }
 
@@ -407,6 +474,7 @@ impl AuthPolicy {
             p.introspection.is_some(),
             p.any.is_some(),
             p.mtls.is_some(),
+            p.signature.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -415,7 +483,7 @@ impl AuthPolicy {
             diag.err(
                 line,
                 key,
-                "an auth policy is exactly one of jwt, api_key, introspection, any, mtls",
+                "an auth policy is exactly one of jwt, api_key, introspection, signature, any, mtls",
             );
             return None;
         }
@@ -449,6 +517,14 @@ impl AuthPolicy {
                 .map(|j| j.name.value.0.as_str())
                 .collect();
             return by_name(names, n, "introspection", diag).map(AuthPolicy::Introspection);
+        }
+        if let Some(n) = &p.signature {
+            let names = providers
+                .signatures
+                .iter()
+                .map(|j| j.name.value.0.as_str())
+                .collect();
+            return by_name(names, n, "signatures", diag).map(AuthPolicy::Signature);
         }
         if p.mtls.is_some() {
             if !mtls_listener {
@@ -488,12 +564,26 @@ pub struct AuthProviderSpecs {
     pub jwt: Vec<jwt::JwtSpec>,
     pub api_keys: Vec<Arc<api_key::ApiKeys>>,
     pub introspection: Vec<introspection::IntrospectionSpec>,
+    pub signatures: Vec<signature::SignatureSpec>,
 }
 
 impl AuthProviderSpecs {
     /// Builds `auth`; `redis` says whether the shared `redis` section exists (revocation needs
     /// it).
-    pub fn build(auth: &AuthProviders, redis: bool, diag: &mut Diag) -> Option<AuthProviderSpecs> {
+    pub fn build(
+        auth: &AuthProviders,
+        redis: bool,
+        base: &std::path::Path,
+        diag: &mut Diag,
+    ) -> Option<AuthProviderSpecs> {
+        let signatures: Vec<_> = auth
+            .signatures
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                signature::SignatureSpec::build(p, &format!("auth.signatures[{i}]"), base, redis, diag)
+            })
+            .collect();
         let introspection: Vec<_> = auth
             .introspection
             .iter()
@@ -526,6 +616,7 @@ impl AuthProviderSpecs {
             .map(|j| &j.name)
             .chain(auth.api_keys.iter().map(|a| &a.name))
             .chain(auth.introspection.iter().map(|a| &a.name))
+            .chain(auth.signatures.iter().map(|a| &a.name))
             .enumerate()
             .map(|(i, n)| (n, format!("auth provider {i}")));
         diag.duplicates("auth provider", names);
@@ -533,6 +624,7 @@ impl AuthProviderSpecs {
             jwt: jwt.into_iter().collect::<Option<_>>()?,
             api_keys: api_keys.into_iter().collect::<Option<_>>()?,
             introspection: introspection.into_iter().collect::<Option<_>>()?,
+            signatures: signatures.into_iter().collect::<Option<_>>()?,
         })
     }
 }
@@ -546,6 +638,9 @@ pub struct AuthRegistry {
         introspection::IntrospectionSpec,
         Arc<introspection::Introspection>,
     )>,
+    signatures: Vec<(signature::SignatureSpec, Arc<signature::SignatureVerifier>)>,
+    /// Local nonce tables by provider name: a reload never reopens a replay window.
+    nonces: Vec<(String, Arc<signature::replay::LocalNonces>)>,
     /// Every header any JWT provider forwards claims in: removed from every request.
     pub forwarded_headers: Vec<HeaderName>,
     mtls: (Arc<str>, Arc<AuthCounters>),
@@ -558,6 +653,8 @@ impl Default for AuthRegistry {
             jwt: Vec::new(),
             api_keys: Vec::new(),
             introspection: Vec::new(),
+            signatures: Vec::new(),
+            nonces: Vec::new(),
             forwarded_headers: Vec::new(),
             mtls: (Arc::from("mtls"), Arc::default()),
             mtls_configured: false,
@@ -634,6 +731,37 @@ impl AuthRegistry {
             |_| false,
             introspection::Introspection::new,
         );
+        let old_nonces = std::mem::take(&mut self.nonces);
+        self.nonces = specs
+            .signatures
+            .iter()
+            .map(|s| {
+                let table = old_nonces
+                    .iter()
+                    .find(|(n, _)| *n == s.name)
+                    .map(|(_, t)| Arc::clone(t))
+                    .unwrap_or_else(|| {
+                        Arc::new(signature::replay::LocalNonces::new(s.replay.max_entries))
+                    });
+                (s.name.clone(), table)
+            })
+            .collect();
+        let nonces = &self.nonces;
+        self.signatures = reuse(
+            std::mem::take(&mut self.signatures),
+            &specs.signatures,
+            |spec| redis_changed && spec.replay.redis,
+            |spec| {
+                let table = nonces
+                    .iter()
+                    .find(|(n, _)| *n == spec.name)
+                    .map(|(_, t)| Arc::clone(t))
+                    .unwrap_or_else(|| {
+                        Arc::new(signature::replay::LocalNonces::new(spec.replay.max_entries))
+                    });
+                signature::SignatureVerifier::new(spec, redis, table)
+            },
+        );
         let mut forwarded: Vec<HeaderName> = self
             .jwt
             .iter()
@@ -656,6 +784,7 @@ impl AuthRegistry {
             AuthPolicy::Introspection(i) => {
                 RouteAuth::Introspection(Arc::clone(&self.introspection[*i].1))
             }
+            AuthPolicy::Signature(i) => RouteAuth::Signature(Arc::clone(&self.signatures[*i].1)),
             AuthPolicy::Mtls => RouteAuth::Mtls(Arc::clone(&self.mtls.0), Arc::clone(&self.mtls.1)),
             AuthPolicy::Any(all) => RouteAuth::Any(all.iter().map(|a| self.route(a)).collect()),
         }
@@ -678,6 +807,11 @@ impl AuthRegistry {
             .chain(self.introspection.iter().map(|(_, i)| ProviderStats {
                 name: Arc::clone(&i.name),
                 counters: Arc::clone(&i.counters),
+                jwks: None,
+            }))
+            .chain(self.signatures.iter().map(|(_, v)| ProviderStats {
+                name: Arc::clone(&v.name),
+                counters: Arc::clone(&v.counters),
                 jwks: None,
             }))
             .collect();

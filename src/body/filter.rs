@@ -33,6 +33,9 @@ pub enum FilterError {
     /// forwarding this is the response; once streaming, the exchange is aborted.
     #[error("{message}")]
     Refused { status: StatusCode, message: String },
+    /// The body does not match what authenticated the request (a signed `Content-Digest`): 401.
+    #[error("unauthorized: {}", .0.description)]
+    Unauthorized(crate::auth::Failure),
     /// The filter held more than its bound and would not let go.
     #[error("body filter `{filter}` would hold {held} bytes, above its bound of {bound}")]
     Overflow {

@@ -36,6 +36,7 @@ impl RequestBodyError {
             RequestBodyError::Filter(FilterError::Refused { status, message }) => {
                 Reject::Status(*status, message.clone())
             }
+            RequestBodyError::Filter(FilterError::Unauthorized(f)) => Reject::Unauthorized(f.clone()),
             RequestBodyError::Filter(FilterError::Overflow { bound, .. }) => {
                 Reject::PayloadTooLarge(*bound as u64)
             }

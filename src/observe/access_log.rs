@@ -338,6 +338,10 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
     }
     out.extend_from_slice(b",\"auth_result\":");
     json_plain(out, Some(r.auth_result));
+    if let Some(reason) = r.auth_reason {
+        out.extend_from_slice(b",\"auth_reason\":");
+        json_plain(out, Some(reason));
+    }
     out.extend_from_slice(if r.rate_limit == crate::ratelimit::RateResult::Limited {
         b",\"rate_limited\":true,\"retries\":"
     } else {

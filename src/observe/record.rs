@@ -22,6 +22,8 @@ pub struct Trail {
     pub bytes_in: u64,
     pub rate_limit: crate::ratelimit::RateResult,
     pub auth: AuthResult,
+    /// Why authentication failed (`bad_signature`, `digest_mismatch`…).
+    pub auth_reason: Option<&'static str>,
     pub principal: Option<Arc<crate::auth::Principal>>,
     /// Counts a streamed request body of unknown length (only when recording).
     pub bytes_in_counter: Option<Arc<AtomicU64>>,
@@ -96,6 +98,7 @@ pub struct Record {
     pub client_ip: Arc<str>,
     /// `none`, `success`, `failure` or `denied`.
     pub auth_result: &'static str,
+    pub auth_reason: Option<&'static str>,
     pub principal: Option<Arc<crate::auth::Principal>>,
     pub rate_limit: crate::ratelimit::RateResult,
     pub retries: u32,
@@ -126,6 +129,7 @@ impl Default for Record {
             bytes_out: 0,
             client_ip: Arc::from(""),
             auth_result: "none",
+            auth_reason: None,
             principal: None,
             rate_limit: crate::ratelimit::RateResult::None,
             retries: 0,

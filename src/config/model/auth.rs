@@ -25,6 +25,9 @@ pub struct AuthPolicy {
     pub any: Option<Vec<AuthSpec>>,
     #[serde(default)]
     pub mtls: Option<BTreeMap<String, String>>,
+    /// An `auth.signatures` provider (RFC 9421 signed requests).
+    #[serde(default)]
+    pub signature: Option<String>,
 }
 
 /// Top-level `auth`: the providers routes refer to by name.
@@ -37,6 +40,78 @@ pub struct AuthProviders {
     pub api_keys: Vec<Located<ApiKeyProvider>>,
     #[serde(default)]
     pub introspection: Vec<Located<IntrospectionProvider>>,
+    #[serde(default)]
+    pub signatures: Vec<Located<SignatureProvider>>,
+}
+
+/// Partners' signed requests (RFC 9421 HTTP Message Signatures).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureProvider {
+    pub name: Located<Text>,
+    pub keys: Located<Vec<Located<SignatureKey>>>,
+    /// Components every signature must cover, beyond the ones always required.
+    #[serde(default)]
+    pub required_components: Option<Located<Vec<Located<Text>>>>,
+    /// Only the signature with this label is considered (default: any whose `keyid` is known).
+    #[serde(default)]
+    pub label: Option<Text>,
+    #[serde(default = "default_signature_max_age")]
+    pub max_age_s: u64,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_s: u64,
+    #[serde(default)]
+    pub require_nonce: bool,
+    #[serde(default)]
+    pub replay: Option<Located<ReplayConfig>>,
+}
+
+fn default_signature_max_age() -> u64 {
+    300
+}
+
+/// Where used nonces are remembered.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// `local` (this gateway) or `redis` (the fleet).
+    #[serde(default = "default_replay_store")]
+    pub store: Located<Text>,
+    /// While Redis cannot be asked (or the local table is full): `deny` (503) or `allow`.
+    #[serde(default)]
+    pub on_store_failure: RevocationFailure,
+    /// Bound of the local table.
+    #[serde(default = "default_replay_entries")]
+    pub max_entries: usize,
+}
+
+fn default_replay_store() -> Located<Text> {
+    Located::new(Text::from("local"), 0)
+}
+
+fn default_replay_entries() -> usize {
+    100_000
+}
+
+/// One partner key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureKey {
+    /// The `keyid` signers send.
+    pub id: Located<Text>,
+    pub alg: Located<Text>,
+    /// A PEM public key (`PUBLIC KEY`, or `RSA PUBLIC KEY`), relative to the config file.
+    #[serde(default)]
+    pub key_file: Option<Located<Text>>,
+    /// An `hmac-sha256` secret as text, or as base64 in `secret_base64`.
+    #[serde(default)]
+    pub secret: Option<Located<Text>>,
+    #[serde(default)]
+    pub secret_base64: Option<Located<Text>>,
+    #[serde(default)]
+    pub tenant: Option<Text>,
+    #[serde(default)]
+    pub scopes: Vec<Text>,
 }
 
 /// OAuth2 token introspection (RFC 7662) for opaque tokens.
