@@ -78,14 +78,16 @@ impl SignatureSpec {
             diag.err(p.keys.line, format!("{key}.keys"), "at least one key is required");
         }
         let mut keys = Vec::new();
+        let mut ids: Vec<&str> = Vec::new();
         for (i, k) in p.keys.iter().enumerate() {
             let kkey = format!("{key}.keys[{i}]");
             if k.id.is_empty() {
                 diag.err(k.id.line, format!("{kkey}.id"), "a key id is required");
             }
-            if keys.iter().any(|o: &KeySpec| o.id == k.id.as_str()) {
+            if ids.contains(&k.id.as_str()) {
                 diag.err(k.id.line, format!("{kkey}.id"), format!("key id `{}` is used twice", k.id.as_str()));
             }
+            ids.push(k.id.as_str());
             let Some(alg) = Alg::parse(&k.alg) else {
                 diag.err(
                     k.alg.line,
