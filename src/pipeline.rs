@@ -568,12 +568,15 @@ fn request_body_filters(
     has_body: bool,
 ) -> Result<FilterChain, Reject> {
     let mut chain = FilterChain::new();
-    if let Some((p, expected, counters)) = principal.and_then(|p| {
-        Some((p, p.body_digest.as_ref()?, p.signature_counters.as_ref()?))
-    }) {
+    if let Some((p, expected, counters)) =
+        principal.and_then(|p| Some((p, p.body_digest.as_ref()?, p.signature_counters.as_ref()?)))
+    {
         if !has_body {
             if !digest::matches(expected, b"") {
-                return Err(Reject::Unauthorized(digest::mismatch(&p.provider, counters)));
+                return Err(Reject::Unauthorized(digest::mismatch(
+                    &p.provider,
+                    counters,
+                )));
             }
         } else {
             chain.push(Box::new(digest::DigestFilter::new(
@@ -590,7 +593,9 @@ fn request_body_filters(
 /// A body refused after authentication succeeded (its signed digest did not match).
 fn record_body_auth_failure(route: &LiveRoute, ex: &mut Exchange) {
     ex.trail.auth = AuthResult::Failure;
-    ex.trail.auth_reason.get_or_insert(crate::auth::Reason::DigestMismatch.as_str());
+    ex.trail
+        .auth_reason
+        .get_or_insert(crate::auth::Reason::DigestMismatch.as_str());
     route.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -186,11 +186,15 @@ async fn send_signed(
     };
     let mut b = Request::builder().method(s.method).uri(gw.url(&target));
     for h in ["signature-input", "signature", "content-digest"] {
-        if !skip.contains(&h) && !(h == "content-digest" && !s.covered.contains(&h)) {
+        if !skip.contains(&h) && (h != "content-digest" || s.covered.contains(&h)) {
             b = b.header(h, signed[h].as_str().unwrap());
         }
     }
-    send(&client(), b.body(Full::new(Bytes::copy_from_slice(body))).unwrap()).await
+    send(
+        &client(),
+        b.body(Full::new(Bytes::copy_from_slice(body))).unwrap(),
+    )
+    .await
 }
 
 async fn failures(gw: &TestGateway, reason: &str) -> u64 {
@@ -210,7 +214,13 @@ async fn requests_signed_by_an_independent_signer_are_accepted_for_every_algorit
     let up = Upstream::start("up").await;
     let dir = tempfile::tempdir().unwrap();
     let keys: Vec<PartnerKey> = ALGS.iter().map(|a| partner_key(a, dir.path())).collect();
-    let gw = TestGateway::start(&config(&up, &keys.iter().collect::<Vec<_>>(), "{ store: local }", "")).await;
+    let gw = TestGateway::start(&config(
+        &up,
+        &keys.iter().collect::<Vec<_>>(),
+        "{ store: local }",
+        "",
+    ))
+    .await;
     let authority = gw.addr.to_string();
     for key in &keys {
         let s = Signed::post(br#"{"item":"widget","qty":2}"#);
@@ -220,8 +230,16 @@ async fn requests_signed_by_an_independent_signer_are_accepted_for_every_algorit
         assert_eq!(r.status, 200, "{}: {}", key.alg, r.text());
         assert_eq!(up.count(), before + 1);
         let seen = up.last();
-        assert_eq!(seen.body_len, s.body.len() as u64, "{}: the whole body arrived", key.alg);
-        assert!(seen.headers.contains_key("signature"), "signature fields pass on");
+        assert_eq!(
+            seen.body_len,
+            s.body.len() as u64,
+            "{}: the whole body arrived",
+            key.alg
+        );
+        assert!(
+            seen.headers.contains_key("signature"),
+            "signature fields pass on"
+        );
         // A GET with no body needs no digest.
         let mut g = Signed::post(b"");
         g.method = "GET";
@@ -253,30 +271,147 @@ async fn adversarial_requests_are_refused_with_their_reason_and_never_reach_the_
     }
     let base = || Signed::post(body);
     let mut cases = vec![
-        Case { name: "no signature", reason: "missing_credentials", signed: base(), key: "ed", send_body: body.to_vec(), skip: vec!["signature", "signature-input"], edit: |_| {} },
-        Case { name: "digest covered, header missing", reason: "missing_digest", signed: base(), key: "ed", send_body: body.to_vec(), skip: vec!["content-digest"], edit: |_| {} },
-        Case { name: "body without a covered digest", reason: "component_not_covered", signed: Signed { covered: vec!["@method", "@authority", "@path", "@query"], ..base() }, key: "ed", send_body: body.to_vec(), skip: vec![], edit: |_| {} },
-        Case { name: "created 10 minutes ago", reason: "expired", signed: Signed { created: now() - 600, ..base() }, key: "ed", send_body: body.to_vec(), skip: vec![], edit: |_| {} },
-        Case { name: "created in the future", reason: "issued_in_future", signed: Signed { created: now() + 600, ..base() }, key: "ed", send_body: body.to_vec(), skip: vec![], edit: |_| {} },
-        Case { name: "unknown key id", reason: "unknown_key", signed: base(), key: "ed", send_body: body.to_vec(), skip: vec![], edit: |v| {
-            let s = v["signature-input"].as_str().unwrap().replace("key-ed25519", "key-nobody");
-            v["signature-input"] = s.into();
-        } },
-        Case { name: "alg differs from the key's", reason: "algorithm_not_allowed", signed: Signed { send_alg: Some("ecdsa-p256-sha256"), ..base() }, key: "ed", send_body: body.to_vec(), skip: vec![], edit: |_| {} },
-        Case { name: "duplicated labels", reason: "malformed", signed: base(), key: "ed", send_body: body.to_vec(), skip: vec![], edit: |v| {
-            let s = v["signature-input"].as_str().unwrap().to_string();
-            v["signature-input"] = format!("{s}, {s}").into();
-        } },
-        Case { name: "malformed structured field", reason: "malformed", signed: base(), key: "ed", send_body: body.to_vec(), skip: vec![], edit: |v| {
-            let s = v["signature-input"].as_str().unwrap().replacen(')', "", 1);
-            v["signature-input"] = s.into();
-        } },
-        Case { name: "fewer components than required", reason: "component_not_covered", signed: Signed { covered: vec!["@method", "@authority", "@path", "content-digest"], ..base() }, key: "ed", send_body: body.to_vec(), skip: vec![], edit: |_| {} },
-        Case { name: "no nonce", reason: "missing_nonce", signed: Signed { nonce: String::new(), ..base() }, key: "ed", send_body: body.to_vec(), skip: vec![], edit: |_| {} },
-        Case { name: "a tampered signature", reason: "bad_signature", signed: base(), key: "hmac", send_body: body.to_vec(), skip: vec![], edit: |v| {
-            let s = v["signature"].as_str().unwrap().replacen(":", ":AAAA", 1);
-            v["signature"] = s.into();
-        } },
+        Case {
+            name: "no signature",
+            reason: "missing_credentials",
+            signed: base(),
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec!["signature", "signature-input"],
+            edit: |_| {},
+        },
+        Case {
+            name: "digest covered, header missing",
+            reason: "missing_digest",
+            signed: base(),
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec!["content-digest"],
+            edit: |_| {},
+        },
+        Case {
+            name: "body without a covered digest",
+            reason: "component_not_covered",
+            signed: Signed {
+                covered: vec!["@method", "@authority", "@path", "@query"],
+                ..base()
+            },
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |_| {},
+        },
+        Case {
+            name: "created 10 minutes ago",
+            reason: "expired",
+            signed: Signed {
+                created: now() - 600,
+                ..base()
+            },
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |_| {},
+        },
+        Case {
+            name: "created in the future",
+            reason: "issued_in_future",
+            signed: Signed {
+                created: now() + 600,
+                ..base()
+            },
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |_| {},
+        },
+        Case {
+            name: "unknown key id",
+            reason: "unknown_key",
+            signed: base(),
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |v| {
+                let s = v["signature-input"]
+                    .as_str()
+                    .unwrap()
+                    .replace("key-ed25519", "key-nobody");
+                v["signature-input"] = s.into();
+            },
+        },
+        Case {
+            name: "alg differs from the key's",
+            reason: "algorithm_not_allowed",
+            signed: Signed {
+                send_alg: Some("ecdsa-p256-sha256"),
+                ..base()
+            },
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |_| {},
+        },
+        Case {
+            name: "duplicated labels",
+            reason: "malformed",
+            signed: base(),
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |v| {
+                let s = v["signature-input"].as_str().unwrap().to_string();
+                v["signature-input"] = format!("{s}, {s}").into();
+            },
+        },
+        Case {
+            name: "malformed structured field",
+            reason: "malformed",
+            signed: base(),
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |v| {
+                let s = v["signature-input"].as_str().unwrap().replacen(')', "", 1);
+                v["signature-input"] = s.into();
+            },
+        },
+        Case {
+            name: "fewer components than required",
+            reason: "component_not_covered",
+            signed: Signed {
+                covered: vec!["@method", "@authority", "@path", "content-digest"],
+                ..base()
+            },
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |_| {},
+        },
+        Case {
+            name: "no nonce",
+            reason: "missing_nonce",
+            signed: Signed {
+                nonce: String::new(),
+                ..base()
+            },
+            key: "ed",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |_| {},
+        },
+        Case {
+            name: "a tampered signature",
+            reason: "bad_signature",
+            signed: base(),
+            key: "hmac",
+            send_body: body.to_vec(),
+            skip: vec![],
+            edit: |v| {
+                let s = v["signature"].as_str().unwrap().replacen(":", ":AAAA", 1);
+                v["signature"] = s.into();
+            },
+        },
     ];
     // The HMAC-with-a-public-key confusion: the signer holds only the Ed25519 public key.
     let public_pem = std::fs::read_to_string(dir.path().join("ed25519.pub.pem")).unwrap();
@@ -287,24 +422,51 @@ async fn adversarial_requests_are_refused_with_their_reason_and_never_reach_the_
         config: String::new(),
     };
     for (with_alg, reason) in [(true, "algorithm_not_allowed"), (false, "bad_signature")] {
-        let s = Signed { send_alg: with_alg.then_some("hmac-sha256"), ..base() };
+        let s = Signed {
+            send_alg: with_alg.then_some("hmac-sha256"),
+            ..base()
+        };
         let signed = s.sign(&confused, &authority);
-        let before = (failures(&gw, reason).await, up.arrivals.load(Ordering::SeqCst));
+        let before = (
+            failures(&gw, reason).await,
+            up.arrivals.load(Ordering::SeqCst),
+        );
         let r = send_signed(&gw, &s, &signed, body, &[]).await;
         r.assert_gateway_error(401);
-        assert!(r.headers["www-authenticate"].to_str().unwrap().starts_with("Signature"));
-        assert_eq!(failures(&gw, reason).await, before.0 + 1, "hmac over a public key, alg {with_alg}");
+        assert!(r.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Signature"));
+        assert_eq!(
+            failures(&gw, reason).await,
+            before.0 + 1,
+            "hmac over a public key, alg {with_alg}"
+        );
         assert_eq!(up.arrivals.load(Ordering::SeqCst), before.1);
     }
     for case in cases.drain(..) {
         let key = if case.key == "ed" { &ed } else { &hmac };
         let mut signed = case.signed.sign(key, &authority);
         (case.edit)(&mut signed);
-        let before = (failures(&gw, case.reason).await, up.arrivals.load(Ordering::SeqCst));
+        let before = (
+            failures(&gw, case.reason).await,
+            up.arrivals.load(Ordering::SeqCst),
+        );
         let r = send_signed(&gw, &case.signed, &signed, &case.send_body, &case.skip).await;
         r.assert_gateway_error(401);
-        assert_eq!(failures(&gw, case.reason).await, before.0 + 1, "{}: counted as {}", case.name, case.reason);
-        assert_eq!(up.arrivals.load(Ordering::SeqCst), before.1, "{} reached the upstream", case.name);
+        assert_eq!(
+            failures(&gw, case.reason).await,
+            before.0 + 1,
+            "{}: counted as {}",
+            case.name,
+            case.reason
+        );
+        assert_eq!(
+            up.arrivals.load(Ordering::SeqCst),
+            before.1,
+            "{} reached the upstream",
+            case.name
+        );
     }
 
     // The digest of another body: refused as the body streams; the upstream may see the head
@@ -315,9 +477,20 @@ async fn adversarial_requests_are_refused_with_their_reason_and_never_reach_the_
     let before = failures(&gw, "digest_mismatch").await;
     let r = send_signed(&gw, &s, &signed, br#"{"item":"WIDGET"}"#, &[]).await;
     r.assert_gateway_error(401);
-    assert!(r.json()["error"].as_str().unwrap().contains("content-digest"), "{}", r.text());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("content-digest"),
+        "{}",
+        r.text()
+    );
     assert_eq!(failures(&gw, "digest_mismatch").await, before + 1);
-    assert_eq!(up.completed_uploads.load(Ordering::SeqCst), uploads, "no complete body upstream");
+    assert_eq!(
+        up.completed_uploads.load(Ordering::SeqCst),
+        uploads,
+        "no complete body upstream"
+    );
     assert_eq!(up.count(), seen);
     // The same signed headers with the right body still pass (nonce unused: it failed first).
     let s2 = Signed::post(body);
@@ -345,7 +518,10 @@ async fn a_replayed_request_is_refused_across_two_gateways_sharing_redis_and_aft
         let target = format!("{}?{}", s.path, s.query.unwrap());
         let req = Request::post(gw.url(&target))
             .header("host", authority)
-            .header("signature-input", signed["signature-input"].as_str().unwrap())
+            .header(
+                "signature-input",
+                signed["signature-input"].as_str().unwrap(),
+            )
             .header("signature", signed["signature"].as_str().unwrap())
             .header("content-digest", signed["content-digest"].as_str().unwrap())
             .body(Full::new(Bytes::copy_from_slice(&s.body)))
@@ -361,7 +537,10 @@ async fn a_replayed_request_is_refused_across_two_gateways_sharing_redis_and_aft
         assert!(r.json()["error"].as_str().unwrap().contains("nonce"));
     }
     assert_eq!(up.count(), 1, "only the first request reached the upstream");
-    assert_eq!(failures(&a, "replayed").await + failures(&b, "replayed").await, 1000);
+    assert_eq!(
+        failures(&a, "replayed").await + failures(&b, "replayed").await,
+        1000
+    );
     drop(a);
     let restarted = TestGateway::start(&cfg).await;
     let r = send_to(&restarted).await;
@@ -378,7 +557,10 @@ async fn a_local_replay_table_refuses_a_second_use_in_one_gateway() {
     let gw = TestGateway::start(&config(&up, &[&key], "{ store: local }", "")).await;
     let s = Signed::post(b"{}");
     let signed = s.sign(&key, &gw.addr.to_string());
-    assert_eq!(send_signed(&gw, &s, &signed, &s.body, &[]).await.status, 200);
+    assert_eq!(
+        send_signed(&gw, &s, &signed, &s.body, &[]).await.status,
+        200
+    );
     let r = send_signed(&gw, &s, &signed, &s.body, &[]).await;
     r.assert_gateway_error(401);
     assert_eq!(failures(&gw, "replayed").await, 1);

@@ -249,7 +249,10 @@ impl RouteAuth {
         matches!(self, RouteAuth::None)
     }
 
-    pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Option<Arc<Principal>>, Failure> {
+    pub async fn authenticate(
+        &self,
+        req: &AuthRequest<'_>,
+    ) -> Result<Option<Arc<Principal>>, Failure> {
         let (headers, uri, client_cert) = (req.headers, req.uri, req.client_cert);
         match self {
             RouteAuth::None => Ok(None),
@@ -581,7 +584,13 @@ impl AuthProviderSpecs {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                signature::SignatureSpec::build(p, &format!("auth.signatures[{i}]"), base, redis, diag)
+                signature::SignatureSpec::build(
+                    p,
+                    &format!("auth.signatures[{i}]"),
+                    base,
+                    redis,
+                    diag,
+                )
             })
             .collect();
         let introspection: Vec<_> = auth

@@ -36,7 +36,9 @@ impl RequestBodyError {
             RequestBodyError::Filter(FilterError::Refused { status, message }) => {
                 Reject::Status(*status, message.clone())
             }
-            RequestBodyError::Filter(FilterError::Unauthorized(f)) => Reject::Unauthorized(f.clone()),
+            RequestBodyError::Filter(FilterError::Unauthorized(f)) => {
+                Reject::Unauthorized(f.clone())
+            }
             RequestBodyError::Filter(FilterError::Overflow { bound, .. }) => {
                 Reject::PayloadTooLarge(*bound as u64)
             }

@@ -36,8 +36,15 @@ fn malformed(m: impl Into<String>) -> BaseError {
 /// Fields whose structured type is known, for the `sf` and `key` parameters (RFC 9421 §2.1.1).
 fn field_type(name: &str) -> Option<&'static str> {
     Some(match name {
-        "signature" | "signature-input" | "accept-signature" | "content-digest" | "repr-digest"
-        | "want-content-digest" | "want-repr-digest" | "priority" | "example-dict" => "dict",
+        "signature"
+        | "signature-input"
+        | "accept-signature"
+        | "content-digest"
+        | "repr-digest"
+        | "want-content-digest"
+        | "want-repr-digest"
+        | "priority"
+        | "example-dict" => "dict",
         "cache-status" | "proxy-status" | "accept-ch" | "client-hints" | "example-list" => "list",
         "example-item" | "sec-ch-ua-mobile" => "item",
         _ => return None,
@@ -221,15 +228,13 @@ fn form_decode(s: &str) -> Vec<u8> {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -297,9 +302,7 @@ fn field_value(c: &Component, headers: &HeaderMap) -> Result<String, BaseError> 
             .iter()
             .find(|(k, _)| k.as_str() == key.as_str())
             .map(|(_, v)| v)
-            .ok_or_else(|| {
-                BaseError::Absent(format!("\"{name}\";key=\"{}\"", key.as_str()))
-            })?;
+            .ok_or_else(|| BaseError::Absent(format!("\"{name}\";key=\"{}\"", key.as_str())))?;
         return match member {
             ListEntry::Item(i) => Some(i.serialize()),
             ListEntry::InnerList(_) => sfv::List::from(vec![member.clone()]).serialize(),
@@ -382,7 +385,10 @@ mod tests {
     #[test]
     fn fields_are_trimmed_joined_and_parameterised() {
         let mut h = HeaderMap::new();
-        h.append("example-dict", " a=1,    b=2;x=1;y=2, c=(a   b   c)".parse().unwrap());
+        h.append(
+            "example-dict",
+            " a=1,    b=2;x=1;y=2, c=(a   b   c)".parse().unwrap(),
+        );
         h.append("x-two", "one ".parse().unwrap());
         h.append("x-two", " two".parse().unwrap());
         let req = SignedRequest {
@@ -424,7 +430,10 @@ mod tests {
             r#"(x-two)"#,
         ] {
             assert!(
-                matches!(signature_base(&list(bad), &req), Err(BaseError::Malformed(_))),
+                matches!(
+                    signature_base(&list(bad), &req),
+                    Err(BaseError::Malformed(_))
+                ),
                 "{bad}"
             );
         }

@@ -28,7 +28,10 @@ pub fn parse(headers: &http::HeaderMap) -> Result<Option<Expected>, &'static str
     let lines: Vec<&str> = headers
         .get_all("content-digest")
         .iter()
-        .map(|v| v.to_str().map_err(|_| "content-digest is not visible ASCII"))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| "content-digest is not visible ASCII")
+        })
         .collect::<Result<_, _>>()?;
     if lines.is_empty() {
         return Ok(None);
@@ -205,7 +208,7 @@ mod tests {
         );
         let e = parse(&h).unwrap().unwrap();
         assert_eq!(e.alg, DigestAlg::Sha512);
-        assert!(matches(&e, b"{\"hello\": \"world\"}\n") == false);
+        assert!(!matches(&e, b"{\"hello\": \"world\"}\n"));
         assert!(matches(&e, b"{\"hello\": \"world\"}"));
         h.insert("content-digest", "md5=:AAAA:".parse().unwrap());
         assert!(parse(&h).is_err());
@@ -223,10 +226,16 @@ mod tests {
             value: h.finish(),
         });
         let counters = Arc::new(AuthCounters::default());
-        let mut f = DigestFilter::new(Arc::clone(&expected), 1024, Arc::from("p"), Arc::clone(&counters));
+        let mut f = DigestFilter::new(
+            Arc::clone(&expected),
+            1024,
+            Arc::from("p"),
+            Arc::clone(&counters),
+        );
         let mut out = Emit::default();
         f.data(Bytes::from_static(b"{\"hello\""), &mut out).unwrap();
-        f.data(Bytes::from_static(b": \"world\"}"), &mut out).unwrap();
+        f.data(Bytes::from_static(b": \"world\"}"), &mut out)
+            .unwrap();
         assert_eq!(out.into_chunks().len(), 1, "the last chunk is held");
         let mut out = Emit::default();
         f.end(None, &mut out).unwrap();
@@ -234,10 +243,16 @@ mod tests {
 
         let mut f = DigestFilter::new(expected, 1024, Arc::from("p"), Arc::clone(&counters));
         let mut out = Emit::default();
-        f.data(Bytes::from_static(b"{\"hello\": \"WORLD\"}"), &mut out).unwrap();
+        f.data(Bytes::from_static(b"{\"hello\": \"WORLD\"}"), &mut out)
+            .unwrap();
         let e = f.end(None, &mut out).unwrap_err();
-        assert!(matches!(e, FilterError::Unauthorized(ref f) if f.reason == Reason::DigestMismatch));
-        assert!(out.into_chunks().is_empty(), "nothing of a mismatched body's end is sent");
+        assert!(
+            matches!(e, FilterError::Unauthorized(ref f) if f.reason == Reason::DigestMismatch)
+        );
+        assert!(
+            out.into_chunks().is_empty(),
+            "nothing of a mismatched body's end is sent"
+        );
         assert_eq!(counters.failures(Reason::DigestMismatch), 1);
     }
 }

@@ -53,7 +53,12 @@ pub struct KeyMaterial {
 
 impl std::fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyMaterial({}, {} bytes)", self.alg.as_str(), self.bytes.len())
+        write!(
+            f,
+            "KeyMaterial({}, {} bytes)",
+            self.alg.as_str(),
+            self.bytes.len()
+        )
     }
 }
 
@@ -72,7 +77,9 @@ impl KeyMaterial {
     /// PKCS#1), checked to be of the kind `alg` needs.
     pub fn public_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
         if alg == Alg::HmacSha256 {
-            return Err("hmac-sha256 takes a secret (secret or secret_base64), not a public key".into());
+            return Err(
+                "hmac-sha256 takes a secret (secret or secret_base64), not a public key".into(),
+            );
         }
         let (label, der) = pem_block(pem)?;
         let bytes = match label.as_str() {
@@ -152,7 +159,7 @@ fn spki_key(alg: Alg, der: &[u8]) -> Result<Vec<u8>, String> {
 /// A key ready to verify.
 pub enum Verifier {
     Public(signature::UnparsedPublicKey<Vec<u8>>),
-    Hmac(hmac::Key),
+    Hmac(Box<hmac::Key>),
 }
 
 impl Verifier {
@@ -163,7 +170,9 @@ impl Verifier {
             Alg::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_FIXED,
             Alg::RsaPssSha512 => &signature::RSA_PSS_2048_8192_SHA512,
             Alg::RsaV15Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-            Alg::HmacSha256 => return Verifier::Hmac(hmac::Key::new(hmac::HMAC_SHA256, &k.bytes)),
+            Alg::HmacSha256 => {
+                return Verifier::Hmac(Box::new(hmac::Key::new(hmac::HMAC_SHA256, &k.bytes)))
+            }
         };
         Verifier::Public(signature::UnparsedPublicKey::new(alg, k.bytes.clone()))
     }

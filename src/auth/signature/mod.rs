@@ -75,7 +75,11 @@ impl SignatureSpec {
         let mark = diag.mark();
         diag.kebab_name(&p.name, format!("{key}.name"));
         if p.keys.is_empty() {
-            diag.err(p.keys.line, format!("{key}.keys"), "at least one key is required");
+            diag.err(
+                p.keys.line,
+                format!("{key}.keys"),
+                "at least one key is required",
+            );
         }
         let mut keys = Vec::new();
         let mut ids: Vec<&str> = Vec::new();
@@ -85,20 +89,36 @@ impl SignatureSpec {
                 diag.err(k.id.line, format!("{kkey}.id"), "a key id is required");
             }
             if ids.contains(&k.id.as_str()) {
-                diag.err(k.id.line, format!("{kkey}.id"), format!("key id `{}` is used twice", k.id.as_str()));
+                diag.err(
+                    k.id.line,
+                    format!("{kkey}.id"),
+                    format!("key id `{}` is used twice", k.id.as_str()),
+                );
             }
             ids.push(k.id.as_str());
             let Some(alg) = Alg::parse(&k.alg) else {
                 diag.err(
                     k.alg.line,
                     format!("{kkey}.alg"),
-                    format!("unknown algorithm `{}`: use one of {}", k.alg.as_str(), Alg::NAMES),
+                    format!(
+                        "unknown algorithm `{}`: use one of {}",
+                        k.alg.as_str(),
+                        Alg::NAMES
+                    ),
                 );
                 continue;
             };
-            let sources = [k.key_file.is_some(), k.secret.is_some(), k.secret_base64.is_some()];
+            let sources = [
+                k.key_file.is_some(),
+                k.secret.is_some(),
+                k.secret_base64.is_some(),
+            ];
             if sources.iter().filter(|s| **s).count() != 1 {
-                diag.err(k.id.line, &kkey, "exactly one of key_file, secret, secret_base64 is required");
+                diag.err(
+                    k.id.line,
+                    &kkey,
+                    "exactly one of key_file, secret, secret_base64 is required",
+                );
                 continue;
             }
             let material = match (&k.key_file, &k.secret, &k.secret_base64) {
@@ -109,8 +129,10 @@ impl SignatureSpec {
                         .and_then(|pem| KeyMaterial::public_pem(alg, &pem))
                         .map_err(|m| (f.line, format!("{kkey}.key_file"), m))
                 }
-                (_, Some(s), _) if alg == Alg::HmacSha256 => KeyMaterial::secret(s.as_bytes().to_vec())
-                    .map_err(|m| (s.line, format!("{kkey}.secret"), m)),
+                (_, Some(s), _) if alg == Alg::HmacSha256 => {
+                    KeyMaterial::secret(s.as_bytes().to_vec())
+                        .map_err(|m| (s.line, format!("{kkey}.secret"), m))
+                }
                 (_, _, Some(s)) if alg == Alg::HmacSha256 => {
                     use base64::Engine;
                     base64::engine::general_purpose::STANDARD
@@ -122,7 +144,10 @@ impl SignatureSpec {
                 _ => Err((
                     k.alg.line,
                     format!("{kkey}.alg"),
-                    format!("{} needs a public key (key_file), not a secret", alg.as_str()),
+                    format!(
+                        "{} needs a public key (key_file), not a secret",
+                        alg.as_str()
+                    ),
                 )),
             };
             match material {
@@ -158,24 +183,40 @@ impl SignatureSpec {
                 .collect(),
         };
         if p.max_age_s == 0 || p.max_age_s > 86_400 {
-            diag.err(p.name.line, format!("{key}.max_age_s"), "between 1 and 86400");
+            diag.err(
+                p.name.line,
+                format!("{key}.max_age_s"),
+                "between 1 and 86400",
+            );
         }
         if p.clock_skew_s > 300 {
             diag.err(p.name.line, format!("{key}.clock_skew_s"), "at most 300");
         }
         let replay = match &p.replay {
-            None => ReplaySpec { redis: false, allow_on_failure: false, max_entries: 100_000 },
+            None => ReplaySpec {
+                redis: false,
+                allow_on_failure: false,
+                max_entries: 100_000,
+            },
             Some(r) => {
                 let redis_store = match r.store.as_str() {
                     "local" => false,
                     "redis" => {
                         if !redis {
-                            diag.err(r.line, format!("{key}.replay.store"), "store `redis` needs the top-level `redis` section");
+                            diag.err(
+                                r.line,
+                                format!("{key}.replay.store"),
+                                "store `redis` needs the top-level `redis` section",
+                            );
                         }
                         true
                     }
                     other => {
-                        diag.err(r.line, format!("{key}.replay.store"), format!("unknown store `{other}`: use local or redis"));
+                        diag.err(
+                            r.line,
+                            format!("{key}.replay.store"),
+                            format!("unknown store `{other}`: use local or redis"),
+                        );
                         false
                     }
                 };
@@ -253,10 +294,16 @@ impl<'de> DictionaryVisitor<'de> for Labels<'_> {
 }
 
 /// A dictionary field's combined lines, parsed; `Err` when malformed or when a label repeats.
-fn dictionary(headers: &http::HeaderMap, name: &str) -> Result<Option<sfv::Dictionary>, &'static str> {
+fn dictionary(
+    headers: &http::HeaderMap,
+    name: &str,
+) -> Result<Option<sfv::Dictionary>, &'static str> {
     let mut lines = Vec::new();
     for v in headers.get_all(name) {
-        lines.push(v.to_str().map_err(|_| "signature fields must be visible ASCII")?);
+        lines.push(
+            v.to_str()
+                .map_err(|_| "signature fields must be visible ASCII")?,
+        );
     }
     if lines.is_empty() {
         return Ok(None);
@@ -317,16 +364,31 @@ impl SignatureVerifier {
 
     /// Verifies the request's signature and yields its principal (subject = key id); the
     /// principal carries the `Content-Digest` its body must still match.
-    pub async fn authenticate(&self, input: &SignatureInput<'_>) -> Result<Arc<Principal>, Failure> {
+    pub async fn authenticate(
+        &self,
+        input: &SignatureInput<'_>,
+    ) -> Result<Arc<Principal>, Failure> {
         let (principal, nonce) = self.verify(input)?;
         if let Some(nonce) = nonce {
-            let key = format!("{}:{}:{}", self.name, principal.subject.as_deref().unwrap_or(""), nonce);
+            let key = format!(
+                "{}:{}:{}",
+                self.name,
+                principal.subject.as_deref().unwrap_or(""),
+                nonce
+            );
             match self.nonces.first_use(&key, self.spec.nonce_window()).await {
                 Seen::First => {}
-                Seen::Replayed => return Err(self.fail(Reason::Replayed, "this signature's nonce was already used")),
+                Seen::Replayed => {
+                    return Err(
+                        self.fail(Reason::Replayed, "this signature's nonce was already used")
+                    )
+                }
                 Seen::Unavailable if self.spec.replay.allow_on_failure => {}
                 Seen::Unavailable => {
-                    return Err(self.fail(Reason::ProviderUnavailable, "the nonce store cannot be asked"))
+                    return Err(self.fail(
+                        Reason::ProviderUnavailable,
+                        "the nonce store cannot be asked",
+                    ))
                 }
             }
         }
@@ -335,24 +397,46 @@ impl SignatureVerifier {
 
     /// Everything but the replay check (which must only run on a signature that verified, or
     /// anyone could burn a partner's nonces): the principal and the nonce to record.
-    pub fn verify(&self, input: &SignatureInput<'_>) -> Result<(Principal, Option<String>), Failure> {
+    pub fn verify(
+        &self,
+        input: &SignatureInput<'_>,
+    ) -> Result<(Principal, Option<String>), Failure> {
         let headers = input.request.headers;
-        let sig_input = dictionary(headers, "signature-input").map_err(|d| self.fail(Reason::Malformed, d))?;
+        let sig_input =
+            dictionary(headers, "signature-input").map_err(|d| self.fail(Reason::Malformed, d))?;
         let sigs = dictionary(headers, "signature").map_err(|d| self.fail(Reason::Malformed, d))?;
         let (sig_input, sigs) = match (sig_input, sigs) {
-            (None, None) => return Err(Failure { scheme: "Signature", ..Failure::missing(&self.name) }),
+            (None, None) => {
+                return Err(Failure {
+                    scheme: "Signature",
+                    ..Failure::missing(&self.name)
+                })
+            }
             (Some(i), Some(s)) => (i, s),
-            _ => return Err(self.fail(Reason::Malformed, "Signature and Signature-Input must both be present")),
+            _ => {
+                return Err(self.fail(
+                    Reason::Malformed,
+                    "Signature and Signature-Input must both be present",
+                ))
+            }
         };
         // Candidates: the configured label, or every signature whose keyid is ours.
         let mut first_failure: Option<Failure> = None;
         let mut unknown_key = false;
         for (label, entry) in &sig_input {
-            if self.spec.label.as_deref().is_some_and(|l| l != label.as_str()) {
+            if self
+                .spec
+                .label
+                .as_deref()
+                .is_some_and(|l| l != label.as_str())
+            {
                 continue;
             }
             let ListEntry::InnerList(list) = entry else {
-                return Err(self.fail(Reason::Malformed, "a Signature-Input member is not an inner list"));
+                return Err(self.fail(
+                    Reason::Malformed,
+                    "a Signature-Input member is not an inner list",
+                ));
             };
             let keyid = param_str(list, "keyid");
             let Some(key) = keyid.and_then(|id| self.keys.iter().find(|k| k.id == id)) else {
@@ -360,7 +444,10 @@ impl SignatureVerifier {
                 continue;
             };
             let Some(ListEntry::Item(sig)) = sigs.get(label.as_str()) else {
-                return Err(self.fail(Reason::Malformed, "no Signature member for the Signature-Input label"));
+                return Err(self.fail(
+                    Reason::Malformed,
+                    "no Signature member for the Signature-Input label",
+                ));
             };
             let Some(sig) = sig.bare_item.as_byte_sequence() else {
                 return Err(self.fail(Reason::Malformed, "a signature is a byte sequence"));
@@ -376,7 +463,10 @@ impl SignatureVerifier {
             if unknown_key {
                 self.fail(Reason::UnknownKey, "no signature by a known key id")
             } else {
-                self.fail(Reason::MissingCredentials, "no signature with the expected label")
+                self.fail(
+                    Reason::MissingCredentials,
+                    "no signature with the expected label",
+                )
             }
         }))
     }
@@ -396,12 +486,18 @@ impl SignatureVerifier {
                 _ => true,
             };
             if !ok {
-                return Err(self.fail(Reason::Malformed, "a signature parameter has the wrong type"));
+                return Err(self.fail(
+                    Reason::Malformed,
+                    "a signature parameter has the wrong type",
+                ));
             }
         }
         if let Some(alg) = param_str(list, "alg") {
             if alg != key.alg.as_str() {
-                return Err(self.fail(Reason::AlgorithmNotAllowed, "alg differs from the key's algorithm"));
+                return Err(self.fail(
+                    Reason::AlgorithmNotAllowed,
+                    "alg differs from the key's algorithm",
+                ));
             }
         }
         // Covered components against the requirements.
@@ -414,13 +510,17 @@ impl SignatureVerifier {
             })
             .collect();
         let has = |c: &str| covered.contains(&c) || satisfied_by_target(c, &covered);
-        let mut missing = !has("@method") || !(has("@authority") || covered.contains(&"@target-uri"));
+        let mut missing =
+            !has("@method") || !(has("@authority") || covered.contains(&"@target-uri"));
         missing |= self.spec.required.iter().any(|r| !has(r));
         if input.has_body && !covered.contains(&"content-digest") {
             missing = true;
         }
         if missing {
-            return Err(self.fail(Reason::ComponentNotCovered, "the signature does not cover every required component"));
+            return Err(self.fail(
+                Reason::ComponentNotCovered,
+                "the signature does not cover every required component",
+            ));
         }
         // Time (§3.2.1): created within max_age (and not ahead beyond the skew), expires.
         let now = input.now as i128;
@@ -429,7 +529,10 @@ impl SignatureVerifier {
             return Err(self.fail(Reason::Malformed, "the signature has no created parameter"));
         };
         if created > now + skew {
-            return Err(self.fail(Reason::IssuedInFuture, "the signature was created in the future"));
+            return Err(self.fail(
+                Reason::IssuedInFuture,
+                "the signature was created in the future",
+            ));
         }
         if now - created > self.spec.max_age_s as i128 + skew {
             return Err(self.fail(Reason::Expired, "the signature is older than max_age_s"));
@@ -447,18 +550,34 @@ impl SignatureVerifier {
         let body_digest = if covered.contains(&"content-digest") {
             match digest::parse(headers_of(input)) {
                 Ok(Some(d)) => Some(Arc::new(d)),
-                Ok(None) => return Err(self.fail(Reason::MissingDigest, "a signed request with a body needs content-digest")),
+                Ok(None) => {
+                    return Err(self.fail(
+                        Reason::MissingDigest,
+                        "a signed request with a body needs content-digest",
+                    ))
+                }
                 Err(d) => return Err(self.fail(Reason::Malformed, d)),
             }
         } else {
             None
         };
         let base = base::signature_base(list, &input.request).map_err(|e| match e {
-            BaseError::Absent(_) if covered.contains(&"content-digest") && !input.request.headers.contains_key("content-digest") => {
-                self.fail(Reason::MissingDigest, "a signed request with a body needs content-digest")
+            BaseError::Absent(_)
+                if covered.contains(&"content-digest")
+                    && !input.request.headers.contains_key("content-digest") =>
+            {
+                self.fail(
+                    Reason::MissingDigest,
+                    "a signed request with a body needs content-digest",
+                )
             }
-            BaseError::Absent(_) => self.fail(Reason::Malformed, "a covered component is not in the request"),
-            BaseError::Malformed(_) => self.fail(Reason::Malformed, "the covered components are malformed"),
+            BaseError::Absent(_) => self.fail(
+                Reason::Malformed,
+                "a covered component is not in the request",
+            ),
+            BaseError::Malformed(_) => {
+                self.fail(Reason::Malformed, "the covered components are malformed")
+            }
         })?;
         if !key.verifier.verify(base.as_bytes(), sig) {
             return Err(self.fail(Reason::BadSignature, "the signature does not verify"));
@@ -485,7 +604,9 @@ fn headers_of<'a>(input: &'a SignatureInput<'_>) -> &'a http::HeaderMap {
 /// `@target-uri` covers the parts of the target; `@request-target` covers path and query.
 fn satisfied_by_target(required: &str, covered: &[&str]) -> bool {
     match required {
-        "@path" | "@query" => covered.contains(&"@target-uri") || covered.contains(&"@request-target"),
+        "@path" | "@query" => {
+            covered.contains(&"@target-uri") || covered.contains(&"@request-target")
+        }
         "@authority" | "@scheme" => covered.contains(&"@target-uri"),
         _ => false,
     }

@@ -99,7 +99,11 @@ mod tests {
         let short = LocalNonces::new(1);
         assert_eq!(short.first_use("a", Duration::from_millis(1)), Seen::First);
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(short.first_use("b", w), Seen::First, "expired entries are swept");
+        assert_eq!(
+            short.first_use("b", w),
+            Seen::First,
+            "expired entries are swept"
+        );
         assert_eq!(short.first_use("a", w), Seen::Unavailable);
     }
 }

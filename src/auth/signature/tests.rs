@@ -66,7 +66,8 @@ fn proxy_request() -> Msg {
     let mut m = test_request();
     m.authority = "service.internal.example";
     m.headers.remove("content-digest");
-    m.headers.insert("client-cert", CLIENT_CERT.parse().unwrap());
+    m.headers
+        .insert("client-cert", CLIENT_CERT.parse().unwrap());
     m
 }
 
@@ -170,7 +171,12 @@ fn rfc_9421_vectors_rebuild_the_base_and_verify() {
     for v in &VECTORS {
         let msg = (v.msg)();
         let list = inner(v.input);
-        assert_eq!(signature_base(&list, &msg.view()).unwrap(), v.base, "{}", v.name);
+        assert_eq!(
+            signature_base(&list, &msg.view()).unwrap(),
+            v.base,
+            "{}",
+            v.name
+        );
         assert!(verifies(v, &msg, &list), "{} verifies", v.name);
     }
 }
@@ -179,9 +185,19 @@ fn rfc_9421_vectors_rebuild_the_base_and_verify() {
 fn every_mutation_of_a_vector_fails() {
     for v in &VECTORS {
         let list = inner(v.input);
-        let covers = |c: &str| list.items.iter().any(|i| i.bare_item.as_string().is_some_and(|s| s.as_str() == c));
+        let covers = |c: &str| {
+            list.items
+                .iter()
+                .any(|i| i.bare_item.as_string().is_some_and(|s| s.as_str() == c))
+        };
         let mut mutations: Vec<(String, Msg)> = Vec::new();
-        for field in ["date", "content-type", "content-digest", "content-length", "client-cert"] {
+        for field in [
+            "date",
+            "content-type",
+            "content-digest",
+            "content-length",
+            "client-cert",
+        ] {
             if covers(field) {
                 let mut m = (v.msg)();
                 let old = m.headers.get(field).unwrap().to_str().unwrap().to_string();
@@ -216,12 +232,23 @@ fn every_mutation_of_a_vector_fails() {
         for i in 0..list.items.len() {
             let mut fewer = list.clone();
             fewer.items.remove(i);
-            assert!(!verifies(v, &(v.msg)(), &fewer), "{} without component {i} must fail", v.name);
+            assert!(
+                !verifies(v, &(v.msg)(), &fewer),
+                "{} without component {i} must fail",
+                v.name
+            );
         }
         // A changed signature parameter.
         let mut other = list.clone();
-        other.params.insert(sfv::Key::from_string("created".into()).unwrap(), BareItem::Integer(sfv::integer(CREATED as i64 + 1)));
-        assert!(!verifies(v, &(v.msg)(), &other), "{} with another created must fail", v.name);
+        other.params.insert(
+            sfv::Key::from_string("created".into()).unwrap(),
+            BareItem::Integer(sfv::integer(CREATED as i64 + 1)),
+        );
+        assert!(
+            !verifies(v, &(v.msg)(), &other),
+            "{} with another created must fail",
+            v.name
+        );
         assert!(v.name == "B.2.1" || !mutations.is_empty());
     }
 }
@@ -230,7 +257,10 @@ fn every_mutation_of_a_vector_fails() {
 fn keys_are_bound_to_their_algorithm() {
     assert!(KeyMaterial::public_pem(Alg::RsaV15Sha256, RSA_PKCS1_PUB).is_ok());
     assert!(KeyMaterial::public_pem(Alg::Ed25519, RSA_PKCS1_PUB).is_err());
-    assert!(KeyMaterial::public_pem(Alg::EcdsaP384Sha384, ECC_P256_PUB).is_err(), "wrong curve");
+    assert!(
+        KeyMaterial::public_pem(Alg::EcdsaP384Sha384, ECC_P256_PUB).is_err(),
+        "wrong curve"
+    );
     assert!(KeyMaterial::public_pem(Alg::Ed25519, ECC_P256_PUB).is_err());
     assert!(KeyMaterial::public_pem(Alg::HmacSha256, ED25519_PUB).is_err());
     assert!(KeyMaterial::secret(b"short".to_vec()).is_err());
@@ -245,7 +275,11 @@ fn spec(keys: Vec<KeySpec>) -> SignatureSpec {
         max_age_s: 300,
         clock_skew_s: 30,
         require_nonce: false,
-        replay: ReplaySpec { redis: false, allow_on_failure: false, max_entries: 100 },
+        replay: ReplaySpec {
+            redis: false,
+            allow_on_failure: false,
+            max_entries: 100,
+        },
     }
 }
 
@@ -265,8 +299,18 @@ fn with_signature(input: &str, sig: &str) -> Msg {
     m
 }
 
-fn check(v: &SignatureVerifier, m: &Msg, has_body: bool, now: u64) -> Result<(Principal, Option<String>), Reason> {
-    v.verify(&SignatureInput { request: m.view(), has_body, now }).map_err(|f| f.reason)
+fn check(
+    v: &SignatureVerifier,
+    m: &Msg,
+    has_body: bool,
+    now: u64,
+) -> Result<(Principal, Option<String>), Reason> {
+    v.verify(&SignatureInput {
+        request: m.view(),
+        has_body,
+        now,
+    })
+    .map_err(|f| f.reason)
 }
 
 #[test]
@@ -280,50 +324,98 @@ fn the_application_requirements_are_enforced() {
     assert_eq!(p.tenant.as_deref(), Some("acme"));
     assert!(nonce.is_none());
     // The body is not bound by B.2.6 (no content-digest covered).
-    assert_eq!(check(&v, &m, true, CREATED + 10).unwrap_err(), Reason::ComponentNotCovered);
-    assert_eq!(check(&v, &m, false, CREATED + 600).unwrap_err(), Reason::Expired);
-    assert_eq!(check(&v, &m, false, CREATED - 600).unwrap_err(), Reason::IssuedInFuture);
+    assert_eq!(
+        check(&v, &m, true, CREATED + 10).unwrap_err(),
+        Reason::ComponentNotCovered
+    );
+    assert_eq!(
+        check(&v, &m, false, CREATED + 600).unwrap_err(),
+        Reason::Expired
+    );
+    assert_eq!(
+        check(&v, &m, false, CREATED - 600).unwrap_err(),
+        Reason::IssuedInFuture
+    );
     // Within the skew either way.
     assert!(check(&v, &m, false, CREATED - 20).is_ok());
     assert!(check(&v, &m, false, CREATED + 320).is_ok());
     // Nothing signed at all.
-    assert_eq!(check(&v, &test_request(), false, CREATED).unwrap_err(), Reason::MissingCredentials);
+    assert_eq!(
+        check(&v, &test_request(), false, CREATED).unwrap_err(),
+        Reason::MissingCredentials
+    );
     // Unknown key, a differing alg, a duplicated label, malformed fields.
     let unknown = with_signature(&b26.input.replace("test-key-ed25519", "someone-else"), &sig);
-    assert_eq!(check(&v, &unknown, false, CREATED).unwrap_err(), Reason::UnknownKey);
+    assert_eq!(
+        check(&v, &unknown, false, CREATED).unwrap_err(),
+        Reason::UnknownKey
+    );
     let alg = with_signature(&format!("{};alg=\"hmac-sha256\"", b26.input), &sig);
-    assert_eq!(check(&v, &alg, false, CREATED).unwrap_err(), Reason::AlgorithmNotAllowed);
+    assert_eq!(
+        check(&v, &alg, false, CREATED).unwrap_err(),
+        Reason::AlgorithmNotAllowed
+    );
     let with_own_alg = with_signature(&format!("{};alg=\"ed25519\"", b26.input), &sig);
-    assert_eq!(check(&v, &with_own_alg, false, CREATED).unwrap_err(), Reason::BadSignature, "alg is covered by the signature");
+    assert_eq!(
+        check(&v, &with_own_alg, false, CREATED).unwrap_err(),
+        Reason::BadSignature,
+        "alg is covered by the signature"
+    );
     let mut dup = with_signature(b26.input, &sig);
-    dup.headers.append("signature-input", b26.input.replace("\"date\" ", "").parse().unwrap());
-    assert_eq!(check(&v, &dup, false, CREATED).unwrap_err(), Reason::Malformed);
+    dup.headers.append(
+        "signature-input",
+        b26.input.replace("\"date\" ", "").parse().unwrap(),
+    );
+    assert_eq!(
+        check(&v, &dup, false, CREATED).unwrap_err(),
+        Reason::Malformed
+    );
     let dup_one_line = with_signature(&format!("{}, {}", b26.input, b26.input), &sig);
-    assert_eq!(check(&v, &dup_one_line, false, CREATED).unwrap_err(), Reason::Malformed);
+    assert_eq!(
+        check(&v, &dup_one_line, false, CREATED).unwrap_err(),
+        Reason::Malformed
+    );
     for (input, s) in [
         ("sig-b26=(\"date\"", sig.as_str()),
         (b26.input, "sig-b26=notbytes"),
         ("sig-b26=\"a string\"", sig.as_str()),
-        (&*format!("{};created=\"x\";keyid=\"test-key-ed25519\"", b26.input.split(";created").next().unwrap()), sig.as_str()),
+        (
+            &*format!(
+                "{};created=\"x\";keyid=\"test-key-ed25519\"",
+                b26.input.split(";created").next().unwrap()
+            ),
+            sig.as_str(),
+        ),
     ] {
         let m = with_signature(input, s);
-        assert_eq!(check(&v, &m, false, CREATED).unwrap_err(), Reason::Malformed, "{input} / {s}");
+        assert_eq!(
+            check(&v, &m, false, CREATED).unwrap_err(),
+            Reason::Malformed,
+            "{input} / {s}"
+        );
     }
     // Fewer components than required (no @path).
     let fewer = with_signature(&b26.input.replace("\"@path\" ", ""), &sig);
-    assert_eq!(check(&v, &fewer, false, CREATED).unwrap_err(), Reason::ComponentNotCovered);
+    assert_eq!(
+        check(&v, &fewer, false, CREATED).unwrap_err(),
+        Reason::ComponentNotCovered
+    );
     // A nonce required.
     let mut s = spec(vec![ed_key()]);
     s.require_nonce = true;
     let strict = SignatureVerifier::new(&s, None, Arc::new(LocalNonces::new(10)));
-    assert_eq!(check(&strict, &m, false, CREATED).unwrap_err(), Reason::MissingNonce);
+    assert_eq!(
+        check(&strict, &m, false, CREATED).unwrap_err(),
+        Reason::MissingNonce
+    );
 }
 
 #[test]
 fn an_hmac_signature_over_a_public_key_is_refused() {
     // The classic confusion: sign with HMAC, using the public key's bytes as the secret.
     let v = SignatureVerifier::new(&spec(vec![ed_key()]), None, Arc::new(LocalNonces::new(10)));
-    let input = r#"sig1=("@method" "@authority" "@path");created=1618884473;keyid="test-key-ed25519""#;
+    let input =
+        r#"sig1=("@method" "@authority" "@path");created=1618884473;keyid="test-key-ed25519""#;
     let list = inner(input);
     let base = signature_base(&list, &test_request().view()).unwrap();
     for secret in [ED25519_PUB.as_bytes().to_vec(), ed_key().material.bytes] {
@@ -331,8 +423,14 @@ fn an_hmac_signature_over_a_public_key_is_refused() {
         let tag = aws_lc_rs::hmac::sign(&k, base.as_bytes());
         let sig = format!("sig1=:{}:", STANDARD.encode(tag.as_ref()));
         let m = with_signature(input, &sig);
-        assert_eq!(check(&v, &m, false, CREATED).unwrap_err(), Reason::BadSignature);
+        assert_eq!(
+            check(&v, &m, false, CREATED).unwrap_err(),
+            Reason::BadSignature
+        );
         let m = with_signature(&format!("{input};alg=\"hmac-sha256\""), &sig);
-        assert_eq!(check(&v, &m, false, CREATED).unwrap_err(), Reason::AlgorithmNotAllowed);
+        assert_eq!(
+            check(&v, &m, false, CREATED).unwrap_err(),
+            Reason::AlgorithmNotAllowed
+        );
     }
 }
