@@ -403,7 +403,7 @@ mod tests {
             got,
             [
                 "`none` inside `any` would make the route public",
-                "an auth policy is exactly one of jwt, api_key, introspection, any, mtls",
+                "an auth policy is exactly one of jwt, api_key, introspection, signature, any, mtls",
                 "mtls auth needs a listener with tls.client_auth",
             ]
         );
