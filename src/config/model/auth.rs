@@ -26,7 +26,7 @@ pub struct AuthPolicy {
     #[serde(default)]
     pub mtls: Option<BTreeMap<String, String>>,
     /// An `auth.signatures` provider (RFC 9421 signed requests).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
 }
 
@@ -40,7 +40,8 @@ pub struct AuthProviders {
     pub api_keys: Vec<Located<ApiKeyProvider>>,
     #[serde(default)]
     pub introspection: Vec<Located<IntrospectionProvider>>,
-    #[serde(default)]
+    // Absent sections stay out of the canonical form, so checksums agree across builds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signatures: Vec<Located<SignatureProvider>>,
 }
 
