@@ -3,7 +3,7 @@
 several Portcullis configurations on the plain proxy path. Steadier than wall-clock CPU on
 shared cores: use it for small differences (a rate limit's cost, telemetry's).
 
-Usage: bench/run-instructions [--duration S] [--connections C] [--jwt]
+Usage: bench/run-instructions [--duration S] [--connections C] [--jwt] [--signature]
        bench/run-instructions --compare BIN [BIN ...] [--rounds N]   (plain path only)
 
 Each configuration runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation
@@ -66,6 +66,9 @@ def main():
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--jwt", action="store_true",
                     help="JWT verification (HS256, RS256, ES256) with and without the verified-token cache")
+    ap.add_argument("--signature", action="store_true",
+                    help="RFC 9421 signed requests (ed25519, ecdsa-p256, rsa-pss, hmac-sha256), "
+                         "beside JWT ES256/HS256 without the verified-token cache")
     ap.add_argument("--compare", nargs="+", metavar="BIN",
                     help="measure the plain path of these binaries, alternating, in one run")
     ap.add_argument("--rounds", type=int, default=3, help="with --compare: rounds per binary")
@@ -98,12 +101,24 @@ def main():
                 for cache in (True, False):
                     name = f"jwt-{alg}" + ("" if cache else "-nocache")
                     configs.append((name, pb.TELEMETRY_OFF, jwt_tokens.auth_config(tokens, alg, cache), header))
-        print(f"{'config':<16} {'instr/req':>10} {'vs plain':>9} {'requests':>9}")
+        if args.signature:
+            import jwt_tokens
+            import signature_keys
+            tokens = jwt_tokens.make(workdir)
+            configs = configs[:1]
+            for alg in ("hs256", "es256"):
+                configs.append((f"jwt-{alg}-nocache", pb.TELEMETRY_OFF,
+                                jwt_tokens.auth_config(tokens, alg, False),
+                                (f"Authorization: Bearer {tokens[alg]}",)))
+            for alg in signature_keys.ALGS:
+                extra, headers = signature_keys.make(workdir, alg)
+                configs.append((f"sig-{alg}", pb.TELEMETRY_OFF, extra, headers))
+        print(f"{'config':<20} {'instr/req':>10} {'vs plain':>9} {'requests':>9}")
         base = None
         for name, obs, extra, headers in configs:
             per_req, n = run_config(workdir, name, up_port, obs, extra, args, headers)
             base = base or per_req
-            print(f"{name:<16} {per_req:>10.0f} {100 * (per_req / base - 1):>+8.1f}% {n:>9}", flush=True)
+            print(f"{name:<20} {per_req:>10.0f} {100 * (per_req / base - 1):>+8.1f}% {n:>9}", flush=True)
     finally:
         pb.stop_all(procs)
         shutil.rmtree(workdir, ignore_errors=True)
