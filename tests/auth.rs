@@ -1031,3 +1031,171 @@ async fn a_gateway_starts_while_the_idp_is_down_and_picks_up_keys_later() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Makes the gateway fetch the JWKS again (a token with a kid it has never seen, retried past
+/// `jwks_min_refetch_s`) and returns once the IdP has answered that fetch.
+async fn force_refetch(c: &HttpClient, gw: &TestGateway, idp: &Idp) {
+    let before = idp.fetches.load(Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let probe = raw_token(
+            &json!({"alg": "ES256", "kid": format!("probe-{}", rand::random::<u64>())}),
+            &claims(),
+            &[1u8; 64],
+        );
+        assert_eq!(call(c, gw, "/jwt", Some(&probe)).await.status, 401);
+        if idp.fetches.load(Ordering::SeqCst) > before {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an unknown kid never made the gateway refetch the JWKS"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn jwks_key_rules_x5c_and_the_verified_token_cache() {
+    const NO_KEY: &str = "unauthorized: no key for this token";
+    const BAD_SIG: &str = "unauthorized: the token's signature is not valid";
+    let up = Upstream::start("up").await;
+    let rsa = rsa_key(Algorithm::RS256, "a");
+    let ec = ec_key(Algorithm::ES256, "b");
+    // An RSA key published for encryption, and a symmetric key: both must be ignored.
+    let mut enc = rsa_key(Algorithm::RS256, "enc");
+    enc.jwk["use"] = json!("enc");
+    let sym = SigningKey {
+        alg: Algorithm::HS256,
+        kid: "sym".into(),
+        encoding: EncodingKey::from_secret(SECRET.as_bytes()),
+        jwk: json!({ "kty": "oct", "kid": "sym", "alg": "HS256", "k": b64(SECRET.as_bytes()) }),
+    };
+    let idp = Idp::start(&[&rsa, &enc, &ec, &sym]).await;
+    let gw = TestGateway::start(&config(&up, &idp, "RS256, ES256")).await;
+    let c = client();
+    let refused = |r: Reply, why: &str, name: &str| {
+        r.assert_gateway_error(401);
+        assert_eq!(r.json()["error"], why, "{name}");
+    };
+    let unkeyed = |key: &SigningKey| {
+        jsonwebtoken::encode(&Header::new(key.alg), &claims(), &key.encoding).unwrap()
+    };
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&sign(&rsa, &claims())))
+            .await
+            .status,
+        200
+    );
+    let before = up.count();
+
+    // `use: enc` and symmetric keys are not keys for verifying tokens.
+    refused(
+        call(&c, &gw, "/jwt", Some(&sign(&enc, &claims()))).await,
+        NO_KEY,
+        "use: enc key",
+    );
+    let rsa_under_sym = SigningKey {
+        kid: "sym".into(),
+        ..rsa_key(Algorithm::RS256, "x")
+    };
+    refused(
+        call(&c, &gw, "/jwt", Some(&sign(&rsa_under_sym, &claims()))).await,
+        NO_KEY,
+        "symmetric key's kid",
+    );
+    assert_eq!(
+        up.count(),
+        before,
+        "a token on an ignored key reached the upstream"
+    );
+
+    // No kid: exactly one RSA key fits (the `use: enc` one does not count), and one EC key.
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&unkeyed(&rsa))).await.status,
+        200,
+        "RS256 without kid"
+    );
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&unkeyed(&ec))).await.status,
+        200,
+        "ES256 without kid"
+    );
+
+    // `x5c` carries the attacker's own certificate; the gateway must verify against the JWKS
+    // only, so the attacker's signature is a bad signature, with a kid or without one.
+    let attacker = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["attacker.test".into()])
+        .unwrap()
+        .self_signed(&attacker)
+        .unwrap();
+    let attacker_key = EncodingKey::from_ec_der(&attacker.serialize_der());
+    let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+    let before = up.count();
+    for (name, kid) in [
+        ("x5c without kid", None),
+        ("x5c with the EC kid", Some("b")),
+    ] {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = kid.map(str::to_string);
+        h.x5c = Some(vec![x5c.clone()]);
+        let token = jsonwebtoken::encode(&h, &claims(), &attacker_key).unwrap();
+        refused(call(&c, &gw, "/jwt", Some(&token)).await, BAD_SIG, name);
+    }
+    assert_eq!(
+        up.count(),
+        before,
+        "an x5c-signed token reached the upstream"
+    );
+
+    // A second signing RSA key: a token without kid is now ambiguous for RS256 (refused,
+    // never tried against both), still unambiguous for ES256.
+    let rsa2 = rsa_key(Algorithm::RS256, "c");
+    idp.publish(&[&rsa, &enc, &ec, &sym, &rsa2]);
+    force_refetch(&c, &gw, &idp).await;
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&sign(&rsa2, &claims())))
+            .await
+            .status,
+        200
+    );
+    refused(
+        call(&c, &gw, "/jwt", Some(&unkeyed(&rsa))).await,
+        NO_KEY,
+        "RS256 without kid, two RSA keys",
+    );
+    assert_eq!(call(&c, &gw, "/jwt", Some(&unkeyed(&ec))).await.status, 200);
+
+    // The verified-token cache: a token verified once is answered from the cache (it still
+    // passes after its key left the JWKS, where a fresh token with that key fails), and never
+    // past its `exp`.
+    let exp = now() + 8;
+    let mut cl = claims();
+    cl["exp"] = json!(exp);
+    let cached = sign(&rsa, &cl);
+    assert_eq!(call(&c, &gw, "/jwt", Some(&cached)).await.status, 200);
+    idp.publish(&[&ec, &rsa2]);
+    force_refetch(&c, &gw, &idp).await;
+    refused(
+        call(&c, &gw, "/jwt", Some(&sign(&rsa, &claims()))).await,
+        NO_KEY,
+        "removed key",
+    );
+    assert_eq!(
+        call(&c, &gw, "/jwt", Some(&cached)).await.status,
+        200,
+        "the cache answers"
+    );
+    assert!(
+        now() < exp,
+        "the machine was too slow to see the cache before exp"
+    );
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    refused(
+        call(&c, &gw, "/jwt", Some(&cached)).await,
+        NO_KEY,
+        "a cached token past its exp",
+    );
+}
