@@ -1,7 +1,7 @@
 //! Rate limiting end to end: exact token buckets over real time, headers field by field, key
 //! isolation, stacked limits that give back what a refused request took, shadow mode, limits
 //! that survive a reload, and Redis-backed limits shared by three gateway processes, including
-//! Redis being killed and coming back.
+//! Redis being killed, hung (SIGSTOP) and coming back.
 
 mod support;
 
@@ -276,16 +276,34 @@ async fn three_instances_sharing_redis_admit_the_limit_and_no_more() {
     }
 }
 
-/// Latency percentile of `n` sequential requests.
-async fn p99(c: &HttpClient, url: &str, n: usize) -> Duration {
+/// 99th-percentile latency of `n` sequential requests, each of which must answer `status`
+/// (so a fast refusal can never pass for a fast answer). `n` is 1,000 so that the
+/// percentile drops 10 samples, more than the default breaker threshold of 3 slow calls.
+async fn p99(c: &HttpClient, url: &str, n: usize, status: u16) -> Duration {
     let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         let t = Instant::now();
-        get(c, url, &[]).await;
+        let r = get(c, url, &[]).await;
         v.push(t.elapsed());
+        assert_eq!(r.status, status, "{url} request {i}: {}", r.text());
     }
     v.sort();
     v[(n * 99 / 100).min(n - 1)]
+}
+
+/// The rate-limit store's breaker state, read from the admin metrics.
+async fn store_up(c: &HttpClient, gw: &TestGateway) -> bool {
+    let metrics = get(c, &format!("http://{}/metrics", gw.admin), &[])
+        .await
+        .text();
+    if metrics.contains("portcullis_ratelimit_store_up{store=\"redis\"} 1") {
+        return true;
+    }
+    assert!(
+        metrics.contains("portcullis_ratelimit_store_up{store=\"redis\"} 0"),
+        "no store_up series"
+    );
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,12 +313,12 @@ async fn redis_killed_mid_run_each_failure_mode_then_recovery() {
     let yaml = config(
         &up,
         "  - { name: fallback, algorithm: token_bucket, capacity: 5, refill_per_second: 0.001, key: [route], store: redis, on_store_failure: local_fallback }\n  - { name: open, algorithm: token_bucket, capacity: 1000000, refill_per_second: 1, key: [route], store: redis, on_store_failure: allow }\n  - { name: closed, algorithm: token_bucket, capacity: 1000000, refill_per_second: 1, key: [route], store: redis, on_store_failure: deny }\n",
-        &format!(
+        &(format!(
             "{}{}{}",
             route("fb", "/fb", "fallback"),
             route("open", "/open", "open"),
             route("closed", "/closed", "closed")
-        ),
+        ) + "  - name: plain\n    match: { path: { prefix: /plain } }\n    upstream: up\n"),
         &format!("redis: {{ url: \"{}\", timeout_ms: 50 }}\n", redis.url()),
     );
     let gw = TestGateway::start(&local(&yaml)).await;
@@ -309,17 +327,19 @@ async fn redis_killed_mid_run_each_failure_mode_then_recovery() {
     assert_eq!(burst(&c, &gw.url("/fb"), 6, &[]).await, (5, 1));
     assert_eq!(get(&c, &gw.url("/closed"), &[]).await.status, 200);
     for _ in 0..50 {
-        get(&c, &gw.url("/open"), &[]).await;
+        assert_eq!(get(&c, &gw.url("/open"), &[]).await.status, 200);
     }
-    let normal = p99(&c, &gw.url("/open"), 300).await;
 
     redis.kill();
-    // allow: served; deny: 503 with a JSON error; local_fallback: per-instance limit of 5.
-    let down = p99(&c, &gw.url("/open"), 300).await;
-    eprintln!("p99 with redis up {normal:?}, down {down:?}");
+    // allow: served (every one of them, asserted); deny: 503 with a JSON error;
+    // local_fallback: per-instance limit of 5. Like with like: while the breaker is open the
+    // limited route makes no Redis call, so it is compared with a route that has no limit.
+    let down = p99(&c, &gw.url("/open"), 1000, 200).await;
+    let unlimited = p99(&c, &gw.url("/plain"), 1000, 200).await;
+    eprintln!("p99 with redis down {down:?}, route without limits {unlimited:?}");
     assert!(
-        down <= normal + Duration::from_millis(2),
-        "p99 while Redis is down {down:?} vs {normal:?}"
+        down <= unlimited + Duration::from_millis(2),
+        "p99 while Redis is down {down:?} vs {unlimited:?} without limits"
     );
     let r = get(&c, &gw.url("/closed"), &[("x-request-id", "deny-1")]).await;
     r.assert_gateway_error(503);
@@ -354,5 +374,95 @@ async fn redis_killed_mid_run_each_failure_mode_then_recovery() {
     assert!(
         keys.starts_with(':') && keys != ":0",
         "keys written to Redis again: {keys}"
+    );
+}
+
+/// A hung Redis (SIGSTOP: the connection stays open, nothing answers) is the case the timeout
+/// and the breaker exist for: the first `breaker_failures` decisions each wait `timeout_ms`
+/// and are then allowed; after that no request waits at all until the probe is due; the probe
+/// waits once; and a resumed Redis is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_costs_the_breaker_threshold_in_timeouts_then_nothing() {
+    let up = Upstream::start("up").await;
+    let redis = RedisServer::start().await;
+    let yaml = config(
+        &up,
+        "  - { name: open, algorithm: token_bucket, capacity: 1000000, refill_per_second: 1, key: [route], store: redis, on_store_failure: allow }\n",
+        &(route("open", "/open", "open")
+            + "  - name: plain\n    match: { path: { prefix: /plain } }\n    upstream: up\n"),
+        // 200 ms so that a wait for Redis stands far above a debug build's own latency; the
+        // probe is 5 s away so the measurement below sees the open breaker only.
+        &format!(
+            "redis: {{ url: \"{}\", timeout_ms: 200, breaker_failures: 3, breaker_open_ms: 5000 }}\n",
+            redis.url()
+        ),
+    );
+    let gw = TestGateway::start(&local(&yaml)).await;
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &gw.url("/open"), &[]).await.status, 200);
+    }
+    assert!(store_up(&c, &gw).await);
+
+    redis.pause();
+    let hung = Instant::now();
+    // The first three each meet the 200 ms timeout (not a refusal: the socket is open) and
+    // are allowed; the breaker is then open.
+    for i in 0..3 {
+        let t = Instant::now();
+        let r = get(&c, &gw.url("/open"), &[]).await;
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "allowed while Redis hangs: {}", r.text());
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_millis(600),
+            "decision {i} with Redis hung took {took:?}, expected the 200 ms timeout"
+        );
+    }
+    assert!(!store_up(&c, &gw).await, "breaker open after 3 timeouts");
+    let down = p99(&c, &gw.url("/open"), 300, 200).await;
+    let unlimited = p99(&c, &gw.url("/plain"), 300, 200).await;
+    eprintln!("hung redis, breaker open: p99 {down:?}, route without limits {unlimited:?}");
+    assert!(
+        hung.elapsed() < Duration::from_millis(4800),
+        "measured past the probe time ({:?}); the comparison is void",
+        hung.elapsed()
+    );
+    assert!(
+        down <= unlimited + Duration::from_millis(2),
+        "p99 with the breaker open {down:?} vs {unlimited:?} without limits"
+    );
+
+    // The probe: once the open period is over, exactly one request waits for the timeout.
+    while hung.elapsed() < Duration::from_millis(5700) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut slow = 0;
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(get(&c, &gw.url("/open"), &[]).await.status, 200);
+        if t.elapsed() >= Duration::from_millis(150) {
+            slow += 1;
+        }
+    }
+    assert_eq!(slow, 1, "one probe per open period waits for Redis");
+
+    // Resumed: the next probe succeeds and decisions go through Redis again.
+    redis.resume();
+    let back = Instant::now();
+    while !store_up(&c, &gw).await {
+        assert_eq!(get(&c, &gw.url("/open"), &[]).await.status, 200);
+        assert!(
+            back.elapsed() < Duration::from_secs(8),
+            "Redis not used again within 8 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = redis.command(&["DBSIZE"]).await.unwrap();
+    redis.command(&["FLUSHDB"]).await.unwrap();
+    assert_eq!(get(&c, &gw.url("/open"), &[]).await.status, 200);
+    let after = redis.command(&["DBSIZE"]).await.unwrap();
+    assert_eq!(
+        after, ":1",
+        "the decision after recovery wrote its bucket (before: {before})"
     );
 }
