@@ -877,7 +877,12 @@ impl Introspector {
                         "Basic {}",
                         base64::engine::general_purpose::STANDARD.encode("gateway:s3cret")
                     );
-                    let (status, answer) = if m.load(Ordering::SeqCst) == 1 {
+                    let mode = m.load(Ordering::SeqCst);
+                    if mode == 2 {
+                        // Hung: answers long after any sane timeout.
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    let (status, answer) = if mode == 1 {
                         (503, json!({}))
                     } else if basic != expected {
                         (401, json!({}))
@@ -909,7 +914,7 @@ admin: {{ address: "127.0.0.1:0" }}
 defaults: {{ auth: none }}
 auth:
   introspection:
-    - {{ name: opaque, endpoint: "http://{}/introspect", client_id: gateway, client_secret: s3cret, cache_s: 60, inactive_cache_s: 60 }}
+    - {{ name: opaque, endpoint: "http://{}/introspect", client_id: gateway, client_secret: s3cret, cache_s: 60, inactive_cache_s: 60, timeout_ms: 400 }}
 upstreams:
   - {{ name: up, targets: [{{ address: "{}" }}] }}
 routes:
@@ -947,12 +952,22 @@ routes:
     let r = call(&c, &gw, "/x", Some("good-2")).await;
     r.assert_gateway_error(503);
     assert_eq!(call(&c, &gw, "/x", Some("good-1")).await.status, 200);
+    // Hung endpoint: the answer comes after timeout_ms (400 ms), not after the endpoint's 3 s.
+    intro.mode.store(2, Ordering::SeqCst);
+    let t = std::time::Instant::now();
+    let r = call(&c, &gw, "/x", Some("good-3")).await;
+    let took = t.elapsed();
+    r.assert_gateway_error(503);
+    assert!(
+        took >= Duration::from_millis(380) && took <= Duration::from_millis(500),
+        "a hung introspection endpoint answered after {took:?}; timeout_ms is 400 (1.25x: 500 ms)"
+    );
     intro.mode.store(0, Ordering::SeqCst);
     assert_eq!(call(&c, &gw, "/x", Some("good-2")).await.status, 200);
 }
 
 #[tokio::test]
-async fn revoked_jtis_are_refused_and_redis_outage_denies() {
+async fn revoked_jtis_are_refused_and_a_redis_outage_denies_or_allows_as_configured() {
     let up = Upstream::start("up").await;
     let mut redis = RedisServer::start().await;
     let gw = TestGateway::start(&format!(
@@ -966,9 +981,17 @@ auth:
       secret: "{SECRET}"
       algorithms: [HS256]
       revocation: {{ store: redis, key_prefix: "revoked:", cache_s: 1 }}
+    - name: lenient
+      secret: "{SECRET}"
+      algorithms: [HS256]
+      revocation: {{ store: redis, key_prefix: "revoked:", cache_s: 1, on_store_failure: allow }}
 upstreams:
   - {{ name: up, targets: [{{ address: "{}" }}] }}
 routes:
+  - name: lenient
+    match: {{ path: {{ prefix: /lenient }} }}
+    upstream: up
+    auth: {{ jwt: lenient }}
   - name: api
     match: {{ path: {{ prefix: / }} }}
     upstream: up
@@ -997,13 +1020,28 @@ routes:
         .to_str()
         .unwrap()
         .contains("revoked"));
-    // Redis gone: on_store_failure defaults to deny (503).
+    // The lenient provider checks the same list while Redis is up.
+    call(&c, &gw, "/lenient", Some(&token))
+        .await
+        .assert_gateway_error(401);
+    // Redis gone: on_store_failure defaults to deny (503, never forwarded); `allow` lets a
+    // token through unchecked, as documented.
     redis.kill();
     let mut other = claims();
     other["jti"] = json!("token-43");
-    call(&c, &gw, "/", Some(&hs(Algorithm::HS256, &other)))
+    let other = hs(Algorithm::HS256, &other);
+    let before = up.count();
+    call(&c, &gw, "/", Some(&other))
         .await
         .assert_gateway_error(503);
+    assert_eq!(
+        up.count(),
+        before,
+        "a denied request never reaches the upstream"
+    );
+    let r = call(&c, &gw, "/lenient", Some(&other)).await;
+    assert_eq!(r.status, 200, "on_store_failure: allow: {}", r.text());
+    assert_eq!(up.count(), before + 1);
 }
 
 #[tokio::test]
