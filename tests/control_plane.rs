@@ -416,6 +416,33 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
         "the canary kept serving"
     );
 
+    // A canary that does not apply the version in time (stopped: alive by its last heartbeat,
+    // silent in fact) is rolled back after --apply-timeout-s, not after the default 30 s.
+    let late = push(
+        &store,
+        dir.path(),
+        "late.yaml",
+        &store_document("late", None),
+    );
+    canary.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let (code, out) =
+        canary_rollout(&store, late, &["--apply-timeout-s", "2", "--watch-s", "2"]).await;
+    let took = started.elapsed();
+    canary.signal(libc::SIGCONT);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("did not apply version {late} within 2 s")),
+        "{out}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "rolled back after {took:?} with --apply-timeout-s 2"
+    );
+    let (_, list) = cli(&store, &["list"]);
+    assert!(list.contains(&format!("{late}  ROLLED_BACK")), "{list}");
+    until_all_serve(&[&canary], "v1", Duration::from_secs(5)).await;
+
     // A healthy version: watched on the canary, then promoted to every instance.
     let good = push(&store, dir.path(), "good.yaml", &store_document("v2", None));
     let (code, out) = canary_rollout(&store, good, &["--watch-s", "2"]).await;
