@@ -318,3 +318,88 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests_then_exits_0() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// SIGTERM stops the listener at once (a new connection is refused while the process still
+/// drains), and a request that outlives `drain_timeout_ms` is cut off when it runs out: the
+/// process exits 0 after the drain timeout, not when the request would have finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_refuses_new_connections_and_cuts_off_what_outlives_the_drain_timeout() {
+    let up = Upstream::start("up").await;
+    let yaml = process_config(&up, "a").replace("drain_timeout_ms: 5000", "drain_timeout_ms: 1000");
+    let mut gw = GatewayProcess::spawn(&yaml, 1).await;
+    let c = client();
+    let url = format!("http://{}/sleep/6000", gw.addr);
+    let in_flight = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let r = c
+                .request(
+                    http::Request::get(url)
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap(),
+                )
+                .await;
+            match r {
+                Ok(resp) => {
+                    use http_body_util::BodyExt;
+                    let status = resp.status().as_u16();
+                    // A head that was sent before the cut still loses its body.
+                    match resp.into_body().collect().await {
+                        Ok(b) => format!("{status} {}", String::from_utf8_lossy(&b.to_bytes())),
+                        Err(e) => format!("{status} body cut: {e}"),
+                    }
+                }
+                Err(e) => format!("cut: {e}"),
+            }
+        })
+    };
+    // The request is at the upstream before the signal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let addr = gw.addr;
+    gw.signal(libc::SIGTERM);
+    let term = Instant::now();
+
+    // New connections are refused while the old one drains.
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            Err(e) => panic!("unexpected connect error {e}"),
+            Ok(_) => {
+                assert!(
+                    term.elapsed() < Duration::from_millis(500),
+                    "still accepting {:?} after SIGTERM",
+                    term.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    assert!(
+        term.elapsed() < Duration::from_millis(900),
+        "the listener closed only after {:?}",
+        term.elapsed()
+    );
+    let (code, exited_after) = tokio::task::spawn_blocking(move || {
+        let code = gw.wait_exit(Duration::from_secs(10));
+        (code, term.elapsed())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "exit code after the drain timeout");
+    assert!(
+        exited_after >= Duration::from_millis(1000) && exited_after <= Duration::from_millis(1250),
+        "exited {exited_after:?} after SIGTERM with drain_timeout_ms 1000 (1.25x: 1250 ms)"
+    );
+    let outcome = in_flight.await.unwrap();
+    assert!(
+        !outcome.ends_with("slept"),
+        "the request outlived the drain timeout yet completed: {outcome}"
+    );
+}

@@ -303,3 +303,54 @@ async fn open_tunnels_count_against_max_connections() {
     }
     echo(&mut b, Message::text("b again")).await;
 }
+
+/// SIGTERM closes open tunnels at once instead of letting them hold the drain: a WebSocket can
+/// stay open for hours, so waiting for it would turn every shutdown into `drain_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_open_tunnels_and_the_process_exits_before_the_drain_timeout() {
+    let echo_server = EchoServer::start().await;
+    let yaml = config(echo_server.addr, "")
+        .replace("127.0.0.1:0\" }]\nadmin", "{LISTEN}\" }]\nadmin")
+        .replace(
+            "admin: { address: \"127.0.0.1:0\" }",
+            "admin: { address: \"{ADMIN}\" }",
+        )
+        .replace(
+            "defaults: { auth: none }",
+            "defaults: { auth: none, drain_timeout_ms: 5000 }",
+        );
+    assert!(
+        yaml.contains("{LISTEN}") && yaml.contains("drain_timeout_ms"),
+        "{yaml}"
+    );
+    let mut gw = GatewayProcess::spawn(&yaml, 1).await;
+    let req = format!("ws://{}/open", gw.addr)
+        .into_client_request()
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    echo(&mut ws, Message::Text("before".into())).await;
+
+    gw.signal(libc::SIGTERM);
+    let term = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(4), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(other)) => panic!("unexpected frame after SIGTERM: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel was still open 4 s after SIGTERM");
+    let closed_after = term.elapsed();
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(
+        term.elapsed() < Duration::from_secs(2),
+        "exited {:?} after SIGTERM (tunnel closed after {closed_after:?}); an open tunnel must \
+         not hold the 5 s drain",
+        term.elapsed()
+    );
+}

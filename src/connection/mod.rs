@@ -52,6 +52,8 @@ pub struct ConnContext {
     pub inflight: AtomicU64,
     /// Becomes true when the gateway shuts down (WebSocket tunnels close then).
     pub shutdown: watch::Receiver<bool>,
+    /// Counts this connection, and any tunnel made from it, until shutdown's drain.
+    _live: crate::server::ConnGuard,
 }
 
 impl ConnContext {
@@ -63,6 +65,7 @@ impl ConnContext {
         hsts: Option<http::HeaderValue>,
         client_cert: Option<crate::tls::ClientCert>,
         shutdown: watch::Receiver<bool>,
+        live: crate::server::ConnGuard,
     ) -> ConnContext {
         ConnContext {
             gateway,
@@ -74,6 +77,7 @@ impl ConnContext {
             client_cert,
             inflight: AtomicU64::new(0),
             shutdown,
+            _live: live,
         }
     }
 }

@@ -30,7 +30,9 @@ pub struct ConnTracker {
     drained: Notify,
 }
 
-struct ConnGuard(Arc<ConnTracker>);
+/// One live client connection for the drain. It lives in the connection's context, so a
+/// WebSocket tunnel made from the connection keeps it counted until the tunnel closes.
+pub struct ConnGuard(Arc<ConnTracker>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -212,6 +214,7 @@ async fn accept_loop(
                     hsts,
                     client_cert,
                     shutdown.clone(),
+                    guard,
                 ))
             };
             match tls {
@@ -256,7 +259,6 @@ async fn accept_loop(
                     }
                 }
             }
-            drop(guard);
         });
     }
 }
