@@ -64,8 +64,7 @@ impl ConnContext {
         scheme: &'static str,
         hsts: Option<http::HeaderValue>,
         client_cert: Option<crate::tls::ClientCert>,
-        shutdown: watch::Receiver<bool>,
-        live: crate::server::ConnGuard,
+        drain: crate::server::Drain,
     ) -> ConnContext {
         ConnContext {
             gateway,
@@ -76,8 +75,8 @@ impl ConnContext {
             hsts,
             client_cert,
             inflight: AtomicU64::new(0),
-            shutdown,
-            _live: live,
+            shutdown: drain.shutdown,
+            _live: drain.live,
         }
     }
 }

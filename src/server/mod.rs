@@ -34,6 +34,12 @@ pub struct ConnTracker {
 /// WebSocket tunnel made from the connection keeps it counted until the tunnel closes.
 pub struct ConnGuard(Arc<ConnTracker>);
 
+/// What a connection needs from shutdown: the signal, and its place in the drain count.
+pub struct Drain {
+    pub shutdown: watch::Receiver<bool>,
+    pub live: ConnGuard,
+}
+
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -213,8 +219,10 @@ async fn accept_loop(
                     scheme,
                     hsts,
                     client_cert,
-                    shutdown.clone(),
-                    guard,
+                    Drain {
+                        shutdown: shutdown.clone(),
+                        live: guard,
+                    },
                 ))
             };
             match tls {
