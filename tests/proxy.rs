@@ -6,6 +6,8 @@ mod support;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
@@ -494,6 +496,82 @@ async fn a_pooled_connection_closed_by_the_upstream_is_replaced_without_an_error
         assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An upstream whose keep-alive ends just as the gateway reuses the connection: it answers the
+/// first request of every connection and closes the connection on reading the second, with
+/// no answer (the race between an upstream's idle timer and a reused connection). Counts
+/// requests read and connections accepted.
+async fn closes_on_reuse() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (requests, connections) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (rq, cn) = (Arc::clone(&requests), Arc::clone(&connections));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            cn.fetch_add(1, Ordering::SeqCst);
+            let rq = Arc::clone(&rq);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                // Requests here are small: one read is one request head (and its body).
+                if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                rq.fetch_add(1, Ordering::SeqCst);
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if s.write_all(ok).await.is_err() {
+                    return;
+                }
+                if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                    rq.fetch_add(1, Ordering::SeqCst);
+                }
+                drop(s);
+            });
+        }
+    });
+    (addr, requests, connections)
+}
+
+#[tokio::test]
+async fn a_request_on_a_connection_the_upstream_closes_at_that_moment_is_sent_again_if_idempotent()
+{
+    let (addr, requests, connections) = closes_on_reuse().await;
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", addr), routes, "")).await;
+    let c = client();
+    // No retries are configured: this is the pool's own recovery, for requests that cannot
+    // have changed anything (idempotent methods, no body) and got no byte of an answer.
+    for i in 0..10 {
+        let r = get(&c, &gw.url("/x"), &[]).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "ok"),
+            "GET {i}"
+        );
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        19,
+        "GET 1 on a new connection, each later one twice: on the reused connection, then a new one"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 10);
+
+    // A POST may have been acted on: it is never sent twice, and the client is told.
+    let before = requests.load(Ordering::SeqCst);
+    let post = send(
+        &c,
+        Request::post(gw.url("/order"))
+            .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
+            .unwrap(),
+    )
+    .await;
+    post.assert_gateway_error(502);
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        before + 1,
+        "the POST was sent once"
+    );
 }
 
 #[tokio::test]

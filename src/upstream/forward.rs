@@ -3,7 +3,7 @@
 
 use super::balancer::PickContext;
 use super::breaker::Admission;
-use super::pool::{PooledBody, UpstreamError};
+use super::pool::{copy_head, PooledBody, UpstreamError};
 use super::retry::{RetryOn, RetryPolicy};
 use super::CompiledUpstream;
 use crate::body::read::read_whole;
@@ -100,7 +100,12 @@ pub async fn forward(
         let mut req_parts = if last_try {
             parts.take().expect("request parts")
         } else {
-            copy_parts(template)
+            copy_head(
+                &template.method,
+                &template.uri,
+                template.version,
+                &template.headers,
+            )
         };
         if !req_parts.headers.contains_key(header::HOST) {
             // HTTP/1.0 clients may send no Host; HTTP/1.1 upstreams require one.
@@ -189,15 +194,6 @@ fn into_result(outcome: Outcome) -> Result<Response<PooledBody>, Reject> {
         Outcome::Response(r) => Ok(r),
         Outcome::Failed(_, reject) | Outcome::Fatal(reject) => Err(reject),
     }
-}
-
-fn copy_parts(p: &Parts) -> Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = p.method.clone();
-    *req.uri_mut() = p.uri.clone();
-    *req.version_mut() = p.version;
-    *req.headers_mut() = p.headers.clone();
-    req.into_parts().0
 }
 
 /// Makes the body replayable when it fits in `max_replay` bytes: returns the body for the first

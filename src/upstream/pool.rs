@@ -384,6 +384,13 @@ impl TargetPool {
             // Boxed: connecting is the rare path, and its future is large.
             None => (Box::pin(self.connect(false)).await?, true),
         };
+        // If the upstream closes a reused connection just as the request goes out (its
+        // keep-alive timer or its shutdown racing our reuse), the request is gone. When it
+        // cannot have changed anything (an idempotent method, no body) and no byte of an answer
+        // came back, it is sent once more on a new connection, as a client would (RFC 9110
+        // §9.2.2); otherwise the error stands and the route's retry policy decides.
+        let mut resend = (!fresh && resendable(&req))
+            .then(|| copy_head(req.method(), req.uri(), req.version(), req.headers()));
         loop {
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -396,7 +403,17 @@ impl TargetPool {
                         conn = Box::pin(self.connect(false)).await?;
                         fresh = true;
                     }
-                    _ => return Err(self.exchange_error(e.into_error())),
+                    _ => {
+                        let error = e.into_error();
+                        match resend.take() {
+                            Some(parts) if closed_before_answer(&error) => {
+                                req = Request::from_parts(parts, UpstreamBody::empty());
+                                conn = Box::pin(self.connect(false)).await?;
+                                fresh = true;
+                            }
+                            _ => return Err(self.exchange_error(error)),
+                        }
+                    }
                 },
             }
         }
@@ -444,6 +461,47 @@ where
         }
     });
     Ok(sender)
+}
+
+/// Whether a request may go out again after its connection was closed under it: idempotent
+/// (RFC 9110 §9.2.2) and without a body.
+fn resendable(req: &Request<UpstreamBody>) -> bool {
+    super::retry::is_idempotent(req.method()) && req.body().is_end_stream()
+}
+
+/// The connection ended before any part of the response arrived (closed or reset), as opposed
+/// to a malformed answer or a body error.
+fn closed_before_answer(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// A copy of a request's head (method, target, version, headers) for sending it again; the
+/// body is the caller's to supply.
+pub(super) fn copy_head(
+    method: &http::Method,
+    uri: &http::Uri,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = method.clone();
+    *copy.uri_mut() = uri.clone();
+    *copy.version_mut() = version;
+    *copy.headers_mut() = headers.clone();
+    copy.into_parts().0
 }
 
 /// A response body from a pooled connection: the connection goes back to its pool once the body
@@ -517,5 +575,43 @@ impl Drop for PooledBody {
         if self.inner.is_end_stream() {
             self.release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, body: UpstreamBody) -> Request<UpstreamBody> {
+        Request::builder()
+            .method(method)
+            .uri("/orders?id=7")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(body)
+            .unwrap()
+    }
+
+    #[test]
+    fn only_idempotent_requests_without_a_body_are_sent_again() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(resendable(&req(m, UpstreamBody::empty())), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT"] {
+            assert!(!resendable(&req(m, UpstreamBody::empty())), "{m}");
+        }
+        let with_body = UpstreamBody::Full(Some(Bytes::from_static(b"x")));
+        assert!(!resendable(&req("PUT", with_body)));
+    }
+
+    #[test]
+    fn a_copied_head_keeps_method_target_version_and_every_header_value() {
+        let r = req("DELETE", UpstreamBody::empty());
+        let copy = copy_head(r.method(), r.uri(), r.version(), r.headers());
+        assert_eq!(copy.method, http::Method::DELETE);
+        assert_eq!(copy.uri, "/orders?id=7");
+        assert_eq!(copy.version, r.version());
+        let values: Vec<_> = copy.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
     }
 }

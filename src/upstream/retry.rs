@@ -137,15 +137,8 @@ impl RetryPolicy {
     /// the request carries one.
     pub fn may_retry(&self, method: &Method, headers: &http::HeaderMap) -> bool {
         self.attempts > 0
-            && (matches!(
-                *method,
-                Method::GET
-                    | Method::HEAD
-                    | Method::OPTIONS
-                    | Method::PUT
-                    | Method::DELETE
-                    | Method::TRACE
-            ) || (self.idempotency_key && headers.contains_key(IDEMPOTENCY_KEY)))
+            && (is_idempotent(method)
+                || (self.idempotency_key && headers.contains_key(IDEMPOTENCY_KEY)))
     }
 
     pub fn retries_on(&self, what: RetryOn) -> bool {
@@ -223,6 +216,14 @@ impl RetryBudget {
             })
             .is_ok()
     }
+}
+
+/// Methods that may be sent twice without a second effect (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 #[cfg(test)]
