@@ -1,11 +1,21 @@
 //! A flood of 1,000,000 distinct client IPs against a local limit: the store keeps at most its
-//! `max_keys`, and the process's memory grows by no more than the stated bound. In its own test
-//! binary so no other test's allocations blur the measurement.
+//! `max_keys`, and the process's memory grows by no more than the bound the README states
+//! (128 bytes per key), measured under the allocator the gateway binary uses (mimalloc). In its
+//! own test binary so no other test's allocations blur the measurement.
 
 use http::HeaderMap;
 use portcullis::ratelimit::algorithm::Algorithm;
 use portcullis::ratelimit::key::{KeyInput, KeyPart, KeySpec};
 use portcullis::ratelimit::local::{now_us, LocalStore, BYTES_PER_KEY};
+
+// The gateway binary's allocator (src/main.rs): the bound must hold for the memory it really
+// takes, table growth and allocator overhead included.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The README's promise: "at most 128 bytes per key". Written here, not read from the crate, so
+/// the test checks the documented figure rather than whatever the code declares.
+const README_BYTES_PER_KEY: usize = 128;
 
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
@@ -48,7 +58,8 @@ fn a_million_distinct_client_ips_stay_within_the_memory_bound() {
         );
     }
     let grown = rss_bytes().saturating_sub(before);
-    let bound = store.capacity() * BYTES_PER_KEY;
+    assert!(BYTES_PER_KEY <= README_BYTES_PER_KEY);
+    let bound = max_keys * README_BYTES_PER_KEY;
     eprintln!(
         "keys held {} (capacity {}), memory grown {} KiB, bound {} KiB",
         store.len(),

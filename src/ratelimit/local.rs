@@ -33,8 +33,8 @@ type Shard = HashMap<u64, State, BuildHasherDefault<Prehashed>>;
 
 /// Upper bound of memory per stored key: a 32-byte entry (8-byte key, 24-byte state) and a
 /// control byte per bucket, buckets at a worst-case load of 7/16 just after the map grows, and
-/// the allocator's share of the tables left behind by growth (measured: ~100 bytes per key at
-/// the bound, see tests/rate_limit_memory.rs).
+/// the allocator's share of the tables left behind by growth (measured under mimalloc: ~115
+/// bytes per key at the bound, see tests/rate_limit_memory.rs).
 pub const BYTES_PER_KEY: usize = 128;
 
 pub struct LocalStore {
