@@ -8,11 +8,17 @@ use crate::redis_store::{RedisStore, StoreError};
 use redis::Script;
 use std::sync::LazyLock;
 
+/// Where a script reads the time: Redis's own clock, so every instance decides on one clock.
+pub const REDIS_CLOCK: &str = "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])";
+
+/// For tests only: the time is the script's last argument (µs), so the scripts can be run at
+/// chosen instants and compared decision by decision with the Rust arithmetic.
+pub const ARGUMENT_CLOCK: &str = "local now = tonumber(ARGV[#ARGV])";
+
 /// GCRA. KEYS[1]: the bucket. ARGV: interval µs, burst µs (capacity × interval).
 /// Returns {allowed, stored TAT − now}.
 const TOKEN_BUCKET: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -28,8 +34,6 @@ return {1, nxt - now}
 /// Weighted two-window counter. KEYS[1]: the counter hash. ARGV: limit, window µs.
 /// Returns {allowed, current, previous, elapsed µs}.
 const SLIDING_WINDOW: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local limit = tonumber(ARGV[1])
 local w = tonumber(ARGV[2])
 local index = math.floor(now / w)
@@ -63,9 +67,53 @@ end
 return 1
 "#;
 
-static TOKEN_BUCKET_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TOKEN_BUCKET));
-static SLIDING_WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SLIDING_WINDOW));
+/// The decision script for `algorithm`, reading the time with `clock`.
+pub fn decision_script(algorithm: &Algorithm, clock: &str) -> String {
+    let body = match algorithm {
+        Algorithm::TokenBucket { .. } => TOKEN_BUCKET,
+        Algorithm::SlidingWindow { .. } => SLIDING_WINDOW,
+    };
+    format!("{clock}{body}")
+}
+
+/// The refund script's source.
+pub const REFUND_SOURCE: &str = REFUND;
+
+static TOKEN_BUCKET_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{REDIS_CLOCK}{TOKEN_BUCKET}")));
+static SLIDING_WINDOW_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{REDIS_CLOCK}{SLIDING_WINDOW}")));
 static REFUND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND));
+
+/// The decision script's arguments for `algorithm` (before the clock's, if any).
+pub fn decision_args(algorithm: &Algorithm) -> [u64; 2] {
+    match *algorithm {
+        Algorithm::TokenBucket {
+            capacity,
+            interval_us,
+        } => [interval_us, capacity * interval_us],
+        Algorithm::SlidingWindow { limit, window_us } => [limit, window_us],
+    }
+}
+
+/// The outcome from the decision script's reply.
+pub fn decision_outcome(algorithm: &Algorithm, reply: &[i64]) -> Outcome {
+    let get = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
+    match algorithm {
+        Algorithm::TokenBucket { .. } => algorithm.gcra_outcome(get(0) == 1, get(1)),
+        Algorithm::SlidingWindow { .. } => {
+            algorithm.window_outcome(get(0) == 1, get(1), get(2), get(3))
+        }
+    }
+}
+
+/// The refund script's arguments for `algorithm`.
+pub fn refund_args(algorithm: &Algorithm) -> (&'static str, u64) {
+    match *algorithm {
+        Algorithm::TokenBucket { interval_us, .. } => ("tb", interval_us),
+        Algorithm::SlidingWindow { .. } => ("sw", 0),
+    }
+}
 
 /// Decides one request for `key`.
 pub async fn decide(
@@ -73,33 +121,66 @@ pub async fn decide(
     algorithm: &Algorithm,
     key: &str,
 ) -> Result<Outcome, StoreError> {
-    match *algorithm {
-        Algorithm::TokenBucket {
-            capacity,
-            interval_us,
-        } => {
-            let mut inv = TOKEN_BUCKET_SCRIPT.key(key);
-            inv.arg(interval_us).arg(capacity * interval_us);
-            let v = store.call(inv).await?;
-            let (allowed, ahead) = (v.first() == Some(&1), *v.get(1).unwrap_or(&0));
-            Ok(algorithm.gcra_outcome(allowed, ahead.max(0) as u64))
-        }
-        Algorithm::SlidingWindow { limit, window_us } => {
-            let mut inv = SLIDING_WINDOW_SCRIPT.key(key);
-            inv.arg(limit).arg(window_us);
-            let v = store.call(inv).await?;
-            let get = |i: usize| v.get(i).copied().unwrap_or(0).max(0) as u64;
-            Ok(algorithm.window_outcome(get(0) == 1, get(1), get(2), get(3)))
-        }
-    }
+    let script = match algorithm {
+        Algorithm::TokenBucket { .. } => &*TOKEN_BUCKET_SCRIPT,
+        Algorithm::SlidingWindow { .. } => &*SLIDING_WINDOW_SCRIPT,
+    };
+    let mut inv = script.key(key);
+    let [a, b] = decision_args(algorithm);
+    inv.arg(a).arg(b);
+    let reply = store.call(inv).await?;
+    Ok(decision_outcome(algorithm, &reply))
 }
 
 /// Gives one request back (a later limit refused it). Best effort.
 pub async fn refund(store: &RedisStore, algorithm: &Algorithm, key: &str) {
     let mut inv = REFUND_SCRIPT.key(key);
-    match *algorithm {
-        Algorithm::TokenBucket { interval_us, .. } => inv.arg("tb").arg(interval_us),
-        Algorithm::SlidingWindow { .. } => inv.arg("sw").arg(0),
-    };
+    let (kind, interval) = refund_args(algorithm);
+    inv.arg(kind).arg(interval);
     let _ = store.call(inv).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_scripts_read_redis_time_and_tests_can_inject_it() {
+        let tb = Algorithm::token_bucket(10, 5.0);
+        let sw = Algorithm::sliding_window(100, 60);
+        for a in [tb, sw] {
+            let prod = decision_script(&a, REDIS_CLOCK);
+            assert!(prod.starts_with("local t = redis.call('TIME')"), "{prod}");
+            assert!(!prod.contains("ARGV[#ARGV]"));
+            let injected = decision_script(&a, ARGUMENT_CLOCK);
+            assert!(!injected.contains("'TIME'"));
+            // The clock defines `now` before the body uses it.
+            assert!(injected.starts_with(ARGUMENT_CLOCK), "{injected}");
+        }
+        assert_eq!(decision_args(&tb), [200_000, 2_000_000]);
+        assert_eq!(decision_args(&sw), [100, 60_000_000]);
+        assert_eq!(refund_args(&tb), ("tb", 200_000));
+        assert_eq!(refund_args(&sw), ("sw", 0));
+    }
+
+    #[test]
+    fn replies_become_the_same_outcomes_as_the_local_arithmetic() {
+        let tb = Algorithm::token_bucket(10, 5.0);
+        // Allowed with the TAT one interval ahead: 9 left.
+        assert_eq!(
+            decision_outcome(&tb, &[1, 200_000]),
+            tb.decide(None, 1_000_000).0
+        );
+        // A negative or missing field never underflows.
+        assert_eq!(decision_outcome(&tb, &[0, -5]), tb.gcra_outcome(false, 0));
+        let sw = Algorithm::sliding_window(3, 1);
+        assert_eq!(
+            decision_outcome(&sw, &[1, 1, 0, 0]),
+            sw.decide(None, 5_000_000).0
+        );
+        assert_eq!(
+            decision_outcome(&sw, &[]),
+            sw.window_outcome(false, 0, 0, 0)
+        );
+    }
 }
