@@ -10,37 +10,61 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// Passes and failures in a row, and the verdict they reach.
+#[derive(Debug, Default)]
+struct Streak {
+    successes: u32,
+    failures: u32,
+}
+
+impl Streak {
+    /// Records one check; returns the target's new health when this check changes it (or,
+    /// for the first healthy verdict, confirms a target that was never checked).
+    fn record(
+        &mut self,
+        passed: bool,
+        cfg: &HealthCheck,
+        healthy: bool,
+        checked: bool,
+    ) -> Option<bool> {
+        if passed {
+            self.successes += 1;
+            self.failures = 0;
+            (self.successes >= cfg.healthy_threshold && (!healthy || !checked)).then_some(true)
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            (self.failures >= cfg.unhealthy_threshold && healthy).then_some(false)
+        }
+    }
+}
+
 async fn run(upstream: String, pool: Arc<TargetPool>, state: Arc<TargetState>, cfg: HealthCheck) {
     let target = pool.authority().clone();
     let interval = Duration::from_millis(cfg.interval_ms);
     let timeout = Duration::from_millis(cfg.timeout_ms);
-    let (mut successes, mut failures) = (0u32, 0u32);
+    let mut streak = Streak::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let healthy = tokio::time::timeout(timeout, pool.probe(&cfg.path))
+        let passed = tokio::time::timeout(timeout, pool.probe(&cfg.path))
             .await
             .unwrap_or(false);
-        if healthy {
-            successes += 1;
-            failures = 0;
-            if successes >= cfg.healthy_threshold
-                && (!state.is_healthy()
-                    || !state.checked.load(std::sync::atomic::Ordering::Relaxed))
-            {
-                if !state.is_healthy() {
+        let healthy = state.is_healthy();
+        let checked = state.checked.load(std::sync::atomic::Ordering::Relaxed);
+        match streak.record(passed, &cfg, healthy, checked) {
+            Some(true) => {
+                if !healthy {
                     tracing::info!(upstream = %upstream, target = %target, "target is healthy again");
                 }
                 state.set_healthy(true);
             }
-        } else {
-            failures += 1;
-            successes = 0;
-            if failures >= cfg.unhealthy_threshold && state.is_healthy() {
-                tracing::warn!(upstream = %upstream, target = %target, failures, "target failed its health checks; taking it out of rotation");
+            Some(false) => {
+                tracing::warn!(upstream = %upstream, target = %target, failures = streak.failures, "target failed its health checks; taking it out of rotation");
                 state.set_healthy(false);
             }
+            None => {}
         }
     }
 }
@@ -91,5 +115,61 @@ impl HealthCheckers {
         for (_, (_, _, h)) in self.running.drain() {
             h.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(healthy_threshold: u32, unhealthy_threshold: u32) -> HealthCheck {
+        let yaml = format!(
+            "path: /health\nhealthy_threshold: {healthy_threshold}\nunhealthy_threshold: {unhealthy_threshold}\n"
+        );
+        serde_saphyr::from_str(&yaml).unwrap()
+    }
+
+    /// Feeds `checks` (true: passed) to a streak starting from a target that starts up and
+    /// unchecked, applying each verdict; returns the health after each check.
+    fn run(cfg: &HealthCheck, checks: &[bool]) -> Vec<bool> {
+        let (mut streak, mut healthy, mut checked) = (Streak::default(), true, false);
+        checks
+            .iter()
+            .map(|&passed| {
+                if let Some(h) = streak.record(passed, cfg, healthy, checked) {
+                    healthy = h;
+                    checked = true;
+                }
+                healthy
+            })
+            .collect()
+    }
+
+    #[test]
+    fn failures_in_a_row_take_a_target_out_and_passes_in_a_row_bring_it_back() {
+        let c = cfg(2, 3);
+        let (t, f) = (true, false);
+        assert_eq!(run(&c, &[f, f, f]), [t, t, f], "down on the third failure");
+        assert_eq!(
+            run(&c, &[f, f, f, t, t]),
+            [t, t, f, f, t],
+            "up on the second pass"
+        );
+        // Alternating results never make a streak: the target stays as it was.
+        assert_eq!(run(&c, &[f, t, f, t, f, t, f, f]), [t; 8]);
+        assert_eq!(run(&c, &[f, f, f, t, f, t, f, t]), [t, t, f, f, f, f, f, f]);
+    }
+
+    #[test]
+    fn verdicts_are_given_once_per_change() {
+        let c = cfg(1, 1);
+        let mut s = Streak::default();
+        // An unchecked target is confirmed healthy by its first pass, then left alone.
+        assert_eq!(s.record(true, &c, true, false), Some(true));
+        assert_eq!(s.record(true, &c, true, true), None);
+        assert_eq!(s.record(false, &c, true, true), Some(false));
+        // Already down: further failures say nothing new.
+        assert_eq!(s.record(false, &c, false, true), None);
+        assert_eq!(s.record(true, &c, false, true), Some(true));
     }
 }
