@@ -322,3 +322,95 @@ async fn listen(url: String, wake: Arc<tokio::sync::Notify>) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            instance_id: "gw-1".into(),
+            environment: "prod".into(),
+            labels: Labels::parse("zone=a").unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_last_known_good_file_is_replaced_whole_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lkg.json");
+        for version in [3, 4] {
+            KnownGood {
+                version,
+                environment: "prod".into(),
+                document: format!("routes: [] # v{version}"),
+            }
+            .write(&path)
+            .unwrap();
+            let back = KnownGood::read(&path).unwrap();
+            assert_eq!(
+                (back.version, back.environment.as_str(), back.document),
+                (version, "prod", format!("routes: [] # v{version}"))
+            );
+        }
+        // Only the file itself is left: the temporary one was renamed over it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["lkg.json"]);
+        // A torn or foreign file is an error naming the file, never a default config.
+        std::fs::write(&path, b"{\"version\": 5, \"environ").unwrap();
+        let e = KnownGood::read(&path).err().unwrap();
+        assert!(e.starts_with(&path.display().to_string()), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_gateway_starts_from_the_last_known_good_file_when_the_store_is_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let lkg = dir.path().join("lkg.json");
+        // A store that cannot be opened (its directory does not exist).
+        let down = format!("sqlite://{}/missing/store.db", dir.path().display());
+        let down = down.as_str();
+        let e = initial_document(down, &identity(), &lkg)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("store:") && e.contains("last-known-good:") && e.contains("lkg.json"),
+            "both causes are reported: {e}"
+        );
+        KnownGood {
+            version: 7,
+            environment: "prod".into(),
+            document: "routes: []".into(),
+        }
+        .write(&lkg)
+        .unwrap();
+        let (k, from_lkg) = initial_document(down, &identity(), &lkg).await.unwrap();
+        assert!(from_lkg);
+        assert_eq!((k.version, k.document.as_str()), (7, "routes: []"));
+    }
+
+    #[test]
+    fn store_status_metrics_show_each_state() {
+        let s = StoreStatus::default();
+        s.up.store(true, Ordering::Relaxed);
+        s.version.store(12, Ordering::Relaxed);
+        s.errors.store(3, Ordering::Relaxed);
+        s.apply_failures.store(1, Ordering::Relaxed);
+        s.set_failed(Some((13, "admin address moved".into())));
+        let mut out = String::new();
+        s.render_metrics(&mut out);
+        for line in [
+            "portcullis_config_store_up 1",
+            "portcullis_config_store_errors_total 3",
+            "portcullis_config_store_version 12",
+            "portcullis_config_last_known_good 0",
+            "portcullis_config_store_apply_failures_total 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
+        assert_eq!(s.failed(), Some((13, "admin address moved".to_string())));
+    }
+}
