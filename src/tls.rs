@@ -254,3 +254,131 @@ pub fn upstream_client(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn self_signed(names: &[&str]) -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
+    fn listener_tls(yaml: &str) -> ListenerTls {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn files(dir: &Path, files: &[(&str, &str)]) {
+        for (name, contents) in files {
+            std::fs::write(dir.join(name), contents).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_gives_its_rfc4514_subject_and_its_sans_in_order() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["svc.internal".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "billing");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acme");
+        params
+            .subject_alt_names
+            .push(SanType::Rfc822Name("ops@acme.test".try_into().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::URI("spiffe://acme/billing".try_into().unwrap()));
+        let cert = params.self_signed(&key).unwrap();
+        let c = client_cert(cert.der()).unwrap();
+        let subject = c.subject.to_str().unwrap();
+        assert!(
+            subject.contains("CN=billing") && subject.contains("O=Acme"),
+            "{subject}"
+        );
+        assert_eq!(
+            c.san.unwrap(),
+            "DNS:svc.internal,email:ops@acme.test,URI:spiffe://acme/billing"
+        );
+        assert!(client_cert(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])).is_none());
+    }
+
+    #[test]
+    fn listener_files_are_checked_with_their_paths_and_the_fingerprint_follows_their_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_a, key_a) = self_signed(&["a.example"]);
+        let (_, key_b) = self_signed(&["b.example"]);
+        files(
+            dir.path(),
+            &[("a.pem", &cert_a), ("a.key", &key_a), ("b.key", &key_b)],
+        );
+        let tls = |cert: &str, key: &str| {
+            listener_tls(&format!(
+                "certificates: [{{ cert_file: {cert}, key_file: {key} }}]\n"
+            ))
+        };
+        let fingerprint = |cfg: &ListenerTls| {
+            let mut f = Sha256::new();
+            build(cfg, dir.path(), &mut f).map(|_| hex::encode(f.finalize()))
+        };
+        // Relative paths are read next to the config file.
+        let first = fingerprint(&tls("a.pem", "a.key")).unwrap();
+        assert_eq!(first, fingerprint(&tls("a.pem", "a.key")).unwrap());
+        let e = fingerprint(&tls("a.pem", "b.key")).err().unwrap();
+        assert!(
+            e.contains("b.key does not belong to") && e.contains("a.pem"),
+            "{e}"
+        );
+        let e = fingerprint(&tls("missing.pem", "a.key")).err().unwrap();
+        assert!(
+            e.starts_with("cannot read certificate") && e.contains("missing.pem"),
+            "{e}"
+        );
+        files(dir.path(), &[("empty.pem", "")]);
+        let e = fingerprint(&tls("empty.pem", "a.key")).err().unwrap();
+        assert!(e.contains("no certificate in the file"), "{e}");
+        let e = fingerprint(&tls("a.pem", "a.pem")).err().unwrap();
+        assert!(e.contains("not a PEM private key"), "{e}");
+        // A rotated certificate (same paths, new contents) changes the fingerprint, so a
+        // reload of an unchanged config still picks it up.
+        let (cert_a2, key_a2) = self_signed(&["a.example"]);
+        files(dir.path(), &[("a.pem", &cert_a2), ("a.key", &key_a2)]);
+        assert_ne!(first, fingerprint(&tls("a.pem", "a.key")).unwrap());
+    }
+
+    #[test]
+    fn alpn_offers_h2_then_http11_and_hsts_is_rendered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(&["a.example"]);
+        files(dir.path(), &[("a.pem", &cert), ("a.key", &key)]);
+        let cfg = listener_tls(
+            "certificates: [{ cert_file: a.pem, key_file: a.key }]\nmin_version: \"1.3\"\nhsts: { max_age_s: 600, include_subdomains: true }\n",
+        );
+        let s = build(&cfg, dir.path(), &mut Sha256::new()).unwrap();
+        assert_eq!(
+            s.config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert_eq!(s.hsts.unwrap(), "max-age=600; includeSubDomains");
+    }
+
+    #[test]
+    fn an_upstream_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = load_roots(empty.to_str().unwrap()).err().unwrap();
+        assert!(e.ends_with("no certificate in the file"), "{e}");
+        let (cert, _) = self_signed(&["up.internal"]);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert).unwrap();
+        assert_eq!(load_roots(ca.to_str().unwrap()).unwrap().len(), 1);
+        let client = upstream_client(Some(ca.to_str().unwrap())).unwrap();
+        assert_eq!(client.alpn_protocols, [b"http/1.1".to_vec()]);
+    }
+}
