@@ -870,3 +870,152 @@ mod spec_tests {
         assert!(s.revocation.unwrap().allow_on_failure);
     }
 }
+
+#[cfg(test)]
+mod verifier_tests {
+    use super::*;
+    use base64::Engine;
+
+    fn verifier(extra: &str) -> JwtVerifier {
+        let yaml = format!(
+            "name: a\nsecret: \"0123456789abcdef0123456789abcdef\"\nalgorithms: [HS256]\nclock_skew_s: 30\n{extra}"
+        );
+        let spec = crate::config::diag::build_yaml(&yaml, |p: &Located<JwtProvider>, diag| {
+            JwtSpec::build(p, "auth.jwt[0]", false, diag)
+        })
+        .unwrap();
+        JwtVerifier::new(&spec, None)
+    }
+
+    fn claims(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn reason(r: Result<u64, Failure>) -> Option<Reason> {
+        r.err().map(|f| f.reason)
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn time_claims_honour_the_skew_at_their_exact_edges() {
+        let v = verifier("");
+        let at = |c: serde_json::Value| reason(v.check_claims(&claims(c), NOW));
+        assert_eq!(at(serde_json::json!({})), Some(Reason::MissingExp));
+        assert_eq!(
+            at(serde_json::json!({"exp": "soon"})),
+            Some(Reason::Malformed)
+        );
+        assert_eq!(at(serde_json::json!({"exp": -1})), Some(Reason::Malformed));
+        // Expired once now ≥ exp + skew (30 s).
+        assert_eq!(at(serde_json::json!({"exp": NOW - 29})), None);
+        assert_eq!(
+            at(serde_json::json!({"exp": NOW - 30})),
+            Some(Reason::Expired)
+        );
+        // nbf: valid from nbf − skew.
+        assert_eq!(
+            at(serde_json::json!({"exp": NOW + 60, "nbf": NOW + 30})),
+            None
+        );
+        assert_eq!(
+            at(serde_json::json!({"exp": NOW + 60, "nbf": NOW + 31})),
+            Some(Reason::NotYetValid)
+        );
+        // iat may be at most the skew ahead.
+        assert_eq!(
+            at(serde_json::json!({"exp": NOW + 60, "iat": NOW + 30})),
+            None
+        );
+        assert_eq!(
+            at(serde_json::json!({"exp": NOW + 60, "iat": NOW + 31})),
+            Some(Reason::IssuedInFuture)
+        );
+        assert_eq!(
+            v.check_claims(&claims(serde_json::json!({"exp": NOW + 5})), NOW)
+                .ok(),
+            Some(NOW + 5),
+            "exp is returned for the verified-token cache"
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_match_exactly_in_string_or_array_form() {
+        let v = verifier("issuer: https://idp.example\naudiences: [orders, billing]\n");
+        let at = |c: serde_json::Value| reason(v.check_claims(&claims(c), NOW));
+        let exp = NOW + 60;
+        let ok = serde_json::json!({"exp": exp, "iss": "https://idp.example", "aud": "orders"});
+        assert_eq!(at(ok), None);
+        assert_eq!(
+            at(
+                serde_json::json!({"exp": exp, "iss": "https://idp.example", "aud": ["x", "billing"]})
+            ),
+            None
+        );
+        assert_eq!(
+            at(serde_json::json!({"exp": exp, "iss": "https://idp.example/", "aud": "orders"})),
+            Some(Reason::WrongIssuer)
+        );
+        assert_eq!(
+            at(serde_json::json!({"exp": exp, "aud": "orders"})),
+            Some(Reason::WrongIssuer)
+        );
+        assert_eq!(
+            at(serde_json::json!({"exp": exp, "iss": "https://idp.example", "aud": "Orders"})),
+            Some(Reason::WrongAudience)
+        );
+        assert_eq!(
+            at(serde_json::json!({"exp": exp, "iss": "https://idp.example", "aud": [1, 2]})),
+            Some(Reason::WrongAudience)
+        );
+        assert_eq!(
+            at(serde_json::json!({"exp": exp, "iss": "https://idp.example"})),
+            Some(Reason::WrongAudience)
+        );
+    }
+
+    fn ec_jwk(kid: Option<&str>, extra: serde_json::Value) -> serde_json::Value {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let secret = p256::SecretKey::random(&mut rand::thread_rng());
+        let point = secret.public_key().to_encoded_point(false);
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let mut jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256",
+            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()),
+        });
+        if let Some(k) = kid {
+            jwk["kid"] = serde_json::json!(k);
+        }
+        for (k, v) in extra.as_object().unwrap() {
+            jwk[k] = v.clone();
+        }
+        jwk
+    }
+
+    #[test]
+    fn a_jwks_yields_signing_keys_only_and_each_key_fits_its_own_family() {
+        let set: JwkSet = serde_json::from_value(serde_json::json!({"keys": [
+            ec_jwk(Some("sig"), serde_json::json!({"use": "sig"})),
+            ec_jwk(Some("enc"), serde_json::json!({"use": "enc"})),
+            ec_jwk(Some("pinned"), serde_json::json!({"alg": "ES256"})),
+            ec_jwk(None, serde_json::json!({})),
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"},
+        ]}))
+        .unwrap();
+        let keys = key_set(&set);
+        let mut kids: Vec<&str> = keys.by_kid.keys().map(String::as_str).collect();
+        kids.sort();
+        assert_eq!(
+            kids,
+            ["pinned", "sig"],
+            "no encryption key, no symmetric key"
+        );
+        assert_eq!(keys.anonymous.len(), 1);
+        let sig = &keys.by_kid["sig"];
+        assert!(sig.fits(Algorithm::ES256));
+        assert!(!sig.fits(Algorithm::RS256) && !sig.fits(Algorithm::HS256));
+        // A key whose JWK states its alg is used for that alg only.
+        let pinned = &keys.by_kid["pinned"];
+        assert!(pinned.fits(Algorithm::ES256) && !pinned.fits(Algorithm::ES384));
+    }
+}
