@@ -152,7 +152,8 @@ impl TargetPool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn take_idle(&self) -> Option<Conn> {
+    /// The newest usable idle connection, and how long it has been idle.
+    fn take_idle(&self) -> Option<(Conn, Duration)> {
         let max_age = Duration::from_millis(self.settings.pool.idle_timeout_ms);
         // For host names: only connections to addresses the name still resolves to.
         let current = self.resolved.as_ref().map(|r| r.current());
@@ -163,8 +164,9 @@ impl TargetPool {
                 (Some(addrs), Some(peer)) => addrs.contains(&peer),
                 _ => true,
             };
-            if c.since.elapsed() < max_age && !c.conn.sender.is_closed() && still_resolved {
-                return Some(c.conn);
+            let idle_for = c.since.elapsed();
+            if idle_for < max_age && !c.conn.sender.is_closed() && still_resolved {
+                return Some((c.conn, idle_for));
             }
         }
         None
@@ -375,21 +377,23 @@ impl TargetPool {
         }
         // A pooled connection may have been closed by the upstream a moment ago; hyper hands
         // the request back unsent in that case and it goes out on a fresh connection.
-        let (mut conn, mut fresh) = match self.take_idle() {
+        let (mut conn, mut fresh, idle_for) = match self.take_idle() {
             // Wait for the connection task to finish with the previous exchange.
-            Some(mut c) => match c.sender.ready().await {
-                Ok(()) => (c, false),
-                Err(_) => (Box::pin(self.connect(false)).await?, true),
+            Some((mut c, idle_for)) => match c.sender.ready().await {
+                Ok(()) => (c, false, idle_for),
+                Err(_) => (Box::pin(self.connect(false)).await?, true, Duration::ZERO),
             },
             // Boxed: connecting is the rare path, and its future is large.
-            None => (Box::pin(self.connect(false)).await?, true),
+            None => (Box::pin(self.connect(false)).await?, true, Duration::ZERO),
         };
-        // If the upstream closes a reused connection just as the request goes out (its
-        // keep-alive timer or its shutdown racing our reuse), the request is gone. When it
-        // cannot have changed anything (an idempotent method, no body) and no byte of an answer
-        // came back, it is sent once more on a new connection, as a client would (RFC 9110
-        // §9.2.2); otherwise the error stands and the route's retry policy decides.
-        let mut resend = (!fresh && resendable(&req))
+        // If the upstream's keep-alive timer closes a reused connection just as the request
+        // goes out, the request is gone. When it cannot have changed anything (an idempotent
+        // method, no body) and no byte of an answer came back, it is sent once more on a new
+        // connection, as a client would (RFC 9110 §9.2.2). Keep-alive timers fire after a
+        // second or more of quiet, so only connections idle that long keep the copy this
+        // needs: copying every request's head cost 3.9% of the plain path's instructions
+        // (bench/RESULTS.md). Other failures stand, and the route's retry policy decides.
+        let mut resend = (!fresh && idle_for >= RESEND_AFTER_IDLE && resendable(&req))
             .then(|| copy_head(req.method(), req.uri(), req.version(), req.headers()));
         loop {
             match conn.sender.try_send_request(req).await {
@@ -462,6 +466,10 @@ where
     });
     Ok(sender)
 }
+
+/// How long a pooled connection must have been idle before a request on it keeps a copy of
+/// its head, to be sent again if the upstream's keep-alive timer closes the connection under it.
+const RESEND_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Whether a request may go out again after its connection was closed under it: idempotent
 /// (RFC 9110 §9.2.2) and without a body.
