@@ -293,7 +293,11 @@ async fn sigusr1_reopens_the_log_file() {
     lines(&file, 1);
     std::fs::rename(&file, dir.path().join("old.log")).unwrap();
     gw.signal(libc::SIGUSR1);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Reopening creates the file again under its configured name.
+    wait_until("the log file reopened", Duration::from_secs(5), || {
+        file.exists()
+    })
+    .await;
     get(&c, &format!("http://{}/two", gw.addr), &[]).await;
     assert_eq!(lines(&file, 1)[0]["path"], "/two");
 }

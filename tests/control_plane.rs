@@ -345,7 +345,10 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
         .await,
         GatewayProcess::follow(&store, "main-2", "", tempfile::tempdir().unwrap(), None).await,
     ];
-    tokio::time::sleep(Duration::from_millis(1500)).await; // heartbeats: the CLI sees the canary
+    // The CLI picks canaries from heartbeats: wait until every instance has reported.
+    for id in ["canary-1", "main-1", "main-2"] {
+        status_until(&store, id, "  ok", Duration::from_secs(10)).await;
+    }
 
     // A version whose route goes to an upstream that is not there: 502s on the canary.
     let broken = push(

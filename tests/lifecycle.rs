@@ -308,7 +308,13 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests_then_exits_0() {
         let c = c.clone();
         tokio::spawn(async move { get(&c, &url, &[]).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = up.count();
+    wait_until(
+        "the request is at the upstream",
+        Duration::from_secs(5),
+        || up.count() > before,
+    )
+    .await;
     gw.signal(libc::SIGTERM);
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200, "in-flight request was cut off");
@@ -354,14 +360,12 @@ async fn sigterm_refuses_new_connections_and_cuts_off_what_outlives_the_drain_ti
         })
     };
     // The request is at the upstream before the signal.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.count() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "request never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "the request is at the upstream",
+        Duration::from_secs(5),
+        || up.count() == 1,
+    )
+    .await;
     let addr = gw.addr;
     gw.signal(libc::SIGTERM);
     let term = Instant::now();
@@ -393,10 +397,8 @@ async fn sigterm_refuses_new_connections_and_cuts_off_what_outlives_the_drain_ti
     .await
     .unwrap();
     assert_eq!(code, Some(0), "exit code after the drain timeout");
-    assert!(
-        exited_after >= Duration::from_millis(1000) && exited_after <= Duration::from_millis(1250),
-        "exited {exited_after:?} after SIGTERM with drain_timeout_ms 1000 (1.25x: 1250 ms)"
-    );
+    // After the drain timeout, within the README's 1.25x (and scheduling slack).
+    assert_closed_on_time(exited_after, Duration::from_millis(1000));
     let outcome = in_flight.await.unwrap();
     assert!(
         !outcome.ends_with("slept"),

@@ -427,9 +427,19 @@ async fn every_target_out_answers_503_fast() {
         targets(&[&up])
     );
     let gw = TestGateway::start(&config(&ups, ALL_TO_UP)).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let doc = admin_upstreams(&gw).await;
-    assert_eq!(doc["upstreams"][0]["targets"][0]["healthy"], false, "{doc}");
+    // The first failed check (100 ms period) takes the only target out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let doc = admin_upstreams(&gw).await;
+        if doc["upstreams"][0]["targets"][0]["healthy"] == false {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "target never marked unhealthy: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     let r = get(&client(), &gw.url("/x"), &[]).await;
     r.assert_gateway_error(503);
@@ -453,12 +463,10 @@ async fn a_target_removed_by_reload_finishes_its_requests_then_its_connections_c
     assert_eq!(get(&c, &gw.url("/x"), &[]).await.headers["x-upstream"], "a");
     let url = gw.url("/x");
     let in_flight = tokio::spawn(async move { get(&client(), &url, &[]).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(
-        b.open_connections.load(Ordering::SeqCst),
-        1,
-        "the slow request is not at b"
-    );
+    wait_until("the slow request is at b", Duration::from_secs(5), || {
+        b.open_connections.load(Ordering::SeqCst) == 1
+    })
+    .await;
 
     gw.write_config(&config(
         &format!("  - name: up\n    targets:\n{}", targets(&[&a])),

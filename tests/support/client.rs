@@ -159,6 +159,19 @@ pub fn raw_json(resp: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {resp}"))
 }
 
+/// Waits until `cond` holds (checked every 10 ms) for at most `limit`, then panics naming
+/// `what`: synchronisation by condition, never by a guessed sleep.
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A free 127.0.0.1 port (bound and released; good enough for tests on loopback).
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
