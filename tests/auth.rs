@@ -629,6 +629,9 @@ async fn jwks_rotation_unknown_kid_flood_and_idp_outages() {
 
     // 1,000 concurrent tokens with random unknown kids, starting past the refetch window so
     // one fetch is allowed: single-flight makes it exactly one per jwks_min_refetch_s (2 s).
+    // Each is its own connection, held on both ends in this process (and by other tests of
+    // this binary running alongside): 4,096 open files covers it with room to spare.
+    raise_fd_limit(4096);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let before = idp.fetches.load(Ordering::SeqCst);
     let started = std::time::Instant::now();

@@ -172,6 +172,29 @@ pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> b
     }
 }
 
+/// Raises this process's open-file limit to at least `need` (up to the hard limit), for tests
+/// that hold many sockets at once; panics with the numbers when the hard limit is lower.
+pub fn raise_fd_limit(need: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur >= need {
+            return;
+        }
+        assert!(
+            lim.rlim_max >= need,
+            "this test holds {need} sockets at once; the hard open-file limit is {} (raise it, e.g. `ulimit -Hn {need}`)",
+            lim.rlim_max
+        );
+        lim.rlim_cur = need;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
 /// A free 127.0.0.1 port (bound and released; good enough for tests on loopback).
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
