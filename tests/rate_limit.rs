@@ -1,7 +1,8 @@
 //! Rate limiting end to end: exact token buckets over real time, headers field by field, key
 //! isolation, stacked limits that give back what a refused request took, shadow mode, limits
 //! that survive a reload, and Redis-backed limits shared by three gateway processes, including
-//! Redis being killed, hung (SIGSTOP) and coming back.
+//! Redis being killed, hung (SIGSTOP) and coming back. The outage tests compare latency
+//! percentiles, so this binary's tests run one at a time (each takes `ALONE` first).
 
 mod support;
 
@@ -47,6 +48,7 @@ async fn burst(c: &HttpClient, url: &str, n: usize, headers: &[(&str, &str)]) ->
 
 #[tokio::test]
 async fn token_bucket_admits_capacity_then_the_refill_rate_with_headers() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let gw = TestGateway::start(&local(&config(
         &up,
@@ -101,6 +103,7 @@ async fn token_bucket_admits_capacity_then_the_refill_rate_with_headers() {
 
 #[tokio::test]
 async fn keys_isolate_clients_and_missing_headers_share_one_bucket() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let gw = TestGateway::start(&local(&config(
         &up,
@@ -130,6 +133,7 @@ async fn keys_isolate_clients_and_missing_headers_share_one_bucket() {
 
 #[tokio::test]
 async fn stacked_limits_refuse_at_the_first_no_and_give_back_the_rest() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let gw = TestGateway::start(&local(&config(
         &up,
@@ -195,6 +199,7 @@ async fn stacked_limits_refuse_at_the_first_no_and_give_back_the_rest() {
 
 #[tokio::test]
 async fn limits_survive_a_reload_unless_their_definition_changes() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let limits = "  - { name: small, algorithm: token_bucket, capacity: 2, refill_per_second: 0.001, key: [client_ip] }\n";
     let yaml = local(&config(&up, limits, &route("api", "/api", "small"), ""));
@@ -219,6 +224,7 @@ async fn limits_survive_a_reload_unless_their_definition_changes() {
 /// Three gateway processes sharing one Redis: what they admit together stays within the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_sharing_redis_admit_the_limit_and_no_more() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let redis = RedisServer::start().await;
     let yaml = config(
@@ -308,6 +314,7 @@ async fn store_up(c: &HttpClient, gw: &TestGateway) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_each_failure_mode_then_recovery() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let mut redis = RedisServer::start().await;
     let yaml = config(
@@ -383,6 +390,7 @@ async fn redis_killed_mid_run_each_failure_mode_then_recovery() {
 /// waits once; and a resumed Redis is used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_redis_costs_the_breaker_threshold_in_timeouts_then_nothing() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let redis = RedisServer::start().await;
     let yaml = config(

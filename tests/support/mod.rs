@@ -20,3 +20,7 @@ pub use postgres::*;
 pub use redis::*;
 pub use store::*;
 pub use upstream::*;
+
+/// Taken first by every test of a binary whose tests measure latency, so none of them runs
+/// beside another (`cargo test` runs one binary at a time; within one, tests run in parallel).
+pub static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
