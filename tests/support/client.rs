@@ -195,11 +195,25 @@ pub fn raise_fd_limit(need: u64) {
     }
 }
 
-/// A free 127.0.0.1 port (bound and released; good enough for tests on loopback).
+/// A free 127.0.0.1 port for a child process (Redis, PostgreSQL, a gateway process), which
+/// must bind it itself. Never the same port twice in one test binary; another process can
+/// still take it in the moment between, so the harnesses that use it start their server again
+/// on a new port when it reports the port taken.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
+
+/// How many times a harness starts a child server on a new port when its port was taken.
+pub const PORT_ATTEMPTS: usize = 5;
 
 /// Asserts a connection closed as the README promises for a timeout of `timeout`: not before
 /// it (5% for where the test's clock started), and within 1.25× (timers are checked in quarter

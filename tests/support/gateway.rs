@@ -66,20 +66,25 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// `yaml` may use `{LISTEN}` and `{ADMIN}`, replaced with free addresses.
     pub async fn spawn(yaml: &str, threads: usize) -> GatewayProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let (addr, admin) = (free_addr(), free_addr());
-        let config_path = dir.path().join("portcullis.yaml");
-        std::fs::write(
-            &config_path,
-            yaml.replace("{LISTEN}", &addr.to_string())
-                .replace("{ADMIN}", &admin.to_string()),
-        )
-        .unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args(["run", "-c"])
-            .arg(&config_path)
-            .args(["--worker-threads", &threads.to_string()]);
-        Self::launch(cmd, addr, admin, dir, config_path).await
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::tempdir().unwrap();
+            let (addr, admin) = (free_addr(), free_addr());
+            let config_path = dir.path().join("portcullis.yaml");
+            std::fs::write(
+                &config_path,
+                yaml.replace("{LISTEN}", &addr.to_string())
+                    .replace("{ADMIN}", &admin.to_string()),
+            )
+            .unwrap();
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+            cmd.args(["run", "-c"])
+                .arg(&config_path)
+                .args(["--worker-threads", &threads.to_string()]);
+            if let Ok(p) = Self::launch(cmd, addr, admin, dir, config_path).await {
+                return p;
+            }
+        }
+        panic!("the gateway process could not bind free ports in {PORT_ATTEMPTS} attempts");
     }
 
     /// A gateway following the config store at `store` as `instance` with `labels`. Its
@@ -104,17 +109,28 @@ impl GatewayProcess {
         addrs: Option<(SocketAddr, SocketAddr)>,
         extra: &[&str],
     ) -> GatewayProcess {
-        let (addr, admin) = addrs.unwrap_or_else(|| (free_addr(), free_addr()));
-        let lkg = dir.path().join("last-known-good.json");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args(["run", "--store", store, "--instance-id", instance])
-            .args(["--instance-labels", labels, "--worker-threads", "1"])
-            .arg("--last-known-good")
-            .arg(&lkg)
-            .args(extra)
-            .env("GW_LISTEN", addr.to_string())
-            .env("GW_ADMIN", admin.to_string());
-        Self::launch(cmd, addr, admin, dir, lkg).await
+        // Given addresses (a restart) must be used as they are; new ones may be chosen again.
+        let attempts = if addrs.is_some() { 1 } else { PORT_ATTEMPTS };
+        let dir_path = dir.path().to_path_buf();
+        let mut dir = Some(dir);
+        for _ in 0..attempts {
+            let (addr, admin) = addrs.unwrap_or_else(|| (free_addr(), free_addr()));
+            let lkg = dir_path.join("last-known-good.json");
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+            cmd.args(["run", "--store", store, "--instance-id", instance])
+                .args(["--instance-labels", labels, "--worker-threads", "1"])
+                .arg("--last-known-good")
+                .arg(&lkg)
+                .args(extra)
+                .env("GW_LISTEN", addr.to_string())
+                .env("GW_ADMIN", admin.to_string());
+            let d = dir.take().expect("the directory is handed back on failure");
+            match Self::launch(cmd, addr, admin, d, lkg).await {
+                Ok(p) => return p,
+                Err(d) => dir = Some(d),
+            }
+        }
+        panic!("gateway process {instance} did not become ready (its stderr is above)");
     }
 
     async fn launch(
@@ -123,13 +139,13 @@ impl GatewayProcess {
         admin: SocketAddr,
         dir: tempfile::TempDir,
         config_path: std::path::PathBuf,
-    ) -> GatewayProcess {
+    ) -> Result<GatewayProcess, tempfile::TempDir> {
         let child = cmd
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start portcullis");
-        let p = GatewayProcess {
+        let mut p = GatewayProcess {
             child,
             addr,
             admin,
@@ -149,8 +165,13 @@ impl GatewayProcess {
             .await;
             if let Ok(Ok(r)) = ready {
                 if r.status() == 200 {
-                    return p;
+                    return Ok(p);
                 }
+            }
+            // Exited: most likely a port another process took after it was chosen (the
+            // reason is on stderr); the caller may try new ports.
+            if p.child.try_wait().ok().flatten().is_some() {
+                return Err(std::mem::replace(&mut p.dir, tempfile::tempdir().unwrap()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

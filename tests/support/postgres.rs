@@ -74,17 +74,41 @@ impl PostgresServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_addr().port();
         let mut server = PostgresServer {
             child: None,
             dir,
-            port,
+            port: 0,
         };
-        server.launch();
-        server
+        for _ in 0..PORT_ATTEMPTS {
+            server.port = free_addr().port();
+            match server.try_launch() {
+                Ok(()) => return server,
+                // Another process took the port in the moment it was free: a new one.
+                Err(log) if log.contains("could not bind") || log.contains("already in use") => {
+                    server.stop();
+                }
+                Err(log) => server.failed(&log),
+            }
+        }
+        panic!("PostgreSQL found no free port in {PORT_ATTEMPTS} attempts");
     }
 
+    fn failed(&self, log: &str) -> ! {
+        panic!(
+            "PostgreSQL did not start on port {}; its log:\n{log}",
+            self.port
+        );
+    }
+
+    /// (Re)starts the server on its port, or panics with its log.
     fn launch(&mut self) {
+        if let Err(log) = self.try_launch() {
+            self.failed(&log);
+        }
+    }
+
+    /// Starts the server on `self.port`; its log if it does not answer a query.
+    fn try_launch(&mut self) -> Result<(), String> {
         let mut cmd = std::process::Command::new(Self::bin("postgres"));
         cmd.arg("-D")
             .arg(self.dir.path().join("data"))
@@ -115,14 +139,17 @@ impl PostgresServer {
                 .status()
                 .is_ok_and(|s| s.success())
             {
-                return;
+                return Ok(());
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "PostgreSQL did not start on port {}; its log:\n{}",
-                self.port,
-                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || std::time::Instant::now() >= deadline {
+                return Err(
+                    std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -16,14 +16,28 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        let port = free_addr().port();
         let mut r = RedisServer {
-            port,
+            port: 0,
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
-        r.restart().await;
-        r
+        for _ in 0..PORT_ATTEMPTS {
+            r.port = free_addr().port();
+            match r.launch().await {
+                Ok(()) => return r,
+                // Another process took the port in the moment it was free: a new one.
+                Err(log) if log.contains("Address already in use") => r.kill(),
+                Err(log) => r.failed(&log),
+            }
+        }
+        panic!("redis-server found no free port in {PORT_ATTEMPTS} attempts");
+    }
+
+    fn failed(&self, log: &str) -> ! {
+        panic!(
+            "redis-server on port {} did not answer PING; its log:\n{log}",
+            self.port
+        );
     }
 
     pub fn url(&self) -> String {
@@ -32,6 +46,15 @@ impl RedisServer {
 
     /// (Re)starts the server on the same port and waits until it answers PING.
     pub async fn restart(&mut self) {
+        if let Err(log) = self.launch().await {
+            self.failed(&log);
+        }
+    }
+
+    /// Starts the server on `self.port`; its log if it does not answer PING.
+    async fn launch(&mut self) -> Result<(), String> {
+        let log = self.dir.path().join("redis.log");
+        let _ = std::fs::remove_file(&log);
         let child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -47,16 +70,23 @@ impl RedisServer {
             });
         self.child = Some(child);
         for _ in 0..200 {
-            if self.command(&["PING"]).await.as_deref() == Some("+PONG") {
-                return;
+            // Ours, not another server that holds the port: INFO names the process.
+            let pid = self.child.as_ref().map(|c| c.id());
+            if self.command(&["PING"]).await.as_deref() == Some("+PONG")
+                && self.server_pid().await == pid
+            {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!(
-            "redis-server on port {} did not answer PING; its log:\n{}",
-            self.port,
-            std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-        );
+        Err(std::fs::read_to_string(log).unwrap_or_default())
     }
 
     /// Kills the server (SIGKILL, by the PID this test started).
@@ -86,6 +116,35 @@ impl RedisServer {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// The process id the server on the port reports (`INFO server`).
+    async fn server_pid(&self) -> Option<u32> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            .await
+            .ok()?;
+        let mut buf = vec![0u8; 16384];
+        let mut n = 0;
+        while n < buf.len() {
+            let read = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf[n..]))
+                .await
+                .ok()?
+                .ok()?;
+            if read == 0 {
+                break;
+            }
+            n += read;
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if let Some(pid) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                return Some(pid);
+            }
+        }
+        None
     }
 
     /// Sends one command (inline protocol) and returns the first reply line.
