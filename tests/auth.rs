@@ -2,6 +2,8 @@
 //! the attack cases (each a 401 that never reaches the upstream), JWKS rotation against an IdP
 //! the test controls (new kids, unknown-kid floods, IdP down, IdP garbage), scopes and claims,
 //! identity-header spoofing, and the principal feeding rate-limit keys.
+//! Its tests run one at a time (each takes `ALONE` first): cache lifetimes, refetch windows and
+//! the introspection timeout are timed.
 
 mod support;
 
@@ -248,6 +250,7 @@ async fn call(c: &HttpClient, gw: &TestGateway, path: &str, token: Option<&str>)
 
 #[tokio::test]
 async fn every_algorithm_is_accepted_and_claims_are_forwarded_not_spoofed() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let keys = vec![
         rsa_key(Algorithm::RS256, "rs256"),
@@ -299,6 +302,7 @@ async fn every_algorithm_is_accepted_and_claims_are_forwarded_not_spoofed() {
 
 #[tokio::test]
 async fn attacks_are_401_and_never_reach_the_upstream() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let rs = rsa_key(Algorithm::RS256, "main");
     let es = ec_key(Algorithm::ES256, "ec");
@@ -604,6 +608,7 @@ async fn attacks_are_401_and_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn jwks_rotation_unknown_kid_flood_and_idp_outages() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let old = ec_key(Algorithm::ES256, "old");
     let idp = Idp::start(&[&old]).await;
@@ -714,6 +719,7 @@ async fn jwks_rotation_unknown_kid_flood_and_idp_outages() {
 
 #[tokio::test]
 async fn api_keys_scopes_claims_and_tenant_rate_limits() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let rs = rsa_key(Algorithm::RS256, "main");
     let idp = Idp::start(&[&rs]).await;
@@ -909,6 +915,7 @@ impl Introspector {
 
 #[tokio::test]
 async fn introspection_caches_answers_and_never_allows_when_the_endpoint_is_down() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let intro = Introspector::start().await;
     let gw = TestGateway::start(&format!(
@@ -968,6 +975,7 @@ routes:
 
 #[tokio::test]
 async fn revoked_jtis_are_refused_and_a_redis_outage_denies_or_allows_as_configured() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let mut redis = RedisServer::start().await;
     let gw = TestGateway::start(&format!(
@@ -1046,6 +1054,7 @@ routes:
 
 #[tokio::test]
 async fn a_gateway_starts_while_the_idp_is_down_and_picks_up_keys_later() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let key = ec_key(Algorithm::ES256, "k1");
     let idp = Idp::start(&[&key]).await;
@@ -1095,6 +1104,7 @@ async fn force_refetch(c: &HttpClient, gw: &TestGateway, idp: &Idp) {
 
 #[tokio::test]
 async fn jwks_key_rules_x5c_and_the_verified_token_cache() {
+    let _alone = ALONE.lock().await;
     const NO_KEY: &str = "unauthorized: no key for this token";
     const BAD_SIG: &str = "unauthorized: the token's signature is not valid";
     let up = Upstream::start("up").await;

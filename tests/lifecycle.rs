@@ -1,5 +1,6 @@
 //! Reload and shutdown: atomic swaps under load, refused reloads that keep the old config,
 //! SIGHUP, SIGTERM with draining, and the admin API.
+//! Its tests run one at a time (each takes `ALONE` first): the drain tests time the exit.
 
 mod support;
 
@@ -18,6 +19,7 @@ fn marked_config(up: &Upstream, marker: &str, valid: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_every_200ms_under_load_loses_no_request_and_never_mixes_versions() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let gw = TestGateway::start(&marked_config(&up, "0", true)).await;
     let applied = Arc::new(AtomicU64::new(0)); // marker known to be in force
@@ -107,6 +109,7 @@ async fn reload_every_200ms_under_load_loses_no_request_and_never_mixes_versions
 
 #[tokio::test]
 async fn invalid_reload_keeps_the_running_config_and_reports_every_error() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let gw = TestGateway::start(&marked_config(&up, "1", true)).await;
     let before = gw.gateway.snapshot();
@@ -140,6 +143,7 @@ async fn invalid_reload_keeps_the_running_config_and_reports_every_error() {
 
 #[tokio::test]
 async fn admin_api_reports_version_routes_and_health() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let yaml = format!(
         "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\", token: \"0123456789abcdef-admin\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - {{ name: up, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: all\n    match: {{ path: {{ prefix: / }} }}\n    upstream: up\n    headers:\n      request:\n        set: {{ authorization: \"Bearer upstream-secret\", x-plain: visible }}\n",
@@ -252,6 +256,7 @@ fn process_config(up: &Upstream, marker: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_sigterm_drains_in_flight_requests_then_exits_0() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let mut gw = GatewayProcess::spawn(&process_config(&up, "a"), 1).await;
     let c = client();
@@ -330,6 +335,7 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests_then_exits_0() {
 /// process exits 0 after the drain timeout, not when the request would have finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_refuses_new_connections_and_cuts_off_what_outlives_the_drain_timeout() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let yaml = process_config(&up, "a").replace("drain_timeout_ms: 5000", "drain_timeout_ms: 1000");
     let mut gw = GatewayProcess::spawn(&yaml, 1).await;

@@ -1,5 +1,7 @@
 //! Proxying through real sockets: header hygiene, request ids, the gateway's own refusals (each
 //! with its JSON body, and none of them reaching the upstream), and listener limits.
+//! Its tests run one at a time (each takes `ALONE` first): several hold the README's timeout
+//! promises (1.25x) on the wire.
 
 mod support;
 
@@ -25,6 +27,7 @@ fn upstream_yaml(name: &str, addr: std::net::SocketAddr) -> String {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n    headers:\n      request:\n        set: { x-added: yes }\n        remove: [x-internal-debug]\n      response:\n        remove: [x-upstream]\n";
     let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
@@ -69,6 +72,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
 
 #[tokio::test]
 async fn insane_request_ids_are_replaced() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
     let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
@@ -91,6 +95,7 @@ async fn insane_request_ids_are_replaced() {
 
 #[tokio::test]
 async fn h2c_prior_knowledge_downstream_to_h1_upstream() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
     let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
@@ -148,6 +153,7 @@ fn post(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Request<Full<Byte
 
 #[tokio::test]
 async fn refusals_have_the_right_status_and_json_body_and_never_reach_the_upstream() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let gw = TestGateway::start(&refusals_config(
         &up,
@@ -269,6 +275,7 @@ async fn refusals_have_the_right_status_and_json_body_and_never_reach_the_upstre
 
 #[tokio::test]
 async fn concurrent_request_limit_sheds_load_with_503_and_retry_after() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
     let limits = "    limits: { max_concurrent_requests: 1 }\n";
@@ -297,6 +304,7 @@ async fn concurrent_request_limit_sheds_load_with_503_and_retry_after() {
 
 #[tokio::test]
 async fn max_connections_closes_extra_connections() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
     let limits = "    limits: { max_connections: 2 }\n";
@@ -345,6 +353,7 @@ async fn max_connections_closes_extra_connections() {
 
 #[tokio::test]
 async fn slow_loris_and_idle_connections_are_closed() {
+    let _alone = ALONE.lock().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start("up").await;
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
@@ -404,6 +413,7 @@ async fn slow_loris_and_idle_connections_are_closed() {
 
 #[tokio::test]
 async fn direct_response_and_rewrites() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let routes = r#"  - name: health
     match: { path: { exact: /healthz } }
@@ -434,6 +444,7 @@ async fn direct_response_and_rewrites() {
 
 #[tokio::test]
 async fn weighted_round_robin_across_targets() {
+    let _alone = ALONE.lock().await;
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let upstreams = format!(
@@ -451,6 +462,7 @@ async fn weighted_round_robin_across_targets() {
 
 #[tokio::test]
 async fn upstream_connections_are_pooled_and_survive_a_reload() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let config = |marker: &str| {
         base(
@@ -496,6 +508,7 @@ async fn upstream_connections_are_pooled_and_survive_a_reload() {
 
 #[tokio::test]
 async fn a_pooled_connection_closed_by_the_upstream_is_replaced_without_an_error() {
+    let _alone = ALONE.lock().await;
     // An upstream that closes every connection after one response (like a short keep-alive).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -561,6 +574,7 @@ async fn closes_on_reuse() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<Atomi
 #[tokio::test]
 async fn a_request_on_a_connection_the_upstream_closes_at_that_moment_is_sent_again_if_idempotent()
 {
+    let _alone = ALONE.lock().await;
     let (addr, requests, connections) = closes_on_reuse().await;
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
     let gw = TestGateway::start(&base(&upstream_yaml("up", addr), routes, "")).await;
@@ -620,6 +634,7 @@ async fn a_request_on_a_connection_the_upstream_closes_at_that_moment_is_sent_ag
 
 #[tokio::test]
 async fn http10_request_without_host_gets_the_target_as_host() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n";
     let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;

@@ -1,5 +1,7 @@
 //! Upstream resilience through real sockets, with test upstreams that are slowed, failed and
 //! killed: balancing, breakers, bulkheads, retries, the retry budget, health checks, timeouts.
+//! Its tests run one at a time (each takes `ALONE` first): timeouts, backoff and breaker
+//! periods are timed.
 
 mod support;
 
@@ -37,6 +39,7 @@ async fn admin_upstreams(gw: &TestGateway) -> serde_json::Value {
 
 #[tokio::test]
 async fn round_robin_weights_hold_within_two_percent_over_10000_requests() {
+    let _alone = ALONE.lock().await;
     let (a, b, c) = (
         Upstream::start("a").await,
         Upstream::start("b").await,
@@ -63,6 +66,7 @@ async fn round_robin_weights_hold_within_two_percent_over_10000_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_sends_fewer_requests_to_a_slow_target() {
+    let _alone = ALONE.lock().await;
     let fast = Upstream::start("fast").await;
     let slow = Upstream::start_with(
         "slow",
@@ -95,6 +99,7 @@ async fn least_request_sends_fewer_requests_to_a_slow_target() {
 
 #[tokio::test]
 async fn consistent_hash_moves_only_about_a_fifth_of_keys_to_an_added_fifth_target() {
+    let _alone = ALONE.lock().await;
     let ups: Vec<Upstream> = futures_util::future::join_all(
         (0..5).map(|i| Upstream::start(["a", "b", "c", "d", "e"][i])),
     )
@@ -141,6 +146,7 @@ async fn consistent_hash_moves_only_about_a_fifth_of_keys_to_an_added_fifth_targ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_target_costs_no_client_failures_and_rejoins_when_back() {
+    let _alone = ALONE.lock().await;
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let c = Upstream::start("c").await;
@@ -202,6 +208,7 @@ async fn a_killed_target_costs_no_client_failures_and_rejoins_when_back() {
 
 #[tokio::test]
 async fn breaker_transitions_are_visible_in_the_admin_api() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let ups = format!(
         "  - name: up\n    targets:\n{}    circuit_breaker: {{ consecutive_failures: 3, open_ms: 400, half_open_requests: 2 }}\n",
@@ -254,6 +261,7 @@ fn retry_routes(idempotency_key: bool) -> String {
 
 #[tokio::test]
 async fn post_is_retried_only_with_an_idempotency_key_on_an_opted_in_route() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let ups = format!("  - name: up\n    targets:\n{}", targets(&[&up]));
     let post = |key: Option<&str>| {
@@ -302,6 +310,7 @@ async fn post_is_retried_only_with_an_idempotency_key_on_an_opted_in_route() {
 
 #[tokio::test]
 async fn retry_budget_caps_load_on_a_failing_upstream() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let ups = format!("  - name: up\n    targets:\n{}", targets(&[&up]));
     let gw = TestGateway::start(&config(&ups, &retry_routes(false))).await;
@@ -332,6 +341,7 @@ async fn retry_budget_caps_load_on_a_failing_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulkhead_refuses_the_eleventh_request_at_once_and_spares_other_upstreams() {
+    let _alone = ALONE.lock().await;
     let hung = Upstream::start("hung").await;
     let healthy = Upstream::start("healthy").await;
     let ups = format!(
@@ -381,6 +391,7 @@ async fn bulkhead_refuses_the_eleventh_request_at_once_and_spares_other_upstream
 
 #[tokio::test]
 async fn the_route_timeout_covers_every_try() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let ups = format!("  - name: up\n    targets:\n{}", targets(&[&up]));
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n    timeout_ms: 500\n    retries: { attempts: 2, on: [timeout, \"503\"], backoff_ms: 10 }\n  - name: per-try\n    match: { path: { prefix: /per-try } }\n    upstream: up\n    timeout_ms: 1000\n    rewrite: { replace_prefix: { from: /per-try, to: /sleep } }\n    retries: { attempts: 2, on: [timeout], backoff_ms: 1, per_try_timeout_ms: 200 }\n  - name: capped\n    match: { path: { prefix: /capped } }\n    upstream: up\n    timeout_ms: 500\n    rewrite: { replace_prefix: { from: /capped, to: /sleep } }\n    retries: { attempts: 2, on: [timeout], backoff_ms: 1, per_try_timeout_ms: 300 }\n";
@@ -421,6 +432,7 @@ async fn the_route_timeout_covers_every_try() {
 
 #[tokio::test]
 async fn every_target_out_answers_503_fast() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let ups = format!(
         "  - name: up\n    targets:\n{}    health_check: {{ path: /status/500, interval_ms: 100, timeout_ms: 90, unhealthy_threshold: 1 }}\n",
@@ -449,6 +461,7 @@ async fn every_target_out_answers_503_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_removed_by_reload_finishes_its_requests_then_its_connections_close() {
+    let _alone = ALONE.lock().await;
     let a = Upstream::start("a").await;
     let b = Upstream::start_with(
         "b",
@@ -498,6 +511,7 @@ async fn a_target_removed_by_reload_finishes_its_requests_then_its_connections_c
 
 #[tokio::test]
 async fn only_bodies_within_max_replay_bytes_are_retried_and_chunked_bodies_never() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
     let ups = format!("  - name: up\n    targets:\n{}", targets(&[&up]));
     let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n    retries: { attempts: 2, on: [\"503\"], backoff_ms: 1, max_replay_bytes: 1024 }\n";

@@ -1,6 +1,8 @@
 //! WebSocket proxying through real sockets: an echo server behind the gateway, the route's
 //! auth and rate limits applied to the upgrade, upstream refusals passed on, and the listener's
 //! idle timeout applied to open tunnels.
+//! Its tests run one at a time (each takes `ALONE` first): the idle and shutdown tests time
+//! closes.
 
 mod support;
 
@@ -150,6 +152,7 @@ fn refused(r: Result<Ws, WsError>) -> (u16, serde_json::Value, http::HeaderMap) 
 
 #[tokio::test]
 async fn echo_text_binary_and_a_mebibyte_both_ways() {
+    let _alone = ALONE.lock().await;
     let echo_server = EchoServer::start().await;
     let gw = TestGateway::start(&config(echo_server.addr, "")).await;
     let mut ws = connect(&gw, "/open/chat", &[("x-client-cert-subject", "CN=spoof")])
@@ -173,6 +176,7 @@ async fn echo_text_binary_and_a_mebibyte_both_ways() {
 
 #[tokio::test]
 async fn the_routes_auth_and_rate_limits_apply_to_the_upgrade() {
+    let _alone = ALONE.lock().await;
     let echo_server = EchoServer::start().await;
     let gw = TestGateway::start(&config(echo_server.addr, "")).await;
 
@@ -210,6 +214,7 @@ async fn the_routes_auth_and_rate_limits_apply_to_the_upgrade() {
 
 #[tokio::test]
 async fn an_upstream_that_refuses_the_upgrade_is_answered_as_it_said() {
+    let _alone = ALONE.lock().await;
     let plain = serve_on("127.0.0.1:0".parse().unwrap(), |req| async move {
         let body = format!(
             "no websockets here (upgrade header: {:?})",
@@ -236,6 +241,7 @@ async fn an_upstream_that_refuses_the_upgrade_is_answered_as_it_said() {
 
 #[tokio::test]
 async fn an_idle_tunnel_is_closed_after_the_listeners_idle_timeout() {
+    let _alone = ALONE.lock().await;
     let echo_server = EchoServer::start().await;
     let gw = TestGateway::start(&config(
         echo_server.addr,
@@ -267,6 +273,7 @@ async fn an_idle_tunnel_is_closed_after_the_listeners_idle_timeout() {
 
 #[tokio::test]
 async fn open_tunnels_count_against_max_connections() {
+    let _alone = ALONE.lock().await;
     let echo_server = EchoServer::start().await;
     let gw = TestGateway::start(&config(
         echo_server.addr,
@@ -308,6 +315,7 @@ async fn open_tunnels_count_against_max_connections() {
 /// stay open for hours, so waiting for it would turn every shutdown into `drain_timeout_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_open_tunnels_and_the_process_exits_before_the_drain_timeout() {
+    let _alone = ALONE.lock().await;
     let echo_server = EchoServer::start().await;
     let yaml = config(echo_server.addr, "")
         .replace("127.0.0.1:0\" }]\nadmin", "{LISTEN}\" }]\nadmin")
