@@ -67,7 +67,8 @@ end
 return 1
 "#;
 
-/// The decision script for `algorithm`, reading the time with `clock`.
+/// The decision script for `algorithm`, reading the time with `clock`: the one place a
+/// script's source is put together, for the gateway (`REDIS_CLOCK`) and for tests alike.
 pub fn decision_script(algorithm: &Algorithm, clock: &str) -> String {
     let body = match algorithm {
         Algorithm::TokenBucket { .. } => TOKEN_BUCKET,
@@ -76,13 +77,21 @@ pub fn decision_script(algorithm: &Algorithm, clock: &str) -> String {
     format!("{clock}{body}")
 }
 
-/// The refund script's source.
+/// The refund script's source (it reads no clock).
 pub const REFUND_SOURCE: &str = REFUND;
 
-static TOKEN_BUCKET_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{REDIS_CLOCK}{TOKEN_BUCKET}")));
-static SLIDING_WINDOW_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{REDIS_CLOCK}{SLIDING_WINDOW}")));
+static TOKEN_BUCKET_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&decision_script(
+        &Algorithm::token_bucket(1, 1.0),
+        REDIS_CLOCK,
+    ))
+});
+static SLIDING_WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&decision_script(
+        &Algorithm::sliding_window(1, 1),
+        REDIS_CLOCK,
+    ))
+});
 static REFUND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND));
 
 /// The decision script's arguments for `algorithm` (before the clock's, if any).
