@@ -309,11 +309,12 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests_then_exits_0() {
 
     // SIGTERM while a request is in flight: it completes, then the process exits 0.
     let url = format!("http://{}/sleep/700", gw.addr);
+    // Counted before the spawn: the request can reach the upstream before this task runs again.
+    let before = up.count();
     let in_flight = {
         let c = c.clone();
         tokio::spawn(async move { get(&c, &url, &[]).await })
     };
-    let before = up.count();
     wait_until(
         "the request is at the upstream",
         Duration::from_secs(5),
