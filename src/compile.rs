@@ -8,6 +8,7 @@
 
 use crate::admin::spec::AdminSpec;
 use crate::auth::AuthProviderSpecs;
+use crate::cache::CacheSpec;
 use crate::config::names::{check_shadowing, Names};
 use crate::config::{self, ConfigErrors, Diag, Document};
 use crate::edge::EdgeSpec;
@@ -38,6 +39,7 @@ pub struct Compiled {
     pub edge: EdgeSpec,
     pub router: Router,
     pub routes: Vec<RouteRules>,
+    pub cache: CacheSpec,
     /// The `/admin/routes` document.
     pub routes_json: serde_json::Value,
 }
@@ -76,6 +78,7 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
     let admin = crate::admin::spec::build(cfg.admin.as_ref(), &listeners, &mut diag);
     let defaults = RouteDefaults::build(&cfg.defaults, cfg, &names, &mut diag);
     let upstreams = crate::upstream::spec::build_all(&cfg.upstreams, &mut diag);
+    let cache = CacheSpec::build(cfg.cache.as_ref(), &cfg.routes, &mut diag);
     let routes: Vec<_> = cfg
         .routes
         .iter()
@@ -115,6 +118,7 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
             edge,
             router,
             routes,
+            cache: cache?,
             routes_json: routes_document(cfg),
         })
     })();

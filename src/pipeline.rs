@@ -24,6 +24,9 @@ use crate::auth::{AuthRequest, Principal};
 use crate::body::filter::{FilterChain, Filtered};
 use crate::body::read::read_whole;
 use crate::body::{ResponseBody, ServedBody, UpstreamBody};
+use crate::cache::key::UrlParts;
+use crate::cache::status::CacheStatus;
+use crate::cache::{Invalidation, Lookup, LookupRequest};
 use crate::connection::ConnContext;
 use crate::edge::client_addr::{self, ClientAddr};
 use crate::edge::rules::RuleHit;
@@ -71,6 +74,8 @@ struct Exchange {
     /// The CORS policy decided in phase 3, on a preflight (answered, or in report-only mode
     /// counted): phase 12 leaves CORS alone.
     cors_decided: bool,
+    /// How the cache handled the request (routes with a cache), for `Cache-Status`.
+    cache: Option<CacheStatus>,
 }
 
 /// Handles one request on the snapshot current when it arrived.
@@ -191,7 +196,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
 async fn run(
     mut req: Request<Incoming>,
     conn: &Arc<ConnContext>,
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     request_id: &HeaderValue,
     trace: Option<&TraceContext>,
     grpc: bool,
@@ -385,7 +390,31 @@ async fn run(
         .and_then(|c| c.negotiate(req.headers()).map(|codec| (c, codec)));
     let head_request = req.method() == Method::HEAD;
 
-    // 8. cache lookup: not built yet.
+    // 8. cache lookup: a usable entry answers; a miss may wait on a fill already under way.
+    let url = UrlParts {
+        scheme: conn.scheme,
+        host: &host,
+        path: &path,
+        query: req.uri().query(),
+    };
+    let invalidation = Invalidation::for_request(req.method(), &url, &snapshot.cache);
+    let mut cached = None;
+    if let Some(rc) = &route.cache {
+        let lookup = LookupRequest {
+            method: req.method(),
+            url,
+            headers: req.headers(),
+            principal: principal.as_deref(),
+        };
+        match crate::cache::lookup(rc, &snapshot.cache, &route.metrics.cache, lookup).await? {
+            Lookup::Answer(resp, status) => {
+                ex.cache = Some(status);
+                ex.from_upstream = true;
+                return Ok(response_body_filters(resp, coding, head_request));
+            }
+            Lookup::Forward(pending) => cached = Some(pending),
+        }
+    }
 
     // 9. direct responses are answered here.
     let upstream_index = match &route.rules.action {
@@ -459,6 +488,9 @@ async fn run(
     if let Some((c, _)) = coding {
         c.prepare_request(&mut parts.headers);
     }
+    if let Some(p) = &cached {
+        p.prepare_request(&mut parts.headers);
+    }
 
     // 11. forward: bulkhead, balancer, breaker, timeouts, retries. A gRPC client's own
     // deadline shortens the route's timeout.
@@ -468,7 +500,37 @@ async fn run(
         .map_or(route.rules.timeout, |d| d.min(route.rules.timeout));
     let upstream = &snapshot.upstreams[upstream_index];
     ex.trail.upstream = Some(upstream_index);
-    let resp = forward(
+    // A stale entry within stale-while-revalidate answers now; one request refreshes it.
+    if let Some(pending) = cached.take_if(|p| p.refresh_in_background()) {
+        let answer = pending.stale_answer();
+        let snapshot = Arc::clone(snapshot);
+        let client = client.text.to_string();
+        tokio::spawn(async move {
+            let route = &snapshot.routes[route_index];
+            let mut trail = Trail::default();
+            let result = forward(
+                &snapshot.upstreams[upstream_index],
+                route.rules.retry.as_ref(),
+                timeout,
+                parts,
+                body,
+                &client,
+                &mut trail,
+            )
+            .await;
+            if let Some(rc) = &route.cache {
+                // What the refresh answers is stored (or freshens the entry), never sent.
+                drop(pending.complete(rc, &snapshot.cache, &route.metrics, result, timeout));
+            }
+        });
+        if let Some((resp, status)) = answer {
+            ex.cache = Some(status);
+            ex.from_upstream = true;
+            return Ok(response_body_filters(resp, coding, head_request));
+        }
+        return Err(Reject::UpstreamFailed("stale entry vanished".into()));
+    }
+    let result = forward(
         upstream,
         route.rules.retry.as_ref(),
         timeout,
@@ -477,8 +539,19 @@ async fn run(
         &client.text,
         &mut ex.trail,
     )
-    .await
-    .inspect_err(|r| {
+    .await;
+    if let (Ok(r), Some(inv)) = (&result, &invalidation) {
+        inv.apply(&snapshot.cache, r.status(), r.headers());
+    }
+    let result = match (cached, &route.cache) {
+        (Some(pending), Some(rc)) => {
+            let (r, status) = pending.complete(rc, &snapshot.cache, &route.metrics, result, timeout);
+            ex.cache = Some(status);
+            r
+        }
+        _ => result.map(|r| r.map(ResponseBody::Upstream)),
+    };
+    let resp = result.inspect_err(|r| {
         if let Reject::Unauthorized(f) = r {
             ex.trail.auth_reason = Some(f.reason.as_str());
             record_body_auth_failure(route, ex);
@@ -488,20 +561,7 @@ async fn run(
     ex.upgrade = upgrade;
 
     // 13. response-body filters.
-    let (mut head, body) = resp.into_parts();
-    let filters = response_body_filters(&mut head, coding, head_request);
-    let body = if filters.is_empty() {
-        ResponseBody::Upstream(body)
-    } else {
-        if filters.changes_length() {
-            head.headers.remove(header::CONTENT_LENGTH);
-        }
-        ResponseBody::Filtered(Box::new(Filtered::new(
-            ResponseBody::Upstream(body),
-            filters,
-        )))
-    };
-    Ok(Response::from_parts(head, body))
+    Ok(response_body_filters(resp, coding, head_request))
 }
 
 /// An edge rule matched: recorded for the log; a refusal ends the request.
@@ -602,18 +662,28 @@ fn record_body_auth_failure(route: &LiveRoute, ex: &mut Exchange) {
 /// Phase 13: the route's response-body filters, in their one defined order: JSON field filter →
 /// compression → cache fill (tee) → shadow comparison (tee), as their capabilities land. Each
 /// decides from the response head whether it applies (and adjusts the head for what it does).
+///
+/// Cache hits pass here too: the cache stores what the upstream sent, so compression applies on
+/// the way out, per client, and one entry serves every `Accept-Encoding`.
 fn response_body_filters(
-    head: &mut http::response::Parts,
+    resp: Response<ResponseBody>,
     coding: Option<(&Arc<CompressionPolicy>, Codec)>,
     head_request: bool,
-) -> FilterChain {
+) -> Response<ResponseBody> {
+    let (mut head, body) = resp.into_parts();
     let mut chain = FilterChain::new();
     if let Some((policy, codec)) = coding {
-        if let Some(f) = policy.start(codec, head_request, head) {
+        if let Some(f) = policy.start(codec, head_request, &mut head) {
             chain.push(f);
         }
     }
-    chain
+    if chain.is_empty() {
+        return Response::from_parts(head, body);
+    }
+    if chain.changes_length() {
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
+    Response::from_parts(head, ResponseBody::Filtered(Box::new(Filtered::new(body, chain))))
 }
 
 /// Phase 12, response headers, for every response: the upstream's (hop-by-hop headers removed, the
@@ -644,6 +714,18 @@ fn response_headers(
     };
     if route.is_some_and(|r| r.rules.compression.is_some()) {
         add_vary(headers, "accept-encoding");
+    }
+    if let (Some(status), Some(rc)) = (&ex.cache, route.and_then(|r| r.cache.as_ref())) {
+        for name in &rc.policy.vary {
+            add_vary(headers, name.as_str());
+        }
+        if snapshot.cache.spec.status_header {
+            headers.insert(
+                crate::cache::CACHE_STATUS,
+                status.header_value(&snapshot.cache.spec.name),
+            );
+        }
+        ex.trail.cache = Some(status.log_value());
     }
     if let (Some((policy, counters)), false) = (cors, ex.cors_decided) {
         if let Some(refused) = policy.apply(ex.origin.as_ref(), headers, counters) {
@@ -749,6 +831,7 @@ fn record(
         retries: trail.retries,
         retry_events: std::mem::take(&mut trail.retry_events),
         cors: trail.cors,
+        cache: trail.cache,
         rule: trail.rule.take(),
     }
 }

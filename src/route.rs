@@ -3,6 +3,7 @@
 //! field here, one line in `build`, and one line in the pipeline.
 
 use crate::auth::{AuthPolicy, Authorize};
+use crate::cache::RoutePolicy;
 use crate::config::names::Names;
 use crate::config::{AuthSpec, Config, Defaults, Diag, Located, Route};
 use crate::edge::rules::RuleSet;
@@ -51,6 +52,8 @@ pub struct RouteRules {
     pub ip_rules: Vec<usize>,
     /// The configurable edge rules the route applies (its own selection or the defaults').
     pub edge_rules: Option<Arc<RuleSet>>,
+    /// What the route stores in and serves from the response cache.
+    pub cache: Option<Arc<RoutePolicy>>,
 }
 
 /// `defaults`: what routes get when they do not say.
@@ -233,7 +236,10 @@ pub fn build(
         &config.defaults.rate_limits,
         diag,
     );
-    diag.unsupported(&r.cache, format!("{key}.cache"), "cache issue");
+    let cache = r
+        .cache
+        .as_ref()
+        .map(|c| (c.enabled != Some(false), RoutePolicy::build(c, &key, is_direct, diag)));
     let cors = r
         .cors
         .as_ref()
@@ -286,6 +292,10 @@ pub fn build(
         },
         ip_rules,
         edge_rules,
+        cache: match cache {
+            Some((true, c)) => Some(Arc::new(c?)),
+            _ => None,
+        },
     };
     Some((matcher?, rules))
 }

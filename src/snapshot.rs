@@ -30,6 +30,8 @@ pub struct LiveRoute {
     pub auth: RouteAuth,
     /// Credential headers this route's auth reads: never forwarded upstream.
     pub credential_headers: Vec<HeaderName>,
+    /// The route's cache policy and the store it uses.
+    pub cache: Option<crate::cache::RouteCache>,
 }
 
 /// A listener as the accept loop sees it.
@@ -77,6 +79,7 @@ pub struct Registries {
     pub auth: AuthRegistry,
     pub redis: SharedRedis,
     pub edge: EdgeCounters,
+    pub cache: crate::cache::CacheRegistry,
 }
 
 /// Edge rule counters by rule name, carried across reloads.
@@ -134,6 +137,8 @@ pub struct Snapshot {
     pub routes_json: serde_json::Value,
     /// `ip_rules` and `edge_rules`, compiled; listeners and routes refer to them by position.
     pub edge: crate::edge::EdgeSpec,
+    /// The response cache's settings and stores.
+    pub cache: Arc<crate::cache::CacheRuntime>,
 }
 
 impl Snapshot {
@@ -157,6 +162,7 @@ pub fn assemble(
         auth: auth_registry,
         redis: shared_redis,
         edge: edge_counters,
+        cache: cache_registry,
     } = registries;
     let Prepared {
         sinks,
@@ -178,8 +184,10 @@ pub fn assemble(
         mut edge,
         router,
         routes,
+        cache,
         routes_json,
     } = compiled;
+    let cache = cache_registry.compile(&cache);
     edge.ip_rules.carry_counters(&edge_counters.ip_rules);
     edge.rules.carry_counters(&edge_counters.rules);
     edge_counters.ip_rules = edge.ip_rules.counters();
@@ -217,6 +225,10 @@ pub fn assemble(
                 ),
                 auth,
                 credential_headers,
+                cache: rules
+                    .cache
+                    .as_ref()
+                    .map(|p| cache_registry.route(&rules.name, p, &cache)),
                 rules,
             }
         })
@@ -261,6 +273,7 @@ pub fn assemble(
         trace_id_header: observe.trace_id_header,
         routes_json,
         edge,
+        cache,
     }
 }
 

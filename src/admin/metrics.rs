@@ -26,6 +26,7 @@ pub fn render(gateway: &Gateway, snapshot: &Snapshot) -> String {
     crate::auth::render_metrics(&snapshot.auth_stats, &mut out);
     crate::ratelimit::render_metrics(&snapshot.limiters, snapshot.redis.as_deref(), &mut out);
     crate::edge::render_metrics(&snapshot.edge, &mut out);
+    crate::cache::admin::render_metrics(&snapshot.cache, &gateway.metrics.routes(), &mut out);
     snapshot.sinks.render_metrics(&mut out);
     family(
         &mut out,

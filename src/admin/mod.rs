@@ -79,12 +79,14 @@ enum Endpoint {
     Upstreams,
     Reload,
     Series,
+    Cache,
+    CachePurge,
     Dashboard(dashboard::Asset),
 }
 
 /// Every admin path with the one method it answers. A known path with another method gets
 /// 405 (with `Allow`), an unknown path 404. `/health/*` needs no token.
-const ENDPOINTS: [(&str, Method, Endpoint); 13] = [
+const ENDPOINTS: [(&str, Method, Endpoint); 15] = [
     ("/health/live", Method::GET, Endpoint::Live),
     ("/health/ready", Method::GET, Endpoint::Ready),
     (
@@ -98,6 +100,8 @@ const ENDPOINTS: [(&str, Method, Endpoint); 13] = [
     ("/admin/upstreams", Method::GET, Endpoint::Upstreams),
     ("/admin/reload", Method::POST, Endpoint::Reload),
     ("/admin/series", Method::GET, Endpoint::Series),
+    ("/admin/cache", Method::GET, Endpoint::Cache),
+    ("/admin/cache/purge", Method::POST, Endpoint::CachePurge),
     (
         "/dashboard",
         Method::GET,
@@ -162,6 +166,7 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
                 }
                 r
             }
+            Some((_, _, Endpoint::CachePurge)) => cache_purge(req, &snapshot, &request_id).await,
             Some((_, _, endpoint)) => {
                 answer(
                     *endpoint,
@@ -176,6 +181,30 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
     };
     resp.headers_mut().insert(request_id::HEADER, request_id);
     resp
+}
+
+/// `POST /admin/cache/purge` with a JSON body (at most 64 KiB).
+async fn cache_purge(
+    req: Request<Incoming>,
+    snapshot: &crate::snapshot::Snapshot,
+    request_id: &header::HeaderValue,
+) -> Response<ResponseBody> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    let body = match tokio::time::timeout(Duration::from_secs(10), limited.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "purge request body unreadable or larger than 64 KiB",
+                request_id,
+            )
+        }
+    };
+    match crate::cache::admin::purge(&snapshot.cache, &body, snapshot.allow_encoded_slashes) {
+        Ok(doc) => json_response(StatusCode::OK, &doc),
+        Err(e) => json_error(StatusCode::BAD_REQUEST, &e, request_id),
+    }
 }
 
 async fn answer(
@@ -235,6 +264,12 @@ async fn answer(
             });
             json_response(StatusCode::OK, &gateway.series.document(since))
         }
+        Endpoint::Cache => json_response(
+            StatusCode::OK,
+            &crate::cache::admin::document(&snapshot.cache, &gateway.metrics.routes()),
+        ),
+        // Answered in `handle` (it reads the request body).
+        Endpoint::CachePurge => json_error(StatusCode::NOT_FOUND, "no such admin endpoint", request_id),
         Endpoint::Dashboard(asset) => dashboard::serve(asset),
         Endpoint::Reload => match gateway.reload().await {
             Ok(applied) => {

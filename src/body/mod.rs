@@ -149,6 +149,8 @@ pub enum ResponseBody {
     Upstream(crate::upstream::pool::PooledBody),
     /// Seen through the route's response-body filters.
     Filtered(Box<Filtered<ResponseBody>>),
+    /// Read from a cache fill (shared with the other requests coalesced on it).
+    Fill(crate::cache::fill::FillReader),
 }
 
 impl ResponseBody {
@@ -172,6 +174,7 @@ impl Body for ResponseBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BoxError::from))),
             ResponseBody::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
+            ResponseBody::Fill(r) => Pin::new(r).poll_frame(cx),
         }
     }
 
@@ -180,6 +183,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(d) => d.is_none(),
             ResponseBody::Upstream(inner) => inner.is_end_stream(),
             ResponseBody::Filtered(f) => f.is_end_stream(),
+            ResponseBody::Fill(r) => r.is_end_stream(),
         }
     }
 
@@ -189,6 +193,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Upstream(inner) => inner.size_hint(),
             ResponseBody::Filtered(f) => f.size_hint(),
+            ResponseBody::Fill(r) => r.size_hint(),
         }
     }
 }

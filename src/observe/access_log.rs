@@ -356,6 +356,10 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
         out.extend_from_slice(b",\"cors\":");
         json_plain(out, Some(c));
     }
+    if let Some(c) = r.cache {
+        out.extend_from_slice(b",\"cache\":");
+        json_plain(out, Some(c));
+    }
     out.extend_from_slice(b"}\n");
 }
 

@@ -125,6 +125,7 @@ pub struct RouteMetrics {
     /// Requests refused by one of the route's rate limits (429).
     pub rate_limited: AtomicU64,
     pub cors: crate::policy::cors::CorsCounters,
+    pub cache: crate::cache::CacheCounters,
 }
 
 impl RouteMetrics {

@@ -29,6 +29,8 @@ pub struct Trail {
     pub bytes_in_counter: Option<Arc<AtomicU64>>,
     /// What the CORS policy refused (`refused:origin`, `would_refuse:method`…).
     pub cors: Option<&'static str>,
+    /// How the cache answered (`hit`, `miss`, `stale`, `revalidated`, `collapsed`, `bypass`).
+    pub cache: Option<&'static str>,
     /// The edge rule that decided (`ip:NAME` for IP rules; `NAME:log`, `NAME:report_only`
     /// when the request went on).
     pub rule: Option<Arc<str>>,
@@ -105,6 +107,7 @@ pub struct Record {
     pub retry_events: Vec<RetryEvent>,
     pub cors: Option<&'static str>,
     pub rule: Option<Arc<str>>,
+    pub cache: Option<&'static str>,
 }
 
 impl Default for Record {
@@ -135,6 +138,7 @@ impl Default for Record {
             retries: 0,
             retry_events: Vec::new(),
             cors: None,
+            cache: None,
             rule: None,
         }
     }

@@ -4,7 +4,7 @@ use http::header::{HeaderMap, HeaderValue, VARY};
 
 /// Adds `name` (lowercase) to the response's `Vary`, keeping one field line: nothing is added
 /// when it is already listed (in any case) or the response varies on `*`.
-pub fn add_vary(headers: &mut HeaderMap, name: &'static str) {
+pub fn add_vary(headers: &mut HeaderMap, name: &str) {
     let mut existing = String::new();
     for v in headers.get_all(VARY) {
         let Ok(s) = v.to_str() else { continue };
@@ -19,7 +19,9 @@ pub fn add_vary(headers: &mut HeaderMap, name: &'static str) {
         }
     }
     if existing.is_empty() {
-        headers.insert(VARY, HeaderValue::from_static(name));
+        if let Ok(v) = HeaderValue::from_str(name) {
+            headers.insert(VARY, v);
+        }
         return;
     }
     existing.push_str(", ");

@@ -8,6 +8,7 @@
 mod client;
 mod gateway;
 mod idp;
+mod origin;
 mod postgres;
 mod redis;
 mod store;
@@ -16,6 +17,7 @@ mod upstream;
 pub use client::*;
 pub use gateway::*;
 pub use idp::*;
+pub use origin::*;
 pub use postgres::*;
 pub use redis::*;
 pub use store::*;

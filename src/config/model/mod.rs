@@ -5,6 +5,7 @@
 
 mod auth;
 mod browser;
+mod cache;
 mod edge;
 mod listener;
 mod observe;
@@ -14,6 +15,7 @@ mod upstream;
 
 pub use auth::*;
 pub use browser::*;
+pub use cache::*;
 pub use edge::*;
 pub use listener::*;
 pub use observe::*;
@@ -61,6 +63,8 @@ pub struct Config {
     pub ip_rules: Vec<Located<IpRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge_rules: Option<Located<EdgeRules>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Located<CacheStoreConfig>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -1,6 +1,6 @@
 //! `routes[]`: match rules, the action, and the per-route policies.
 
-use super::{AuthSpec, Authorization, Compression, Cors, Unsupported};
+use super::{AuthSpec, Authorization, Compression, Cors, RouteCacheConfig, Unsupported};
 use crate::config::located::{Located, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,8 +42,8 @@ pub struct Route {
     /// Limits applied to this route, after the `defaults.rate_limits`.
     #[serde(default)]
     pub rate_limits: Vec<Located<Text>>,
-    #[serde(default, skip_serializing)]
-    pub cache: Unsupported,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Located<RouteCacheConfig>>,
     // Absent sections are not serialized: the checksum of a config without them is unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Located<Cors>>,

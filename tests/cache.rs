@@ -1,0 +1,347 @@
+//! The response cache end to end: a real origin behind the gateway, real sockets. Each test
+//! states the origin's caching headers in the query it requests (see `support::Origin`).
+
+mod support;
+
+use http::{Method, Request};
+use http_body_util::Full;
+use bytes::Bytes;
+use std::time::Duration;
+use support::*;
+
+/// One route `/c` caching with `route_cache`, on a public route.
+fn config(origin: &Origin, route_cache: &str, extra: &str) -> String {
+    format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nupstreams:\n  - {{ name: origin, targets: [{{ address: \"{}\" }}] }}\n{extra}routes:\n  - name: cached\n    match: {{ path: {{ prefix: /c }} }}\n    upstream: origin\n    cache: {route_cache}\n  - name: plain\n    match: {{ path: {{ prefix: / }} }}\n    upstream: origin\n",
+        origin.addr
+    )
+}
+
+fn n(r: &Reply) -> u64 {
+    r.json()["n"].as_u64().unwrap_or_else(|| panic!("no n in {:?}", r.body))
+}
+
+fn cache_status(r: &Reply) -> String {
+    r.headers
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_fresh_entry_answers_without_the_upstream_with_age_and_cache_status() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    let c = client();
+    let url = gw.url("/c/a?cc=max-age=60");
+    let first = get(&c, &url, &[]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        cache_status(&first),
+        "portcullis; fwd=uri-miss; fwd-status=200; stored"
+    );
+    // The fill is stored when its body ends, just after the client has it.
+    wait_until("the entry is stored", Duration::from_secs(5), || {
+        gw.gateway.snapshot().cache.stores[0].usage().entries == 1
+    })
+    .await;
+    let second = get(&c, &url, &[]).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(n(&second), n(&first), "served from the cache");
+    assert_eq!(origin.count(), 1);
+    let status = cache_status(&second);
+    assert!(status.starts_with("portcullis; hit; ttl="), "{status}");
+    let ttl: i64 = status.rsplit('=').next().unwrap().parse().unwrap();
+    assert!((50..=60).contains(&ttl), "{status}");
+    assert_eq!(second.headers["age"], "0");
+    assert_eq!(second.headers["content-type"], "application/json");
+    // The plain route has no cache: no Cache-Status, every request upstream.
+    let plain = get(&c, &gw.url("/p?cc=max-age=60"), &[]).await;
+    assert!(plain.headers.get("cache-status").is_none());
+    get(&c, &gw.url("/p?cc=max-age=60"), &[]).await;
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn age_counts_the_upstreams_age_and_the_time_in_the_cache() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    let c = client();
+    let url = gw.url("/c/age?cc=max-age=100&age=30");
+    get(&c, &url, &[]).await;
+    wait_until("stored", Duration::from_secs(5), || {
+        gw.gateway.snapshot().cache.stores[0].usage().entries == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(&c, &url, &[]).await;
+    let age: u64 = r.headers["age"].to_str().unwrap().parse().unwrap();
+    assert!((32..=33).contains(&age), "Age {age}: 30 from upstream + 2 s resident");
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn what_is_never_stored_is_never_served_from_the_cache() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    let c = client();
+    for (query, why) in [
+        ("cc=private,max-age=60", "private"),
+        ("cc=no-store,max-age=60", "no-store"),
+        ("cc=max-age=60&cookie=1", "set-cookie"),
+        ("cc=max-age=60&vary=*", "vary star"),
+        ("status=500&cc=max-age=60", "status 500 is not understood as storable"),
+        ("status=302", "302 without explicit freshness"),
+    ] {
+        let url = gw.url(&format!("/c/never?{query}"));
+        let before = origin.count();
+        for _ in 0..3 {
+            let r = get(&c, &url, &[]).await;
+            assert!(!cache_status(&r).contains("hit"), "{why}: {}", cache_status(&r));
+        }
+        assert_eq!(origin.count() - before, 3, "{why}: every request went upstream");
+    }
+    // Request no-store: the answer is not stored.
+    let url = gw.url("/c/req-no-store?cc=max-age=60");
+    get(&c, &url, &[("cache-control", "no-store")]).await;
+    get(&c, &url, &[("cache-control", "no-store")]).await;
+    assert_eq!(gw.gateway.snapshot().cache.stores[0].usage().entries, 0);
+    // A POST is never answered from the cache (and bypasses it by method).
+    let r = send(
+        &c,
+        Request::post(gw.url("/c/a?cc=max-age=60"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(cache_status(&r), "portcullis; fwd=method; fwd-status=200");
+}
+
+#[tokio::test]
+async fn the_routes_ttl_applies_only_when_the_upstream_says_nothing() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60, max_ttl_s: 120 }", "")).await;
+    let c = client();
+    // No freshness from the upstream: the route's ttl_s.
+    let r = fill_then_hit(&gw, &c, "/c/ttl").await;
+    let ttl = status_ttl(&r);
+    assert!((55..=60).contains(&ttl), "{ttl}");
+    // The upstream's max-age wins over ttl_s, and max_ttl_s caps it.
+    let r = fill_then_hit(&gw, &c, "/c/ttl?cc=max-age=10").await;
+    assert!((9..=10).contains(&status_ttl(&r)));
+    let r = fill_then_hit(&gw, &c, "/c/ttl?cc=max-age=9999").await;
+    assert!((114..=120).contains(&status_ttl(&r)), "{}", status_ttl(&r));
+    // s-maxage before max-age in a shared cache; Expires when neither.
+    let r = fill_then_hit(&gw, &c, "/c/ttl?cc=max-age=5,s-maxage=40").await;
+    assert!((38..=40).contains(&status_ttl(&r)));
+    let r = fill_then_hit(&gw, &c, "/c/ttl?expires=30").await;
+    assert!((27..=30).contains(&status_ttl(&r)), "{}", status_ttl(&r));
+    // An invalid Expires means already expired: stored stale, never a hit.
+    let url = gw.url("/c/ttl?expires=0");
+    get(&c, &url, &[]).await;
+    let r = get(&c, &url, &[]).await;
+    assert!(!cache_status(&r).contains("hit"), "{}", cache_status(&r));
+}
+
+async fn fill_then_hit(gw: &TestGateway, c: &HttpClient, path: &str) -> Reply {
+    let url = gw.url(path);
+    let before = gw.gateway.snapshot().cache.stores[0].usage().entries;
+    get(c, &url, &[]).await;
+    wait_until("stored", Duration::from_secs(5), || {
+        gw.gateway.snapshot().cache.stores[0].usage().entries > before
+    })
+    .await;
+    let r = get(c, &url, &[]).await;
+    assert!(cache_status(&r).contains("; hit"), "{path}: {}", cache_status(&r));
+    r
+}
+
+fn status_ttl(r: &Reply) -> i64 {
+    let s = cache_status(r);
+    s.split("; ")
+        .find_map(|p| p.strip_prefix("ttl="))
+        .unwrap_or_else(|| panic!("no ttl in {s}"))
+        .parse()
+        .unwrap()
+}
+
+async fn stored(gw: &TestGateway, entries: usize) {
+    wait_until("stored", Duration::from_secs(5), || {
+        gw.gateway.snapshot().cache.stores[0].usage().entries >= entries
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn vary_selects_the_variant_and_vary_star_never_matches() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60, vary: [accept-language] }", "")).await;
+    let c = client();
+    // The upstream varies on Accept-Encoding; the route adds Accept-Language.
+    let url = gw.url("/c/v?cc=max-age=60&vary=Accept-Encoding");
+    let en_gzip = get(&c, &url, &[("accept-language", "en"), ("accept-encoding", "gzip")]).await;
+    stored(&gw, 1).await;
+    let fr_gzip = get(&c, &url, &[("accept-language", "fr"), ("accept-encoding", "gzip")]).await;
+    assert_eq!(cache_status(&fr_gzip), "portcullis; fwd=vary-miss; fwd-status=200; stored");
+    stored(&gw, 2).await;
+    let en_br = get(&c, &url, &[("accept-language", "en"), ("accept-encoding", "br")]).await;
+    assert!(!cache_status(&en_br).contains("hit"));
+    stored(&gw, 3).await;
+    // Each variant answers its own requests, normalized (case, spacing).
+    let again = get(&c, &url, &[("accept-language", "EN"), ("accept-encoding", " gzip")]).await;
+    assert!(cache_status(&again).contains("hit"), "{}", cache_status(&again));
+    assert_eq!(n(&again), n(&en_gzip));
+    assert_eq!(again.json()["lang"], "en");
+    let again = get(&c, &url, &[("accept-language", "fr"), ("accept-encoding", "gzip")]).await;
+    assert_eq!(n(&again), n(&fr_gzip));
+    assert_eq!(origin.count(), 3);
+    // The route's vary is announced to downstream caches too.
+    assert!(vary_tokens(&again.headers).contains(&"accept-language".to_string()));
+    // Vary: * is never stored.
+    let star = gw.url("/c/v?cc=max-age=60&vary=*");
+    get(&c, &star, &[]).await;
+    let r = get(&c, &star, &[]).await;
+    assert!(!cache_status(&r).contains("hit"));
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_revalidated_and_a_304_freshens_it() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    let c = client();
+    let url = gw.url("/c/r?cc=max-age=1&etag=v1");
+    let first = get(&c, &url, &[]).await;
+    stored(&gw, 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(&c, &url, &[]).await;
+    // The upstream saw the cache's validator; the client got 200 with the stored body.
+    assert_eq!(origin.last_headers()["if-none-match"], "\"v1\"");
+    assert_eq!(r.status, 200);
+    assert_eq!(n(&r), n(&first), "the stored body, freshened");
+    assert!(cache_status(&r).starts_with("portcullis; fwd=stale; fwd-status=304; ttl="));
+    assert_eq!(gw.gateway.snapshot().routes[0].metrics.cache.revalidated.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Fresh again: a hit.
+    let r = get(&c, &url, &[]).await;
+    assert!(cache_status(&r).contains("hit"), "{}", cache_status(&r));
+    assert_eq!(origin.count(), 2);
+    // Last-Modified validates too.
+    let url = gw.url("/c/r?cc=max-age=1&lm=100");
+    get(&c, &url, &[]).await;
+    stored(&gw, 2).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(&c, &url, &[]).await;
+    assert!(origin.last_headers().contains_key("if-modified-since"));
+    assert_eq!(r.status, 200);
+    assert!(cache_status(&r).starts_with("portcullis; fwd=stale; fwd-status=304"));
+}
+
+#[tokio::test]
+async fn client_conditional_requests_get_304_from_the_cache() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    let c = client();
+    let url = gw.url("/c/cond?cc=max-age=60&etag=abc");
+    get(&c, &url, &[]).await;
+    stored(&gw, 1).await;
+    let r = get(&c, &url, &[("if-none-match", "\"x\", W/\"abc\"")]).await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.headers["etag"], "\"abc\"");
+    assert!(r.headers.contains_key("cache-control"));
+    let r = get(&c, &url, &[("if-none-match", "\"other\"")]).await;
+    assert_eq!(r.status, 200);
+    // A miss does not pass the client's validator upstream: the cache answers it itself.
+    let url = gw.url("/c/cond2?cc=max-age=60&etag=abc");
+    let r = get(&c, &url, &[("if-none-match", "\"abc\"")]).await;
+    assert_eq!(r.status, 200);
+    assert!(!origin.last_headers().contains_key("if-none-match"));
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn a_successful_unsafe_request_invalidates_the_uri_and_its_location() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    let c = client();
+    let url = gw.url("/c/item?cc=max-age=60");
+    let first = get(&c, &url, &[]).await;
+    stored(&gw, 1).await;
+    assert_eq!(n(&get(&c, &url, &[]).await), n(&first));
+    // A failed POST invalidates nothing.
+    let post = |u: String| {
+        send(
+            &c,
+            Request::builder()
+                .method(Method::POST)
+                .uri(u)
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+        )
+    };
+    assert_eq!(post(gw.url("/c/item?cc=max-age=60&status=500")).await.status, 500);
+    assert_eq!(gw.gateway.snapshot().cache.stores[0].usage().entries, 1);
+    // A successful one on the same URI does.
+    assert_eq!(post(url.clone()).await.status, 200);
+    assert_eq!(gw.gateway.snapshot().cache.stores[0].usage().entries, 0);
+    let after = get(&c, &url, &[]).await;
+    assert_ne!(n(&after), n(&first));
+    assert!(!cache_status(&after).contains("hit"));
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_background() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60, stale_while_revalidate_s: 30 }", "")).await;
+    let c = client();
+    let url = gw.url("/c/swr?cc=max-age=1&delay_ms=300");
+    let first = get(&c, &url, &[]).await;
+    stored(&gw, 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Five requests on the stale entry: all answered from it at once, one refresh upstream.
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let r = get(&c, &url, &[]).await;
+        assert_eq!(n(&r), n(&first));
+        assert!(cache_status(&r).contains("hit; ttl=-"), "{}", cache_status(&r));
+        assert!(cache_status(&r).contains("detail=stale-while-revalidate"));
+    }
+    assert!(started.elapsed() < Duration::from_millis(300), "never waited on the upstream");
+    wait_until("the refreshed entry", Duration::from_secs(5), || origin.count() == 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(origin.count(), 2, "one background refresh");
+    let r = get(&c, &url, &[]).await;
+    assert_eq!(n(&r), 2, "the refreshed body");
+    assert!(cache_status(&r).contains("hit; ttl="));
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stale_entry_when_the_upstream_fails_or_is_gone() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60, stale_if_error_s: 300 }", "")).await;
+    let c = client();
+    let url = gw.url("/c/sie?cc=max-age=1");
+    let first = get(&c, &url, &[]).await;
+    stored(&gw, 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The upstream answers 503: the stale entry instead.
+    origin.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = get(&c, &url, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(n(&r), n(&first));
+    assert!(cache_status(&r).contains("fwd=stale; fwd-status=503"), "{}", cache_status(&r));
+    assert!(cache_status(&r).contains("detail=stale-if-error"));
+    // must-revalidate forbids it: the client sees the 503.
+    origin.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let strict = gw.url("/c/sie?cc=max-age=1,must-revalidate");
+    get(&c, &strict, &[]).await;
+    stored(&gw, 2).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    origin.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(get(&c, &strict, &[]).await.status, 503);
+    // The upstream gone altogether (connection refused): the stale entry still answers.
+    origin.stop();
+    drop(origin);
+    let r = get(&c, &url, &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(n(&r), n(&first));
+}
