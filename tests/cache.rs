@@ -345,3 +345,180 @@ async fn stale_if_error_serves_the_stale_entry_when_the_upstream_fails_or_is_gon
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(n(&r), n(&first));
 }
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+
+fn token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": sub, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// An authenticated route `/c` (JWT, the subject forwarded as `x-user`) caching with `cache`.
+fn authenticated(origin: &Origin, cache: &str) -> String {
+    format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nauth:\n  jwt:\n    - name: users\n      secret: \"{SECRET}\"\n      algorithms: [HS256]\n      forward_claims: {{ sub: x-user }}\nupstreams:\n  - {{ name: origin, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: cached\n    match: {{ path: {{ prefix: /c }} }}\n    upstream: origin\n    auth: {{ jwt: users }}\n    cache: {cache}\n",
+        origin.addr
+    )
+}
+
+#[tokio::test]
+async fn principals_never_receive_each_others_responses() {
+    let origin = Origin::start().await;
+    // Stored per principal: max-age=60 alone (no public) on an authenticated route.
+    let gw = TestGateway::start(&authenticated(&origin, "{ ttl_s: 60, per_principal: true }")).await;
+    let c = client();
+    let users = ["alice", "bob", "carol", "dave"];
+    let tokens: Vec<String> = users.iter().map(|u| format!("Bearer {}", token(u))).collect();
+    let url = gw.url("/c/me?cc=max-age=60");
+    let mut hits = 0;
+    for i in 0..1000 {
+        let u = i % users.len();
+        let r = get(&c, &url, &[("authorization", &tokens[u])]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["user"], users[u], "request {i} got another principal's body");
+        if cache_status(&r).contains("hit") {
+            hits += 1;
+        }
+    }
+    // One fill per principal (a request right after a fill may still miss while it stores).
+    assert!(origin.count() <= 2 * users.len() as u64, "{}", origin.count());
+    assert!(hits >= 990, "{hits}");
+
+    // Without per_principal, an authenticated response needs public, s-maxage or
+    // must-revalidate (RFC 9111 §3.5) to be stored; with one it is still partitioned.
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&authenticated(&origin, "{ ttl_s: 60 }")).await;
+    let url = gw.url("/c/me?cc=max-age=60");
+    for _ in 0..3 {
+        get(&c, &url, &[("authorization", &tokens[0])]).await;
+    }
+    assert_eq!(origin.count(), 3, "not stored without public");
+    let url = gw.url("/c/me?cc=public,max-age=60");
+    let a = get(&c, &url, &[("authorization", &tokens[0])]).await;
+    stored(&gw, 1).await;
+    let b = get(&c, &url, &[("authorization", &tokens[1])]).await;
+    assert_eq!(a.json()["user"], "alice");
+    assert_eq!(b.json()["user"], "bob", "public, yet still in the principal's partition");
+    let a2 = get(&c, &url, &[("authorization", &tokens[0])]).await;
+    assert!(cache_status(&a2).contains("hit"));
+    assert_eq!(a2.json()["user"], "alice");
+    // A request without credentials is refused before the cache: nothing leaks to it.
+    assert_eq!(get(&c, &url, &[]).await.status, 401);
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_misses_make_one_upstream_request() {
+    raise_fd_limit(8192);
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    const CLIENTS: usize = 1000;
+    const UPSTREAM_MS: u64 = 500;
+    // Every client has its connection open (a request on the plain route) before the herd, so
+    // what is measured is the wait on the fill, not connection setup.
+    let url = gw.url(&format!("/c/herd?cc=max-age=60&delay_ms={UPSTREAM_MS}"));
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (url, warm, barrier) = (url.clone(), gw.url("/warm"), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            assert_eq!(get(&c, &warm, &[]).await.status, 200);
+            barrier.wait().await;
+            let t = std::time::Instant::now();
+            let r = get(&c, &url, &[]).await;
+            (r.status, n(&r), t.elapsed())
+        }));
+    }
+    barrier.wait().await;
+    let warmed = origin.count();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        let (status, n, took) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(n, warmed + 1, "every client got the one upstream answer");
+        latencies.push(took);
+    }
+    assert_eq!(origin.count() - warmed, 1, "exactly one upstream request");
+    latencies.sort();
+    let p99 = latencies[CLIENTS * 99 / 100 - 1];
+    let metrics = &gw.gateway.snapshot().routes[0].metrics.cache;
+    let coalesced = metrics.coalesced.load(std::sync::atomic::Ordering::Relaxed);
+    let hits = metrics.hits.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("coalesced {coalesced}, hits {hits}, p50 {:?}, p99 {p99:?}", latencies[CLIENTS / 2]);
+    assert_eq!(coalesced + hits, CLIENTS as u64 - 1, "all but the leader waited or hit");
+    assert!(coalesced >= 900, "the herd arrived while the fill was under way: {coalesced}");
+    // Woken when the head arrives, not polled: the p99 stays near the upstream's latency.
+    // (The loopback figure for a release build, against the 5 ms goal, is in bench/RESULTS.md;
+    // this debug build on a shared 2-core machine gets a wider margin.)
+    assert!(
+        p99 < Duration::from_millis(UPSTREAM_MS + 250),
+        "p99 {p99:?} for an upstream answering in {UPSTREAM_MS} ms"
+    );
+}
+
+#[tokio::test]
+async fn waiters_get_the_whole_body_when_the_first_requester_goes_away() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    // 256 KiB streamed over ~300 ms.
+    let path = "/c/big?cc=max-age=60&size=262144&chunk_ms=20";
+    // The first requester reads the head and a little, then disconnects.
+    let mut first = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    first
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n", gw.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let got = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..got]).starts_with("HTTP/1.1 200"));
+    // Waiters join the fill under way.
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        let url = gw.url(path);
+        waiters.push(tokio::spawn(async move { get(&client(), &url, &[]).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(first);
+    for w in waiters {
+        let r = w.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 262_144, "the whole body");
+    }
+    assert_eq!(origin.count(), 1);
+    stored(&gw, 1).await;
+    let r = get(&client(), &gw.url(path), &[]).await;
+    assert!(cache_status(&r).contains("hit"));
+    assert_eq!(r.body.len(), 262_144);
+}
+
+#[tokio::test]
+async fn an_uncacheable_answer_sends_the_waiters_upstream_and_is_remembered() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    let url = gw.url("/c/private?cc=private&delay_ms=200");
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move { get(&client(), &url, &[]).await }));
+    }
+    let started = std::time::Instant::now();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    // Waiters went upstream in parallel once told, not one after another.
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    assert_eq!(origin.count(), 10);
+    // Remembered as uncacheable: the next requests skip coalescing.
+    let r = get(&client(), &url, &[]).await;
+    assert!(cache_status(&r).contains("detail=uncacheable"), "{}", cache_status(&r));
+}

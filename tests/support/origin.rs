@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `cc=V` | `Cache-Control: V` |
 //! | `etag=V` | `ETag: "V"`; a request with `If-None-Match: "V"` gets 304 |
-//! | `lm=S` | `Last-Modified` S seconds ago; `If-Modified-Since` at or after it gets 304 |
+//! | `lm=S` | `Last-Modified` S seconds before a fixed instant (2023-11-14); `If-Modified-Since` at or after it gets 304 |
 //! | `expires=S` | `Expires` S seconds from now (`expires=0` sends the invalid `0`) |
 //! | `vary=NAMES` | `Vary: NAMES` |
 //! | `status=N` | status N |
@@ -133,13 +133,13 @@ async fn answer(
         builder = builder.header("etag", tag);
     }
     if let Some(ago) = q("lm").and_then(|v| v.parse::<u64>().ok()) {
-        let lm = SystemTime::now() - Duration::from_secs(ago);
+        let lm = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 - ago);
         let lm_text = httpdate::fmt_http_date(lm);
         if !headers.contains_key("if-none-match") {
             not_modified |= headers
                 .get("if-modified-since")
                 .and_then(|v| httpdate::parse_http_date(v.to_str().unwrap_or("")).ok())
-                .is_some_and(|since| since >= lm - Duration::from_secs(1));
+                .is_some_and(|since| since >= lm);
         }
         builder = builder.header("last-modified", lm_text);
     }
