@@ -522,3 +522,103 @@ async fn an_uncacheable_answer_sends_the_waiters_upstream_and_is_remembered() {
     let r = get(&client(), &url, &[]).await;
     assert!(cache_status(&r).contains("detail=uncacheable"), "{}", cache_status(&r));
 }
+
+async fn purge(gw: &TestGateway, body: &str) -> Reply {
+    send(
+        &client(),
+        Request::post(format!("http://{}/admin/cache/purge", gw.admin))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn purges_by_url_prefix_and_surrogate_key_soft_or_hard() {
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    let c = client();
+    let host = format!("http://127.0.0.1:{}", gw.addr.port());
+    // Two variants of one URL, another URL under the same prefix, one tagged.
+    let varied = "/c/p/a?cc=max-age=60&vary=accept-language";
+    get(&c, &gw.url(varied), &[("accept-language", "en")]).await;
+    get(&c, &gw.url(varied), &[("accept-language", "fr")]).await;
+    let tagged = get(&c, &gw.url("/c/p/b?cc=max-age=60&skey=product-7+all"), &[]).await;
+    assert!(tagged.headers.get("surrogate-key").is_none(), "removed before the response leaves");
+    get(&c, &gw.url("/c/q?cc=max-age=60&etag=e1"), &[]).await;
+    stored(&gw, 4).await;
+
+    // url: every variant of that URL (the query in any order).
+    let r = purge(&gw, &format!(r#"{{"url": "{host}/c/p/a?vary=accept-language&cc=max-age=60"}}"#)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["purged"], 2);
+    // surrogate_key.
+    let r = purge(&gw, r#"{"surrogate_key": "product-7"}"#).await;
+    assert_eq!(r.json()["purged"], 1);
+    assert_eq!(gw.gateway.snapshot().cache.stores[0].usage().entries, 1);
+    // soft: kept, but stale — the next request revalidates it.
+    let r = purge(&gw, &format!(r#"{{"prefix": "{host}/c/", "soft": true}}"#)).await;
+    assert_eq!((r.json()["purged"].as_u64(), r.json()["soft"].as_bool()), (Some(1), Some(true)));
+    let before = origin.count();
+    let r = get(&c, &gw.url("/c/q?cc=max-age=60&etag=e1"), &[]).await;
+    assert_eq!(origin.count(), before + 1);
+    assert!(cache_status(&r).contains("fwd=stale; fwd-status=304"), "{}", cache_status(&r));
+    // prefix, hard.
+    let r = purge(&gw, &format!(r#"{{"prefix": "{host}/c/"}}"#)).await;
+    assert_eq!(r.json()["purged"], 1);
+    assert_eq!(gw.gateway.snapshot().cache.stores[0].usage().entries, 0);
+    // Bad purge requests: 400 with the JSON error body.
+    for bad in [r#"{}"#, r#"{"url": "/relative"}"#, "not json", r#"{"url": "http://h/", "prefix": "http://h/"}"#] {
+        let r = purge(&gw, bad).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.json()["error"].is_string() && r.json()["request_id"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_metrics_and_access_log_report_the_cache() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = TestGateway::start(&config(
+        &origin,
+        "{ ttl_s: 60 }",
+        &format!("observability:\n  access_log: {{ destination: \"{}\" }}\n", log.display()),
+    ))
+    .await;
+    let c = client();
+    let url = gw.url("/c/m?cc=max-age=60");
+    get(&c, &url, &[]).await;
+    stored(&gw, 1).await;
+    get(&c, &url, &[]).await;
+    get(&c, &url, &[]).await;
+    let doc = get(&c, &format!("http://{}/admin/cache", gw.admin), &[]).await.json();
+    assert_eq!(doc["stores"][0]["entries"], 1);
+    assert!(doc["stores"][0]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(doc["routes"][0]["route"], "cached");
+    assert_eq!(doc["routes"][0]["hits"], 2);
+    assert_eq!(doc["routes"][0]["misses"], 1);
+    let ratio = doc["routes"][0]["hit_ratio"].as_f64().unwrap();
+    assert!((ratio - 2.0 / 3.0).abs() < 1e-9, "{ratio}");
+    let metrics = get(&c, &format!("http://{}/metrics", gw.admin), &[]).await.text();
+    for line in [
+        "portcullis_cache_hits_total{route=\"cached\"} 2",
+        "portcullis_cache_misses_total{route=\"cached\"} 1",
+        "portcullis_cache_stored_total{route=\"cached\"} 1",
+        "portcullis_cache_entries{store=\"shared\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    let mut text = String::new();
+    wait_until("three log lines", Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().count() >= 3
+    })
+    .await;
+    let caches: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["cache"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(caches, ["miss", "hit", "hit"]);
+}
