@@ -48,6 +48,7 @@ use crate::router::normalize::{normalize_path, routing_host};
 use crate::router::RequestView;
 use crate::snapshot::{LiveRoute, Snapshot};
 use crate::upstream::forward::forward;
+use crate::upstream::pool::copy_head;
 use crate::websocket::Upgrade;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
@@ -530,7 +531,20 @@ async fn run(
         }
         return Err(Reject::UpstreamFailed("stale entry vanished".into()));
     }
-    let result = forward(
+    let forward_started = std::time::Instant::now();
+    // The fallback gets a copy of a bodiless request's head.
+    let fallback = route
+        .rules
+        .fallback
+        .as_ref()
+        .filter(|_| body.is_end_stream())
+        .map(|f| {
+            (
+                f,
+                copy_head(&parts.method, &parts.uri, parts.version, &parts.headers),
+            )
+        });
+    let mut result = forward(
         upstream,
         route.rules.retry.as_ref(),
         timeout,
@@ -540,12 +554,40 @@ async fn run(
         &mut ex.trail,
     )
     .await;
+    // The primary failed: a stale entry answers first (stale-if-error), then the fallback.
+    if let Some((policy, head)) = fallback {
+        let remaining = timeout.saturating_sub(forward_started.elapsed());
+        if policy.applies(&result)
+            && !cached.as_ref().is_some_and(|p| p.serves_stale_on_error())
+            && !remaining.is_zero()
+            && upstream.runtime.budget.withdraw(&upstream.retry_budget)
+        {
+            route.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+            if let Some(p) = &mut cached {
+                // A degraded answer is not stored in the primary's place.
+                p.forbid_store();
+            }
+            drop(result);
+            ex.trail.upstream = Some(policy.upstream);
+            result = forward(
+                &snapshot.upstreams[policy.upstream],
+                None,
+                remaining,
+                head,
+                UpstreamBody::empty(),
+                &client.text,
+                &mut ex.trail,
+            )
+            .await;
+        }
+    }
     if let (Ok(r), Some(inv)) = (&result, &invalidation) {
         inv.apply(&snapshot.cache, r.status(), r.headers());
     }
     let result = match (cached, &route.cache) {
         (Some(pending), Some(rc)) => {
-            let (r, status) = pending.complete(rc, &snapshot.cache, &route.metrics, result, timeout);
+            let (r, status) =
+                pending.complete(rc, &snapshot.cache, &route.metrics, result, timeout);
             ex.cache = Some(status);
             r
         }
@@ -683,7 +725,10 @@ fn response_body_filters(
     if chain.changes_length() {
         head.headers.remove(header::CONTENT_LENGTH);
     }
-    Response::from_parts(head, ResponseBody::Filtered(Box::new(Filtered::new(body, chain))))
+    Response::from_parts(
+        head,
+        ResponseBody::Filtered(Box::new(Filtered::new(body, chain))),
+    )
 }
 
 /// Phase 12, response headers, for every response: the upstream's (hop-by-hop headers removed, the

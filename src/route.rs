@@ -16,6 +16,7 @@ use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
 use crate::ratelimit::spec::resolve as resolve_limits;
 use crate::router::RouteMatcher;
+use crate::upstream::fallback::FallbackPolicy;
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::spec::MAX_TIMEOUT_MS;
 use crate::upstream::split::Split;
@@ -54,6 +55,8 @@ pub struct RouteRules {
     pub edge_rules: Option<Arc<RuleSet>>,
     /// What the route stores in and serves from the response cache.
     pub cache: Option<Arc<RoutePolicy>>,
+    /// Where a bodiless request goes when the primary upstream fails.
+    pub fallback: Option<FallbackPolicy>,
 }
 
 /// `defaults`: what routes get when they do not say.
@@ -186,6 +189,7 @@ pub fn build(
     if let Some(t) = &r.timeout_ms {
         check_timeout(t, &format!("{key}.timeout_ms"), diag);
     }
+    let fallback = FallbackPolicy::build(r, &names.upstreams, &key, diag);
     let retry = r
         .retries
         .as_ref()
@@ -236,10 +240,12 @@ pub fn build(
         &config.defaults.rate_limits,
         diag,
     );
-    let cache = r
-        .cache
-        .as_ref()
-        .map(|c| (c.enabled != Some(false), RoutePolicy::build(c, &key, is_direct, diag)));
+    let cache = r.cache.as_ref().map(|c| {
+        (
+            c.enabled != Some(false),
+            RoutePolicy::build(c, &key, is_direct, diag),
+        )
+    });
     let cors = r
         .cors
         .as_ref()
@@ -292,6 +298,7 @@ pub fn build(
         },
         ip_rules,
         edge_rules,
+        fallback: fallback?,
         cache: match cache {
             Some((true, c)) => Some(Arc::new(c?)),
             _ => None,

@@ -269,7 +269,9 @@ async fn answer(
             &crate::cache::admin::document(&snapshot.cache, &gateway.metrics.routes()),
         ),
         // Answered in `handle` (it reads the request body).
-        Endpoint::CachePurge => json_error(StatusCode::NOT_FOUND, "no such admin endpoint", request_id),
+        Endpoint::CachePurge => {
+            json_error(StatusCode::NOT_FOUND, "no such admin endpoint", request_id)
+        }
         Endpoint::Dashboard(asset) => dashboard::serve(asset),
         Endpoint::Reload => match gateway.reload().await {
             Ok(applied) => {

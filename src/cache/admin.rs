@@ -54,9 +54,7 @@ pub fn purge(
 /// An absolute URL as the cache keys it: scheme, host (lowercase, no port), normalized path,
 /// sorted query.
 fn url_key(url: &str, allow_encoded_slashes: bool) -> Result<String, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| format!("`{url}` is not a URL"))?;
+    let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
     let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
         return Err(format!("`{url}` must be absolute (http://host/path)"));
     };
@@ -98,7 +96,10 @@ fn prefix_key(prefix: &str) -> Result<String, String> {
 }
 
 /// `GET /admin/cache`.
-pub fn document(runtime: &CacheRuntime, routes: &[(String, Arc<RouteMetrics>)]) -> serde_json::Value {
+pub fn document(
+    runtime: &CacheRuntime,
+    routes: &[(String, Arc<RouteMetrics>)],
+) -> serde_json::Value {
     let stores: Vec<serde_json::Value> = runtime
         .stores
         .iter()
@@ -118,7 +119,8 @@ pub fn document(runtime: &CacheRuntime, routes: &[(String, Arc<RouteMetrics>)]) 
         .filter(|(_, m)| m.cache.hits.load(Relaxed) + m.cache.misses.load(Relaxed) > 0)
         .map(|(name, m)| {
             let c = &m.cache;
-            let hits = c.hits.load(Relaxed) + c.stale_served.load(Relaxed) + c.coalesced.load(Relaxed);
+            let hits =
+                c.hits.load(Relaxed) + c.stale_served.load(Relaxed) + c.coalesced.load(Relaxed);
             let lookups = hits + c.misses.load(Relaxed);
             serde_json::json!({
                 "route": name,
@@ -259,10 +261,7 @@ mod tests {
             "http://api.example/b?a=2&z=1"
         );
         assert!(url_key("/relative", false).is_err());
-        assert_eq!(
-            prefix_key("HTTP://Host:80/v1/").unwrap(),
-            "http://host/v1/"
-        );
+        assert_eq!(prefix_key("HTTP://Host:80/v1/").unwrap(), "http://host/v1/");
         assert!(prefix_key("host/v1").is_err());
     }
 }

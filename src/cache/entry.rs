@@ -96,7 +96,10 @@ impl Entry {
             + head
             + body.len()
             + vary.weight()
-            + surrogate_keys.iter().map(|k| 2 * k.len() + 48).sum::<usize>();
+            + surrogate_keys
+                .iter()
+                .map(|k| 2 * k.len() + 48)
+                .sum::<usize>();
         Entry {
             index_key,
             status,

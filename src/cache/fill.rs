@@ -66,11 +66,8 @@ impl Fill {
     /// Waits (at most `limit`) for the head; `GoUpstream` when it does not come in time.
     pub async fn wait(&self, limit: Duration) -> Outcome {
         let mut rx = self.outcome.subscribe();
-        let decided = tokio::time::timeout(
-            limit,
-            rx.wait_for(|o| !matches!(o, Outcome::Pending)),
-        )
-        .await;
+        let decided =
+            tokio::time::timeout(limit, rx.wait_for(|o| !matches!(o, Outcome::Pending))).await;
         match decided {
             Ok(Ok(o)) => o.clone(),
             _ => Outcome::GoUpstream,

@@ -71,7 +71,14 @@ pub struct UrlParts<'a> {
 
 impl UrlParts<'_> {
     pub fn index_key(&self, query_allow: Option<&[String]>, partition: &str) -> String {
-        index_key(self.scheme, self.host, self.path, self.query, query_allow, partition)
+        index_key(
+            self.scheme,
+            self.host,
+            self.path,
+            self.query,
+            query_allow,
+            partition,
+        )
     }
 
     pub fn url_key(&self, query_allow: Option<&[String]>) -> String {
@@ -89,7 +96,13 @@ impl UrlParts<'_> {
         } else if !uri.path().starts_with('/') {
             return None;
         }
-        Some(url_key(self.scheme, self.host, uri.path(), uri.query(), None))
+        Some(url_key(
+            self.scheme,
+            self.host,
+            uri.path(),
+            uri.query(),
+            None,
+        ))
     }
 }
 
@@ -241,7 +254,10 @@ mod tests {
             "http://h/p?a=1"
         );
         assert_eq!(url_key("http", "h", "/p", Some(""), None), "http://h/p");
-        assert_eq!(index_key("http", "h", "/p", None, None, "ab"), "http://h/p\0ab");
+        assert_eq!(
+            index_key("http", "h", "/p", None, None, "ab"),
+            "http://h/p\0ab"
+        );
     }
 
     #[test]

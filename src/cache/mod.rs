@@ -82,7 +82,11 @@ impl CacheSpec {
         if let Some(c) = c {
             if let Some(m) = &c.max_bytes {
                 if m.value < 1024 * 1024 {
-                    diag.err(m.line, "cache.max_bytes", "must be at least 1048576 (1 MiB)");
+                    diag.err(
+                        m.line,
+                        "cache.max_bytes",
+                        "must be at least 1048576 (1 MiB)",
+                    );
                 }
             }
             if let Some(m) = &c.max_object_bytes {
@@ -246,11 +250,7 @@ impl RoutePolicy {
         }
         if let (Some(t), Some(m)) = (&c.ttl_s, &c.max_ttl_s) {
             if t.value > m.value {
-                diag.err(
-                    t.line,
-                    format!("{key}.cache.ttl_s"),
-                    "is above max_ttl_s",
-                );
+                diag.err(t.line, format!("{key}.cache.ttl_s"), "is above max_ttl_s");
             }
         }
         let strip_set_cookie = match &c.set_cookie {
@@ -370,7 +370,11 @@ impl Invalidation {
             return None;
         }
         Some(Invalidation {
-            scheme: if url.scheme == "https" { "https" } else { "http" },
+            scheme: if url.scheme == "https" {
+                "https"
+            } else {
+                "http"
+            },
             host: url.host.to_string(),
             url: url.url_key(None),
         })
@@ -593,7 +597,11 @@ pub async fn lookup(
                 }
                 return Ok(Lookup::Answer(answer, status));
             }
-            status.fwd = Some(if directives.no_cache { "request" } else { "stale" });
+            status.fwd = Some(if directives.no_cache {
+                "request"
+            } else {
+                "stale"
+            });
             status.ttl = Some(e.ttl(now));
             // Serve stale while one request refreshes it in the background.
             let swr = e.staleness(now) <= e.freshness.stale_while_revalidate
@@ -646,7 +654,8 @@ pub async fn lookup(
     let mut p = forward(status);
     p.index_key = Some(Arc::clone(&index_key));
     p.request_headers = req.headers.clone();
-    let fill_key: Box<str> = format!("{index_key}\n{}", VaryValues::of(names, req.headers).text()).into();
+    let fill_key: Box<str> =
+        format!("{index_key}\n{}", VaryValues::of(names, req.headers).text()).into();
     if runtime.coalescer.is_uncacheable(&fill_key) {
         p.status.detail = Some("uncacheable");
         bypass(counters, "uncacheable");
@@ -710,25 +719,27 @@ fn usable(
     let age = e.age(now).as_secs();
     let within_request_limits = d.max_age.secs().is_none_or(|m| age <= m)
         && d.min_fresh.secs().is_none_or(|m| ttl >= m as i64);
-    let fresh = e.is_fresh(now)
-        && !e.freshness.always_revalidate
-        && !d.no_cache
-        && within_request_limits;
+    let fresh =
+        e.is_fresh(now) && !e.freshness.always_revalidate && !d.no_cache && within_request_limits;
     // A client that accepts stale (`max-stale`) may get it, unless the response forbids it.
     let stale_ok = !fresh
         && !e.freshness.forbids_stale
         && !e.freshness.always_revalidate
         && !d.no_cache
         && d.max_age.secs().is_none_or(|m| age <= m)
-        && d
-            .max_stale
+        && d.max_stale
             .and_then(|m| m.secs())
             .is_some_and(|m| e.staleness(now).as_secs() <= m);
     if !(fresh || stale_ok) {
         return None;
     }
     *status = CacheStatus::hit(ttl);
-    Some(answer_from(e, now, head_only, &Conditional::of(req.headers)))
+    Some(answer_from(
+        e,
+        now,
+        head_only,
+        &Conditional::of(req.headers),
+    ))
 }
 
 fn answer_from(
@@ -770,9 +781,10 @@ impl Conditional {
                 return false;
             };
             let Ok(list) = inm.to_str() else { return false };
-            return list.split(',').map(str::trim).any(|t| {
-                t == "*" || weak_tag(t) == weak_tag(etag)
-            });
+            return list
+                .split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || weak_tag(t) == weak_tag(etag));
         }
         if let Some(since) = self.if_modified_since {
             let modified = control::date(&e.headers, header::LAST_MODIFIED)
@@ -794,6 +806,20 @@ impl Pending {
     /// Answered from the stale entry now, refreshed in the background.
     pub fn refresh_in_background(&self) -> bool {
         self.background
+    }
+
+    /// Whether a failed upstream answer would be replaced by the stale entry (stale-if-error).
+    pub fn serves_stale_on_error(&self) -> bool {
+        self.stale.as_ref().is_some_and(|e| {
+            !e.freshness.forbids_stale
+                && e.staleness(SystemTime::now()) <= e.freshness.stale_if_error
+                && !self.request_directives.no_cache
+        })
+    }
+
+    /// What comes back is not stored (the fallback upstream answered in the primary's place).
+    pub fn forbid_store(&mut self) {
+        self.index_key = None;
     }
 
     /// The stale answer of a background refresh.
@@ -974,13 +1000,10 @@ impl Pending {
         now: SystemTime,
         c: &CacheCounters,
     ) -> Option<(Result<Response<ResponseBody>, Reject>, CacheStatus)> {
-        let e = self.stale.as_ref()?;
-        let allowed = !e.freshness.forbids_stale
-            && e.staleness(now) <= e.freshness.stale_if_error
-            && !self.request_directives.no_cache;
-        if !allowed {
+        if !self.serves_stale_on_error() {
             return None;
         }
+        let e = self.stale.as_ref()?;
         c.stale_served.fetch_add(1, Relaxed);
         let answer = answer_from(e, now, self.head_only, &self.conditional);
         let mut s = self.status;
@@ -1054,7 +1077,9 @@ fn storable(
     if !understood(head.status) {
         return Err("status");
     }
-    if authenticated && !(d.public || d.s_maxage.is_present() || d.must_revalidate) && !policy.per_principal
+    if authenticated
+        && !(d.public || d.s_maxage.is_present() || d.must_revalidate)
+        && !policy.per_principal
     {
         return Err("authorization");
     }

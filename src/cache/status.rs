@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn members_follow_rfc_9211() {
-        assert_eq!(CacheStatus::hit(42).header_value("portcullis"), "portcullis; hit; ttl=42");
+        assert_eq!(
+            CacheStatus::hit(42).header_value("portcullis"),
+            "portcullis; hit; ttl=42"
+        );
         let s = CacheStatus {
             fwd: Some("uri-miss"),
             fwd_status: Some(200),

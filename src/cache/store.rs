@@ -122,12 +122,7 @@ impl Store {
             .map(|ids| {
                 ids.iter()
                     .copied()
-                    .filter(|id| {
-                        inner
-                            .entries
-                            .peek(id)
-                            .is_some_and(|e| e.vary == entry.vary)
-                    })
+                    .filter(|id| inner.entries.peek(id).is_some_and(|e| e.vary == entry.vary))
                     .collect()
             })
             .unwrap_or_default();
@@ -165,14 +160,20 @@ impl Store {
                 from.push(PARTITION_SEPARATOR);
                 inner
                     .index
-                    .range::<str, _>((std::ops::Bound::Included(from.as_str()), std::ops::Bound::Unbounded))
+                    .range::<str, _>((
+                        std::ops::Bound::Included(from.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
                     .take_while(|(k, _)| k.starts_with(from.as_str()))
                     .flat_map(|(_, ids)| ids.iter().copied())
                     .collect()
             }
             Purge::Prefix(prefix) => inner
                 .index
-                .range::<str, _>((std::ops::Bound::Included(*prefix), std::ops::Bound::Unbounded))
+                .range::<str, _>((
+                    std::ops::Bound::Included(*prefix),
+                    std::ops::Bound::Unbounded,
+                ))
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .flat_map(|(_, ids)| ids.iter().copied())
                 .collect(),
@@ -226,9 +227,7 @@ impl Store {
                 let f = e.freshness;
                 let keep = f.stale_while_revalidate.max(f.stale_if_error);
                 // Entries with validators stay: a 304 can bring them back.
-                e.etag().is_none()
-                    && e.last_modified().is_none()
-                    && e.staleness(now) > keep
+                e.etag().is_none() && e.last_modified().is_none() && e.staleness(now) > keep
             })
             .map(|(id, _)| *id)
             .collect();
@@ -305,13 +304,22 @@ mod tests {
             assert!(store.insert(entry(&format!("k{i}\0"), 1000, VaryValues::default(), &[])));
         }
         // Touch k0 so k1 is the least recently used.
-        assert!(matches!(store.lookup("k0\0", &HeaderMap::new()), Found::Entry(_)));
+        assert!(matches!(
+            store.lookup("k0\0", &HeaderMap::new()),
+            Found::Entry(_)
+        ));
         store.insert(entry("k3\0", 1000, VaryValues::default(), &[]));
         let u = store.usage();
         assert!(u.bytes <= u.max_bytes);
         assert_eq!((u.entries, u.evictions), (3, 1));
-        assert!(matches!(store.lookup("k1\0", &HeaderMap::new()), Found::None));
-        assert!(matches!(store.lookup("k0\0", &HeaderMap::new()), Found::Entry(_)));
+        assert!(matches!(
+            store.lookup("k1\0", &HeaderMap::new()),
+            Found::None
+        ));
+        assert!(matches!(
+            store.lookup("k0\0", &HeaderMap::new()),
+            Found::Entry(_)
+        ));
         assert!(!store.insert(entry("big\0", one * 4, VaryValues::default(), &[])));
     }
 
@@ -323,7 +331,12 @@ mod tests {
         en.insert(&lang, "en".parse().unwrap());
         let mut fr = HeaderMap::new();
         fr.insert(&lang, "fr".parse().unwrap());
-        store.insert(entry("http://h/a\0", 10, VaryValues::of([&lang], &en), &["s1"]));
+        store.insert(entry(
+            "http://h/a\0",
+            10,
+            VaryValues::of([&lang], &en),
+            &["s1"],
+        ));
         store.insert(entry("http://h/a\0", 10, VaryValues::of([&lang], &fr), &[]));
         store.insert(entry("http://h/a\0p1", 10, VaryValues::default(), &[]));
         store.insert(entry("http://h/ab\0", 10, VaryValues::default(), &["s1"]));

@@ -126,6 +126,8 @@ pub struct RouteMetrics {
     pub rate_limited: AtomicU64,
     pub cors: crate::policy::cors::CorsCounters,
     pub cache: crate::cache::CacheCounters,
+    /// Requests sent to the route's fallback upstream.
+    pub fallbacks: AtomicU64,
 }
 
 impl RouteMetrics {
@@ -313,6 +315,11 @@ impl Metrics {
                 "Requests refused by one of the route's rate limits (429), by route.",
                 4,
             ),
+            (
+                "portcullis_route_fallbacks_total",
+                "Requests sent to the route's fallback upstream after the primary failed, by route.",
+                5,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
             for (route, m) in &all {
@@ -321,7 +328,8 @@ impl Metrics {
                     1 => m.bytes_out.load(Relaxed),
                     2 => m.authz_denials.load(Relaxed),
                     3 => m.auth_failures.load(Relaxed),
-                    _ => m.rate_limited.load(Relaxed),
+                    4 => m.rate_limited.load(Relaxed),
+                    _ => m.fallbacks.load(Relaxed),
                 };
                 let _ = writeln!(out, "{metric}{{route=\"{}\"}} {v}", escape(route));
             }

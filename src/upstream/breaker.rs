@@ -1,6 +1,8 @@
-//! Circuit breaker per target (Nygard): closed → open after `consecutive_failures` → half-open
-//! after `open_ms`, letting `half_open_requests` probes through → closed if all succeed, open
-//! again on the first failure. The lock is held for a few field updates only, never across I/O.
+//! Circuit breaker per target (Nygard): closed → open after `consecutive_failures`, or when the
+//! failure rate in a sliding window passes `failure_rate.percent` (with at least `min_requests`
+//! in the window) → half-open after `open_ms`, letting `half_open_requests` probes through →
+//! closed if all succeed, open again on the first failure. The lock is held for a few field
+//! updates only, never across I/O.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,6 +13,47 @@ pub struct BreakerConfig {
     pub consecutive_failures: u32,
     pub open: Duration,
     pub half_open_requests: u32,
+    pub failure_rate: Option<FailureRate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRate {
+    pub percent: u32,
+    pub min_requests: u32,
+    pub window: Duration,
+}
+
+/// Buckets of the sliding window (each a tenth of it).
+const RATE_BUCKETS: usize = 10;
+
+/// Requests and failures per bucket of the window, by bucket number (time ÷ bucket width).
+#[derive(Debug, Default)]
+struct RateWindow {
+    buckets: [(u64, u32, u32); RATE_BUCKETS],
+}
+
+impl RateWindow {
+    /// Counts one result; returns (requests, failures) over the window.
+    fn record(
+        &mut self,
+        fr: &FailureRate,
+        since: Instant,
+        now: Instant,
+        failed: bool,
+    ) -> (u32, u32) {
+        let width = (fr.window.as_millis() as u64 / RATE_BUCKETS as u64).max(1);
+        let n = now.duration_since(since).as_millis() as u64 / width;
+        let slot = &mut self.buckets[(n % RATE_BUCKETS as u64) as usize];
+        if slot.0 != n {
+            *slot = (n, 0, 0);
+        }
+        slot.1 += 1;
+        slot.2 += u32::from(failed);
+        self.buckets
+            .iter()
+            .filter(|(b, _, _)| n.saturating_sub(*b) < RATE_BUCKETS as u64)
+            .fold((0, 0), |(t, f), (_, bt, bf)| (t + bt, f + bf))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +100,10 @@ struct Inner {
     transitions: u64,
     /// When the state last changed (`None`: closed since start).
     changed_at: Option<Instant>,
+    /// Results while closed, for `failure_rate`.
+    window: RateWindow,
+    /// Origin of the window's bucket numbers.
+    epoch: Instant,
 }
 
 #[derive(Debug)]
@@ -75,6 +122,8 @@ impl Default for Breaker {
                 probe_successes: 0,
                 transitions: 0,
                 changed_at: None,
+                window: RateWindow::default(),
+                epoch: Instant::now(),
             }),
         }
     }
@@ -98,7 +147,10 @@ impl Inner {
                 self.probes_in_flight = 0;
                 self.probe_successes = 0;
             }
-            BreakerState::Closed => self.failures = 0,
+            BreakerState::Closed => {
+                self.failures = 0;
+                self.window = RateWindow::default();
+            }
         }
     }
 
@@ -171,6 +223,16 @@ impl Breaker {
                     g.failures += 1;
                     if g.failures >= cfg.consecutive_failures {
                         g.go(BreakerState::Open, now);
+                        return;
+                    }
+                }
+                if let Some(fr) = &cfg.failure_rate {
+                    let epoch = g.epoch;
+                    let (requests, failures) = g.window.record(fr, epoch, now, !success);
+                    if requests >= fr.min_requests
+                        && u64::from(failures) * 100 >= u64::from(fr.percent) * u64::from(requests)
+                    {
+                        g.go(BreakerState::Open, now);
                     }
                 }
             }
@@ -201,6 +263,7 @@ mod tests {
             consecutive_failures: 3,
             open: Duration::from_millis(100),
             half_open_requests: 2,
+            failure_rate: None,
         };
         let b = Breaker::default();
         let t0 = Instant::now();
@@ -245,6 +308,49 @@ mod tests {
             b.status(&cfg, t2).transitions,
             6,
             "closed→open→half→closed→open→half→open"
+        );
+    }
+
+    #[test]
+    fn a_failure_rate_opens_without_consecutive_failures() {
+        let cfg = BreakerConfig {
+            consecutive_failures: 5,
+            open: Duration::from_millis(100),
+            half_open_requests: 1,
+            failure_rate: Some(FailureRate {
+                percent: 50,
+                min_requests: 10,
+                window: Duration::from_secs(10),
+            }),
+        };
+        let b = Breaker::default();
+        let t0 = Instant::now();
+        // 60% failures, never five in a row: 9 results are below min_requests…
+        let pattern = [false, true, false, true, false];
+        for i in 0..9 {
+            b.record(&cfg, Admission::Allowed, pattern[i % 5], t0);
+        }
+        assert_eq!(b.status(&cfg, t0).state, BreakerState::Closed);
+        // …the tenth makes 6 failures of 10.
+        b.record(&cfg, Admission::Allowed, pattern[9 % 5], t0);
+        assert_eq!(b.status(&cfg, t0).state, BreakerState::Open);
+
+        // Results older than the window no longer count: 8 failures of 9 at t0 (never 5 in a
+        // row, below min_requests), then 4 of 10 later — 40% in the window, 63% with the old.
+        let b = Breaker::default();
+        for success in [false, false, false, false, true, false, false, false, false] {
+            b.record(&cfg, Admission::Allowed, success, t0);
+        }
+        let later = t0 + Duration::from_secs(11);
+        for success in [
+            true, false, true, false, true, false, true, true, true, false,
+        ] {
+            b.record(&cfg, Admission::Allowed, success, later);
+        }
+        assert_eq!(
+            b.status(&cfg, later).state,
+            BreakerState::Closed,
+            "4 of 10 in the window"
         );
     }
 }

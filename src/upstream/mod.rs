@@ -4,6 +4,7 @@
 pub mod balancer;
 pub mod breaker;
 pub mod dns;
+pub mod fallback;
 pub mod forward;
 pub mod health;
 pub mod metrics;

@@ -498,7 +498,7 @@ fn closed_before_answer(e: &hyper::Error) -> bool {
 
 /// A copy of a request's head (method, target, version, headers) for sending it again; the
 /// body is the caller's to supply.
-pub(super) fn copy_head(
+pub fn copy_head(
     method: &http::Method,
     uri: &http::Uri,
     version: http::Version,

@@ -124,10 +124,32 @@ fn build(u: &Located<Upstream>, key: &str, diag: &mut Diag) -> Option<UpstreamSp
             );
             return None;
         }
+        let failure_rate = match &cb.failure_rate {
+            Some(fr) => {
+                if !(1..=100).contains(&fr.percent)
+                    || fr.min_requests == 0
+                    || !(1..=3600).contains(&fr.window_s)
+                {
+                    diag.err(
+                        fr.line,
+                        format!("{key}.circuit_breaker.failure_rate"),
+                        "percent must be 1–100, min_requests at least 1, window_s 1–3600",
+                    );
+                    return None;
+                }
+                Some(super::breaker::FailureRate {
+                    percent: fr.percent,
+                    min_requests: fr.min_requests,
+                    window: Duration::from_secs(fr.window_s),
+                })
+            }
+            None => None,
+        };
         Some(BreakerConfig {
             consecutive_failures: cb.consecutive_failures,
             open: Duration::from_millis(cb.open_ms),
             half_open_requests: cb.half_open_requests,
+            failure_rate,
         })
     });
     if u.retry_budget.percent > 100 {

@@ -80,7 +80,12 @@ impl Origin {
 
     /// The headers of the last request that arrived.
     pub fn last_headers(&self) -> HeaderMap {
-        self.seen.lock().unwrap().last().map(|s| s.2.clone()).unwrap_or_default()
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .map(|s| s.2.clone())
+            .unwrap_or_default()
     }
 
     /// Stops accepting (connections already open stay until they close).
@@ -115,10 +120,7 @@ async fn answer(
     }
     let mut builder = Response::builder();
     if failing.load(Ordering::SeqCst) {
-        return builder
-            .status(503)
-            .body(full("origin failing"))
-            .unwrap();
+        return builder.status(503).body(full("origin failing")).unwrap();
     }
     let headers = req.headers();
     let mut not_modified = false;
@@ -177,7 +179,11 @@ async fn answer(
             while left > 0 {
                 let n = left.min(16 * 1024);
                 left -= n;
-                if tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; n])))).await.is_err() {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(vec![b'x'; n]))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 if !gap.is_zero() {

@@ -24,6 +24,9 @@ pub struct Route {
     #[serde(default)]
     pub direct_response: Option<Located<DirectResponse>>,
 
+    /// Another upstream for bodiless requests when this route's fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Located<Fallback>>,
     #[serde(default)]
     pub rewrite: Option<Located<Rewrite>>,
     #[serde(default)]
@@ -92,6 +95,15 @@ pub struct HeaderMatch {
     pub value: Option<Text>,
     #[serde(default)]
     pub regex: Option<Text>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    pub upstream: Located<Text>,
+    /// `5xx`, `connect_failure`, `timeout`, `breaker_open`, `reset`; default all but `reset`.
+    #[serde(default)]
+    pub on: Option<Vec<Located<Text>>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -71,6 +71,28 @@ pub struct CircuitBreaker {
     pub open_ms: u64,
     #[serde(default = "default_cb_half_open")]
     pub half_open_requests: u32,
+    /// Also open when this share of the requests in a sliding window failed (with at least
+    /// `min_requests` in it), however they alternate with successes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<Located<FailureRate>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRate {
+    pub percent: u32,
+    #[serde(default = "default_fr_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_fr_window_s")]
+    pub window_s: u64,
+}
+
+fn default_fr_min_requests() -> u32 {
+    20
+}
+
+fn default_fr_window_s() -> u64 {
+    10
 }
 
 fn default_cb_failures() -> u32 {
