@@ -315,6 +315,17 @@ fn explain_cmd(
         &mut route_text,
     );
     print!("{route_text}");
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let url = portcullis::cache::key::UrlParts {
+        scheme,
+        host: &host,
+        path: &path,
+        query: uri.query(),
+    };
+    println!(
+        "{}",
+        portcullis::cache::explain(&compiled.routes[route], &method, &url)
+    );
     Ok(match refused {
         Some(status) => {
             println!("refused: {status} before authentication");

@@ -233,3 +233,43 @@ fn the_bundled_quickstart_is_valid() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(": ok ("), "{out}");
 }
+
+#[test]
+fn explain_says_whether_the_route_caches_and_what_its_key_is_made_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cache.yaml");
+    std::fs::write(
+        &file,
+        r#"listeners: [{ name: public, address: 127.0.0.1:8080 }]
+admin: { address: 127.0.0.1:9901 }
+defaults: { auth: none }
+upstreams: [{ name: app, targets: [{ address: "127.0.0.1:9001" }] }]
+routes:
+  - name: cached
+    match: { path: { prefix: /a } }
+    upstream: app
+    cache: { ttl_s: 60, vary: [accept-language], stale_while_revalidate_s: 30, query_allow: [page] }
+  - name: plain
+    match: { path: { prefix: / } }
+    upstream: app
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, _) = portcullis(&[
+        "explain",
+        "-c",
+        f,
+        "GET",
+        "http://API.example/a/x?z=1&page=2",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("cache: key http://api.example/a/x?page=2 (query limited to [page]) + the response's Vary + [accept-language]; ttl_s 60 when the upstream gives none; stale-while-revalidate 30 s"),
+        "{out}"
+    );
+    let (_, out, _) = portcullis(&["explain", "-c", f, "POST", "http://api.example/a/x"]);
+    assert!(out.contains("cache: bypassed (method POST"), "{out}");
+    let (_, out, _) = portcullis(&["explain", "-c", f, "GET", "http://api.example/other"]);
+    assert!(out.contains("cache: off"), "{out}");
+}

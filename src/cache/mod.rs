@@ -290,6 +290,52 @@ pub struct RouteCache {
     pub store: Arc<Store>,
 }
 
+/// `portcullis explain`: whether the route caches this request, and what its key is made of.
+pub fn explain(route: &crate::route::RouteRules, method: &Method, url: &key::UrlParts) -> String {
+    let Some(p) = &route.cache else {
+        return "cache: off (the route has no cache section)".into();
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return format!(
+            "cache: bypassed (method {method}; a successful {method} invalidates the URL's entries)"
+        );
+    }
+    let mut out = format!("cache: key {}", url.url_key(p.query_allow.as_deref()));
+    if let Some(q) = &p.query_allow {
+        out.push_str(&format!(" (query limited to [{}])", q.join(", ")));
+    }
+    out.push_str(" + the response's Vary");
+    if !p.vary.is_empty() {
+        let names: Vec<&str> = p.vary.iter().map(|n| n.as_str()).collect();
+        out.push_str(&format!(" + [{}]", names.join(", ")));
+    }
+    if route.auth != crate::auth::AuthPolicy::None {
+        out.push_str(if p.per_principal {
+            " + the principal's partition (stored per principal)"
+        } else {
+            " + the principal's partition (stored only with public, s-maxage or must-revalidate)"
+        });
+    }
+    match p.ttl {
+        Some(t) => out.push_str(&format!(
+            "; ttl_s {} when the upstream gives none",
+            t.as_secs()
+        )),
+        None => out.push_str("; only responses with explicit freshness"),
+    }
+    if let Some(m) = p.max_ttl {
+        out.push_str(&format!(", at most {} s", m.as_secs()));
+    }
+    if !p.stale_while_revalidate.is_zero() || !p.stale_if_error.is_zero() {
+        out.push_str(&format!(
+            "; stale-while-revalidate {} s, stale-if-error {} s",
+            p.stale_while_revalidate.as_secs(),
+            p.stale_if_error.as_secs()
+        ));
+    }
+    out
+}
+
 /// Fills under way and keys remembered as uncacheable, shared by every route and carried
 /// across reloads.
 #[derive(Default)]
