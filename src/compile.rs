@@ -78,7 +78,12 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
     let admin = crate::admin::spec::build(cfg.admin.as_ref(), &listeners, &mut diag);
     let defaults = RouteDefaults::build(&cfg.defaults, cfg, &names, &mut diag);
     let upstreams = crate::upstream::spec::build_all(&cfg.upstreams, &mut diag);
-    let cache = CacheSpec::build(cfg.cache.as_ref(), &cfg.routes, &mut diag);
+    let cache = CacheSpec::build(
+        cfg.cache.as_ref(),
+        &cfg.routes,
+        cfg.redis.is_some(),
+        &mut diag,
+    );
     let routes: Vec<_> = cfg
         .routes
         .iter()

@@ -172,18 +172,32 @@ impl RedisStore {
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<Vec<i64>, StoreError> {
+        self.guarded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// The client, for connections of their own (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// Runs `f` on the shared connection under the breaker and the timeout; failures count
+    /// toward the breaker.
+    pub async fn guarded<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let now = now_us();
         if !self.breaker.admit(now) {
             return Err(StoreError::BreakerOpen);
         }
         let result = match self.connection() {
-            Ok(mut conn) => {
-                match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
-                    Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => Err(StoreError::Redis(e)),
-                    Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
-                }
-            }
+            Ok(conn) => match tokio::time::timeout(self.timeout, f(conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(StoreError::Redis(e)),
+                Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+            },
             Err(e) => Err(e),
         };
         match &result {
@@ -191,7 +205,7 @@ impl RedisStore {
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 if self.breaker.failure(now_us()) {
-                    tracing::warn!(error = %e, "redis unavailable; rate limits and revocation checks use their on_store_failure mode until it is back");
+                    tracing::warn!(error = %e, "redis unavailable; rate limits, revocation checks and nonces use their on_store_failure mode, the cache misses, until it is back");
                     // Start over with a fresh connection on the next probe.
                     self.conn.store(None);
                 }

@@ -187,7 +187,6 @@ pub fn assemble(
         cache,
         routes_json,
     } = compiled;
-    let cache = cache_registry.compile(&cache);
     edge.ip_rules.carry_counters(&edge_counters.ip_rules);
     edge.rules.carry_counters(&edge_counters.rules);
     edge_counters.ip_rules = edge.ip_rules.counters();
@@ -201,6 +200,7 @@ pub fn assemble(
     upstream_registry.retain(&upstreams);
 
     let (redis, redis_changed) = shared_redis.apply(redis.as_ref());
+    let cache = cache_registry.compile(&cache, redis.as_ref(), redis_changed);
     let limiters = limiter_registry.compile(&rate_limits.limits, redis.as_ref(), redis_changed);
     let mtls_listener = listeners
         .iter()

@@ -201,9 +201,13 @@ async fn cache_purge(
             )
         }
     };
-    match crate::cache::admin::purge(&snapshot.cache, &body, snapshot.allow_encoded_slashes) {
+    use crate::cache::admin::PurgeError;
+    match crate::cache::admin::purge(&snapshot.cache, &body, snapshot.allow_encoded_slashes).await {
         Ok(doc) => json_response(StatusCode::OK, &doc),
-        Err(e) => json_error(StatusCode::BAD_REQUEST, &e, request_id),
+        Err(PurgeError::Bad(e)) => json_error(StatusCode::BAD_REQUEST, &e, request_id),
+        Err(PurgeError::SharedTier(e)) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, &e, request_id)
+        }
     }
 }
 

@@ -23,32 +23,54 @@ pub struct PurgeRequest {
     pub soft: bool,
 }
 
-/// Runs a purge; `Err` is what the caller is told (400).
-pub fn purge(
+/// Runs a purge; `Err` is what the caller is told (400, or 503 when the shared tier could
+/// not be reached: the in-process copies are purged all the same).
+pub async fn purge(
     runtime: &CacheRuntime,
     body: &[u8],
     allow_encoded_slashes: bool,
-) -> Result<serde_json::Value, String> {
-    let req: PurgeRequest =
-        serde_json::from_slice(body).map_err(|e| format!("invalid purge request: {e}"))?;
+) -> Result<serde_json::Value, PurgeError> {
+    let req: PurgeRequest = serde_json::from_slice(body)
+        .map_err(|e| PurgeError::Bad(format!("invalid purge request: {e}")))?;
     let given = [&req.url, &req.prefix, &req.surrogate_key]
         .iter()
         .filter(|v| v.is_some())
         .count();
     if given != 1 {
-        return Err("give exactly one of `url`, `prefix`, `surrogate_key`".into());
+        return Err(PurgeError::Bad(
+            "give exactly one of `url`, `prefix`, `surrogate_key`".into(),
+        ));
     }
-    let purged = if let Some(url) = &req.url {
-        let key = url_key(url, allow_encoded_slashes)?;
-        runtime.purge(&Purge::Url(&key), req.soft)
-    } else if let Some(prefix) = &req.prefix {
-        let key = prefix_key(prefix)?;
-        runtime.purge(&Purge::Prefix(&key), req.soft)
-    } else {
-        let k = req.surrogate_key.as_deref().unwrap_or_default();
-        runtime.purge(&Purge::SurrogateKey(k), req.soft)
+    let key = match (&req.url, &req.prefix) {
+        (Some(url), _) => url_key(url, allow_encoded_slashes).map_err(PurgeError::Bad)?,
+        (_, Some(prefix)) => prefix_key(prefix).map_err(PurgeError::Bad)?,
+        _ => req.surrogate_key.clone().unwrap_or_default(),
     };
-    Ok(serde_json::json!({ "purged": purged, "soft": req.soft }))
+    let what = if req.url.is_some() {
+        Purge::Url(&key)
+    } else if req.prefix.is_some() {
+        Purge::Prefix(&key)
+    } else {
+        Purge::SurrogateKey(&key)
+    };
+    let (local, shared) = runtime
+        .purge_everywhere(&what, req.soft)
+        .await
+        .map_err(|e| {
+            PurgeError::SharedTier(format!(
+                "the shared cache tier could not be purged ({e}); in-process copies were"
+            ))
+        })?;
+    Ok(serde_json::json!({ "purged": local, "purged_shared": shared, "soft": req.soft }))
+}
+
+/// Why a purge request was not carried out in full.
+#[derive(Debug)]
+pub enum PurgeError {
+    /// The request itself (400).
+    Bad(String),
+    /// Redis did not take the purge (503).
+    SharedTier(String),
 }
 
 /// An absolute URL as the cache keys it: scheme, host (lowercase, no port), normalized path,
@@ -241,6 +263,23 @@ pub fn render_metrics(
         "Entries stored, by store.",
         &stores(|u| u.entries as f64),
     );
+    if let Some(tier) = &runtime.shared {
+        let c = &tier.counters;
+        family(
+            out,
+            "portcullis_cache_shared_total",
+            "counter",
+            "What the shared (Redis) tier did: lookups that hit or missed, errors (each one a miss, never a client error), writes, writes dropped (too many in flight), purges received from other gateways.",
+            &crate::observe::metrics::by_result(&[
+                ("hit", &c.hits),
+                ("miss", &c.misses),
+                ("error", &c.errors),
+                ("write", &c.writes),
+                ("write_dropped", &c.writes_dropped),
+                ("purge_received", &c.purges_received),
+            ]),
+        );
+    }
     family(
         out,
         "portcullis_cache_evictions_total",

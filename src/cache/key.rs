@@ -180,6 +180,16 @@ impl VaryValues {
             .all(|(name, value)| normalized(req, name).as_deref() == value.as_deref())
     }
 
+    /// Each name with the request's normalized value (`None`: the request had none).
+    pub fn pairs(&self) -> &[(HeaderName, Option<Box<str>>)] {
+        &self.0
+    }
+
+    /// Back from `pairs` (names already sorted and normalized).
+    pub fn from_pairs(pairs: Vec<(HeaderName, Option<Box<str>>)>) -> VaryValues {
+        VaryValues(pairs.into_boxed_slice())
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
         self.0.iter().map(|(n, _)| n)
     }

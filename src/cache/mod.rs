@@ -18,6 +18,7 @@ pub mod control;
 pub mod entry;
 pub mod fill;
 pub mod key;
+pub mod shared;
 pub mod status;
 pub mod store;
 
@@ -63,6 +64,8 @@ pub struct CacheSpec {
     pub status_header: bool,
     /// Routes with their own `max_bytes`, carved out of `max_bytes`.
     pub route_shares: Vec<(String, u64)>,
+    /// `store: redis`: the shared tier's key prefix.
+    pub shared_prefix: Option<String>,
 }
 
 impl CacheSpec {
@@ -70,6 +73,7 @@ impl CacheSpec {
     pub fn build(
         section: Option<&Located<CacheStoreConfig>>,
         routes: &[Located<Route>],
+        has_redis: bool,
         diag: &mut Diag,
     ) -> Option<CacheSpec> {
         let mark = diag.mark();
@@ -104,15 +108,16 @@ impl CacheSpec {
             if let Some(s) = &c.store {
                 match s.value.as_str() {
                     "local" => {}
-                    "redis" => diag.err(
+                    "redis" if !has_redis => diag.err(
                         s.line,
                         "cache.store",
-                        "`redis` (a cache tier shared by the fleet) is not built yet; use `local`",
+                        "`redis` needs the top-level `redis` section (the server the fleet shares)",
                     ),
+                    "redis" => {}
                     other => diag.err(
                         s.line,
                         "cache.store",
-                        format!("unknown store `{other}` (expected local)"),
+                        format!("unknown store `{other}` (expected local or redis)"),
                     ),
                 }
             }
@@ -180,6 +185,17 @@ impl CacheSpec {
                 .map_or("portcullis".into(), |n| n.value.as_str().into()),
             status_header: c.and_then(|c| c.status_header).unwrap_or(true),
             route_shares,
+            shared_prefix: c
+                .filter(|c| {
+                    c.store
+                        .as_ref()
+                        .is_some_and(|s| s.value.as_str() == "redis")
+                })
+                .map(|c| {
+                    c.redis_key_prefix
+                        .as_ref()
+                        .map_or("portcullis:cache:".to_string(), |p| p.value.to_string())
+                }),
         };
         diag.ok_since(mark, spec)
     }
@@ -381,6 +397,8 @@ pub struct CacheRuntime {
     pub spec: CacheSpec,
     pub stores: Vec<Arc<Store>>,
     pub coalescer: Arc<Coalescer>,
+    /// `store: redis`: the tier the fleet shares.
+    pub shared: Option<Arc<shared::SharedTier>>,
 }
 
 impl CacheRuntime {
@@ -390,7 +408,37 @@ impl CacheRuntime {
     }
 
     fn is_empty(&self) -> bool {
-        self.stores.iter().all(|s| s.usage().entries == 0)
+        self.shared.is_none() && self.stores.iter().all(|s| s.usage().entries == 0)
+    }
+
+    /// A purge: the in-process copies, then (with the shared tier) the shared copies and every
+    /// other gateway's. Returns how many in-process and shared entries it removed or marked.
+    pub async fn purge_everywhere(
+        &self,
+        what: &store::Purge<'_>,
+        soft: bool,
+    ) -> Result<(usize, Option<usize>), String> {
+        let local = self.purge(what, soft);
+        let shared = match &self.shared {
+            Some(s) => Some(s.purge(what, soft).await?),
+            None => None,
+        };
+        Ok((local, shared))
+    }
+
+    /// Another gateway's purge, as published on the shared tier's channel.
+    pub fn apply_remote_purge(&self, payload: &str) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) else {
+            return;
+        };
+        let soft = v["soft"].as_bool().unwrap_or(false);
+        if let Some(u) = v["url"].as_str() {
+            self.purge(&store::Purge::Url(u), soft);
+        } else if let Some(p) = v["prefix"].as_str() {
+            self.purge(&store::Purge::Prefix(p), soft);
+        } else if let Some(k) = v["surrogate_key"].as_str() {
+            self.purge(&store::Purge::SurrogateKey(k), soft);
+        }
     }
 }
 
@@ -447,8 +495,17 @@ impl Invalidation {
                 urls.push(other);
             }
         }
-        for url in urls {
-            runtime.purge(&store::Purge::Url(&url), false);
+        for url in &urls {
+            runtime.purge(&store::Purge::Url(url), false);
+        }
+        if let Some(shared) = &runtime.shared {
+            // The fleet's copies, off the request path.
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                for url in &urls {
+                    let _ = shared.purge(&store::Purge::Url(url), false).await;
+                }
+            });
         }
     }
 }
@@ -460,11 +517,29 @@ pub struct CacheRegistry {
     shared: Option<Arc<Store>>,
     per_route: HashMap<String, Arc<Store>>,
     coalescer: Arc<Coalescer>,
+    /// Kept while the Redis server and the prefix are unchanged.
+    tier: Option<(String, Arc<shared::SharedTier>)>,
 }
 
 impl CacheRegistry {
     /// The runtime for `spec`, reusing every store whose size did not change.
-    pub fn compile(&mut self, spec: &CacheSpec) -> Arc<CacheRuntime> {
+    pub fn compile(
+        &mut self,
+        spec: &CacheSpec,
+        redis: Option<&Arc<crate::redis_store::RedisStore>>,
+        redis_changed: bool,
+    ) -> Arc<CacheRuntime> {
+        let tier = match (&spec.shared_prefix, redis) {
+            (Some(prefix), Some(redis)) => match &self.tier {
+                Some((p, t)) if p == prefix && !redis_changed => Some(Arc::clone(t)),
+                _ => Some(Arc::new(shared::SharedTier::new(
+                    Arc::clone(redis),
+                    prefix.clone(),
+                ))),
+            },
+            _ => None,
+        };
+        self.tier = spec.shared_prefix.clone().zip(tier.clone());
         let shares: u64 = spec.route_shares.iter().map(|(_, b)| b).sum();
         let shared_bytes = (spec.max_bytes - shares.min(spec.max_bytes)) as usize;
         let shared = match &self.shared {
@@ -489,6 +564,7 @@ impl CacheRegistry {
             spec: spec.clone(),
             stores,
             coalescer: Arc::clone(&self.coalescer),
+            shared: tier,
         })
     }
 
@@ -591,7 +667,7 @@ impl Drop for Leader {
 /// Phase 8: the entry that answers this request, a fill to wait on, or what to forward.
 pub async fn lookup(
     route: &RouteCache,
-    runtime: &CacheRuntime,
+    runtime: &Arc<CacheRuntime>,
     counters: &CacheCounters,
     req: LookupRequest<'_>,
 ) -> Result<Lookup, Reject> {
@@ -630,7 +706,16 @@ pub async fn lookup(
         .url
         .index_key(policy.query_allow.as_deref(), &partition)
         .into();
-    let found = route.store.lookup(&index_key, req.headers);
+    let mut found = route.store.lookup(&index_key, req.headers);
+    if let (false, Some(tier)) = (matches!(found, Found::Entry(_)), &runtime.shared) {
+        // The fleet's copy, if it has one (any Redis failure is a miss).
+        tier.subscribe(Arc::downgrade(runtime));
+        if let Some(e) = tier.lookup(&index_key, req.headers).await {
+            if let Some(e) = route.store.insert(e) {
+                found = Found::Entry(e);
+            }
+        }
+    }
     let mut names: Vec<&HeaderName> = policy.vary.iter().collect();
     let other_names;
     match found {
@@ -953,7 +1038,11 @@ impl Pending {
                 let answer = answer_from(&fresh, now, self.head_only, &self.conditional);
                 self.status.ttl = Some(fresh.ttl(now));
                 if !self.request_directives.no_store {
-                    route.store.replace(&old, fresh);
+                    if let Some(stored) = route.store.replace(&old, fresh) {
+                        if let Some(tier) = &runtime.shared {
+                            tier.write(&stored);
+                        }
+                    }
                 }
                 c.revalidated.fetch_add(1, Relaxed);
                 self.decide(Outcome::GoUpstream);
@@ -1022,6 +1111,7 @@ impl Pending {
             runtime.spec.max_object_bytes as usize,
             body_timeout,
             Arc::clone(counters),
+            runtime.shared.clone(),
         ));
         let reader = fill.reader(length, self.head_only);
         (
@@ -1270,6 +1360,7 @@ async fn pump(
     max_object: usize,
     idle: Duration,
     metrics: Arc<crate::observe::metrics::RouteMetrics>,
+    tier: Option<Arc<shared::SharedTier>>,
 ) {
     use http_body_util::BodyExt;
     let leave = |fill: &Arc<Fill>| {
@@ -1318,8 +1409,11 @@ async fn pump(
             stored.freshness,
             stored.surrogate_keys,
         );
-        if store.insert(entry) {
+        if let Some(stored) = store.insert(entry) {
             metrics.cache.stored.fetch_add(1, Relaxed);
+            if let Some(tier) = &tier {
+                tier.write(&stored);
+            }
         }
     }
     leave(&fill);

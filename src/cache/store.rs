@@ -63,6 +63,15 @@ pub enum Purge<'a> {
     SurrogateKey(&'a str),
 }
 
+impl Purge<'_> {
+    /// What it names, as given.
+    pub fn text(&self) -> &str {
+        match self {
+            Purge::Url(s) | Purge::Prefix(s) | Purge::SurrogateKey(s) => s,
+        }
+    }
+}
+
 impl Store {
     pub fn new(name: impl Into<String>, max_bytes: usize) -> Store {
         Store {
@@ -108,11 +117,11 @@ impl Store {
     }
 
     /// Stores `entry`, replacing the variant with the same `Vary` values and evicting the least
-    /// recently used entries until the bound holds. An entry larger than the whole store is
-    /// refused (false).
-    pub fn insert(&self, entry: Entry) -> bool {
+    /// recently used entries until the bound holds; returns it as stored. An entry larger than
+    /// the whole store is refused.
+    pub fn insert(&self, entry: Entry) -> Option<Arc<Entry>> {
         if entry.weight > self.max_bytes {
-            return false;
+            return None;
         }
         let entry = Arc::new(entry);
         let mut inner = self.lock();
@@ -140,7 +149,7 @@ impl Store {
         for k in entry.surrogate_keys.iter() {
             inner.surrogates.entry(k.clone()).or_default().push(id);
         }
-        inner.entries.put(id, entry);
+        inner.entries.put(id, Arc::clone(&entry));
         while inner.bytes > self.max_bytes {
             let Some((id, _)) = inner.entries.peek_lru().map(|(id, e)| (*id, e.weight)) else {
                 break;
@@ -148,7 +157,7 @@ impl Store {
             inner.remove(id);
             inner.evictions += 1;
         }
-        true
+        Some(entry)
     }
 
     /// Removes (or, `soft`, marks stale) what `what` names; returns how many entries.
@@ -193,9 +202,9 @@ impl Store {
         n
     }
 
-    /// Puts `fresh` in place of `old` when `old` is still stored (a 304 freshened it); false
+    /// Puts `fresh` in place of `old` when `old` is still stored (a 304 freshened it); `None`
     /// when it was purged or replaced meanwhile.
-    pub fn replace(&self, old: &Arc<Entry>, fresh: Entry) -> bool {
+    pub fn replace(&self, old: &Arc<Entry>, fresh: Entry) -> Option<Arc<Entry>> {
         let present = {
             let inner = self.lock();
             inner.index.get(&*old.index_key).is_some_and(|ids| {
@@ -203,7 +212,11 @@ impl Store {
                     .any(|id| inner.entries.peek(id).is_some_and(|e| Arc::ptr_eq(e, old)))
             })
         };
-        present && self.insert(fresh)
+        if present {
+            self.insert(fresh)
+        } else {
+            None
+        }
     }
 
     pub fn usage(&self) -> Usage {
@@ -301,7 +314,9 @@ mod tests {
         let one = entry("k0\0", 1000, VaryValues::default(), &[]).weight;
         let store = Store::new("t", one * 3);
         for i in 0..3 {
-            assert!(store.insert(entry(&format!("k{i}\0"), 1000, VaryValues::default(), &[])));
+            assert!(store
+                .insert(entry(&format!("k{i}\0"), 1000, VaryValues::default(), &[]))
+                .is_some());
         }
         // Touch k0 so k1 is the least recently used.
         assert!(matches!(
@@ -320,7 +335,9 @@ mod tests {
             store.lookup("k0\0", &HeaderMap::new()),
             Found::Entry(_)
         ));
-        assert!(!store.insert(entry("big\0", one * 4, VaryValues::default(), &[])));
+        assert!(store
+            .insert(entry("big\0", one * 4, VaryValues::default(), &[]))
+            .is_none());
     }
 
     #[test]

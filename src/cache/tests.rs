@@ -27,6 +27,7 @@ fn spec() -> CacheSpec {
         name: "portcullis".into(),
         status_header: true,
         route_shares: Vec::new(),
+        shared_prefix: None,
     }
 }
 

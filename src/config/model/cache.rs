@@ -10,9 +10,13 @@ pub struct CacheStoreConfig {
     /// Bytes the in-process store may hold, every entry weighed with its headers and keys.
     #[serde(default)]
     pub max_bytes: Option<Located<u64>>,
-    /// `local` (in process). `redis` (shared by the fleet) is refused until it is built.
+    /// `local` (in process only) or `redis` (in process, then shared by the fleet through the
+    /// `redis` section's server).
     #[serde(default)]
     pub store: Option<Located<Text>>,
+    /// Prefix of every key the shared tier writes (default `portcullis:cache:`).
+    #[serde(default)]
+    pub redis_key_prefix: Option<Located<Text>>,
     /// Larger responses are never stored (and a miss for one is not coalesced again).
     #[serde(default)]
     pub max_object_bytes: Option<Located<u64>>,
