@@ -1,5 +1,7 @@
 //! The response cache end to end: a real origin behind the gateway, real sockets. Each test
-//! states the origin's caching headers in the query it requests (see `support::Origin`).
+//! states the origin's caching headers in the query it requests (see `support::Origin`). Some
+//! measure latency (coalescing, stale-while-revalidate), so the tests run one at a time
+//! (`support::ALONE`).
 
 mod support;
 
@@ -32,6 +34,7 @@ fn cache_status(r: &Reply) -> String {
 
 #[tokio::test]
 async fn a_fresh_entry_answers_without_the_upstream_with_age_and_cache_status() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
     let c = client();
@@ -66,6 +69,7 @@ async fn a_fresh_entry_answers_without_the_upstream_with_age_and_cache_status() 
 
 #[tokio::test]
 async fn age_counts_the_upstreams_age_and_the_time_in_the_cache() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
     let c = client();
@@ -87,6 +91,7 @@ async fn age_counts_the_upstreams_age_and_the_time_in_the_cache() {
 
 #[tokio::test]
 async fn what_is_never_stored_is_never_served_from_the_cache() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
     let c = client();
@@ -135,6 +140,7 @@ async fn what_is_never_stored_is_never_served_from_the_cache() {
 
 #[tokio::test]
 async fn the_routes_ttl_applies_only_when_the_upstream_says_nothing() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60, max_ttl_s: 120 }", "")).await;
     let c = client();
@@ -194,6 +200,7 @@ async fn stored(gw: &TestGateway, entries: usize) {
 
 #[tokio::test]
 async fn vary_selects_the_variant_and_vary_star_never_matches() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(
         &origin,
@@ -263,6 +270,7 @@ async fn vary_selects_the_variant_and_vary_star_never_matches() {
 
 #[tokio::test]
 async fn a_stale_entry_is_revalidated_and_a_304_freshens_it() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
     let c = client();
@@ -301,6 +309,7 @@ async fn a_stale_entry_is_revalidated_and_a_304_freshens_it() {
 
 #[tokio::test]
 async fn client_conditional_requests_get_304_from_the_cache() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
     let c = client();
@@ -324,6 +333,7 @@ async fn client_conditional_requests_get_304_from_the_cache() {
 
 #[tokio::test]
 async fn a_successful_unsafe_request_invalidates_the_uri_and_its_location() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
     let c = client();
@@ -359,6 +369,7 @@ async fn a_successful_unsafe_request_invalidates_the_uri_and_its_location() {
 
 #[tokio::test]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_background() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(
         &origin,
@@ -400,6 +411,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_backgr
 
 #[tokio::test]
 async fn stale_if_error_serves_the_stale_entry_when_the_upstream_fails_or_is_gone() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60, stale_if_error_s: 300 }", "")).await;
     let c = client();
@@ -466,6 +478,7 @@ fn authenticated(origin: &Origin, cache: &str) -> String {
 
 #[tokio::test]
 async fn principals_never_receive_each_others_responses() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     // Stored per principal: max-age=60 alone (no public) on an authenticated route.
     let gw = TestGateway::start(&authenticated(
@@ -530,6 +543,7 @@ async fn principals_never_receive_each_others_responses() {
 
 #[tokio::test]
 async fn a_thousand_concurrent_misses_make_one_upstream_request() {
+    let _alone = ALONE.lock().await;
     raise_fd_limit(8192);
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
@@ -590,6 +604,7 @@ async fn a_thousand_concurrent_misses_make_one_upstream_request() {
 
 #[tokio::test]
 async fn waiters_get_the_whole_body_when_the_first_requester_goes_away() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
     // 256 KiB streamed over ~300 ms.
@@ -626,6 +641,7 @@ async fn waiters_get_the_whole_body_when_the_first_requester_goes_away() {
 
 #[tokio::test]
 async fn an_uncacheable_answer_sends_the_waiters_upstream_and_is_remembered() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
     let url = gw.url("/c/private?cc=private&delay_ms=200");
@@ -667,6 +683,7 @@ async fn purge(gw: &TestGateway, body: &str) -> Reply {
 
 #[tokio::test]
 async fn purges_by_url_prefix_and_surrogate_key_soft_or_hard() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
     let c = client();
@@ -728,6 +745,7 @@ async fn purges_by_url_prefix_and_surrogate_key_soft_or_hard() {
 
 #[tokio::test]
 async fn the_admin_api_metrics_and_access_log_report_the_cache() {
+    let _alone = ALONE.lock().await;
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
@@ -796,6 +814,7 @@ fn with_fallback(primary: &str, spare: &Origin, route_extra: &str, breaker: &str
 
 #[tokio::test]
 async fn the_fallback_answers_when_the_primary_fails_and_no_stale_entry_can() {
+    let _alone = ALONE.lock().await;
     let primary = Origin::start().await;
     let spare = Origin::start().await;
     let gw = TestGateway::start(&with_fallback(
@@ -859,6 +878,7 @@ async fn the_fallback_answers_when_the_primary_fails_and_no_stale_entry_can() {
 
 #[tokio::test]
 async fn an_open_breaker_serves_stale_without_contacting_the_primary_then_the_fallback() {
+    let _alone = ALONE.lock().await;
     let primary = Origin::start().await;
     let spare = Origin::start().await;
     let breaker =
@@ -904,6 +924,7 @@ async fn an_open_breaker_serves_stale_without_contacting_the_primary_then_the_fa
 
 #[tokio::test]
 async fn a_target_failing_most_requests_never_five_in_a_row_opens_a_failure_rate_breaker() {
+    let _alone = ALONE.lock().await;
     let primary = Origin::start().await;
     let spare = Origin::start().await;
     let breaker = "    circuit_breaker:\n      consecutive_failures: 5\n      open_ms: 60000\n      half_open_requests: 1\n      failure_rate: { percent: 50, min_requests: 10, window_s: 10 }\n";
@@ -958,6 +979,7 @@ fn shared_metric(text: &str, result: &str) -> u64 {
 
 #[tokio::test]
 async fn two_gateways_share_entries_and_purges_through_redis() {
+    let _alone = ALONE.lock().await;
     let redis = RedisServer::start().await;
     let origin = Origin::start().await;
     let a = TestGateway::start(&shared(&origin, &redis)).await;
@@ -1029,6 +1051,7 @@ async fn two_gateways_share_entries_and_purges_through_redis() {
 
 #[tokio::test]
 async fn redis_stopped_mid_run_means_misses_never_client_errors() {
+    let _alone = ALONE.lock().await;
     let mut redis = RedisServer::start().await;
     let origin = Origin::start().await;
     let gw = TestGateway::start(&shared(&origin, &redis)).await;
