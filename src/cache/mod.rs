@@ -633,6 +633,8 @@ pub struct Pending {
     /// The key fills for this request coalesce on.
     fill_key: Option<Box<str>>,
     stale: Option<Arc<Entry>>,
+    /// The upstream request carries the stale entry's validators: a 304 is about it.
+    validating: bool,
     /// Serve `stale` now and refresh it in the background.
     background: bool,
     leader: Option<Leader>,
@@ -680,6 +682,7 @@ pub async fn lookup(
         index_key: None,
         fill_key: None,
         stale: None,
+        validating: false,
         background: false,
         leader: None,
         request_time: now,
@@ -752,6 +755,7 @@ pub async fn lookup(
                 p.index_key = Some(Arc::clone(&index_key));
                 p.background = true;
                 p.request_headers = req.headers.clone();
+                p.validating = has_validator(&e);
                 p.stale = Some(e);
                 return Ok(Lookup::Forward(p));
             }
@@ -759,6 +763,7 @@ pub async fn lookup(
             let mut p = forward(status);
             p.index_key = (!directives.no_store && !head_only).then(|| Arc::clone(&index_key));
             p.request_headers = req.headers.clone();
+            p.validating = p.index_key.is_some() && has_validator(&e);
             p.stale = Some(e);
             return Ok(Lookup::Forward(p));
         }
@@ -835,6 +840,10 @@ pub async fn lookup(
     // The fill is of no use to this request: it goes upstream on its own.
     p.status.collapsed = false;
     Ok(Lookup::Forward(p))
+}
+
+fn has_validator(e: &Entry) -> bool {
+    e.etag().is_some() || e.last_modified().is_some()
 }
 
 /// The answer `e` gives this request without going upstream, if it may give one.
@@ -971,7 +980,7 @@ impl Pending {
         for name in &CLIENT_CONDITIONALS {
             headers.remove(name);
         }
-        if let Some(e) = &self.stale {
+        if let Some(e) = self.stale.as_ref().filter(|_| self.validating) {
             if let Some(t) = e.etag() {
                 headers.insert(header::IF_NONE_MATCH, t.clone());
             }
@@ -1001,8 +1010,19 @@ impl Pending {
         let resp = match result {
             Ok(r) => r,
             Err(reject) => {
-                if let Some(answer) = self.stale_if_error(now, c) {
-                    return answer;
+                // Only the upstream's failures: a client's own bad request is not hidden.
+                let upstream_failed = matches!(
+                    reject,
+                    Reject::UpstreamConnect(_)
+                        | Reject::UpstreamFailed(_)
+                        | Reject::UpstreamTimeout(_)
+                        | Reject::NoTargetAvailable(_)
+                        | Reject::UpstreamBusy(_)
+                );
+                if upstream_failed {
+                    if let Some(answer) = self.stale_if_error(now, c) {
+                        return answer;
+                    }
                 }
                 return (Err(reject), self.status);
             }
@@ -1015,7 +1035,7 @@ impl Pending {
             }
         }
         // 304 to the cache's own validators: the stored entry, freshened.
-        if status == StatusCode::NOT_MODIFIED {
+        if status == StatusCode::NOT_MODIFIED && self.validating {
             if let Some(old) = self.stale.take() {
                 let times = self.times(resp.headers(), now);
                 let mut merged = old.headers.clone();
@@ -1109,6 +1129,7 @@ impl Pending {
             Arc::clone(&runtime.coalescer),
             self.leader.take().map(|l| l.key.clone()),
             runtime.spec.max_object_bytes as usize,
+            runtime.spec.uncacheable_for,
             body_timeout,
             Arc::clone(counters),
             runtime.shared.clone(),
@@ -1358,6 +1379,7 @@ async fn pump(
     coalescer: Arc<Coalescer>,
     key: Option<Box<str>>,
     max_object: usize,
+    uncacheable_for: Duration,
     idle: Duration,
     metrics: Arc<crate::observe::metrics::RouteMetrics>,
     tier: Option<Arc<shared::SharedTier>>,
@@ -1388,7 +1410,7 @@ async fn pump(
             storing = false;
             leave(&fill);
             if let Some(k) = &key {
-                coalescer.mark_uncacheable(k, Duration::from_secs(10));
+                coalescer.mark_uncacheable(k, uncacheable_for);
             }
             metrics.cache.not_stored.fetch_add(1, Relaxed);
         }
