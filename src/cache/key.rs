@@ -36,9 +36,17 @@ pub fn url_key(
     let mut key = String::with_capacity(scheme.len() + host.len() + path.len() + 16);
     key.push_str(scheme);
     key.push_str("://");
-    key.push_str(&host.to_ascii_lowercase());
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        key.push_str(&host.to_ascii_lowercase());
+    } else {
+        key.push_str(host);
+    }
     key.push_str(path);
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
+    if let Some(q) = query.filter(|q| !q.is_empty() && !q.contains('&') && query_allow.is_none()) {
+        // One parameter: nothing to sort.
+        key.push('?');
+        key.push_str(q);
+    } else if let Some(q) = query.filter(|q| !q.is_empty()) {
         let mut pairs: Vec<&str> = q
             .split('&')
             .filter(|p| !p.is_empty())

@@ -705,11 +705,22 @@ pub async fn lookup(
     }
     let policy = &route.policy;
     let partition = key::partition(req.principal);
-    let index_key: Arc<str> = req
-        .url
-        .index_key(policy.query_allow.as_deref(), &partition)
-        .into();
-    let mut found = route.store.lookup(&index_key, req.headers);
+    // A plain string for the lookup; shared (`Arc`) only once a miss needs to keep it.
+    let key_text = req.url.index_key(policy.query_allow.as_deref(), &partition);
+    let mut found = route.store.lookup(&key_text, req.headers);
+    if let (Found::Entry(e), false) = (
+        &found,
+        directives.no_cache || directives.max_age.is_present() || directives.min_fresh.is_present(),
+    ) {
+        // The common hit: fresh, no request directive to weigh.
+        if e.is_fresh(now) && !e.freshness.always_revalidate {
+            counters.hits.fetch_add(1, Relaxed);
+            let status = CacheStatus::hit(e.ttl(now));
+            let answer = answer_from(e, now, head_only, &Conditional::of(req.headers));
+            return Ok(Lookup::Answer(answer, status));
+        }
+    }
+    let index_key: Arc<str> = key_text.into();
     if let (false, Some(tier)) = (matches!(found, Found::Entry(_)), &runtime.shared) {
         // The fleet's copy, if it has one (any Redis failure is a miss).
         tier.subscribe(Arc::downgrade(runtime));
