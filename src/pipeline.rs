@@ -77,6 +77,8 @@ struct Exchange {
     cors_decided: bool,
     /// How the cache handled the request (routes with a cache), for `Cache-Status`.
     cache: Option<CacheStatus>,
+    /// Answered from a stored entry (its hop-by-hop fields were removed when it was stored).
+    from_cache: bool,
 }
 
 /// Handles one request on the snapshot current when it arrived.
@@ -411,6 +413,7 @@ async fn run(
             Lookup::Answer(resp, status) => {
                 ex.cache = Some(status);
                 ex.from_upstream = true;
+                ex.from_cache = true;
                 return Ok(response_body_filters(resp, coding, head_request));
             }
             Lookup::Forward(pending) => cached = Some(pending),
@@ -527,6 +530,7 @@ async fn run(
         if let Some((resp, status)) = answer {
             ex.cache = Some(status);
             ex.from_upstream = true;
+            ex.from_cache = true;
             return Ok(response_body_filters(resp, coding, head_request));
         }
         return Err(Reject::UpstreamFailed("stale entry vanished".into()));
@@ -744,7 +748,9 @@ fn response_headers(
     request_id: &HeaderValue,
 ) {
     if ex.from_upstream {
-        forwarded::strip_hop_by_hop(headers);
+        if !ex.from_cache {
+            forwarded::strip_hop_by_hop(headers);
+        }
         if let Some(r) = route {
             r.rules.response_headers.apply(headers);
         }

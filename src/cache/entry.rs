@@ -220,7 +220,14 @@ impl Entry {
 }
 
 fn set_age(headers: &mut HeaderMap, age: Duration) {
-    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    // Fresh entries are mostly young: their ages need no allocation.
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    let secs = age.as_secs();
+    let value = match SMALL.get(secs as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(secs),
+    };
+    headers.insert(header::AGE, value);
 }
 
 const NOT_MODIFIED_FIELDS: [HeaderName; 6] = [

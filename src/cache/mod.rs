@@ -1209,7 +1209,7 @@ pub fn is_never_stored(name: &HeaderName) -> bool {
         || name == header::UPGRADE
         || name == header::PROXY_AUTHENTICATE
         || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+        || name.as_str().starts_with("proxy-")
 }
 
 /// What a storable response becomes once its body is complete.

@@ -53,7 +53,9 @@ impl CacheStatus {
         if let Some(d) = self.detail {
             let _ = write!(s, "; detail={d}");
         }
-        HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("portcullis"))
+        // Owned bytes become the value without another copy.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+            .unwrap_or(HeaderValue::from_static("portcullis"))
     }
 
     /// The access log's `cache` field.
