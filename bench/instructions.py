@@ -3,7 +3,7 @@
 several Portcullis configurations on the plain proxy path. Steadier than wall-clock CPU on
 shared cores: use it for small differences (a rate limit's cost, telemetry's).
 
-Usage: bench/run-instructions [--duration S] [--connections C] [--jwt] [--signature]
+Usage: bench/run-instructions [--duration S] [--connections C] [--jwt] [--signature] [--cache]
        bench/run-instructions --compare BIN [BIN ...] [--rounds N]   (plain path only)
 
 Each configuration runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation
@@ -47,6 +47,10 @@ def run_config(workdir, name, upstream_port, observability, extra, args, headers
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    if getattr(args, "keep", None):
+        os.makedirs(args.keep, exist_ok=True)
+        for f in glob.glob(out_file + "*"):
+            shutil.copy(f, args.keep)
     total = 0
     for f in glob.glob(out_file + "*"):
         with open(f) as fh:
@@ -69,6 +73,10 @@ def main():
     ap.add_argument("--signature", action="store_true",
                     help="RFC 9421 signed requests (ed25519, ecdsa-p256, rsa-pss, hmac-sha256), "
                          "beside JWT ES256/HS256 without the verified-token cache")
+    ap.add_argument("--cache", action="store_true",
+                    help="a response-cache hit (every request after the first) beside the plain path")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="copy the callgrind output files here (for callgrind_annotate)")
     ap.add_argument("--compare", nargs="+", metavar="BIN",
                     help="measure the plain path of these binaries, alternating, in one run")
     ap.add_argument("--rounds", type=int, default=3, help="with --compare: rounds per binary")
@@ -101,6 +109,8 @@ def main():
                 for cache in (True, False):
                     name = f"jwt-{alg}" + ("" if cache else "-nocache")
                     configs.append((name, pb.TELEMETRY_OFF, jwt_tokens.auth_config(tokens, alg, cache), header))
+        if args.cache:
+            configs = configs[:1] + [("cache-hit", pb.TELEMETRY_OFF, ("", "    cache: { ttl_s: 3600 }\n"), ())]
         if args.signature:
             import jwt_tokens
             import signature_keys

@@ -131,14 +131,11 @@ impl Entry {
 
     /// Freshness left at `now`, negative once stale (seconds, as `Cache-Status: ttl`).
     pub fn ttl(&self, now: SystemTime) -> i64 {
-        if self.invalidated.load(Ordering::Relaxed) {
-            return -(self.age(now).as_secs() as i64);
-        }
-        self.freshness.lifetime.as_secs() as i64 - self.age(now).as_secs() as i64
+        self.ttl_at(self.age(now))
     }
 
     pub fn is_fresh(&self, now: SystemTime) -> bool {
-        !self.invalidated.load(Ordering::Relaxed) && self.age(now) < self.freshness.lifetime
+        self.is_fresh_at(self.age(now))
     }
 
     /// How long past its freshness it is at `now` (zero while fresh).
@@ -151,6 +148,24 @@ impl Entry {
 
     /// The stored response as a full answer (no body for HEAD), with its `Age`.
     pub fn response(&self, now: SystemTime, head_only: bool) -> Response<ResponseBody> {
+        self.response_at(self.age(now), head_only)
+    }
+
+    /// Whether it is fresh at `age` (computed once per request by the caller).
+    pub fn is_fresh_at(&self, age: Duration) -> bool {
+        !self.invalidated.load(Ordering::Relaxed) && age < self.freshness.lifetime
+    }
+
+    /// `ttl` at `age`.
+    pub fn ttl_at(&self, age: Duration) -> i64 {
+        if self.invalidated.load(Ordering::Relaxed) {
+            return -(age.as_secs() as i64);
+        }
+        self.freshness.lifetime.as_secs() as i64 - age.as_secs() as i64
+    }
+
+    /// `response` at `age`.
+    pub fn response_at(&self, age: Duration, head_only: bool) -> Response<ResponseBody> {
         let body = if head_only {
             ResponseBody::Full(None)
         } else {
@@ -163,7 +178,7 @@ impl Entry {
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
         }
-        set_age(r.headers_mut(), self.age(now));
+        set_age(r.headers_mut(), age);
         r
     }
 
@@ -184,7 +199,11 @@ impl Entry {
     /// This entry freshened by a `304` to its validation request (§4.3.4): the 304's fields
     /// replace the stored ones (all but the framing), the times are the new exchange's.
     pub fn freshened(&self, not_modified: &HeaderMap, times: Times, freshness: Freshness) -> Entry {
-        let mut headers = self.headers.clone();
+        let mut headers =
+            HeaderMap::with_capacity(self.headers.len() + not_modified.len() + SPARE_FIELDS);
+        for (n, v) in &self.headers {
+            headers.append(n.clone(), v.clone());
+        }
         let mut replaced: Vec<&HeaderName> = Vec::new();
         for (name, value) in not_modified {
             if KEEP_ON_FRESHEN.contains(name) || super::is_never_stored(name) {
@@ -218,6 +237,10 @@ impl Entry {
         self.headers.get(header::LAST_MODIFIED)
     }
 }
+
+/// Room left in a stored head for the fields every answer adds (`Age`, `Cache-Status`, the
+/// request id, …), so answering from it never regrows the map.
+pub const SPARE_FIELDS: usize = 8;
 
 fn set_age(headers: &mut HeaderMap, age: Duration) {
     // Fresh entries are mostly young: their ages need no allocation.

@@ -712,11 +712,17 @@ pub async fn lookup(
         &found,
         directives.no_cache || directives.max_age.is_present() || directives.min_fresh.is_present(),
     ) {
-        // The common hit: fresh, no request directive to weigh.
-        if e.is_fresh(now) && !e.freshness.always_revalidate {
+        // The common hit: fresh, no request directive to weigh (the age computed once).
+        let age = e.age(now);
+        if e.is_fresh_at(age) && !e.freshness.always_revalidate {
             counters.hits.fetch_add(1, Relaxed);
-            let status = CacheStatus::hit(e.ttl(now));
-            let answer = answer_from(e, now, head_only, &Conditional::of(req.headers));
+            let status = CacheStatus::hit(e.ttl_at(age));
+            let conditional = Conditional::of(req.headers);
+            let answer = if conditional.satisfied_by(e) {
+                e.not_modified(now)
+            } else {
+                e.response_at(age, head_only)
+            };
             return Ok(Lookup::Answer(answer, status));
         }
     }
@@ -1280,7 +1286,7 @@ fn storable(
     if freshness.lifetime.is_zero() && !has_validator {
         return Err("no-freshness");
     }
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    let mut headers = HeaderMap::with_capacity(head.headers.len() + entry::SPARE_FIELDS);
     for (n, v) in &head.headers {
         if is_never_stored(n) || (n == header::SET_COOKIE) {
             continue;
