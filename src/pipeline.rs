@@ -402,7 +402,8 @@ async fn run(
     };
     let invalidation = Invalidation::for_request(req.method(), &url, &snapshot.cache);
     let mut cached = None;
-    if let Some(rc) = &route.cache {
+    // A WebSocket handshake is never answered from (or stored in) the cache.
+    if let Some(rc) = route.cache.as_ref().filter(|_| upgrade.is_none()) {
         let lookup = LookupRequest {
             method: req.method(),
             url,

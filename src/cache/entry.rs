@@ -75,6 +75,8 @@ pub struct Entry {
     pub surrogate_keys: Box<[Box<str>]>,
     /// What the store accounts for it.
     pub weight: usize,
+    /// The stored head has `Content-Length` (else answers add it).
+    has_length: bool,
     /// Marked stale by a soft purge: validated before its next use.
     pub invalidated: AtomicBool,
     /// A background refresh (stale-while-revalidate) is under way.
@@ -106,6 +108,7 @@ impl Entry {
                 .iter()
                 .map(|k| 2 * k.len() + 48)
                 .sum::<usize>();
+        let has_length = headers.contains_key(header::CONTENT_LENGTH);
         Entry {
             index_key,
             status,
@@ -116,6 +119,7 @@ impl Entry {
             freshness,
             surrogate_keys,
             weight,
+            has_length,
             invalidated: AtomicBool::new(false),
             refreshing: AtomicBool::new(false),
         }
@@ -174,7 +178,7 @@ impl Entry {
         let mut r = Response::new(body);
         *r.status_mut() = self.status;
         *r.headers_mut() = self.headers.clone();
-        if !self.headers.contains_key(header::CONTENT_LENGTH) {
+        if !self.has_length {
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
         }

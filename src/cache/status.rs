@@ -42,7 +42,8 @@ impl CacheStatus {
             let _ = write!(s, "; fwd-status={st}");
         }
         if let Some(t) = self.ttl {
-            let _ = write!(s, "; ttl={t}");
+            s.push_str("; ttl=");
+            push_int(&mut s, t);
         }
         if self.stored {
             s.push_str("; stored");
@@ -73,6 +74,25 @@ impl CacheStatus {
     }
 }
 
+/// Decimal digits of `v` (the formatting machinery is the costlier part of a hit's header).
+fn push_int(s: &mut String, v: i64) {
+    if v < 0 {
+        s.push('-');
+    }
+    let mut n = v.unsigned_abs();
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +115,11 @@ mod tests {
             "edge-1; fwd=uri-miss; fwd-status=200; stored; collapsed"
         );
         assert_eq!(s.log_value(), "collapsed");
+        for t in [0, 7, -5, 3600, i64::MIN + 1, i64::MAX] {
+            let mut out = String::new();
+            push_int(&mut out, t);
+            assert_eq!(out, t.to_string());
+        }
         let mut stale = CacheStatus::hit(-5);
         stale.detail = Some("stale-while-revalidate");
         assert_eq!(
