@@ -536,8 +536,7 @@ async fn run(
         }
         return Err(Reject::UpstreamFailed("stale entry vanished".into()));
     }
-    let forward_started = std::time::Instant::now();
-    // The fallback gets a copy of a bodiless request's head.
+    // The fallback gets a copy of a bodiless request's head, and what is left of the timeout.
     let fallback = route
         .rules
         .fallback
@@ -547,6 +546,7 @@ async fn run(
             (
                 f,
                 copy_head(&parts.method, &parts.uri, parts.version, &parts.headers),
+                std::time::Instant::now(),
             )
         });
     let mut result = forward(
@@ -560,7 +560,7 @@ async fn run(
     )
     .await;
     // The primary failed: a stale entry answers first (stale-if-error), then the fallback.
-    if let Some((policy, head)) = fallback {
+    if let Some((policy, head, forward_started)) = fallback {
         let remaining = timeout.saturating_sub(forward_started.elapsed());
         if policy.applies(&result)
             && !cached.as_ref().is_some_and(|p| p.serves_stale_on_error())
