@@ -536,20 +536,21 @@ async fn run(
         }
         return Err(Reject::UpstreamFailed("stale entry vanished".into()));
     }
-    // The fallback gets a copy of a bodiless request's head, and what is left of the timeout.
+    // The fallback gets a copy of a bodiless request's head, and what is left of the timeout
+    // (boxed, like its forward below: rare state kept out of every request's future).
     let fallback = route
         .rules
         .fallback
         .as_ref()
         .filter(|_| body.is_end_stream())
         .map(|f| {
-            (
+            Box::new((
                 f,
                 copy_head(&parts.method, &parts.uri, parts.version, &parts.headers),
                 std::time::Instant::now(),
-            )
+            ))
         });
-    let mut result = forward(
+    let result = forward(
         upstream,
         route.rules.retry.as_ref(),
         timeout,
@@ -560,32 +561,38 @@ async fn run(
     )
     .await;
     // The primary failed: a stale entry answers first (stale-if-error), then the fallback.
-    if let Some((policy, head, forward_started)) = fallback {
-        let remaining = timeout.saturating_sub(forward_started.elapsed());
-        if policy.applies(&result)
-            && !cached.as_ref().is_some_and(|p| p.serves_stale_on_error())
-            && !remaining.is_zero()
-            && upstream.runtime.budget.withdraw(&upstream.retry_budget)
-        {
-            route.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
-            if let Some(p) = &mut cached {
-                // A degraded answer is not stored in the primary's place.
-                p.forbid_store();
+    let result = match fallback {
+        Some(fb) => {
+            let (policy, head, forward_started) = *fb;
+            let remaining = timeout.saturating_sub(forward_started.elapsed());
+            if policy.applies(&result)
+                && !cached.as_ref().is_some_and(|p| p.serves_stale_on_error())
+                && !remaining.is_zero()
+                && upstream.runtime.budget.withdraw(&upstream.retry_budget)
+            {
+                route.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &mut cached {
+                    // A degraded answer is not stored in the primary's place.
+                    p.forbid_store();
+                }
+                drop(result);
+                ex.trail.upstream = Some(policy.upstream);
+                Box::pin(forward(
+                    &snapshot.upstreams[policy.upstream],
+                    None,
+                    remaining,
+                    head,
+                    UpstreamBody::empty(),
+                    &client.text,
+                    &mut ex.trail,
+                ))
+                .await
+            } else {
+                result
             }
-            drop(result);
-            ex.trail.upstream = Some(policy.upstream);
-            result = forward(
-                &snapshot.upstreams[policy.upstream],
-                None,
-                remaining,
-                head,
-                UpstreamBody::empty(),
-                &client.text,
-                &mut ex.trail,
-            )
-            .await;
         }
-    }
+        None => result,
+    };
     if let (Ok(r), Some(inv)) = (&result, &invalidation) {
         inv.apply(&snapshot.cache, r.status(), r.headers());
     }
@@ -717,12 +724,14 @@ fn response_body_filters(
     coding: Option<(&Arc<CompressionPolicy>, Codec)>,
     head_request: bool,
 ) -> Response<ResponseBody> {
+    // Most responses have no filter: they are not taken apart at all.
+    let Some((policy, codec)) = coding else {
+        return resp;
+    };
     let (mut head, body) = resp.into_parts();
     let mut chain = FilterChain::new();
-    if let Some((policy, codec)) = coding {
-        if let Some(f) = policy.start(codec, head_request, &mut head) {
-            chain.push(f);
-        }
+    if let Some(f) = policy.start(codec, head_request, &mut head) {
+        chain.push(f);
     }
     if chain.is_empty() {
         return Response::from_parts(head, body);

@@ -621,8 +621,9 @@ pub struct LookupRequest<'a> {
 pub enum Lookup {
     /// Served by the cache.
     Answer(Response<ResponseBody>, CacheStatus),
-    /// Forwarded upstream; `Pending` decides what happens to the answer.
-    Forward(Pending),
+    /// Forwarded upstream; `Pending` decides what happens to the answer. Boxed: the request
+    /// path moves it, and most routes never have one.
+    Forward(Box<Pending>),
 }
 
 /// A request the cache sent upstream, and what it will do with the answer.
@@ -701,13 +702,13 @@ pub async fn lookup(
     if req.method != Method::GET && !head_only {
         status.fwd = Some("method");
         bypass(counters, "method");
-        return Ok(Lookup::Forward(forward(status)));
+        return Ok(Lookup::Forward(Box::new(forward(status))));
     }
     if fields.range {
         status.fwd = Some("bypass");
         status.detail = Some("range");
         bypass(counters, "range");
-        return Ok(Lookup::Forward(forward(status)));
+        return Ok(Lookup::Forward(Box::new(forward(status))));
     }
     let policy = &route.policy;
     let partition = key::partition(req.principal);
@@ -780,7 +781,7 @@ pub async fn lookup(
                 p.request_headers = req.headers.clone();
                 p.validating = has_validator(&e);
                 p.stale = Some(e);
-                return Ok(Lookup::Forward(p));
+                return Ok(Lookup::Forward(Box::new(p)));
             }
             counters.misses.fetch_add(1, Relaxed);
             let mut p = forward(status);
@@ -788,7 +789,7 @@ pub async fn lookup(
             p.request_headers = req.headers.clone();
             p.validating = p.index_key.is_some() && has_validator(&e);
             p.stale = Some(e);
-            return Ok(Lookup::Forward(p));
+            return Ok(Lookup::Forward(Box::new(p)));
         }
         Found::OtherVariant(n) => {
             status.fwd = Some("vary-miss");
@@ -808,7 +809,7 @@ pub async fn lookup(
         if directives.no_store {
             bypass(counters, "no_store");
         }
-        return Ok(Lookup::Forward(forward(status)));
+        return Ok(Lookup::Forward(Box::new(forward(status))));
     }
     let mut p = forward(status);
     p.index_key = Some(Arc::clone(&index_key));
@@ -819,7 +820,7 @@ pub async fn lookup(
         p.status.detail = Some("uncacheable");
         bypass(counters, "uncacheable");
         p.fill_key = Some(fill_key);
-        return Ok(Lookup::Forward(p));
+        return Ok(Lookup::Forward(Box::new(p)));
     }
     // Coalesce: wait on the fill under way, or lead a new one.
     let existing = {
@@ -845,7 +846,7 @@ pub async fn lookup(
     };
     p.fill_key = Some(fill_key);
     let Some(fill) = existing else {
-        return Ok(Lookup::Forward(p));
+        return Ok(Lookup::Forward(Box::new(p)));
     };
     p.status.collapsed = true;
     if let Outcome::Streaming(head) = fill.wait(runtime.spec.coalesce_timeout).await {
@@ -862,7 +863,7 @@ pub async fn lookup(
     }
     // The fill is of no use to this request: it goes upstream on its own.
     p.status.collapsed = false;
-    Ok(Lookup::Forward(p))
+    Ok(Lookup::Forward(Box::new(p)))
 }
 
 fn has_validator(e: &Entry) -> bool {
