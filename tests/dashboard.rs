@@ -1,7 +1,10 @@
 //! The dashboard in a real browser: Debian's Chromium, driven by playwright-core
 //! (tests/browser/dashboard.mjs), against an in-process gateway. Screenshots are written under
 //! the test's output directory (`target/tmp/dashboard/`). A missing browser, Node.js or
-//! playwright-core fails the test: `scripts/test` installs them.
+//! playwright-core fails the test: `scripts/test` installs them. The browser tests run one at a
+//! time (`support::ALONE`): three Chromiums beside each other on two cores starved the gateways'
+//! 90 ms health checks (a healthy target marked down, traffic answered 503) and the store's
+//! writers (SQLite "database is locked").
 
 mod support;
 
@@ -130,6 +133,7 @@ async fn config_document(gw: &TestGateway, token: Option<&str>) -> serde_json::V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_config_routes_traffic_and_a_failing_upstream_live() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("backend").await;
     let gw = TestGateway::start(&config(&up, None)).await;
     // A reload makes the version 2, so the page must show the live value, not a constant.
@@ -194,6 +198,7 @@ async fn the_dashboard_shows_config_routes_traffic_and_a_failing_upstream_live()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_admin_token_the_page_shows_only_the_prompt_until_the_token_is_given() {
+    let _alone = ALONE.lock().await;
     let up = Upstream::start("backend").await;
     let gw = TestGateway::start(&config(&up, Some(TOKEN))).await;
     let doc = config_document(&gw, Some(TOKEN)).await;
@@ -246,6 +251,7 @@ async fn the_dashboard_is_served_with_a_strict_policy_and_can_be_turned_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_store_mode_the_page_shows_the_store_version_and_follows_an_activation() {
+    let _alone = ALONE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("store.db").display());
     let v1 = push(&store, dir.path(), "v1.yaml", &store_document("v1", None));
