@@ -242,6 +242,18 @@ impl Store {
         self.postgres
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock at `BEGIN` (`IMMEDIATE`):
+    /// a deferred transaction that reads, then writes after another connection (a gateway's
+    /// heartbeat) committed, fails at once with "database is locked" instead of waiting.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let tx = if self.postgres {
+            self.pool.begin().await
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        };
+        tx.map_err(|e| self.err(e))
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -254,7 +266,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let mut tx = self.begin_write().await?;
         if self.postgres {
             // Gateways of a fleet starting together against an empty database: one migrates,
             // the others wait and then find the schema current.
@@ -400,7 +412,7 @@ impl Store {
     pub async fn activate(&self, version: i64, actor: &str) -> Result<Option<i64>, StoreError> {
         let info = self.activatable(version).await?;
         let env = info.environment.as_str();
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let mut tx = self.begin_write().await?;
         let previous: Option<i64> =
             sqlx::query("SELECT active_version FROM rollouts WHERE environment = $1")
                 .bind(env)
@@ -489,7 +501,7 @@ impl Store {
             return Err(StoreError::Refused(format!("no version {version}")));
         };
         let env = info.environment.as_str();
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE rollouts SET canary_version = NULL, canary_selector = NULL, updated_at = $1
              WHERE environment = $2 AND canary_version = $3",
@@ -663,6 +675,59 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An operator's `activate` while gateways heartbeat into the same SQLite file: every write
+    /// succeeds (a deferred transaction that read before another connection committed would
+    /// fail at once with "database is locked").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_writers_wait_for_each_other_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let operator = Store::connect(&url).await.unwrap();
+        let gateway = Store::connect(&url).await.unwrap();
+        let mut versions = Vec::new();
+        for i in 0..2 {
+            let doc = format!("# v{i}\n");
+            versions.push(
+                operator
+                    .push(
+                        "prod",
+                        &doc,
+                        &format!("sha256:{i}"),
+                        Status::Validated,
+                        "t",
+                        "m",
+                        None,
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        let heartbeats = tokio::spawn(async move {
+            for n in 0..300 {
+                let r = InstanceReport {
+                    instance_id: format!("gw-{}", n % 3),
+                    environment: "prod".into(),
+                    labels: String::new(),
+                    applied_version: None,
+                    heartbeat_ms: n,
+                    requests: n,
+                    errors_5xx: 0,
+                    last_known_good: false,
+                    failed_version: None,
+                    last_error: None,
+                };
+                gateway.report(&r).await.unwrap();
+            }
+        });
+        for n in 0..40 {
+            operator
+                .activate(versions[n % 2], "operator")
+                .await
+                .unwrap_or_else(|e| panic!("activate {n}: {e}"));
+        }
+        heartbeats.await.unwrap();
+    }
 
     #[test]
     fn labels_parse_and_match() {
