@@ -1092,3 +1092,33 @@ async fn redis_stopped_mid_run_means_misses_never_client_errors() {
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(gw.gateway.snapshot().cache.stores[0].usage().entries, 0);
 }
+
+#[tokio::test]
+async fn only_if_cached_never_goes_upstream() {
+    let _alone = ALONE.lock().await;
+    let origin = Origin::start().await;
+    let gw = TestGateway::start(&config(&origin, "{ ttl_s: 60 }", "")).await;
+    let c = client();
+    let only = [("cache-control", "only-if-cached")];
+    // Nothing stored: 504 with the JSON error body, the upstream not asked.
+    let r = get(&c, &gw.url("/c/oic?cc=max-age=1"), &only).await;
+    r.assert_gateway_error(504);
+    assert_eq!(origin.count(), 0);
+    // Stored and fresh: answered.
+    let first = get(&c, &gw.url("/c/oic?cc=max-age=1"), &[]).await;
+    stored(&gw, 1).await;
+    let r = get(&c, &gw.url("/c/oic?cc=max-age=1"), &only).await;
+    assert_eq!((r.status.as_u16(), n(&r)), (200, n(&first)));
+    // Stored but stale: 504 again, still without the upstream; with max-stale it is answered.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(&c, &gw.url("/c/oic?cc=max-age=1"), &only).await;
+    r.assert_gateway_error(504);
+    let r = get(
+        &c,
+        &gw.url("/c/oic?cc=max-age=1"),
+        &[("cache-control", "only-if-cached, max-stale=60")],
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), n(&r)), (200, n(&first)));
+    assert_eq!(origin.count(), 1);
+}

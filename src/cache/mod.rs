@@ -757,6 +757,10 @@ pub async fn lookup(
                 }
                 return Ok(Lookup::Answer(answer, status));
             }
+            if directives.only_if_cached {
+                // Stored, but not usable for this request: never forwarded (RFC 9111 §5.2.1.7).
+                return Err(only_if_cached());
+            }
             status.fwd = Some(if directives.no_cache {
                 "request"
             } else {
@@ -801,10 +805,7 @@ pub async fn lookup(
         Found::None => status.fwd = Some("uri-miss"),
     }
     if directives.only_if_cached {
-        return Err(Reject::Status(
-            StatusCode::GATEWAY_TIMEOUT,
-            "only-if-cached: the response is not in the cache".into(),
-        ));
+        return Err(only_if_cached());
     }
     counters.misses.fetch_add(1, Relaxed);
     if directives.no_store || head_only {
@@ -866,6 +867,14 @@ pub async fn lookup(
     // The fill is of no use to this request: it goes upstream on its own.
     p.status.collapsed = false;
     Ok(Lookup::Forward(Box::new(p)))
+}
+
+/// `only-if-cached` with nothing usable stored: 504, the upstream never asked.
+fn only_if_cached() -> Reject {
+    Reject::Status(
+        StatusCode::GATEWAY_TIMEOUT,
+        "only-if-cached: no usable response is in the cache".into(),
+    )
 }
 
 fn has_validator(e: &Entry) -> bool {
