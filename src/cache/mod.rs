@@ -776,9 +776,7 @@ pub async fn lookup(
             if swr {
                 if e.refreshing.swap(true, Relaxed) {
                     counters.stale_served.fetch_add(1, Relaxed);
-                    let mut s = CacheStatus::hit(e.ttl(now));
-                    s.detail = Some("stale-while-revalidate");
-                    let r = answer_from(&e, now, head_only, &conditional);
+                    let (r, s) = stale_while_revalidate(&e, now, head_only, &conditional);
                     return Ok(Lookup::Answer(r, s));
                 }
                 let mut p = forward(status);
@@ -912,6 +910,18 @@ fn usable(
     Some(answer_from(e, now, head_only, conditional))
 }
 
+/// A stale entry's answer within stale-while-revalidate (a refresh is under way or starting).
+fn stale_while_revalidate(
+    e: &Entry,
+    now: SystemTime,
+    head_only: bool,
+    conditional: &Conditional,
+) -> (Response<ResponseBody>, CacheStatus) {
+    let mut s = CacheStatus::hit(e.ttl(now));
+    s.detail = Some("stale-while-revalidate");
+    (answer_from(e, now, head_only, conditional), s)
+}
+
 fn answer_from(
     e: &Entry,
     now: SystemTime,
@@ -1034,10 +1044,12 @@ impl Pending {
     /// The stale answer of a background refresh.
     pub fn stale_answer(&self) -> Option<(Response<ResponseBody>, CacheStatus)> {
         let e = self.stale.as_ref()?;
-        let now = SystemTime::now();
-        let mut s = CacheStatus::hit(e.ttl(now));
-        s.detail = Some("stale-while-revalidate");
-        Some((answer_from(e, now, self.head_only, &self.conditional), s))
+        Some(stale_while_revalidate(
+            e,
+            SystemTime::now(),
+            self.head_only,
+            &self.conditional,
+        ))
     }
 
     /// Phase 10: the upstream request carries the cache's validators, not the client's (the

@@ -16,7 +16,6 @@ use http::HeaderMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 pub struct Store {
     /// `shared`, or the route's name for a route with its own `max_bytes`.
@@ -228,27 +227,6 @@ impl Store {
             evictions: inner.evictions,
         }
     }
-
-    /// Entries whose stale-serving windows have all passed are dropped (a periodic sweep keeps
-    /// dead entries from holding memory an LRU would only free under pressure).
-    pub fn sweep(&self, now: SystemTime) -> usize {
-        let mut inner = self.lock();
-        let dead: Vec<u64> = inner
-            .entries
-            .iter()
-            .filter(|(_, e)| {
-                let f = e.freshness;
-                let keep = f.stale_while_revalidate.max(f.stale_if_error);
-                // Entries with validators stay: a 304 can bring them back.
-                e.etag().is_none() && e.last_modified().is_none() && e.staleness(now) > keep
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &dead {
-            inner.remove(*id);
-        }
-        dead.len()
-    }
 }
 
 impl Inner {
@@ -282,7 +260,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http::StatusCode;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     fn entry(key: &str, body: usize, vary: VaryValues, surrogate: &[&str]) -> Entry {
         let now = SystemTime::now();
