@@ -36,15 +36,6 @@ def document():
     return ('{"items":[' + ",".join(parts) + "]}").encode()
 
 
-def start(workdir, name, cpu, body):
-    port = pb.free_port()
-    conf = os.path.join(workdir, f"{name}.conf")
-    with open(conf, "w") as f:
-        f.write(pb.nginx_http(workdir, port, body.replace("PORT", str(port))))
-    proc, worker = pb.launch_nginx(conf, workdir, cpu, [port])
-    return proc, port, worker
-
-
 def wrk(port, duration, connections):
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
@@ -78,7 +69,7 @@ def main():
             cache_dir = os.path.join(workdir, "nginx-cache")
             os.mkdir(cache_dir)
             os.chmod(cache_dir, 0o777)
-            backend, backend_port, _ = start(
+            backend, backend_port, _ = pb.start_nginx_http(
                 workdir, "backend", 1,
                 f"server {{ listen 127.0.0.1:PORT; root {workdir}; "
                 "location / { default_type application/json; "
@@ -91,10 +82,10 @@ def main():
             cached = (f"proxy_cache_path {cache_dir} levels=1:2 keys_zone=c:10m max_size=64m; "
                       + upstream + "server { listen 127.0.0.1:PORT; location / { " + location
                       + "proxy_cache c; add_header X-Cache-Status $upstream_cache_status; } }")
-            p, port, worker = start(workdir, "nginx-cache", 0, cached)
+            p, port, worker = pb.start_nginx_http(workdir, "nginx-cache", 0, cached)
             procs.append(p)
             targets["nginx proxy_cache"] = (port, worker)
-            p, port, worker = start(workdir, "nginx-plain", 0,
+            p, port, worker = pb.start_nginx_http(workdir, "nginx-plain", 0,
                                     upstream + "server { listen 127.0.0.1:PORT; location / { "
                                     + location + "} }")
             procs.append(p)
@@ -115,17 +106,8 @@ def main():
                 if "cache" in name:
                     assert "HIT" in status or "hit" in status, f"{name}: second request not a hit: {status}"
                 print(f"{name:<18} second request: {status}")
-            results = {n: [] for n in targets}
-            for rnd in range(1, args.rounds + 1):
-                for name, (port, pid) in targets.items():
-                    wrk(port, 1, args.connections)  # warm-up
-                    before = pb.cpu_seconds(pid)
-                    n, bad = wrk(port, args.duration, args.connections)
-                    cpu_us = (pb.cpu_seconds(pid) - before) / max(n, 1) * 1e6
-                    results[name].append(cpu_us)
-                    flag = f"  ({bad} non-2xx)" if bad else ""
-                    print(f"round {rnd} {name:<18} {n / args.duration:>9.0f} req/s {cpu_us:>7.1f} CPU us/req{flag}",
-                          flush=True)
+            results = pb.cpu_rounds(targets, args.rounds, args.duration,
+                                    lambda port, s: wrk(port, s, args.connections))
             print(f"\n1 KiB JSON ({len(doc)} bytes), {args.connections} connections, medians of {args.rounds} rounds:")
             print(f"{'target':<18} {'CPU us/req':>11}")
             for name, xs in results.items():

@@ -38,15 +38,6 @@ def document():
     return ('{"items":[' + ",".join(parts) + "]}").encode()
 
 
-def start(workdir, name, cpu, body):
-    port = pb.free_port()
-    conf = os.path.join(workdir, f"{name}.conf")
-    with open(conf, "w") as f:
-        f.write(pb.nginx_http(workdir, port, body.replace("PORT", str(port))))
-    proc, worker = pb.launch_nginx(conf, workdir, cpu, [port])
-    return proc, port, worker
-
-
 def wrk(port, duration, connections):
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
@@ -80,7 +71,7 @@ def main():
             with open(os.path.join(workdir, "doc.json"), "wb") as f:
                 f.write(doc)
             os.chmod(os.path.join(workdir, "doc.json"), 0o644)
-            backend, backend_port, _ = start(
+            backend, backend_port, _ = pb.start_nginx_http(
                 workdir, "backend", 1,
                 f"server {{ listen 127.0.0.1:PORT; root {workdir}; "
                 "location / { default_type application/json; etag on; } }")
@@ -91,10 +82,10 @@ def main():
             gzip_on = (f"gzip on; gzip_comp_level {args.level}; gzip_types application/json; "
                        "gzip_min_length 256; gzip_proxied any; gzip_vary on; ")
             targets = {}
-            p, port, worker = start(workdir, "nginx-gzip", 0, gzip_on + proxy + "}")
+            p, port, worker = pb.start_nginx_http(workdir, "nginx-gzip", 0, gzip_on + proxy + "}")
             procs.append(p)
             targets["nginx gzip"] = (port, worker)
-            p, port, worker = start(workdir, "nginx-plain", 0, proxy + "}")
+            p, port, worker = pb.start_nginx_http(workdir, "nginx-plain", 0, proxy + "}")
             procs.append(p)
             targets["nginx plain"] = (port, worker)
             p, port, pid = pb.start_portcullis(
@@ -111,17 +102,8 @@ def main():
                 body = gzip.decompress(raw) if coding == "gzip" else raw
                 assert body == doc, f"{name}: body differs from the document"
                 print(f"{name:<18} Content-Encoding: {coding or 'identity':<8} {size} bytes on the wire")
-            results = {n: [] for n in targets}
-            for rnd in range(1, args.rounds + 1):
-                for name, (port, pid) in targets.items():
-                    wrk(port, 1, args.connections)  # warm-up
-                    before = pb.cpu_seconds(pid)
-                    n, bad = wrk(port, args.duration, args.connections)
-                    cpu_us = (pb.cpu_seconds(pid) - before) / max(n, 1) * 1e6
-                    results[name].append(cpu_us)
-                    flag = f"  ({bad} non-2xx)" if bad else ""
-                    print(f"round {rnd} {name:<18} {n / args.duration:>9.0f} req/s {cpu_us:>7.1f} CPU us/req{flag}",
-                          flush=True)
+            results = pb.cpu_rounds(targets, args.rounds, args.duration,
+                                    lambda port, s: wrk(port, s, args.connections))
             print(f"\nlevel {args.level}, 16 KiB JSON ({len(doc)} bytes), medians of {args.rounds} rounds:")
             print(f"{'target':<18} {'CPU us/req':>11}")
             for name, xs in results.items():

@@ -111,6 +111,34 @@ def launch_nginx(conf, workdir, cpu, ports):
     return proc, int(children[0]) if children else proc.pid
 
 
+def start_nginx_http(workdir, name, cpu, body):
+    """nginx on a free port with `body` (PORT replaced by the port) inside `http { }`; returns
+    (master, port, worker PID)."""
+    port = free_port()
+    conf = os.path.join(workdir, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(nginx_http(workdir, port, body.replace("PORT", str(port))))
+    proc, worker = launch_nginx(conf, workdir, cpu, [port])
+    return proc, port, worker
+
+
+def cpu_rounds(targets, rounds, duration, load):
+    """CPU µs per request of each target's serving process, round by round, targets alternating:
+    `load(port, seconds)` returns (requests, non-2xx). Prints each figure; returns the lists."""
+    results = {n: [] for n in targets}
+    for rnd in range(1, rounds + 1):
+        for name, (port, pid) in targets.items():
+            load(port, 1)  # warm-up
+            before = cpu_seconds(pid)
+            n, bad = load(port, duration)
+            cpu_us = (cpu_seconds(pid) - before) / max(n, 1) * 1e6
+            results[name].append(cpu_us)
+            flag = f"  ({bad} non-2xx)" if bad else ""
+            print(f"round {rnd} {name:<18} {n / duration:>9.0f} req/s {cpu_us:>7.1f} CPU us/req{flag}",
+                  flush=True)
+    return results
+
+
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
