@@ -30,6 +30,7 @@ pub mod request_id;
 pub mod route;
 pub mod router;
 pub mod server;
+pub mod shadow;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;

@@ -56,6 +56,11 @@ enum Command {
     },
     /// Check a config file; prints every error with file:line and exits 1 if there are any.
     Validate { file: PathBuf },
+    /// Shadow traffic: `shadow report ROUTE` prints a running gateway's comparison report.
+    Shadow {
+        #[command(subcommand)]
+        action: ShadowAction,
+    },
     /// Show which route a request would match, and why every other route did not.
     Explain {
         #[arg(short, long)]
@@ -98,6 +103,27 @@ struct FollowArgs {
     #[arg(long, env = "PORTCULLIS_STORE_POLL_MS", default_value_t = portcullis::control::agent::POLL_INTERVAL.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(100..=5_000))]
     store_poll_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum ShadowAction {
+    /// The comparison report of ROUTE (every mirrored route when omitted), from the admin API.
+    Report {
+        route: Option<String>,
+        /// The gateway's admin listener.
+        #[arg(
+            long,
+            env = "PORTCULLIS_ADMIN",
+            default_value = "http://127.0.0.1:9901"
+        )]
+        admin: String,
+        /// The admin token, when the admin API has one.
+        #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN")]
+        token: Option<String>,
+        /// Print the JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +175,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Shadow {
+            action:
+                ShadowAction::Report {
+                    route,
+                    admin,
+                    token,
+                    json,
+                },
+        } => match shadow_report(route.as_deref(), &admin, token.as_deref(), json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Explain {
             config,
             method,
@@ -209,6 +250,54 @@ fn validate(file: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn shadow_report(
+    route: Option<&str>,
+    admin: &str,
+    token: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = match route {
+        Some(r) => format!("/admin/shadow?route={r}"),
+        None => "/admin/shadow".to_string(),
+    };
+    let endpoint = portcullis::outbound::Endpoint::parse(admin, None)
+        .map_err(anyhow::Error::msg)
+        .context("--admin")?;
+    let endpoint = portcullis::outbound::Endpoint { path, ..endpoint };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let resp = runtime.block_on(async {
+        let mut req = endpoint.request(http::Method::GET);
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::new()))?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            endpoint.send(req, 16 * 1024 * 1024),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {admin} within 10 s"))?
+        .map_err(anyhow::Error::msg)
+    })?;
+    if !resp.status().is_success() {
+        anyhow::bail!(
+            "{admin} answered {}: {}",
+            resp.status(),
+            String::from_utf8_lossy(resp.body())
+        );
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(resp.body()).context("the admin API's answer is not JSON")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", portcullis::shadow::admin::text_report(&doc));
+    }
+    Ok(())
 }
 
 fn explain_cmd(
@@ -326,6 +415,13 @@ fn explain_cmd(
         "{}",
         portcullis::cache::explain(&compiled.routes[route], &method, &url)
     );
+    let rules = &compiled.routes[route];
+    if let Some(m) = &rules.mirror {
+        println!("{}", m.explain(&method));
+    }
+    if let Some(f) = &rules.fault {
+        println!("fault injection: {}", f.describe());
+    }
     Ok(match refused {
         Some(status) => {
             println!("refused: {status} before authentication");

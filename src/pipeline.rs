@@ -505,6 +505,20 @@ async fn run(
         .map_or(route.rules.timeout, |d| d.min(route.rules.timeout));
     let upstream = &snapshot.upstreams[upstream_index];
     ex.trail.upstream = Some(upstream_index);
+    // Injected faults (rehearsal), before anything is sent.
+    if let Some(fault) = &route.rules.fault {
+        let injected = fault.draw(&parts.headers, &route.metrics.faults);
+        if let Some(d) = injected.delay {
+            Box::pin(tokio::time::sleep(d)).await;
+        }
+        if let Some(status) = injected.abort {
+            ex.trail.rule = Some("fault:abort".into());
+            return Err(Reject::Status(
+                status,
+                "aborted by the route's fault injection".into(),
+            ));
+        }
+    }
     // A stale entry within stale-while-revalidate answers now; one request refreshes it.
     if let Some(pending) = cached.take_if(|p| p.refresh_in_background()) {
         let answer = pending.stale_answer();
@@ -550,6 +564,20 @@ async fn run(
                 std::time::Instant::now(),
             ))
         });
+    // The mirror's copy starts on its own task; the primary never waits for it.
+    let (body, shadow) = match &route.rules.mirror {
+        Some(m) => m.start(
+            &parts,
+            body,
+            request_id,
+            snapshot,
+            route_index,
+            upstream_index,
+            timeout,
+            &client.text,
+        ),
+        None => (body, None),
+    };
     let result = forward(
         upstream,
         route.rules.retry.as_ref(),
@@ -604,6 +632,11 @@ async fn run(
             r
         }
         _ => result.map(|r| r.map(ResponseBody::Upstream)),
+    };
+    // A compared copy gets the primary's answer (not a fallback's); the body through a tee.
+    let result = match shadow.filter(|_| ex.trail.upstream == Some(upstream_index)) {
+        Some(tap) => tap.observe(result, ex.trail.target),
+        None => result,
     };
     let resp = result.inspect_err(|r| {
         if let Reject::Unauthorized(f) = r {

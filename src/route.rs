@@ -11,11 +11,13 @@ use crate::edge::EdgeSpec;
 use crate::policy::compression::CompressionPolicy;
 use crate::policy::cors::CorsPolicy;
 use crate::policy::direct_response::DirectResponse;
+use crate::policy::fault::FaultPolicy;
 use crate::policy::header_ops::HeaderOps;
 use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
 use crate::ratelimit::spec::resolve as resolve_limits;
 use crate::router::RouteMatcher;
+use crate::shadow::MirrorPolicy;
 use crate::upstream::fallback::FallbackPolicy;
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::spec::MAX_TIMEOUT_MS;
@@ -57,6 +59,10 @@ pub struct RouteRules {
     pub cache: Option<Arc<RoutePolicy>>,
     /// Where a bodiless request goes when the primary upstream fails.
     pub fallback: Option<FallbackPolicy>,
+    /// A copy of sampled requests to a candidate upstream, compared or not.
+    pub mirror: Option<MirrorPolicy>,
+    /// Delays and aborts injected into a share of requests.
+    pub fault: Option<FaultPolicy>,
 }
 
 /// `defaults`: what routes get when they do not say.
@@ -254,7 +260,8 @@ pub fn build(
         .compression
         .as_ref()
         .map(|c| CompressionPolicy::build(c, &format!("{key}.compression"), diag));
-    diag.unsupported(&r.mirror, format!("{key}.mirror"), "shadow traffic issue");
+    let mirror = MirrorPolicy::build(r, &names.upstreams, &key, diag);
+    let fault = r.fault.as_ref().map(|f| FaultPolicy::build(f, &key, diag));
     let ip_rules = edge
         .ip_rules
         .resolve(&r.ip_rules, &format!("{key}.ip_rules"), diag);
@@ -299,6 +306,8 @@ pub fn build(
         ip_rules,
         edge_rules,
         fallback: fallback?,
+        mirror: mirror?,
+        fault: fault.map_or(Some(None), |f| f.map(Some))?,
         cache: match cache {
             Some((true, c)) => Some(Arc::new(c?)),
             _ => None,

@@ -81,12 +81,13 @@ enum Endpoint {
     Series,
     Cache,
     CachePurge,
+    Shadow,
     Dashboard(dashboard::Asset),
 }
 
 /// Every admin path with the one method it answers. A known path with another method gets
 /// 405 (with `Allow`), an unknown path 404. `/health/*` needs no token.
-const ENDPOINTS: [(&str, Method, Endpoint); 15] = [
+const ENDPOINTS: [(&str, Method, Endpoint); 16] = [
     ("/health/live", Method::GET, Endpoint::Live),
     ("/health/ready", Method::GET, Endpoint::Ready),
     (
@@ -102,6 +103,7 @@ const ENDPOINTS: [(&str, Method, Endpoint); 15] = [
     ("/admin/series", Method::GET, Endpoint::Series),
     ("/admin/cache", Method::GET, Endpoint::Cache),
     ("/admin/cache/purge", Method::POST, Endpoint::CachePurge),
+    ("/admin/shadow", Method::GET, Endpoint::Shadow),
     (
         "/dashboard",
         Method::GET,
@@ -272,6 +274,13 @@ async fn answer(
             StatusCode::OK,
             &crate::cache::admin::document(&snapshot.cache, &gateway.metrics.routes()),
         ),
+        Endpoint::Shadow => {
+            let route = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("route=")));
+            json_response(
+                StatusCode::OK,
+                &crate::shadow::admin::document(snapshot, route),
+            )
+        }
         // Answered in `handle` (it reads the request body).
         Endpoint::CachePurge => {
             json_error(StatusCode::NOT_FOUND, "no such admin endpoint", request_id)

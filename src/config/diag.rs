@@ -96,18 +96,6 @@ impl Diag {
         }
     }
 
-    /// A section that is recognised but whose capability is not built yet: refused, never
-    /// silently ignored.
-    pub fn unsupported(&mut self, section: &super::Unsupported, key: String, issue: &str) {
-        if let Some(s) = section {
-            self.err(
-                s.line,
-                key,
-                format!("not supported yet ({issue}); remove this section for now"),
-            );
-        }
-    }
-
     /// Ends the document: `Ok` when nothing was reported, otherwise every error with its line
     /// made as precise as the text allows, sorted by line (reports on one line keep their
     /// order).

@@ -128,6 +128,10 @@ pub struct RouteMetrics {
     pub cache: crate::cache::CacheCounters,
     /// Requests sent to the route's fallback upstream.
     pub fallbacks: AtomicU64,
+    /// Shadow copies (`mirror`) and their comparison.
+    pub shadow: crate::shadow::ShadowCounters,
+    /// Faults injected (`fault`).
+    pub faults: crate::policy::fault::FaultCounters,
 }
 
 impl RouteMetrics {

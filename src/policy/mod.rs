@@ -4,6 +4,7 @@
 pub mod compression;
 pub mod cors;
 pub mod direct_response;
+pub mod fault;
 pub mod header_ops;
 pub mod request_rules;
 pub mod rewrite;

@@ -11,6 +11,7 @@ mod idp;
 mod origin;
 mod postgres;
 mod redis;
+mod service;
 mod store;
 mod upstream;
 
@@ -20,6 +21,7 @@ pub use idp::*;
 pub use origin::*;
 pub use postgres::*;
 pub use redis::*;
+pub use service::*;
 pub use store::*;
 pub use upstream::*;
 

@@ -11,6 +11,7 @@ mod listener;
 mod observe;
 mod ratelimit;
 mod route;
+mod shadow;
 mod upstream;
 
 pub use auth::*;
@@ -21,14 +22,11 @@ pub use listener::*;
 pub use observe::*;
 pub use ratelimit::*;
 pub use route::*;
+pub use shadow::*;
 pub use upstream::*;
 
 use crate::config::located::{Located, Text};
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-
-/// A section that is recognised but not implemented yet: kept only for its location.
-pub type Unsupported = Option<Located<IgnoredAny>>;
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

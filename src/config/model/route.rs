@@ -1,6 +1,8 @@
 //! `routes[]`: match rules, the action, and the per-route policies.
 
-use super::{AuthSpec, Authorization, Compression, Cors, RouteCacheConfig, Unsupported};
+use super::{
+    AuthSpec, Authorization, Compression, Cors, FaultConfig, MirrorConfig, RouteCacheConfig,
+};
 use crate::config::located::{Located, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -52,8 +54,10 @@ pub struct Route {
     pub cors: Option<Located<Cors>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Located<Compression>>,
-    #[serde(default, skip_serializing)]
-    pub mirror: Unsupported,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Located<MirrorConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Located<FaultConfig>>,
     /// `ip_rules` by name, checked after routing, before authentication.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_rules: Vec<Located<Text>>,
