@@ -56,6 +56,20 @@ enum Command {
     },
     /// Check a config file; prints every error with file:line and exits 1 if there are any.
     Validate { file: PathBuf },
+    /// Move ROUTE's traffic to another upstream in steps, each a config version in the store,
+    /// watching the new upstream between steps and rolling back on a breach. `rollout status`
+    /// shows every route rollout of the environment.
+    #[command(args_conflicts_with_subcommands = true)]
+    Rollout {
+        #[command(subcommand)]
+        status: Option<RolloutStatus>,
+        #[command(flatten)]
+        args: RolloutArgs,
+        #[arg(long, env = "PORTCULLIS_STORE", default_value = "sqlite://portcullis-store.db")]
+        store: String,
+        #[arg(long, env = "PORTCULLIS_ENVIRONMENT", default_value = "default")]
+        environment: String,
+    },
     /// Shadow traffic: `shadow report ROUTE` prints a running gateway's comparison report.
     Shadow {
         #[command(subcommand)]
@@ -103,6 +117,50 @@ struct FollowArgs {
     #[arg(long, env = "PORTCULLIS_STORE_POLL_MS", default_value_t = portcullis::control::agent::POLL_INTERVAL.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(100..=5_000))]
     store_poll_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum RolloutStatus {
+    /// Every route rollout of the environment and its state.
+    Status,
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    /// The route whose traffic moves.
+    route: Option<String>,
+    /// The upstream it moves to.
+    #[arg(long)]
+    to: Option<String>,
+    /// Percentages of traffic to the new upstream, one config version each.
+    #[arg(long, default_value = "5,25,50,75,100")]
+    steps: String,
+    /// How long each step is watched before the next.
+    #[arg(long, default_value_t = 60)]
+    interval_s: u64,
+    /// Highest failed-try ratio (5xx or no answer, 0–1) of the new upstream.
+    #[arg(long, default_value_t = 0.01)]
+    max_error_rate: f64,
+    /// Highest p99 latency (ms) of the new upstream.
+    #[arg(long)]
+    max_p99_ms: Option<f64>,
+    /// A step is judged once the new upstream had this many tries.
+    #[arg(long, default_value_t = 20)]
+    min_requests: u64,
+    /// How long every live instance gets to apply a step's version.
+    #[arg(long, default_value_t = 30)]
+    apply_timeout_s: u64,
+    /// A YAML file of synthetic checks sent to every instance after each step is applied.
+    #[arg(long)]
+    checks: Option<PathBuf>,
+    /// Stop the running rollout of ROUTE at its next check (the weight stays).
+    #[arg(long, conflicts_with_all = ["to", "resume"])]
+    pause: bool,
+    /// Continue a paused or interrupted rollout of ROUTE with its recorded plan.
+    #[arg(long, conflicts_with = "to")]
+    resume: bool,
+    #[arg(long, env = "USER", default_value = "unknown")]
+    actor: String,
 }
 
 #[derive(Subcommand)]
@@ -159,6 +217,12 @@ enum ConfigAction {
         /// How long canaries get to apply the version.
         #[arg(long, default_value_t = 30)]
         apply_timeout_s: u64,
+        /// Highest p99 latency (ms) of the canaries' requests (judged from 20 requests on).
+        #[arg(long)]
+        max_p99_ms: Option<f64>,
+        /// A YAML file of synthetic checks sent to every canary before promotion.
+        #[arg(long)]
+        checks: Option<PathBuf>,
         #[arg(long, env = "USER", default_value = "unknown")]
         actor: String,
     },
@@ -175,6 +239,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Rollout {
+            status,
+            args,
+            store,
+            environment,
+        } => match rollout_cmd(&store, &environment, status.is_some(), args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Shadow {
             action:
                 ShadowAction::Report {
@@ -250,6 +326,98 @@ fn validate(file: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn rollout_cmd(
+    store_url: &str,
+    environment: &str,
+    status: bool,
+    args: RolloutArgs,
+) -> anyhow::Result<u8> {
+    use portcullis::control::rollout::{self, Outcome, Plan};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let store = portcullis::control::store::Store::connect(store_url).await?;
+        if status {
+            let all = store.route_rollouts(environment).await?;
+            if all.is_empty() {
+                println!("no route rollout in environment {environment}");
+            }
+            for r in &all {
+                println!("{}", rollout::describe(r));
+            }
+            return Ok(0);
+        }
+        let route = args
+            .route
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("give the ROUTE to roll out (or `rollout status`)"))?;
+        if args.pause {
+            return Ok(if store.pause_route_rollout(environment, &route).await? {
+                println!("rollout of {route} will stop at its next check");
+                0
+            } else {
+                eprintln!("no running rollout of {route}");
+                1
+            });
+        }
+        let checks = match &args.checks {
+            Some(f) => portcullis::control::checks::load(f).map_err(anyhow::Error::msg)?,
+            None => Vec::new(),
+        };
+        let plan = if args.resume {
+            let recorded = store
+                .route_rollouts(environment)
+                .await?
+                .into_iter()
+                .find(|r| r.route == route)
+                .ok_or_else(|| anyhow::anyhow!("no recorded rollout of {route} to resume"))?;
+            if recorded.state == "DONE" || recorded.state == "ROLLED_BACK" {
+                anyhow::bail!("the rollout of {route} ended ({}); start a new one", recorded.state);
+            }
+            let mut plan: Plan = serde_json::from_str(&recorded.plan)
+                .context("the recorded plan is unreadable")?;
+            plan.checks = checks;
+            plan
+        } else {
+            let to = args
+                .to
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--to UPSTREAM is required"))?;
+            Plan {
+                route: route.clone(),
+                to,
+                steps: rollout::parse_steps(&args.steps)
+                    .map_err(anyhow::Error::msg)
+                    .context("--steps")?,
+                interval_s: args.interval_s,
+                max_error_rate: args.max_error_rate,
+                max_p99_ms: args.max_p99_ms,
+                min_requests: args.min_requests,
+                apply_timeout_s: args.apply_timeout_s,
+                checks,
+            }
+        };
+        let outcome =
+            rollout::run(&store, environment, &plan, &args.actor, &mut |l| println!("{l}")).await?;
+        Ok(match outcome {
+            Outcome::Done => {
+                println!("rollout of {route} done: 100% to {}", plan.to);
+                0
+            }
+            Outcome::RolledBack(why) => {
+                eprintln!("rollout of {route} rolled back to 0%: {why}");
+                1
+            }
+            Outcome::Stopped(why) => {
+                eprintln!("rollout of {route} stopped: {why}");
+                1
+            }
+        })
+    })
 }
 
 fn shadow_report(
@@ -454,13 +622,21 @@ fn config_cmd(store_url: &str, environment: &str, action: ConfigAction) -> anyho
                 watch_s,
                 max_error_rate,
                 apply_timeout_s,
+                max_p99_ms,
+                checks,
                 actor,
             } => {
+                let checks = match &checks {
+                    Some(f) => portcullis::control::checks::load(f).map_err(anyhow::Error::msg)?,
+                    None => Vec::new(),
+                };
                 let options = commands::ActivateOptions {
                     canary,
                     watch_s,
                     max_error_rate,
                     apply_timeout_s,
+                    max_p99_ms,
+                    checks,
                 };
                 commands::activate(&store, version, &options, &actor).await?
             }

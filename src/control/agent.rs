@@ -254,6 +254,7 @@ impl Agent {
                 last_known_good: self.status.last_known_good.load(Ordering::Relaxed),
                 failed_version: failed.as_ref().map(|(v, _)| *v),
                 last_error: failed.map(|(_, e)| e),
+                stats: Some(super::stats::HeartbeatStats::collect(&self.gateway).to_text()),
             })
             .await
             .map_err(|e| e.to_string())

@@ -1,9 +1,11 @@
-//! A canary rollout: a version goes to the instances carrying one label, their 5xx ratio is
-//! watched (from the counters they report with each heartbeat), and the version is then
-//! promoted to every instance — or, when the ratio passes the limit or a canary cannot apply
-//! the version, the canaries go back to the active version and the version is marked
-//! ROLLED_BACK with the reason.
+//! A canary rollout: a version goes to the instances carrying one label, their 5xx ratio and
+//! p99 latency are watched (from the counters and histograms they report with each heartbeat),
+//! synthetic checks are sent to them, and the version is then promoted to every instance — or,
+//! when a gate is breached, a check fails or a canary cannot apply the version, the canaries go
+//! back to the active version and the version is marked ROLLED_BACK with the reason.
 
+use super::checks::Check;
+use super::stats::{p99_ms, HeartbeatStats};
 use super::store::{now_ms, InstanceReport, Labels, Store, StoreError};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,7 +18,15 @@ pub struct CanaryPlan {
     pub max_error_rate: f64,
     /// How long canaries get to apply the version before the rollout is abandoned.
     pub apply_timeout: Duration,
+    /// Highest p99 latency of the canaries' requests, judged once they served
+    /// [`MIN_REQUESTS_FOR_P99`] requests on the version.
+    pub max_p99_ms: Option<f64>,
+    /// Sent to every canary before promotion; any failure rolls back.
+    pub checks: Vec<Check>,
 }
+
+/// Fewer requests than this say nothing about a p99.
+pub const MIN_REQUESTS_FOR_P99: u64 = 20;
 
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
@@ -61,7 +71,7 @@ pub async fn run(
     ));
 
     // Counters of each canary at the moment it first reported the new version.
-    let mut baseline: HashMap<String, (i64, i64)> = HashMap::new();
+    let mut baseline: HashMap<String, (i64, i64, HeartbeatStats)> = HashMap::new();
     let apply_deadline = tokio::time::Instant::now() + plan.apply_timeout;
     let mut watch_until: Option<tokio::time::Instant> = None;
     let rollback = |reason: String| async move {
@@ -84,15 +94,19 @@ pub async fn run(
         }
         for r in &mine {
             if r.applied_version == Some(plan.version) {
-                baseline
-                    .entry(r.instance_id.clone())
-                    .or_insert((r.requests, r.errors_5xx));
+                baseline.entry(r.instance_id.clone()).or_insert_with(|| {
+                    (
+                        r.requests,
+                        r.errors_5xx,
+                        HeartbeatStats::parse(r.stats.as_deref()),
+                    )
+                });
             }
         }
         let (requests, errors) = mine
             .iter()
             .filter_map(|r| {
-                baseline.get(&r.instance_id).map(|(q, e)| {
+                baseline.get(&r.instance_id).map(|(q, e, _)| {
                     (
                         (r.requests - q).max(0) as u64,
                         (r.errors_5xx - e).max(0) as u64,
@@ -111,6 +125,22 @@ pub async fn run(
                 plan.max_error_rate
             ))
             .await;
+        }
+        // The canaries' latency since they took the version.
+        let mut since = HeartbeatStats::default();
+        for r in &mine {
+            if let Some((_, _, base)) = baseline.get(&r.instance_id) {
+                since.add(&HeartbeatStats::parse(r.stats.as_deref()).since(base));
+            }
+        }
+        if let (Some(max), Some(p99)) = (plan.max_p99_ms, p99_ms(&since.latency)) {
+            let counted: u64 = since.latency.iter().sum();
+            if counted >= MIN_REQUESTS_FOR_P99 && p99 > max {
+                return rollback(format!(
+                    "p99 latency {p99:.0} ms ({counted} requests) on the canaries is above {max} ms"
+                ))
+                .await;
+            }
         }
         let now = tokio::time::Instant::now();
         match watch_until {
@@ -137,6 +167,22 @@ pub async fn run(
                 .await;
             }
             Some(until) if now >= until => {
+                if !plan.checks.is_empty() {
+                    let listeners: Vec<String> = mine
+                        .iter()
+                        .flat_map(|r| HeartbeatStats::parse(r.stats.as_deref()).listen)
+                        .collect();
+                    if listeners.is_empty() {
+                        return rollback(
+                            "synthetic checks: no canary reports a plain-HTTP listener".into(),
+                        )
+                        .await;
+                    }
+                    match super::checks::run(&plan.checks, &listeners).await {
+                        Ok(n) => say(format!("{n} synthetic check(s) passed on the canaries")),
+                        Err(why) => return rollback(why).await,
+                    }
+                }
                 store.activate(plan.version, actor).await?;
                 return Ok(Outcome::Promoted { requests, errors });
             }

@@ -154,6 +154,8 @@ pub struct ActivateOptions {
     pub watch_s: u64,
     pub max_error_rate: f64,
     pub apply_timeout_s: u64,
+    pub max_p99_ms: Option<f64>,
+    pub checks: Vec<super::checks::Check>,
 }
 
 pub async fn activate(
@@ -191,6 +193,8 @@ pub async fn activate(
         watch: Duration::from_secs(options.watch_s),
         max_error_rate: options.max_error_rate,
         apply_timeout: Duration::from_secs(options.apply_timeout_s),
+        max_p99_ms: options.max_p99_ms,
+        checks: options.checks.clone(),
     };
     let outcome = canary::run(store, &plan, actor, &mut |line| println!("{line}")).await?;
     match outcome {
@@ -227,6 +231,9 @@ pub async fn status(store: &Store, environment: &str) -> Result<Exit, StoreError
         print!(", canary version {v} on {sel}");
     }
     println!();
+    for r in store.route_rollouts(environment).await? {
+        println!("{}", super::rollout::describe(&r));
+    }
     println!(
         "{:<24}  {:<24}  {:>7}  {:>7}  state",
         "instance", "labels", "applied", "wanted"

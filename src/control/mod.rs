@@ -4,5 +4,8 @@
 
 pub mod agent;
 pub mod canary;
+pub mod checks;
 pub mod commands;
+pub mod rollout;
+pub mod stats;
 pub mod store;

@@ -138,6 +138,30 @@ pub struct InstanceReport {
     /// A version it could not apply, and why.
     pub failed_version: Option<i64>,
     pub last_error: Option<String>,
+    /// Latency and per-upstream counters (`control::stats::HeartbeatStats` as JSON).
+    pub stats: Option<String>,
+}
+
+/// A progressive rollout of one route (`portcullis rollout`), as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRollout {
+    pub environment: String,
+    pub route: String,
+    pub from_upstream: String,
+    pub to_upstream: String,
+    /// The plan as given (steps, interval, gates), JSON.
+    pub plan: String,
+    /// The share of the route's traffic the new upstream has now, in percent.
+    pub percent: i64,
+    /// RUNNING, PAUSED, DONE, ROLLED_BACK, FAILED.
+    pub state: String,
+    pub reason: Option<String>,
+    /// The version that set `percent`.
+    pub version: Option<i64>,
+    pub started_at_ms: i64,
+    /// The rollout process writes this at every check: a RUNNING rollout whose time stops
+    /// moving was interrupted.
+    pub updated_at_ms: i64,
 }
 
 pub const NOTIFY_CHANNEL: &str = "portcullis_config";
@@ -181,6 +205,21 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE config_versions (
         last_known_good BIGINT NOT NULL,
         failed_version BIGINT,
         last_error TEXT
+    )",
+    "ALTER TABLE instances ADD COLUMN stats TEXT;
+    CREATE TABLE route_rollouts (
+        environment TEXT NOT NULL,
+        route TEXT NOT NULL,
+        from_upstream TEXT NOT NULL,
+        to_upstream TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        percent BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        version BIGINT,
+        started_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (environment, route)
     )"];
 
 pub fn now_ms() -> i64 {
@@ -573,11 +612,11 @@ impl Store {
     pub async fn report(&self, r: &InstanceReport) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO instances (instance_id, environment, labels, applied_version, heartbeat_at,
-                 requests, errors_5xx, last_known_good, failed_version, last_error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 requests, errors_5xx, last_known_good, failed_version, last_error, stats)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (instance_id) DO UPDATE SET environment = $2, labels = $3,
                  applied_version = $4, heartbeat_at = $5, requests = $6, errors_5xx = $7,
-                 last_known_good = $8, failed_version = $9, last_error = $10",
+                 last_known_good = $8, failed_version = $9, last_error = $10, stats = $11",
         )
         .bind(&r.instance_id)
         .bind(&r.environment)
@@ -589,6 +628,7 @@ impl Store {
         .bind(i64::from(r.last_known_good))
         .bind(r.failed_version)
         .bind(&r.last_error)
+        .bind(&r.stats)
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
@@ -598,7 +638,7 @@ impl Store {
     pub async fn instances(&self, environment: &str) -> Result<Vec<InstanceReport>, StoreError> {
         let rows = sqlx::query(
             "SELECT instance_id, environment, labels, applied_version, heartbeat_at, requests,
-                    errors_5xx, last_known_good, failed_version, last_error
+                    errors_5xx, last_known_good, failed_version, last_error, stats
              FROM instances WHERE environment = $1 ORDER BY instance_id",
         )
         .bind(environment)
@@ -618,6 +658,137 @@ impl Store {
                 last_known_good: r.get::<i64, _>(7) != 0,
                 failed_version: r.get(8),
                 last_error: r.get(9),
+                stats: r.get(10),
+            })
+            .collect())
+    }
+
+    /// Starts (or takes over) the rollout of `r.route`: refused while another one is RUNNING
+    /// and was touched within `stale_ms`.
+    pub async fn begin_route_rollout(
+        &self,
+        r: &RouteRollout,
+        stale_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let existing = sqlx::query(
+            "SELECT state, updated_at FROM route_rollouts WHERE environment = $1 AND route = $2",
+        )
+        .bind(&r.environment)
+        .bind(&r.route)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        if let Some(row) = existing {
+            let state: String = row.get(0);
+            let updated: i64 = row.get(1);
+            if state == "RUNNING" && now_ms() - updated < stale_ms {
+                return Err(StoreError::Refused(format!(
+                    "a rollout of route {} is already running (see `portcullis rollout status`)",
+                    r.route
+                )));
+            }
+        }
+        sqlx::query("DELETE FROM route_rollouts WHERE environment = $1 AND route = $2")
+            .bind(&r.environment)
+            .bind(&r.route)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query(
+            "INSERT INTO route_rollouts (environment, route, from_upstream, to_upstream, plan,
+                 percent, state, reason, version, started_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&r.environment)
+        .bind(&r.route)
+        .bind(&r.from_upstream)
+        .bind(&r.to_upstream)
+        .bind(&r.plan)
+        .bind(r.percent)
+        .bind(&r.state)
+        .bind(&r.reason)
+        .bind(r.version)
+        .bind(r.started_at_ms)
+        .bind(r.updated_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    /// Records a rollout's progress.
+    pub async fn update_route_rollout(
+        &self,
+        environment: &str,
+        route: &str,
+        percent: i64,
+        version: Option<i64>,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE route_rollouts SET percent = $1, version = $2, state = $3, reason = $4,
+                 updated_at = $5
+             WHERE environment = $6 AND route = $7",
+        )
+        .bind(percent)
+        .bind(version)
+        .bind(state)
+        .bind(reason)
+        .bind(now_ms())
+        .bind(environment)
+        .bind(route)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Marks a RUNNING rollout PAUSED (its process stops at its next check). False when none runs.
+    pub async fn pause_route_rollout(
+        &self,
+        environment: &str,
+        route: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE route_rollouts SET state = 'PAUSED', reason = 'paused by the operator',
+                 updated_at = $1
+             WHERE environment = $2 AND route = $3 AND state = 'RUNNING'",
+        )
+        .bind(now_ms())
+        .bind(environment)
+        .bind(route)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn route_rollouts(&self, environment: &str) -> Result<Vec<RouteRollout>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT environment, route, from_upstream, to_upstream, plan, percent, state, reason,
+                    version, started_at, updated_at
+             FROM route_rollouts WHERE environment = $1 ORDER BY route",
+        )
+        .bind(environment)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| RouteRollout {
+                environment: r.get(0),
+                route: r.get(1),
+                from_upstream: r.get(2),
+                to_upstream: r.get(3),
+                plan: r.get(4),
+                percent: r.get(5),
+                state: r.get(6),
+                reason: r.get(7),
+                version: r.get(8),
+                started_at_ms: r.get(9),
+                updated_at_ms: r.get(10),
             })
             .collect())
     }
@@ -716,6 +887,7 @@ mod tests {
                     last_known_good: false,
                     failed_version: None,
                     last_error: None,
+                    stats: None,
                 };
                 gateway.report(&r).await.unwrap();
             }

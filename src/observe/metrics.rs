@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds of the duration histograms, in seconds.
-const BUCKETS: [f64; 14] = [
+pub const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
@@ -181,6 +181,19 @@ impl RouteMetrics {
 #[derive(Debug, Default)]
 pub struct UpstreamMetrics {
     pub duration: Histogram,
+    /// Tries that got an answer or failed, and those that failed or answered 5xx (what a
+    /// progressive rollout watches, reported with each heartbeat).
+    pub tries: AtomicU64,
+    pub failed_tries: AtomicU64,
+}
+
+/// One upstream's counters as a heartbeat reports them.
+#[derive(Debug, Clone)]
+pub struct UpstreamTotals {
+    pub name: String,
+    pub tries: u64,
+    pub failed_tries: u64,
+    pub latency: [u64; BUCKETS.len() + 1],
 }
 
 /// All series; the maps are touched only when a config is compiled and when `/metrics` is read.
@@ -253,6 +266,34 @@ impl Metrics {
             .chain(std::iter::once(&self.no_route))
             .map(|m| m.totals())
             .fold(retired, |(a, e), (ra, re)| (a + ra, e + re))
+    }
+
+    /// Request latency of every route, per histogram bucket (what a canary's p99 gate reads).
+    pub fn latency_counts(&self) -> [u64; BUCKETS.len() + 1] {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = [0; BUCKETS.len() + 1];
+        for m in routes.values() {
+            for (slot, n) in out.iter_mut().zip(m.duration.counts().0) {
+                *slot += n;
+            }
+        }
+        out
+    }
+
+    /// Every upstream's try counters and latency.
+    pub fn upstream_totals(&self) -> Vec<UpstreamTotals> {
+        let ups = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<UpstreamTotals> = ups
+            .iter()
+            .map(|(name, m)| UpstreamTotals {
+                name: name.clone(),
+                tries: m.tries.load(Relaxed),
+                failed_tries: m.failed_tries.load(Relaxed),
+                latency: m.duration.counts().0,
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// Text exposition of everything the gateway knows; `extra` appends live state gathered

@@ -199,18 +199,6 @@ impl MirrorPolicy {
                 "a route with a direct_response has no upstream to mirror",
             );
         }
-        // Beside a split that already sends some traffic to it (a canary), the mirror copies
-        // the rest; a route whose one upstream it is would only be sent everything twice.
-        if r.upstream
-            .as_ref()
-            .is_some_and(|u| u.value == m.upstream.value)
-        {
-            diag.err(
-                m.upstream.line,
-                format!("{key}.upstream"),
-                "the mirror must be another upstream than the route's own",
-            );
-        }
         let pct = percent(m.percent.as_ref(), 100.0, &format!("{key}.percent"), diag);
         let methods = match &m.methods {
             None => vec![Method::GET, Method::HEAD, Method::OPTIONS],

@@ -137,6 +137,10 @@ pub async fn forward(
 
         let healthy_answer = matches!(&outcome, Outcome::Response(r) if r.status().as_u16() < 500);
         if !matches!(outcome, Outcome::Fatal(_)) {
+            upstream.metrics.tries.fetch_add(1, Ordering::Relaxed);
+            if !healthy_answer {
+                upstream.metrics.failed_tries.fetch_add(1, Ordering::Relaxed);
+            }
             target.state.record(healthy_answer);
             if let Some(cfg) = &upstream.breaker {
                 target
