@@ -65,9 +65,19 @@ enum Command {
         status: Option<RolloutStatus>,
         #[command(flatten)]
         args: RolloutArgs,
-        #[arg(long, env = "PORTCULLIS_STORE", default_value = "sqlite://portcullis-store.db")]
+        #[arg(
+            long,
+            global = true,
+            env = "PORTCULLIS_STORE",
+            default_value = "sqlite://portcullis-store.db"
+        )]
         store: String,
-        #[arg(long, env = "PORTCULLIS_ENVIRONMENT", default_value = "default")]
+        #[arg(
+            long,
+            global = true,
+            env = "PORTCULLIS_ENVIRONMENT",
+            default_value = "default"
+        )]
         environment: String,
     },
     /// Shadow traffic: `shadow report ROUTE` prints a running gateway's comparison report.
