@@ -386,10 +386,13 @@ fn rollout_cmd(
                 .find(|r| r.route == route)
                 .ok_or_else(|| anyhow::anyhow!("no recorded rollout of {route} to resume"))?;
             if recorded.state == "DONE" || recorded.state == "ROLLED_BACK" {
-                anyhow::bail!("the rollout of {route} ended ({}); start a new one", recorded.state);
+                anyhow::bail!(
+                    "the rollout of {route} ended ({}); start a new one",
+                    recorded.state
+                );
             }
-            let mut plan: Plan = serde_json::from_str(&recorded.plan)
-                .context("the recorded plan is unreadable")?;
+            let mut plan: Plan =
+                serde_json::from_str(&recorded.plan).context("the recorded plan is unreadable")?;
             plan.checks = checks;
             plan
         } else {
@@ -411,8 +414,10 @@ fn rollout_cmd(
                 checks,
             }
         };
-        let outcome =
-            rollout::run(&store, environment, &plan, &args.actor, &mut |l| println!("{l}")).await?;
+        let outcome = rollout::run(&store, environment, &plan, &args.actor, &mut |l| {
+            println!("{l}")
+        })
+        .await?;
         Ok(match outcome {
             Outcome::Done => {
                 println!("rollout of {route} done: 100% to {}", plan.to);

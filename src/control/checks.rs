@@ -53,14 +53,17 @@ fn default_status() -> u16 {
 pub fn load(path: &std::path::Path) -> Result<Vec<Check>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let checks: Vec<Check> = serde_saphyr::from_str(&text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let checks: Vec<Check> =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if checks.is_empty() {
         return Err(format!("{}: no checks", path.display()));
     }
     for c in &checks {
         if http::Method::from_bytes(c.method.as_bytes()).is_err() {
-            return Err(format!("check `{}`: `{}` is not a method", c.name, c.method));
+            return Err(format!(
+                "check `{}`: `{}` is not a method",
+                c.name, c.method
+            ));
         }
         if !c.path.starts_with('/') {
             return Err(format!("check `{}`: path must start with `/`", c.name));

@@ -87,7 +87,12 @@ pub fn set_weights(
     } else if let Some(split) = &r.split {
         let key_line = (1..=split.line as usize)
             .rev()
-            .find(|&l| lines[l - 1].trim_start().trim_start_matches("- ").starts_with("split:"))
+            .find(|&l| {
+                lines[l - 1]
+                    .trim_start()
+                    .trim_start_matches("- ")
+                    .starts_with("split:")
+            })
             .ok_or("cannot find the route's `split:` line")?;
         (key_line, block_end(&lines, key_line))
     } else {
@@ -100,8 +105,14 @@ pub fn set_weights(
     } else {
         ""
     };
-    if !key_text.trim_start().trim_start_matches("- ").starts_with("upstream:")
-        && !key_text.trim_start().trim_start_matches("- ").starts_with("split:")
+    if !key_text
+        .trim_start()
+        .trim_start_matches("- ")
+        .starts_with("upstream:")
+        && !key_text
+            .trim_start()
+            .trim_start_matches("- ")
+            .starts_with("split:")
     {
         return Err(format!(
             "route `{route}`: its action is not on its own line (write `upstream:` or `split:` as a block key)"
@@ -264,10 +275,18 @@ impl Run<'_> {
             .await
     }
 
-    async fn rollback(&self, reason: String, say: &mut dyn FnMut(String)) -> Result<Outcome, StoreError> {
+    async fn rollback(
+        &self,
+        reason: String,
+        say: &mut dyn FnMut(String),
+    ) -> Result<Outcome, StoreError> {
         let v = self.set(0, "rolled back").await?;
-        say(format!("rolled back: version {v} sends 0% to {}", self.plan.to));
-        self.record(0, Some(v), "ROLLED_BACK", Some(&reason)).await?;
+        say(format!(
+            "rolled back: version {v} sends 0% to {}",
+            self.plan.to
+        ));
+        self.record(0, Some(v), "ROLLED_BACK", Some(&reason))
+            .await?;
         Ok(Outcome::RolledBack(reason))
     }
 
@@ -280,7 +299,8 @@ impl Run<'_> {
     ) -> Result<Option<Outcome>, StoreError> {
         let plan = self.plan;
         // Every live instance applies the version first; its counters then are the baseline.
-        let apply_deadline = tokio::time::Instant::now() + Duration::from_secs(plan.apply_timeout_s);
+        let apply_deadline =
+            tokio::time::Instant::now() + Duration::from_secs(plan.apply_timeout_s);
         let mut baseline: HashMap<String, HeartbeatStats> = HashMap::new();
         let mut watch_until = None;
         let mut extended = 0;
@@ -305,7 +325,10 @@ impl Run<'_> {
                 let why = bad.last_error.clone().unwrap_or_default();
                 return self
                     .rollback(
-                        format!("instance {} could not apply version {version}: {why}", bad.instance_id),
+                        format!(
+                            "instance {} could not apply version {version}: {why}",
+                            bad.instance_id
+                        ),
                         say,
                     )
                     .await
@@ -443,14 +466,15 @@ pub async fn run(
             "a config canary is in progress; finish it first".into(),
         ));
     }
-    let active = rollout
-        .active_version
-        .ok_or_else(|| StoreError::Refused(format!("environment {environment} has no active version")))?;
+    let active = rollout.active_version.ok_or_else(|| {
+        StoreError::Refused(format!("environment {environment} has no active version"))
+    })?;
     let text = store
         .document(active)
         .await?
         .ok_or_else(|| StoreError::Refused(format!("version {active} is missing")))?;
-    let (from, current) = current_share(&text, &plan.route, &plan.to).map_err(StoreError::Refused)?;
+    let (from, current) =
+        current_share(&text, &plan.route, &plan.to).map_err(StoreError::Refused)?;
     if from == plan.to {
         return Err(StoreError::Refused(format!(
             "route {} already sends everything to {}",
@@ -573,13 +597,23 @@ routes:
             "    split: [{ upstream: v1, weight: 9500 }, { upstream: v2, weight: 500 }]\n    timeout_ms: 1000"
         ), "{five}");
         assert!(five.contains("    # the current upstream\n"));
-        assert!(five.contains("  - name: other\n    match: { path: { prefix: /o } }\n    upstream: v1\n"));
+        assert!(five
+            .contains("  - name: other\n    match: { path: { prefix: /o } }\n    upstream: v1\n"));
         crate::compile::text(&five, "t").unwrap();
-        assert_eq!(current_share(&five, "orders", "v2").unwrap(), ("v1".into(), 5));
+        assert_eq!(
+            current_share(&five, "orders", "v2").unwrap(),
+            ("v1".into(), 5)
+        );
         let fifty = set_weights(&five, "orders", "v1", "v2", 50).unwrap();
-        assert_eq!(current_share(&fifty, "orders", "v2").unwrap(), ("v1".into(), 50));
+        assert_eq!(
+            current_share(&fifty, "orders", "v2").unwrap(),
+            ("v1".into(), 50)
+        );
         let all = set_weights(&fifty, "orders", "v1", "v2", 100).unwrap();
-        assert!(all.contains("    upstream: v2\n    timeout_ms: 1000"), "{all}");
+        assert!(
+            all.contains("    upstream: v2\n    timeout_ms: 1000"),
+            "{all}"
+        );
         let back = set_weights(&all, "orders", "v1", "v2", 0).unwrap();
         assert_eq!(back, DOC);
     }
@@ -591,17 +625,26 @@ routes:
             "    split:\n      - upstream: v1\n        weight: 9000\n      # canary\n      - { upstream: v2, weight: 1000 }\n    split_key: header:x-user\n    timeout_ms",
         );
         crate::compile::text(&doc, "t").unwrap();
-        assert_eq!(current_share(&doc, "orders", "v2").unwrap(), ("v1".into(), 10));
+        assert_eq!(
+            current_share(&doc, "orders", "v2").unwrap(),
+            ("v1".into(), 10)
+        );
         let t = set_weights(&doc, "orders", "v1", "v2", 25).unwrap();
         assert!(t.contains("weight: 7500 }, { upstream: v2, weight: 2500 }]\n    split_key: header:x-user\n    timeout_ms"), "{t}");
         let all = set_weights(&doc, "orders", "v1", "v2", 100).unwrap();
-        assert!(all.contains("    upstream: v2\n    timeout_ms: 1000"), "{all}");
+        assert!(
+            all.contains("    upstream: v2\n    timeout_ms: 1000"),
+            "{all}"
+        );
         crate::compile::text(&all, "t").unwrap();
     }
 
     #[test]
     fn steps_parse() {
-        assert_eq!(parse_steps("5,25,50,75,100").unwrap(), vec![5, 25, 50, 75, 100]);
+        assert_eq!(
+            parse_steps("5,25,50,75,100").unwrap(),
+            vec![5, 25, 50, 75, 100]
+        );
         assert!(parse_steps("5,5").is_err());
         assert!(parse_steps("0,10").is_err());
         assert!(parse_steps("50,101").is_err());

@@ -168,7 +168,8 @@ pub const NOTIFY_CHANNEL: &str = "portcullis_config";
 
 /// Schema changes, applied in order, each once; the number applied is kept in
 /// `portcullis_schema`.
-const MIGRATIONS: &[&str] = &["CREATE TABLE config_versions (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE config_versions (
         version BIGINT PRIMARY KEY,
         environment TEXT NOT NULL,
         document TEXT NOT NULL,
@@ -220,7 +221,8 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE config_versions (
         started_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL,
         PRIMARY KEY (environment, route)
-    )"];
+    )",
+];
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

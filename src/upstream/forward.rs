@@ -139,7 +139,10 @@ pub async fn forward(
         if !matches!(outcome, Outcome::Fatal(_)) {
             upstream.metrics.tries.fetch_add(1, Ordering::Relaxed);
             if !healthy_answer {
-                upstream.metrics.failed_tries.fetch_add(1, Ordering::Relaxed);
+                upstream
+                    .metrics
+                    .failed_tries
+                    .fetch_add(1, Ordering::Relaxed);
             }
             target.state.record(healthy_answer);
             if let Some(cfg) = &upstream.breaker {
