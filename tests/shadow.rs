@@ -320,7 +320,7 @@ async fn bodies_are_copied_within_the_cap_and_sampling_follows_the_request_id() 
     let mut sampled = 0;
     for i in 0..200 {
         let id = format!("req-{i}");
-        let before = cand.count();
+        let before = counts(&gw, &cand);
         let r = send(
             &c,
             Request::post(gw.url("/prices/b"))
@@ -331,7 +331,7 @@ async fn bodies_are_copied_within_the_cap_and_sampling_follows_the_request_id() 
         )
         .await;
         assert_eq!(r.status, 200);
-        let copied = wait_for_count(&cand, before).await;
+        let copied = wait_for_count(&gw, &cand, before).await;
         if copied {
             sampled += 1;
             let last = cand.received().pop().unwrap();
@@ -339,7 +339,7 @@ async fn bodies_are_copied_within_the_cap_and_sampling_follows_the_request_id() 
             assert_eq!(last.headers["x-request-id"], id.as_str());
             assert_eq!(last.headers["authorization"], "Bearer kept");
         }
-        let again_before = cand.count();
+        let again_before = counts(&gw, &cand);
         send(
             &c,
             Request::post(gw.url("/prices/b"))
@@ -348,7 +348,11 @@ async fn bodies_are_copied_within_the_cap_and_sampling_follows_the_request_id() 
                 .unwrap(),
         )
         .await;
-        assert_eq!(wait_for_count(&cand, again_before).await, copied, "{id}");
+        assert_eq!(
+            wait_for_count(&gw, &cand, again_before).await,
+            copied,
+            "{id}"
+        );
     }
     assert!(
         (70..=130).contains(&sampled),
@@ -384,15 +388,35 @@ async fn bodies_are_copied_within_the_cap_and_sampling_follows_the_request_id() 
     );
 }
 
-/// Whether the candidate got one more request within a moment.
-async fn wait_for_count(s: &Service, before: u64) -> bool {
-    for _ in 0..40 {
-        if s.count() > before {
+/// Whether the request just answered was copied: the candidate got one more request, or the
+/// route counted one more request sampled out (counted before the primary is even sent).
+async fn wait_for_count(gw: &TestGateway, s: &Service, before: (u64, u64)) -> bool {
+    let sampled_out = || {
+        gw.gateway.snapshot().routes[0]
+            .metrics
+            .shadow
+            .skipped(portcullis::shadow::Skip::SampledOut)
+    };
+    for _ in 0..400 {
+        if s.count() > before.0 {
             return true;
+        }
+        if sampled_out() > before.1 {
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    false
+    panic!("neither copied nor counted as sampled out");
+}
+
+fn counts(gw: &TestGateway, s: &Service) -> (u64, u64) {
+    (
+        s.count(),
+        gw.gateway.snapshot().routes[0]
+            .metrics
+            .shadow
+            .skipped(portcullis::shadow::Skip::SampledOut),
+    )
 }
 
 #[tokio::test]
@@ -479,5 +503,60 @@ async fn fault_injection_delays_and_aborts_the_configured_share() {
             "fault injection: delay 40 ms on 25%, abort 503 on 10%, only with header x-rehearsal"
         ),
         "{text}"
+    );
+}
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+
+#[tokio::test]
+async fn the_copy_has_the_verified_identity_but_never_the_credential() {
+    let _alone = ALONE.lock().await;
+    let a = Service::start(|r| priced(r, false)).await;
+    let cand = Service::start(|r| priced(r, false)).await;
+    let yaml = format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\ndefaults: {{ auth: none }}\nauth:\n  jwt:\n    - name: users\n      secret: \"{SECRET}\"\n      algorithms: [HS256]\n      forward_claims: {{ sub: x-user }}\nupstreams:\n  - {{ name: stable, targets: [{{ address: \"{}\" }}] }}\n  - {{ name: candidate, targets: [{{ address: \"{}\" }}] }}\nroutes:\n  - name: prices\n    match: {{ path: {{ prefix: /prices }} }}\n    upstream: stable\n    auth: {{ jwt: users }}\n    mirror: {{ upstream: candidate }}\n",
+        a.addr, cand.addr
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": "alice", "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let c = client();
+    let bearer = format!("Bearer {token}");
+    // A client-sent identity header never passes, on either side.
+    let r = get(
+        &c,
+        &gw.url("/prices/1"),
+        &[("authorization", &bearer), ("x-user", "mallory")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // Refused by auth: never forwarded, never copied.
+    assert_eq!(get(&c, &gw.url("/prices/2"), &[]).await.status, 401);
+    wait_until("the copy arrived", Duration::from_secs(5), || {
+        cand.count() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let copy = &cand.received()[0];
+    assert_eq!(copy.headers["x-user"], "alice");
+    assert!(!copy.headers.contains_key("authorization"));
+    assert_eq!(copy.headers["x-portcullis-shadow"], "mirror");
+    assert_eq!(cand.count(), 1);
+    let primary = &a.received()[0];
+    assert_eq!(primary.headers["x-user"], "alice");
+    // The route's credential is not forwarded to the primary either.
+    assert!(!primary.headers.contains_key("authorization"));
+    assert_eq!(
+        primary.headers["x-request-id"],
+        copy.headers["x-request-id"]
     );
 }

@@ -17,57 +17,69 @@ pub struct Seen {
     pub body: SeenBody,
 }
 
-/// A body: its length and hash always, its bytes when it fitted the comparison's cap.
-#[derive(Debug, Clone)]
-pub struct SeenBody {
-    pub len: u64,
-    pub sha256: [u8; 32],
-    pub bytes: Option<Bytes>,
+/// A body: whole when it fitted the comparison's cap, otherwise its length and SHA-256 (hashed
+/// only past the cap: bodies within it are compared byte for byte, then field by field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeenBody {
+    Whole(Bytes),
+    Digest { len: u64, sha256: [u8; 32] },
+}
+
+impl SeenBody {
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match self {
+            SeenBody::Whole(b) => Some(b),
+            SeenBody::Digest { .. } => None,
+        }
+    }
 }
 
 /// Builds a [`SeenBody`] chunk by chunk, holding at most `cap` bytes.
 pub struct BodyHasher {
-    hasher: Sha256,
-    len: u64,
     held: Vec<Bytes>,
+    len: u64,
     cap: usize,
-    over: bool,
+    /// Past the cap: the hash of everything so far.
+    hasher: Option<Sha256>,
 }
 
 impl BodyHasher {
     pub fn new(cap: usize) -> BodyHasher {
         BodyHasher {
-            hasher: Sha256::new(),
-            len: 0,
             held: Vec::new(),
+            len: 0,
             cap,
-            over: false,
+            hasher: None,
         }
     }
 
     pub fn push(&mut self, chunk: &Bytes) {
-        self.hasher.update(chunk);
         self.len += chunk.len() as u64;
-        if !self.over {
-            if self.len as usize > self.cap {
-                self.over = true;
-                self.held = Vec::new();
-            } else {
-                self.held.push(chunk.clone());
+        match &mut self.hasher {
+            Some(h) => h.update(chunk),
+            None if self.len as usize > self.cap => {
+                let mut h = Sha256::new();
+                for c in self.held.drain(..) {
+                    h.update(&c);
+                }
+                h.update(chunk);
+                self.hasher = Some(h);
             }
+            None => self.held.push(chunk.clone()),
         }
     }
 
     pub fn finish(self) -> SeenBody {
-        let bytes = (!self.over).then(|| match self.held.len() {
-            0 => Bytes::new(),
-            1 => self.held.into_iter().next().unwrap_or_default(),
-            _ => Bytes::from(self.held.concat()),
-        });
-        SeenBody {
-            len: self.len,
-            sha256: self.hasher.finalize().into(),
-            bytes,
+        match self.hasher {
+            Some(h) => SeenBody::Digest {
+                len: self.len,
+                sha256: h.finalize().into(),
+            },
+            None => SeenBody::Whole(match self.held.len() {
+                0 => Bytes::new(),
+                1 => self.held.into_iter().next().unwrap_or_default(),
+                _ => Bytes::from(self.held.concat()),
+            }),
         }
     }
 }
@@ -147,50 +159,65 @@ pub fn differences(a: &Seen, b: &Seen, ignore: &Ignore) -> BTreeSet<String> {
             out.insert(format!("header.{name}"));
         }
     }
+    // Byte-identical bodies have no differing field: nothing to parse.
+    if a.body == b.body {
+        return out;
+    }
     let json = |s: &Seen| {
         s.body
-            .bytes
-            .as_ref()
+            .bytes()
             .filter(|b| !b.is_empty())
             .and_then(|b| serde_json::from_slice::<Value>(b).ok())
     };
     match (json(a), json(b)) {
-        (Some(ja), Some(jb)) => json_differences(&ja, &jb, "$", ignore, &mut out),
+        (Some(ja), Some(jb)) => {
+            let mut path = String::from("$");
+            json_differences(&ja, &jb, &mut path, ignore, &mut out);
+        }
         _ => {
-            if a.body.len != b.body.len || a.body.sha256 != b.body.sha256 {
-                out.insert("body".to_string());
-            }
+            out.insert("body".to_string());
         }
     }
     out
 }
 
-fn json_differences(a: &Value, b: &Value, path: &str, ignore: &Ignore, out: &mut BTreeSet<String>) {
-    if ignore.path(path) {
+/// `path` is the field's path; children extend it and cut it back (one buffer for the walk).
+fn json_differences(
+    a: &Value,
+    b: &Value,
+    path: &mut String,
+    ignore: &Ignore,
+    out: &mut BTreeSet<String>,
+) {
+    if !ignore.paths.is_empty() && ignore.path(path) {
         return;
     }
+    let at = path.len();
     match (a, b) {
         (Value::Object(oa), Value::Object(ob)) => {
             for key in oa.keys().chain(ob.keys().filter(|k| !oa.contains_key(*k))) {
-                let child = format!("{path}.{key}");
+                path.push('.');
+                path.push_str(key);
                 match (oa.get(key), ob.get(key)) {
-                    (Some(va), Some(vb)) => json_differences(va, vb, &child, ignore, out),
+                    (Some(va), Some(vb)) => json_differences(va, vb, path, ignore, out),
                     _ => {
-                        if !ignore.path(&child) {
-                            out.insert(child);
+                        if !ignore.path(path) {
+                            out.insert(path.clone());
                         }
                     }
                 }
+                path.truncate(at);
             }
         }
         (Value::Array(xa), Value::Array(xb)) => {
-            let child = format!("{path}[]");
-            if xa.len() != xb.len() && !ignore.path(&child) {
-                out.insert(child.clone());
+            path.push_str("[]");
+            if xa.len() != xb.len() && !ignore.path(path) {
+                out.insert(path.clone());
             }
             for (va, vb) in xa.iter().zip(xb) {
-                json_differences(va, vb, &child, ignore, out);
+                json_differences(va, vb, path, ignore, out);
             }
+            path.truncate(at);
         }
         (Value::Number(na), Value::Number(nb)) => {
             let equal = match (na.as_i64(), nb.as_i64(), na.as_u64(), nb.as_u64()) {
@@ -199,12 +226,12 @@ fn json_differences(a: &Value, b: &Value, path: &str, ignore: &Ignore, out: &mut
                 _ => na.as_f64() == nb.as_f64(),
             };
             if !equal {
-                out.insert(path.to_string());
+                out.insert(path.clone());
             }
         }
         _ => {
             if a != b {
-                out.insert(path.to_string());
+                out.insert(path.clone());
             }
         }
     }
@@ -296,9 +323,12 @@ mod tests {
         let mut h = BodyHasher::new(4);
         h.push(&Bytes::from_static(b"{\"a\":"));
         h.push(&Bytes::from_static(b"1}"));
-        let body = h.finish();
-        assert!(body.bytes.is_none());
-        assert_eq!(body.len, 7);
-        assert_eq!(body.sha256, <[u8; 32]>::from(Sha256::digest(b"{\"a\":1}")));
+        assert_eq!(
+            h.finish(),
+            SeenBody::Digest {
+                len: 7,
+                sha256: Sha256::digest(b"{\"a\":1}").into()
+            }
+        );
     }
 }

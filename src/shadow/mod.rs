@@ -33,7 +33,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusC
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use report::{Report, Sample, Thresholds};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -623,22 +623,16 @@ impl PrimaryTap {
     }
 }
 
-/// Reads a response body into what the comparison needs, within `deadline`.
-async fn seen<B>(resp: Response<B>, cap: usize, deadline: Instant) -> Option<Seen>
+/// Reads a response body into what the comparison needs (the caller bounds the time).
+async fn seen<B>(resp: Response<B>, cap: usize) -> Option<Seen>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
     let mut hasher = BodyHasher::new(cap);
-    loop {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) | Ok(Some(Err(_))) => return None,
-            Ok(None) => break,
-            Ok(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    hasher.push(d);
-                }
-            }
+    while let Some(frame) = body.frame().await {
+        if let Some(d) = frame.ok()?.data_ref() {
+            hasher.push(d);
         }
     }
     Some(Seen {
@@ -646,6 +640,35 @@ where
         headers: parts.headers,
         body: hasher.finish(),
     })
+}
+
+/// The same request sent to another healthy target of the primary upstream (noise).
+async fn noise_answer(
+    snapshot: &Snapshot,
+    primary_upstream: usize,
+    primary_target: Option<usize>,
+    mut head: Parts,
+    compare: &ComparePolicy,
+    counters: &ShadowCounters,
+) -> Option<Seen> {
+    let up = &snapshot.upstreams[primary_upstream];
+    let pool = up
+        .targets
+        .iter()
+        .enumerate()
+        .find(|(i, t)| Some(*i) != primary_target && t.state.is_healthy())
+        .map(|(_, t)| Arc::clone(&t.pool))?;
+    counters.noise_sent.fetch_add(1, Relaxed);
+    if !head.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(pool.authority().as_str()) {
+            head.headers.insert(header::HOST, v);
+        }
+    }
+    let resp = pool
+        .send(http::Request::from_parts(head, UpstreamBody::empty()))
+        .await
+        .ok()?;
+    seen(resp, compare.max_compare_bytes).await
 }
 
 impl Copy {
@@ -679,7 +702,7 @@ impl Copy {
             return;
         };
         let method = head.method.clone();
-        let path = head.uri.path().to_string();
+        let uri = head.uri.clone();
         let mut trail = Trail::default();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let upstream = &snapshot.upstreams[policy.upstream];
@@ -702,62 +725,46 @@ impl Copy {
             };
             return;
         };
-        let Some(candidate) = seen(answer, compare.max_compare_bytes, deadline).await else {
+        let Ok(Some(candidate)) =
+            tokio::time::timeout_at(deadline, seen(answer, compare.max_compare_bytes)).await
+        else {
             return counters.skip(Skip::MirrorTimeout);
         };
         counters.mirrored.fetch_add(1, Relaxed);
 
-        // The primary's answer: its head at once, its body when it has streamed to the client
-        // (bounded by the route's timeout past the copy's deadline).
+        // The primary's answer: its head, then its body once it has streamed to the client —
+        // and, for a noise sample, a second primary target's answer — all within the route's
+        // timeout past the copy's deadline (one timer for the lot).
         let primary_deadline = deadline + live.rules.timeout;
-        let Some(Ok(Ok(answer))) = (match primary {
-            Some(rx) => Some(tokio::time::timeout_at(primary_deadline, rx).await),
-            None => None,
-        }) else {
-            counters.compare_skipped.fetch_add(1, Relaxed);
-            return;
+        let primary_side = async {
+            let answer = primary?.await.ok()?;
+            let body = answer.body.await.ok()?;
+            let primary = Seen {
+                status: answer.status,
+                headers: answer.headers,
+                body,
+            };
+            let noise = match noise_head {
+                Some(h) => {
+                    noise_answer(
+                        &snapshot,
+                        primary_upstream,
+                        answer.target,
+                        h,
+                        compare,
+                        counters,
+                    )
+                    .await
+                }
+                None => None,
+            };
+            Some((primary, noise))
         };
-        let Ok(Ok(primary_body)) = tokio::time::timeout_at(primary_deadline, answer.body).await
+        let Ok(Some((primary, noise))) =
+            tokio::time::timeout_at(primary_deadline, primary_side).await
         else {
             counters.compare_skipped.fetch_add(1, Relaxed);
             return;
-        };
-        let primary = Seen {
-            status: answer.status,
-            headers: answer.headers,
-            body: primary_body,
-        };
-
-        // Noise: the same request to another target of the primary upstream.
-        let noise = match noise_head {
-            Some(h) => {
-                let up = &snapshot.upstreams[primary_upstream];
-                let other = up
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .find(|(i, t)| Some(*i) != answer.target && t.state.is_healthy())
-                    .map(|(_, t)| Arc::clone(&t.pool));
-                match other {
-                    None => None,
-                    Some(pool) => {
-                        counters.noise_sent.fetch_add(1, Relaxed);
-                        let mut h = h;
-                        if !h.headers.contains_key(header::HOST) {
-                            if let Ok(v) = HeaderValue::from_str(pool.authority().as_str()) {
-                                h.headers.insert(header::HOST, v);
-                            }
-                        }
-                        let req = http::Request::from_parts(h, UpstreamBody::empty());
-                        let noise_deadline = Instant::now() + timeout;
-                        match tokio::time::timeout_at(noise_deadline, pool.send(req)).await {
-                            Ok(Ok(r)) => seen(r, compare.max_compare_bytes, noise_deadline).await,
-                            _ => None,
-                        }
-                    }
-                }
-            }
-            None => None,
         };
 
         let diff = compare::differences(&primary, &candidate, &compare.ignore);
@@ -771,17 +778,12 @@ impl Copy {
             || Sample {
                 request_id: request_id.to_str().unwrap_or("").to_string(),
                 method: method.to_string(),
-                path,
-                fields: diff
-                    .iter()
-                    .cloned()
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
+                path: uri.path().to_string(),
+                fields: diff.iter().cloned().collect(),
                 primary_status: primary.status.as_u16(),
                 candidate_status: candidate.status.as_u16(),
-                primary_body: report::sample_body(primary.body.bytes.as_ref()),
-                candidate_body: report::sample_body(candidate.body.bytes.as_ref()),
+                primary_body: report::sample_body(primary.body.bytes()),
+                candidate_body: report::sample_body(candidate.body.bytes()),
             },
             compare.samples,
         );

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""What shadow traffic costs the primary: Portcullis with `mirror: { percent: 100, compare: true }`
+against the same route without a mirror, in one run.
+
+Usage: bench/run-shadow [--duration S] [--rounds N] [--connections C] [--rate R]
+
+Two nginx backends (CPU 1) serve the same 1 KiB JSON document: the primary and the candidate.
+Portcullis (one worker thread, CPU 0) proxies to the primary, once plainly and once with every
+request mirrored to the candidate and compared (the body parsed as JSON and compared field by
+field, off the request path). Two figures per target, targets alternating within each round:
+
+* CPU per request: user+sys of the Portcullis process over a saturating wrk run (CPU 1), divided
+  by the requests completed — the mirror's whole cost (the copy's exchange with the candidate and
+  the comparison) lands on the same process;
+* the primary's latency at a fixed rate well below saturation (`--rate`, default 2000 req/s, an
+  open-loop Python client on CPU 1, latency measured from each request's scheduled start, so a
+  stall is never hidden): p50 and p99. A saturating closed-loop client would only measure the
+  CPU difference again.
+
+The comparison counters are read from /admin/shadow afterwards to check that every request was
+mirrored and compared. Every process started is stopped by PID.
+"""
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import proxy_bench as pb  # noqa: E402
+
+PATH = "/doc.json"
+
+
+def document():
+    parts, i = [], 0
+    while len(",".join(parts)) < 1024 - 64:
+        parts.append(f'{{"id":{i},"name":"item-{i}","price":{i * 7 % 100}}}')
+        i += 1
+    return ('{"items":[' + ",".join(parts) + "]}").encode()
+
+
+def wrk(port, duration, connections):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+         f"http://127.0.0.1:{port}{PATH}"],
+        capture_output=True, text=True, timeout=duration + 30).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return requests, int(errors.group(1)) if errors else 0
+
+
+async def fixed_rate(port, rate, seconds, conns):
+    """Open loop per connection: request k of a connection is due at start + k/per_conn_rate;
+    its latency runs from when it was due. Returns (latencies in ms, failures)."""
+    per = rate / conns
+    req = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    lat, failures = [], 0
+    start = time.perf_counter() + 0.2
+
+    async def one(c):
+        nonlocal failures
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        k = 0
+        while True:
+            due = start + c / rate + k / per
+            if due > start + seconds:
+                break
+            now = time.perf_counter()
+            if due > now:
+                await asyncio.sleep(due - now)
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            m = re.search(rb"content-length: *(\d+)", head, re.I)
+            await reader.readexactly(int(m.group(1)) if m else 0)
+            if not head.startswith(b"HTTP/1.1 200"):
+                failures += 1
+            lat.append((time.perf_counter() - due) * 1000)
+            k += 1
+        writer.close()
+
+    await asyncio.gather(*(one(c) for c in range(conns)))
+    return lat, failures
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
+
+
+def latency_rounds(targets, rounds, rate, seconds, conns):
+    out = {n: {"p50": [], "p99": []} for n in targets}
+    for rnd in range(1, rounds + 1):
+        for name, (port, _) in targets.items():
+            lat, bad = subprocess_free_run(port, rate, seconds, conns)
+            out[name]["p50"].append(pct(lat, 50))
+            out[name]["p99"].append(pct(lat, 99))
+            flag = f"  ({bad} non-200)" if bad else ""
+            print(f"round {rnd} {name:<22} {len(lat) / seconds:>7.0f} req/s at fixed rate: "
+                  f"p50 {pct(lat, 50):.3f} ms, p99 {pct(lat, 99):.3f} ms{flag}", flush=True)
+    return out
+
+
+def subprocess_free_run(port, rate, seconds, conns):
+    os.sched_setaffinity(0, {1})
+    try:
+        return asyncio.run(fixed_rate(port, rate, seconds, conns))
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--rate", type=int, default=2000)
+    args = ap.parse_args()
+    doc = document()
+    procs = []
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            os.chmod(workdir, 0o755)
+            with open(os.path.join(workdir, "doc.json"), "wb") as f:
+                f.write(doc)
+            os.chmod(os.path.join(workdir, "doc.json"), 0o644)
+            site = (f"server {{ listen 127.0.0.1:PORT; root {workdir}; "
+                    "location / { default_type application/json; } }")
+            primary, primary_port, _ = pb.start_nginx_http(workdir, "primary", 1, site)
+            procs.append(primary)
+            candidate, candidate_port, _ = pb.start_nginx_http(workdir, "candidate", 1, site)
+            procs.append(candidate)
+            targets = {}
+            p, port, pid = pb.start_portcullis(workdir, primary_port, 0, name="portcullis-plain")
+            procs.append(p)
+            targets["no mirror"] = (port, pid)
+            conf, mport = pb.portcullis_config(
+                workdir, "portcullis-mirror", primary_port, extra=("", (
+                    "    mirror: { upstream: candidate, percent: 100, compare: true, max_in_flight: 1024 }\n")))
+            # The candidate upstream beside the primary.
+            with open(conf) as f:
+                text = f.read()
+            text = text.replace("routes:\n", (
+                f"  - name: candidate\n    targets: [{{ address: \"127.0.0.1:{candidate_port}\" }}]\n"
+                "    pool: { max_idle_per_target: 256 }\nroutes:\n"), 1)
+            with open(conf, "w") as f:
+                f.write(text)
+            admin = int(re.search(r"admin: \{ address: \"127.0.0.1:(\d+)\"", text).group(1))
+            binary = os.environ.get("PORTCULLIS_BIN") or os.path.join(pb.ROOT, "target", "release", "portcullis")
+            p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "-c", conf, "--worker-threads", "1"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env=dict(os.environ, RUST_LOG="warn"))
+            procs.append(p)
+            pb.wait_port(mport)
+            targets["mirror + compare"] = (mport, p.pid)
+
+            for name, (port, _) in targets.items():
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{PATH}", timeout=5) as r:
+                    assert r.read() == doc, f"{name}: body differs"
+            cpu = pb.cpu_rounds(targets, args.rounds, args.duration,
+                                lambda port, s: wrk(port, s, args.connections))
+            lat = latency_rounds(targets, args.rounds, args.rate, args.duration, 16)
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/admin/shadow", timeout=5) as r:
+                shadow = json.load(r)["routes"][0]
+            print(f"\nmirror: {shadow['mirrored']} copies answered, compared {shadow['compare']['compared']}"
+                  f" ({shadow['compare']['equal']} equal), not mirrored: "
+                  + ", ".join(f"{k} {v}" for k, v in shadow["not_mirrored"].items() if v))
+            print(f"\n1 KiB JSON, medians of {args.rounds} rounds:")
+            print(f"{'target':<22} {'CPU us/req':>11} {'p50 ms':>8} {'p99 ms':>8}")
+            for name in targets:
+                print(f"{name:<22} {pb.median(cpu[name]):>11.1f} {pb.median(lat[name]['p50']):>8.3f}"
+                      f" {pb.median(lat[name]['p99']):>8.3f}")
+            base, m = "no mirror", "mirror + compare"
+            print(f"CPU per request, mirror / none: {pb.median(cpu[m]) / pb.median(cpu[base]):.2f} "
+                  "(per round: " + ", ".join(f"{a / b:.2f}" for a, b in zip(cpu[m], cpu[base])) + ")")
+            print(f"p99 at {args.rate} req/s, mirror / none: "
+                  f"{pb.median(lat[m]['p99']) / pb.median(lat[base]['p99']):.2f} (per round: "
+                  + ", ".join(f"{a / b:.2f}" for a, b in zip(lat[m]["p99"], lat[base]["p99"])) + ")")
+            print(f"p50 at {args.rate} req/s, mirror / none: "
+                  f"{pb.median(lat[m]['p50']) / pb.median(lat[base]['p50']):.2f}")
+        finally:
+            pb.stop_all(procs)
+
+
+if __name__ == "__main__":
+    main()
