@@ -3,7 +3,7 @@
 several Portcullis configurations on the plain proxy path. Steadier than wall-clock CPU on
 shared cores: use it for small differences (a rate limit's cost, telemetry's).
 
-Usage: bench/run-instructions [--duration S] [--connections C] [--jwt] [--signature] [--cache]
+Usage: bench/run-instructions [--duration S] [--connections C] [--jwt] [--signature] [--cache] [--mirror]
        bench/run-instructions --compare BIN [BIN ...] [--rounds N]   (plain path only)
 
 Each configuration runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation
@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proxy_bench as pb  # noqa: E402
 
 
-def run_config(workdir, name, upstream_port, observability, extra, args, headers=(), binary=None):
-    conf, port = pb.portcullis_config(workdir, name, upstream_port, observability, extra)
+def run_config(workdir, name, upstream_port, observability, extra, args, headers=(), binary=None,
+               upstreams=""):
+    conf, port = pb.portcullis_config(workdir, name, upstream_port, observability, extra, upstreams)
     out_file = os.path.join(workdir, f"callgrind.{name}.out")
     binary = binary or os.path.join(pb.ROOT, "target", "release", "portcullis")
     proc = subprocess.Popen(
@@ -75,6 +76,8 @@ def main():
                          "beside JWT ES256/HS256 without the verified-token cache")
     ap.add_argument("--cache", action="store_true",
                     help="a response-cache hit (every request after the first) beside the plain path")
+    ap.add_argument("--mirror", action="store_true",
+                    help="every request mirrored to a second upstream and compared, beside the plain path")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy the callgrind output files here (for callgrind_annotate)")
     ap.add_argument("--compare", nargs="+", metavar="BIN",
@@ -111,6 +114,12 @@ def main():
                     configs.append((name, pb.TELEMETRY_OFF, jwt_tokens.auth_config(tokens, alg, cache), header))
         if args.cache:
             configs = configs[:1] + [("cache-hit", pb.TELEMETRY_OFF, ("", "    cache: { ttl_s: 3600 }\n"), ())]
+        mirror_upstreams = ""
+        if args.mirror:
+            cand, cand_port, _ = pb.start_nginx(workdir, "candidate", 1, body=pb.BODY)
+            procs.append(cand)
+            extra, mirror_upstreams = pb.mirror_config(cand_port)
+            configs = configs[:1] + [("mirror-compare", pb.TELEMETRY_OFF, extra, ())]
         if args.signature:
             import jwt_tokens
             import signature_keys
@@ -126,7 +135,8 @@ def main():
         print(f"{'config':<20} {'instr/req':>10} {'vs plain':>9} {'requests':>9}")
         base = None
         for name, obs, extra, headers in configs:
-            per_req, n = run_config(workdir, name, up_port, obs, extra, args, headers)
+            per_req, n = run_config(workdir, name, up_port, obs, extra, args, headers,
+                                    upstreams=mirror_upstreams if name == "mirror-compare" else "")
             base = base or per_req
             print(f"{name:<20} {per_req:>10.0f} {100 * (per_req / base - 1):>+8.1f}% {n:>9}", flush=True)
     finally:

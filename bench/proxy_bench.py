@@ -221,9 +221,10 @@ backend be
     return proc, port, proc.pid
 
 
-def portcullis_config(workdir, name, upstream_port, observability=TELEMETRY_OFF, extra=("", "")):
+def portcullis_config(workdir, name, upstream_port, observability=TELEMETRY_OFF, extra=("", ""),
+                      upstreams=""):
     """Writes a config that proxies everything to the upstream; `extra` is (top-level YAML,
-    route YAML). Returns (config path, listener port)."""
+    route YAML), `upstreams` more entries of `upstreams:`. Returns (config path, listener port)."""
     port, admin = free_port(), free_port()
     conf = os.path.join(workdir, f"{name}.yaml")
     with open(conf, "w") as f:
@@ -237,7 +238,7 @@ upstreams:
   - name: backend
     targets: [{{ address: "127.0.0.1:{upstream_port}" }}]
     pool: {{ max_idle_per_target: 256 }}
-routes:
+{upstreams}routes:
   - name: all
     match: {{ path: {{ prefix: / }} }}
     upstream: backend
@@ -256,14 +257,21 @@ def stop_all(procs):
 
 
 def start_portcullis(workdir, upstream_port, cpu, name="portcullis", observability=TELEMETRY_OFF,
-                     extra=("", "")):
-    conf, port = portcullis_config(workdir, name, upstream_port, observability, extra)
+                     extra=("", ""), upstreams=""):
+    conf, port = portcullis_config(workdir, name, upstream_port, observability, extra, upstreams)
     binary = os.environ.get("PORTCULLIS_BIN") or os.path.join(ROOT, "target", "release", "portcullis")
     proc = subprocess.Popen(["taskset", "-c", str(cpu), binary, "run", "-c", conf, "--worker-threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, RUST_LOG="warn"))
     wait_port(port)
     return proc, port, proc.pid
+
+
+def mirror_config(candidate_port):
+    """(route YAML, upstreams YAML): every request mirrored to a `candidate` upstream and compared."""
+    return (("", "    mirror: { upstream: candidate, percent: 100, compare: true, max_in_flight: 1024 }\n"),
+            f"  - name: candidate\n    targets: [{{ address: \"127.0.0.1:{candidate_port}\" }}]\n"
+            "    pool: { max_idle_per_target: 256 }\n")
 
 
 def wrk(port, duration, connections, cpu, headers=()):

@@ -139,25 +139,13 @@ def main():
             p, port, pid = pb.start_portcullis(workdir, primary_port, 0, name="portcullis-plain")
             procs.append(p)
             targets["no mirror"] = (port, pid)
-            conf, mport = pb.portcullis_config(
-                workdir, "portcullis-mirror", primary_port, extra=("", (
-                    "    mirror: { upstream: candidate, percent: 100, compare: true, max_in_flight: 1024 }\n")))
-            # The candidate upstream beside the primary.
-            with open(conf) as f:
-                text = f.read()
-            text = text.replace("routes:\n", (
-                f"  - name: candidate\n    targets: [{{ address: \"127.0.0.1:{candidate_port}\" }}]\n"
-                "    pool: { max_idle_per_target: 256 }\nroutes:\n"), 1)
-            with open(conf, "w") as f:
-                f.write(text)
-            admin = int(re.search(r"admin: \{ address: \"127.0.0.1:(\d+)\"", text).group(1))
-            binary = os.environ.get("PORTCULLIS_BIN") or os.path.join(pb.ROOT, "target", "release", "portcullis")
-            p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "-c", conf, "--worker-threads", "1"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 env=dict(os.environ, RUST_LOG="warn"))
+            extra, upstreams = pb.mirror_config(candidate_port)
+            p, mport, pid = pb.start_portcullis(workdir, primary_port, 0, name="portcullis-mirror",
+                                                extra=extra, upstreams=upstreams)
             procs.append(p)
-            pb.wait_port(mport)
-            targets["mirror + compare"] = (mport, p.pid)
+            with open(os.path.join(workdir, "portcullis-mirror.yaml")) as f:
+                admin = int(re.search(r"admin: \{ address: \"127.0.0.1:(\d+)\"", f.read()).group(1))
+            targets["mirror + compare"] = (mport, pid)
 
             for name, (port, _) in targets.items():
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}{PATH}", timeout=5) as r:

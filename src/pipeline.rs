@@ -566,16 +566,20 @@ async fn run(
         });
     // The mirror's copy starts on its own task; the primary never waits for it.
     let (body, shadow) = match &route.rules.mirror {
-        Some(m) => m.start(
-            &parts,
-            body,
-            request_id,
-            snapshot,
-            route_index,
-            upstream_index,
-            timeout,
-            &client.text,
-        ),
+        Some(m) => {
+            let (body, tap, logged) = m.start(
+                &parts,
+                body,
+                request_id,
+                snapshot,
+                route_index,
+                upstream_index,
+                timeout,
+                &client.text,
+            );
+            ex.trail.mirror = Some(logged);
+            (body, tap)
+        }
         None => (body, None),
     };
     let result = forward(
@@ -926,6 +930,7 @@ fn record(
         retry_events: std::mem::take(&mut trail.retry_events),
         cors: trail.cors,
         cache: trail.cache,
+        mirror: trail.mirror,
         rule: trail.rule.take(),
     }
 }

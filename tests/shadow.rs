@@ -245,11 +245,17 @@ async fn a_slow_or_dead_candidate_never_delays_the_primary_and_skips_are_counted
         ..priced(r, false)
     })
     .await;
-    let gw = TestGateway::start(&mirrored_config(
-        &[&a],
-        &slow.addr.to_string(),
-        "{ upstream: candidate, compare: true, max_in_flight: 4, timeout_ms: 15000 }",
-        "",
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = TestGateway::start(&format!(
+        "observability:\n  access_log: {{ destination: \"{}\" }}\n{}",
+        log.display(),
+        mirrored_config(
+            &[&a],
+            &slow.addr.to_string(),
+            "{ upstream: candidate, compare: true, max_in_flight: 4, timeout_ms: 15000 }",
+            "",
+        )
     ))
     .await;
     let c = client();
@@ -279,6 +285,22 @@ async fn a_slow_or_dead_candidate_never_delays_the_primary_and_skips_are_counted
     .await;
     assert_eq!(post.status, 200);
     assert_eq!(shadow_doc(&gw).await["not_mirrored"]["method"], 1);
+    // The access log says what the mirror did with each request.
+    let mut lines = Vec::new();
+    wait_until("41 log lines", Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect();
+        lines.len() == 41
+    })
+    .await;
+    let said = |v: &str| lines.iter().filter(|l| l["mirror"] == v).count();
+    assert_eq!(
+        (said("copied"), said("in_flight_full"), said("method")),
+        (4, 36, 1)
+    );
     drop(gw);
 
     // A dead candidate: every primary answers, every copy is counted as a mirror error.

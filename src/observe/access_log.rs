@@ -360,6 +360,10 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
         out.extend_from_slice(b",\"cache\":");
         json_plain(out, Some(c));
     }
+    if let Some(m) = r.mirror {
+        out.extend_from_slice(b",\"mirror\":");
+        json_plain(out, Some(m));
+    }
     out.extend_from_slice(b"}\n");
 }
 

@@ -31,6 +31,8 @@ pub struct Trail {
     pub cors: Option<&'static str>,
     /// How the cache answered (`hit`, `miss`, `stale`, `revalidated`, `collapsed`, `bypass`).
     pub cache: Option<&'static str>,
+    /// `copied`, or why the route's mirror did not copy the request (`sampled_out`, …).
+    pub mirror: Option<&'static str>,
     /// The edge rule that decided (`ip:NAME` for IP rules; `NAME:log`, `NAME:report_only`
     /// when the request went on).
     pub rule: Option<Arc<str>>,
@@ -108,6 +110,7 @@ pub struct Record {
     pub cors: Option<&'static str>,
     pub rule: Option<Arc<str>>,
     pub cache: Option<&'static str>,
+    pub mirror: Option<&'static str>,
 }
 
 impl Default for Record {
@@ -139,6 +142,7 @@ impl Default for Record {
             retry_events: Vec::new(),
             cors: None,
             cache: None,
+            mirror: None,
             rule: None,
         }
     }

@@ -43,6 +43,8 @@ use tokio::time::Instant;
 /// Marks a copy: `mirror` for the candidate's, `noise` for the second primary's.
 pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-portcullis-shadow");
 
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 /// Sampling shares are parts of a million.
 const PARTS: u32 = 1_000_000;
 
@@ -295,14 +297,16 @@ fn build_compare(m: &MirrorConfig, key: &str, diag: &mut Diag) -> Option<Compare
         }
         return None;
     }
-    let mut headers: std::collections::HashSet<String> = DEFAULT_IGNORED_HEADERS
+    let mut headers: Vec<HeaderName> = DEFAULT_IGNORED_HEADERS
         .iter()
-        .map(|h| h.to_string())
+        .map(|h| HeaderName::from_static(h))
         .collect();
     for h in &m.ignore_headers {
         match HeaderName::from_bytes(h.value.as_bytes()) {
             Ok(n) => {
-                headers.insert(n.as_str().to_string());
+                if !headers.contains(&n) {
+                    headers.push(n);
+                }
             }
             Err(_) => diag.err(
                 h.line,
@@ -449,14 +453,15 @@ struct Copy {
     primary: Option<oneshot::Receiver<PrimaryAnswer>>,
     timeout: Duration,
     request_id: HeaderValue,
-    client_ip: String,
+    client_ip: Arc<str>,
     _slot: InFlight,
 }
 
 impl MirrorPolicy {
     /// Decides whether this request is copied and, if so, starts the copy on its own task.
-    /// Returns the primary's body (a tee of it when the copy needs it) and, when the copy is
-    /// compared, the tap through which the primary's answer reaches the comparison.
+    /// Returns the primary's body (a tee of it when the copy needs it), when the copy is
+    /// compared the tap through which the primary's answer reaches the comparison, and for the
+    /// access log `copied` or why not.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         &self,
@@ -467,25 +472,25 @@ impl MirrorPolicy {
         route: usize,
         primary_upstream: usize,
         route_timeout: Duration,
-        client_ip: &str,
-    ) -> (UpstreamBody, Option<Box<PrimaryTap>>) {
+        client_ip: &Arc<str>,
+    ) -> (UpstreamBody, Option<Box<PrimaryTap>>, &'static str) {
         let live = &snapshot.routes[route];
         let counters = &live.metrics.shadow;
         if primary_upstream == self.upstream {
             counters.skip(Skip::ServedByMirror);
-            return (body, None);
+            return (body, None, Skip::ServedByMirror.as_str());
         }
         if parts.headers.contains_key(header::UPGRADE) {
             counters.skip(Skip::Upgrade);
-            return (body, None);
+            return (body, None, Skip::Upgrade.as_str());
         }
         if !self.methods.contains(&parts.method) {
             counters.skip(Skip::Method);
-            return (body, None);
+            return (body, None, Skip::Method.as_str());
         }
         if !sampled(request_id, 0x5eed_0001, self.share) {
             counters.skip(Skip::SampledOut);
-            return (body, None);
+            return (body, None, Skip::SampledOut.as_str());
         }
         let has_body = !body.is_end_stream();
         if has_body
@@ -495,11 +500,11 @@ impl MirrorPolicy {
                 .is_some_and(|n| n > self.max_body_bytes)
         {
             counters.skip(Skip::BodyTooLarge);
-            return (body, None);
+            return (body, None, Skip::BodyTooLarge.as_str());
         }
         let Some(slot) = InFlight::take(&live.metrics, self.max_in_flight) else {
             counters.skip(Skip::InFlightFull);
-            return (body, None);
+            return (body, None, Skip::InFlightFull.as_str());
         };
 
         let mut head = copy_head(&parts.method, &parts.uri, parts.version, &parts.headers);
@@ -511,7 +516,7 @@ impl MirrorPolicy {
             ] {
                 head.headers.remove(h);
             }
-            head.headers.remove("x-api-key");
+            head.headers.remove(X_API_KEY);
             for h in &live.credential_headers {
                 head.headers.remove(h);
             }
@@ -575,11 +580,12 @@ impl MirrorPolicy {
             primary,
             timeout: self.timeout.unwrap_or(route_timeout),
             request_id: request_id.clone(),
-            client_ip: client_ip.to_string(),
+            client_ip: Arc::clone(client_ip),
             _slot: slot,
         };
-        tokio::spawn(copy.run());
-        (body, tap)
+        // Boxed: the task holds a pointer, not the whole state machine moved by value.
+        tokio::spawn(Box::pin(copy.run()));
+        (body, tap, "copied")
     }
 }
 
@@ -706,11 +712,10 @@ impl Copy {
         let mut trail = Trail::default();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let upstream = &snapshot.upstreams[policy.upstream];
-        let answer = match forward(
+        let sent = Box::pin(forward(
             upstream, None, remaining, head, body, &client_ip, &mut trail,
-        )
-        .await
-        {
+        ));
+        let answer = match sent.await {
             Ok(r) => r,
             Err(Reject::UpstreamTimeout(_)) => return counters.skip(Skip::MirrorTimeout),
             Err(_) => return counters.skip(Skip::MirrorError),
