@@ -88,6 +88,28 @@ async def fixed_rate(port, rate, seconds, conns):
     return lat, failures
 
 
+def user_sys(pid):
+    """(user, sys) CPU seconds of a process and all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def split_rounds(targets, rounds, duration, connections):
+    """CPU us per request split into user and kernel time, per target (medians)."""
+    out = {n: ([], []) for n in targets}
+    for _ in range(rounds):
+        for name, (port, pid) in targets.items():
+            wrk(port, 1, connections)
+            u0, s0 = user_sys(pid)
+            n, _ = wrk(port, duration, connections)
+            u1, s1 = user_sys(pid)
+            out[name][0].append((u1 - u0) / max(n, 1) * 1e6)
+            out[name][1].append((s1 - s0) / max(n, 1) * 1e6)
+    return {n: (pb.median(u), pb.median(k)) for n, (u, k) in out.items()}
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
@@ -152,6 +174,7 @@ def main():
                     assert r.read() == doc, f"{name}: body differs"
             cpu = pb.cpu_rounds(targets, args.rounds, args.duration,
                                 lambda port, s: wrk(port, s, args.connections))
+            split = split_rounds(targets, args.rounds, args.duration, args.connections)
             lat = latency_rounds(targets, args.rounds, args.rate, args.duration, 16)
             with urllib.request.urlopen(f"http://127.0.0.1:{admin}/admin/shadow", timeout=5) as r:
                 shadow = json.load(r)["routes"][0]
@@ -163,6 +186,8 @@ def main():
             for name in targets:
                 print(f"{name:<22} {pb.median(cpu[name]):>11.1f} {pb.median(lat[name]['p50']):>8.3f}"
                       f" {pb.median(lat[name]['p99']):>8.3f}")
+            for name, (u, k) in split.items():
+                print(f"{name:<22} user {u:.1f} us/req, kernel {k:.1f} us/req")
             base, m = "no mirror", "mirror + compare"
             print(f"CPU per request, mirror / none: {pb.median(cpu[m]) / pb.median(cpu[base]):.2f} "
                   "(per round: " + ", ".join(f"{a / b:.2f}" for a, b in zip(cpu[m], cpu[base])) + ")")

@@ -755,7 +755,9 @@ fn record_body_auth_failure(route: &LiveRoute, ex: &mut Exchange) {
 /// decides from the response head whether it applies (and adjusts the head for what it does).
 ///
 /// Cache hits pass here too: the cache stores what the upstream sent, so compression applies on
-/// the way out, per client, and one entry serves every `Accept-Encoding`.
+/// the way out, per client, and one entry serves every `Accept-Encoding`. The two tees are put
+/// on the upstream's body in phase 11 (the cache fill, then the shadow comparison's), before
+/// compression: both must see the bytes the upstream sent.
 fn response_body_filters(
     resp: Response<ResponseBody>,
     coding: Option<(&Arc<CompressionPolicy>, Codec)>,
