@@ -142,6 +142,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--differing", action="store_true",
+                    help="the candidate answers a document with one changed field, so every "
+                         "comparison parses both bodies and walks their fields")
     args = ap.parse_args()
     doc = document()
     procs = []
@@ -155,7 +158,19 @@ def main():
                     "location / { default_type application/json; } }")
             primary, primary_port, _ = pb.start_nginx_http(workdir, "primary", 1, site)
             procs.append(primary)
-            candidate, candidate_port, _ = pb.start_nginx_http(workdir, "candidate", 1, site)
+            cand_root = workdir
+            if args.differing:
+                cand_root = os.path.join(workdir, "candidate-root")
+                os.mkdir(cand_root)
+                os.chmod(cand_root, 0o755)
+                changed = doc.replace(b'"price":0', b'"price":1', 1)
+                assert changed != doc
+                with open(os.path.join(cand_root, "doc.json"), "wb") as f:
+                    f.write(changed)
+                os.chmod(os.path.join(cand_root, "doc.json"), 0o644)
+            cand_site = (f"server {{ listen 127.0.0.1:PORT; root {cand_root}; "
+                         "location / { default_type application/json; } }")
+            candidate, candidate_port, _ = pb.start_nginx_http(workdir, "candidate", 1, cand_site)
             procs.append(candidate)
             targets = {}
             p, port, pid = pb.start_portcullis(workdir, primary_port, 0, name="portcullis-plain")

@@ -5,8 +5,9 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
-use serde_json::Value;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 /// One response as the comparison sees it.
@@ -158,12 +159,12 @@ pub fn differences(a: &Seen, b: &Seen, ignore: &Ignore) -> BTreeSet<String> {
     if a.body == b.body {
         return out;
     }
-    let json = |s: &Seen| {
+    fn json(s: &Seen) -> Option<Json<'_>> {
         s.body
             .bytes()
             .filter(|b| !b.is_empty())
-            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-    };
+            .and_then(|b| serde_json::from_slice::<Json>(b).ok())
+    }
     match (json(a), json(b)) {
         (Some(ja), Some(jb)) => {
             let mut path = String::from("$");
@@ -176,10 +177,119 @@ pub fn differences(a: &Seen, b: &Seen, ignore: &Ignore) -> BTreeSet<String> {
     out
 }
 
+/// A JSON document borrowed from its bytes, for comparing: keys and strings without escapes are
+/// not copied and objects are lists of pairs (no map of owned keys per object, which made
+/// parsing the larger part of a comparison's cost). Nesting is bounded by serde_json's
+/// recursion limit.
+#[derive(Debug, PartialEq)]
+enum Json<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Arr(Vec<Json<'a>>),
+    Obj(Vec<(Cow<'a, str>, Json<'a>)>),
+}
+
+impl Json<'_> {
+    fn number_eq(&self, other: &Json) -> Option<bool> {
+        let as_f64 = |j: &Json| match j {
+            Json::Int(i) => Some(*i as f64),
+            Json::Uint(u) => Some(*u as f64),
+            Json::Float(f) => Some(*f),
+            _ => None,
+        };
+        Some(match (self, other) {
+            (Json::Int(a), Json::Int(b)) => a == b,
+            (Json::Uint(a), Json::Uint(b)) => a == b,
+            (Json::Int(a), Json::Uint(b)) | (Json::Uint(b), Json::Int(a)) => {
+                u64::try_from(*a).is_ok_and(|a| a == *b)
+            }
+            _ => as_f64(self)? == as_f64(other)?,
+        })
+    }
+}
+
+/// A key or string: borrowed when the input has it without escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Json<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Json<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_unit<E>(self) -> Result<Json<'de>, E> {
+                Ok(Json::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Json<'de>, E> {
+                Ok(Json::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Json<'de>, E> {
+                Ok(Json::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Json<'de>, E> {
+                Ok(Json::Uint(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Json<'de>, E> {
+                Ok(Json::Float(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Json<'de>, E> {
+                Ok(Json::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Json<'de>, E> {
+                Ok(Json::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(v) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(Json::Arr(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((Text(k), v)) = map.next_entry::<Text, Json>()? {
+                    out.push((k, v));
+                }
+                Ok(Json::Obj(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn field<'j, 'a>(obj: &'j [(Cow<'a, str>, Json<'a>)], key: &str) -> Option<&'j Json<'a>> {
+    obj.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
 /// `path` is the field's path; children extend it and cut it back (one buffer for the walk).
 fn json_differences(
-    a: &Value,
-    b: &Value,
+    a: &Json,
+    b: &Json,
     path: &mut String,
     ignore: &Ignore,
     out: &mut BTreeSet<String>,
@@ -189,11 +299,16 @@ fn json_differences(
     }
     let at = path.len();
     match (a, b) {
-        (Value::Object(oa), Value::Object(ob)) => {
-            for key in oa.keys().chain(ob.keys().filter(|k| !oa.contains_key(*k))) {
+        (Json::Obj(oa), Json::Obj(ob)) => {
+            let only_b = ob.iter().filter(|(k, _)| field(oa, k).is_none());
+            for (key, va) in oa
+                .iter()
+                .map(|(k, v)| (k, Some(v)))
+                .chain(only_b.map(|(k, _)| (k, None)))
+            {
                 path.push('.');
                 path.push_str(key);
-                match (oa.get(key), ob.get(key)) {
+                match (va, field(ob, key)) {
                     (Some(va), Some(vb)) => json_differences(va, vb, path, ignore, out),
                     _ => {
                         if !ignore.path(path) {
@@ -204,7 +319,7 @@ fn json_differences(
                 path.truncate(at);
             }
         }
-        (Value::Array(xa), Value::Array(xb)) => {
+        (Json::Arr(xa), Json::Arr(xb)) => {
             path.push_str("[]");
             if xa.len() != xb.len() && !ignore.path(path) {
                 out.insert(path.clone());
@@ -214,18 +329,9 @@ fn json_differences(
             }
             path.truncate(at);
         }
-        (Value::Number(na), Value::Number(nb)) => {
-            let equal = match (na.as_i64(), nb.as_i64(), na.as_u64(), nb.as_u64()) {
-                (Some(x), Some(y), _, _) => x == y,
-                (_, _, Some(x), Some(y)) => x == y,
-                _ => na.as_f64() == nb.as_f64(),
-            };
-            if !equal {
-                out.insert(path.clone());
-            }
-        }
         _ => {
-            if a != b {
+            let equal = a.number_eq(b).unwrap_or_else(|| a == b);
+            if !equal {
                 out.insert(path.clone());
             }
         }
@@ -276,6 +382,26 @@ mod tests {
             r#"{"id":1,"price":2,"items":[{"sku":"a","n":2}],"new":true}"#,
         );
         assert_eq!(diff(&a, &c, &[]), vec!["$.items[]", "$.new", "$.price"]);
+    }
+
+    #[test]
+    fn escaped_text_and_numbers_of_every_kind() {
+        let a = seen(
+            200,
+            r#"{"a\"b":"x\ny","big":18446744073709551615,"neg":-1,"f":0.5,"z":null}"#,
+        );
+        let b = seen(
+            200,
+            r#"{"z":null,"f":0.50,"neg":-1.0,"big":1.8446744073709552e19,"a\"b":"x\ny"}"#,
+        );
+        assert!(diff(&a, &b, &[]).is_empty(), "{:?}", diff(&a, &b, &[]));
+        let c = seen(
+            200,
+            r#"{"a\"b":"x\nz","big":1,"neg":"-1","f":0.5,"z":false}"#,
+        );
+        assert_eq!(diff(&a, &c, &[]), vec!["$.a\"b", "$.big", "$.neg", "$.z"]);
+        // Not JSON on one side: the bodies differ as a whole.
+        assert_eq!(diff(&a, &seen(200, "{oops"), &[]), vec!["body"]);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use report::{Report, Sample, Thresholds};
+use report::{Kept, Report, Thresholds};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -778,17 +778,17 @@ impl Copy {
             .map(|n| compare::differences(&primary, n, &compare.ignore));
         let mut report = counters.report.lock().unwrap_or_else(|p| p.into_inner());
         report.record(
-            &diff,
+            diff,
             noise_diff.as_ref(),
-            || Sample {
-                request_id: request_id.to_str().unwrap_or("").to_string(),
-                method: method.to_string(),
-                path: uri.path().to_string(),
-                fields: diff.iter().cloned().collect(),
+            |fields| Kept {
+                request_id,
+                method,
+                uri,
+                fields,
                 primary_status: primary.status.as_u16(),
                 candidate_status: candidate.status.as_u16(),
-                primary_body: report::sample_body(primary.body.bytes()),
-                candidate_body: report::sample_body(candidate.body.bytes()),
+                primary_body: primary.body.bytes().map(report::sample_start),
+                candidate_body: candidate.body.bytes().map(report::sample_start),
             },
             compare.samples,
         );

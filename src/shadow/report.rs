@@ -26,7 +26,21 @@ struct FieldCounts {
     noise: u64,
 }
 
-/// One differing exchange, masked: no request headers at all, bodies truncated.
+/// One differing exchange as kept: refcounted parts only (nothing is copied or formatted until
+/// the report is read), masked — no request headers at all; bodies are cut when shown.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub request_id: http::HeaderValue,
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub fields: Vec<String>,
+    pub primary_status: u16,
+    pub candidate_status: u16,
+    pub primary_body: Option<bytes::Bytes>,
+    pub candidate_body: Option<bytes::Bytes>,
+}
+
+/// A kept exchange as the report shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
     pub request_id: String,
@@ -37,6 +51,21 @@ pub struct Sample {
     pub candidate_status: u16,
     pub primary_body: String,
     pub candidate_body: String,
+}
+
+impl Kept {
+    fn show(&self) -> Sample {
+        Sample {
+            request_id: self.request_id.to_str().unwrap_or("").to_string(),
+            method: self.method.to_string(),
+            path: self.uri.path().to_string(),
+            fields: self.fields.clone(),
+            primary_status: self.primary_status,
+            candidate_status: self.candidate_status,
+            primary_body: sample_body(self.primary_body.as_ref()),
+            candidate_body: sample_body(self.candidate_body.as_ref()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -50,7 +79,7 @@ pub struct Report {
     noise_unavailable: u64,
     fields: HashMap<String, FieldCounts>,
     untracked_differences: u64,
-    samples: VecDeque<Sample>,
+    samples: VecDeque<Kept>,
 }
 
 /// A reported field, with its rates in percent.
@@ -85,9 +114,9 @@ impl Report {
     /// answered too, the fields the two primaries differed in.
     pub fn record(
         &mut self,
-        candidate: &BTreeSet<String>,
+        candidate: BTreeSet<String>,
         noise: Option<&BTreeSet<String>>,
-        sample: impl FnOnce() -> Sample,
+        sample: impl FnOnce(Vec<String>) -> Kept,
         keep_samples: usize,
     ) {
         self.compared += 1;
@@ -108,14 +137,15 @@ impl Report {
             }
             None => self.noise_unavailable += 1,
         }
-        for f in candidate {
+        for f in &candidate {
             self.count(f, |c| c.candidate += 1);
         }
         if !candidate.is_empty() && keep_samples > 0 {
             if self.samples.len() >= keep_samples {
                 self.samples.pop_front();
             }
-            self.samples.push_back(sample());
+            self.samples
+                .push_back(sample(candidate.into_iter().collect()));
         }
     }
 
@@ -188,9 +218,15 @@ impl Report {
             reported: self.reported(t),
             fields: self.all_fields(),
             untracked_differences: self.untracked_differences,
-            samples: self.samples.iter().cloned().collect(),
+            samples: self.samples.iter().map(Kept::show).collect(),
         }
     }
+}
+
+/// What a sample keeps of a body: a copy of its start (one byte more than is shown, to know it
+/// was cut), never a reference that would keep the whole body alive.
+pub fn sample_start(b: &bytes::Bytes) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&b[..b.len().min(SAMPLE_BODY_BYTES + 1)])
 }
 
 /// The start of a body for a sample, as text.
@@ -216,16 +252,16 @@ mod tests {
         fields.iter().map(|s| s.to_string()).collect()
     }
 
-    fn sample() -> Sample {
-        Sample {
-            request_id: "r".into(),
-            method: "GET".into(),
-            path: "/".into(),
-            fields: vec![],
+    fn sample(fields: Vec<String>) -> Kept {
+        Kept {
+            request_id: http::HeaderValue::from_static("r"),
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/"),
+            fields,
             primary_status: 200,
             candidate_status: 200,
-            primary_body: String::new(),
-            candidate_body: String::new(),
+            primary_body: None,
+            candidate_body: Some(bytes::Bytes::from_static(b"{}")),
         }
     }
 
@@ -243,7 +279,7 @@ mod tests {
                 cand.insert("$.price".into());
             }
             let noise = (i % 10 == 0).then(|| set(&["$.ts"]));
-            r.record(&cand, noise.as_ref(), sample, 5);
+            r.record(cand, noise.as_ref(), sample, 5);
         }
         let reported = r.reported(T);
         assert_eq!(reported.len(), 1, "{reported:?}");
@@ -257,7 +293,7 @@ mod tests {
     fn without_a_second_primary_raw_differences_are_reported() {
         let mut r = Report::default();
         for _ in 0..10 {
-            r.record(&set(&["$.ts"]), None, sample, 0);
+            r.record(set(&["$.ts"]), None, sample, 0);
         }
         let s = r.summary(T);
         assert!(!s.noise_cancelling);
@@ -269,7 +305,7 @@ mod tests {
     fn tracked_fields_are_bounded() {
         let mut r = Report::default();
         let many: BTreeSet<String> = (0..MAX_FIELDS + 10).map(|i| format!("$.f{i}")).collect();
-        r.record(&many, None, sample, 1);
+        r.record(many, None, sample, 1);
         assert_eq!(r.fields.len(), MAX_FIELDS);
         assert_eq!(r.untracked_differences, 10);
     }
