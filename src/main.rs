@@ -145,9 +145,10 @@ struct RolloutArgs {
     /// Percentages of traffic to the new upstream, one config version each.
     #[arg(long, default_value = "5,25,50,75,100")]
     steps: String,
-    /// How long each step is watched before the next.
-    #[arg(long, default_value_t = 60)]
-    interval_s: u64,
+    /// How long each step is watched before the next (default 60; with --resume, replaces
+    /// the recorded interval).
+    #[arg(long)]
+    interval_s: Option<u64>,
     /// Highest failed-try ratio (5xx or no answer, 0–1) of the new upstream.
     #[arg(long, default_value_t = 0.01)]
     max_error_rate: f64,
@@ -394,6 +395,9 @@ fn rollout_cmd(
             let mut plan: Plan =
                 serde_json::from_str(&recorded.plan).context("the recorded plan is unreadable")?;
             plan.checks = checks;
+            if let Some(s) = args.interval_s {
+                plan.interval_s = s;
+            }
             plan
         } else {
             let to = args
@@ -406,7 +410,7 @@ fn rollout_cmd(
                 steps: rollout::parse_steps(&args.steps)
                     .map_err(anyhow::Error::msg)
                     .context("--steps")?,
-                interval_s: args.interval_s,
+                interval_s: args.interval_s.unwrap_or(60),
                 max_error_rate: args.max_error_rate,
                 max_p99_ms: args.max_p99_ms,
                 min_requests: args.min_requests,

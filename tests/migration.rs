@@ -226,7 +226,22 @@ async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p
     );
     assert!(cli(&store, &["list"]).1.contains(&format!("{v1}  ACTIVE")));
 
-    // v1 again with every request delayed 300 ms: no 5xx, but the p99 gate says no.
+    // The canary is back on v1 within a poll or two.
+    let c = client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&c, &format!("http://{}/", canary.addr), &[])
+        .await
+        .text()
+        != "v1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the canary did not go back to v1"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // v1 again with every request delayed 600 ms: no 5xx, but the p99 gate says no.
     let slow = push(
         &store,
         dir.path(),
@@ -234,7 +249,7 @@ async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p
         &document(
             &addrs,
             "upstream: v1",
-            "    fault: { delay: { ms: 300, percent: 100 } }\n",
+            "    fault: { delay: { ms: 600, percent: 100 } }\n",
         ),
     );
     let traffic = Traffic::start(&[canary.addr], 4);
@@ -249,7 +264,7 @@ async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p
         "--watch-s",
         "6",
         "--max-p99-ms",
-        "150",
+        "300",
         "--checks",
         &checks,
     ]))
@@ -257,11 +272,9 @@ async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p
     let seen = traffic.finish().await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("canary rolled back: p99 latency"), "{out}");
-    assert!(out.contains("above 150 ms"), "{out}");
-    assert!(
-        seen.iter().all(|b| b == "v1"),
-        "no request failed meanwhile"
-    );
+    assert!(out.contains("above 300 ms"), "{out}");
+    let other: Vec<&String> = seen.iter().filter(|b| *b != "v1").collect();
+    assert!(other.is_empty(), "no request failed meanwhile: {other:?}");
 
     // A version that passes both: promoted after its checks.
     let good = push(
@@ -282,7 +295,7 @@ async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p
         "--watch-s",
         "2",
         "--max-p99-ms",
-        "150",
+        "300",
         "--checks",
         &checks,
     ]))
@@ -464,6 +477,125 @@ async fn a_rollout_reaches_every_step_and_one_to_an_upstream_failing_at_25_perce
     assert!(
         status.contains("rollout orders: v2 → v3 at 0% (ROLLED_BACK)")
             && status.contains("failed-try ratio"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_rollout_stops_where_it_is_and_resumes_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let ok = Arc::new(AtomicBool::new(false));
+    let ups = [
+        named("v1", ok.clone()).await,
+        named("v2", ok.clone()).await,
+        named("v3", ok.clone()).await,
+    ];
+    let addrs = [ups[0].addr, ups[1].addr, ups[2].addr];
+    let v1 = push(
+        &store_url,
+        dir.path(),
+        "v1.yaml",
+        &document(&addrs, "upstream: v1", ""),
+    );
+    assert_eq!(cli(&store_url, &["activate", &v1.to_string()]).0, 0);
+    let gw = GatewayProcess::follow_with(
+        &store_url,
+        "gw-1",
+        "",
+        tempfile::tempdir().unwrap(),
+        None,
+        POLL,
+    )
+    .await;
+    until_reported(&store_url, &["gw-1"]).await;
+    let traffic = Traffic::start(&[gw.addr], 2);
+
+    // A long interval: the rollout sits at 5% until it is paused.
+    let rollout = tokio::spawn(portcullis(strings(&[
+        "rollout",
+        "orders",
+        "--to",
+        "v2",
+        "--steps",
+        "5,50,100",
+        "--interval-s",
+        "60",
+        "--min-requests",
+        "1",
+        "--store",
+        &store_url,
+    ])));
+    let store = portcullis::control::store::Store::connect(&store_url)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = store.route_rollouts("default").await.unwrap();
+        if now.iter().any(|r| r.percent == 5 && r.state == "RUNNING") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never at 5%: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, out) = portcullis(strings(&[
+        "rollout", "orders", "--pause", "--store", &store_url,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = tokio::time::timeout(Duration::from_secs(10), rollout)
+        .await
+        .expect("the paused rollout stops at its next check")
+        .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("rollout of orders stopped: paused by the operator at 5%"),
+        "{out}"
+    );
+    let (_, status) = portcullis(strings(&["rollout", "status", "--store", &store_url])).await;
+    assert!(
+        status.contains("rollout orders: v1 → v2 at 5% (PAUSED)"),
+        "{status}"
+    );
+    // Paused, the weight stays: some answers from each.
+    let c = client();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        seen.insert(get(&c, &format!("http://{}/", gw.addr), &[]).await.text());
+    }
+    assert!(seen.contains("v1") && seen.contains("v2"), "{seen:?}");
+
+    // Resumed with a short interval: from the next step, with the recorded plan.
+    let (code, out) = portcullis(strings(&[
+        "rollout",
+        "orders",
+        "--resume",
+        "--interval-s",
+        "1",
+        "--store",
+        &store_url,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("sends 5% to v2"), "{out}");
+    assert!(
+        out.contains("step 2 of 3: version") && out.contains("sends 50% to v2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("step 3 of 3: version") && out.contains("sends 100% to v2"),
+        "{out}"
+    );
+    traffic.finish().await;
+    let (_, list) = cli(&store_url, &["list"]);
+    assert_eq!(
+        list.matches("rollout orders: 5% to v2").count(),
+        1,
+        "{list}"
+    );
+    let (_, status) = cli(&store_url, &["status"]);
+    assert!(
+        status.contains("rollout orders: v1 → v2 at 100% (DONE)"),
         "{status}"
     );
 }

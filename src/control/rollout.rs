@@ -305,14 +305,20 @@ impl Run<'_> {
         let mut watch_until = None;
         let mut extended = 0;
         loop {
-            if let Some(state) = self.state().await? {
-                if state == "PAUSED" {
-                    return Ok(Some(Outcome::Stopped(format!(
-                        "paused by the operator at {percent}%"
-                    ))));
-                }
+            let running = self
+                .store
+                .touch_route_rollout(
+                    self.environment,
+                    &plan.route,
+                    i64::from(percent),
+                    Some(version),
+                )
+                .await?;
+            if !running {
+                return Ok(Some(Outcome::Stopped(format!(
+                    "paused by the operator at {percent}%"
+                ))));
             }
-            self.record(percent, Some(version), "RUNNING", None).await?;
             let now_wall = now_ms();
             let live: Vec<_> = self
                 .store
@@ -410,16 +416,6 @@ impl Run<'_> {
             }
             tokio::time::sleep(POLL).await;
         }
-    }
-
-    async fn state(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .store
-            .route_rollouts(self.environment)
-            .await?
-            .into_iter()
-            .find(|r| r.route == self.plan.route)
-            .map(|r| r.state))
     }
 }
 

@@ -747,6 +747,30 @@ impl Store {
         Ok(())
     }
 
+    /// Records a RUNNING rollout's progress; false (and nothing written) when it is no longer
+    /// RUNNING — paused by the operator in between, so a pause is never overwritten.
+    pub async fn touch_route_rollout(
+        &self,
+        environment: &str,
+        route: &str,
+        percent: i64,
+        version: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE route_rollouts SET percent = $1, version = $2, updated_at = $3
+             WHERE environment = $4 AND route = $5 AND state = 'RUNNING'",
+        )
+        .bind(percent)
+        .bind(version)
+        .bind(now_ms())
+        .bind(environment)
+        .bind(route)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Marks a RUNNING rollout PAUSED (its process stops at its next check). False when none runs.
     pub async fn pause_route_rollout(
         &self,
