@@ -15,8 +15,6 @@ Every process started is stopped by PID.
 import argparse
 import gzip
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -39,13 +37,7 @@ def document():
 
 
 def wrk(port, duration, connections):
-    out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
-         "-H", "Accept-Encoding: gzip", f"http://127.0.0.1:{port}{PATH}"],
-        capture_output=True, text=True, timeout=duration + 30).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return requests, int(errors.group(1)) if errors else 0
+    return pb.wrk_count(port, duration, connections, PATH, ("Accept-Encoding: gzip",))
 
 
 def fetch(port):

@@ -267,6 +267,30 @@ def start_portcullis(workdir, upstream_port, cpu, name="portcullis", observabili
     return proc, port, proc.pid
 
 
+DOC_PATH = "/doc.json"
+
+
+def json_document():
+    """About 1 KiB of JSON: a list of small items (the cache and shadow benchmarks' answer)."""
+    parts, i = [], 0
+    while len(",".join(parts)) < 1024 - 64:
+        parts.append(f'{{"id":{i},"name":"item-{i}","price":{i * 7 % 100}}}')
+        i += 1
+    return ('{"items":[' + ",".join(parts) + "]}").encode()
+
+
+def wrk_count(port, duration, connections, path=DOC_PATH, headers=()):
+    """wrk (CPU 1) against one URL: (requests completed, non-2xx answers)."""
+    extra = [a for h in headers for a in ("-H", h)]
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra,
+         f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, timeout=duration + 30).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return requests, int(errors.group(1)) if errors else 0
+
+
 def mirror_config(candidate_port):
     """(route YAML, upstreams YAML): every request mirrored to a `candidate` upstream and compared."""
     return (("", "    mirror: { upstream: candidate, percent: 100, compare: true, max_in_flight: 1024 }\n"),

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,25 +33,12 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proxy_bench as pb  # noqa: E402
 
-PATH = "/doc.json"
-
-
-def document():
-    parts, i = [], 0
-    while len(",".join(parts)) < 1024 - 64:
-        parts.append(f'{{"id":{i},"name":"item-{i}","price":{i * 7 % 100}}}')
-        i += 1
-    return ('{"items":[' + ",".join(parts) + "]}").encode()
+PATH = pb.DOC_PATH
+document = pb.json_document
 
 
 def wrk(port, duration, connections):
-    out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
-         f"http://127.0.0.1:{port}{PATH}"],
-        capture_output=True, text=True, timeout=duration + 30).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return requests, int(errors.group(1)) if errors else 0
+    return pb.wrk_count(port, duration, connections)
 
 
 async def fixed_rate(port, rate, seconds, conns):

@@ -149,15 +149,22 @@ async fn until_reported(store: &str, ids: &[&str]) {
 
 const POLL: &[&str] = &["--store-poll-ms", "200"];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p99_gate() {
+/// A store with version 1 active (route `orders` on `v1`) and the three upstreams, `v3`
+/// answering 500 while `v3_failing`.
+struct Setup {
+    dir: tempfile::TempDir,
+    store: String,
+    ups: [Service; 3],
+    addrs: [SocketAddr; 3],
+}
+
+async fn setup(v3_failing: Arc<AtomicBool>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("store.db").display());
-    let ok = Arc::new(AtomicBool::new(false));
     let ups = [
-        named("v1", ok.clone()).await,
-        named("v2", ok.clone()).await,
-        named("v3", ok.clone()).await,
+        named("v1", Arc::new(AtomicBool::new(false))).await,
+        named("v2", Arc::new(AtomicBool::new(false))).await,
+        named("v3", v3_failing).await,
     ];
     let addrs = [ups[0].addr, ups[1].addr, ups[2].addr];
     let v1 = push(
@@ -167,6 +174,22 @@ async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p
         &document(&addrs, "upstream: v1", ""),
     );
     assert_eq!(cli(&store, &["activate", &v1.to_string()]).0, 0);
+    Setup {
+        dir,
+        store,
+        ups,
+        addrs,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p99_gate() {
+    let Setup {
+        dir,
+        store,
+        ups: _ups,
+        addrs,
+    } = setup(Arc::new(AtomicBool::new(false))).await;
     let canary = GatewayProcess::follow_with(
         &store,
         "canary-1",
@@ -224,7 +247,7 @@ async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p
         shown.contains("reason:      synthetic check `orders answer from v1`"),
         "{shown}"
     );
-    assert!(cli(&store, &["list"]).1.contains(&format!("{v1}  ACTIVE")));
+    assert!(cli(&store, &["list"]).1.contains("      1  ACTIVE"));
 
     // The canary is back on v1 within a poll or two.
     let c = client();
@@ -311,22 +334,13 @@ async fn a_config_canary_is_rolled_back_by_a_failed_synthetic_check_and_by_its_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_reaches_every_step_and_one_to_an_upstream_failing_at_25_percent_goes_back_to_0()
 {
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = format!("sqlite://{}", dir.path().join("store.db").display());
     let v3_failing = Arc::new(AtomicBool::new(false));
-    let ups = [
-        named("v1", Arc::new(AtomicBool::new(false))).await,
-        named("v2", Arc::new(AtomicBool::new(false))).await,
-        named("v3", v3_failing.clone()).await,
-    ];
-    let addrs = [ups[0].addr, ups[1].addr, ups[2].addr];
-    let v1 = push(
-        &store_url,
-        dir.path(),
-        "v1.yaml",
-        &document(&addrs, "upstream: v1", ""),
-    );
-    assert_eq!(cli(&store_url, &["activate", &v1.to_string()]).0, 0);
+    let Setup {
+        dir: _dir,
+        store: store_url,
+        ups,
+        addrs: _,
+    } = setup(v3_failing.clone()).await;
     let mut gws = Vec::new();
     for id in ["gw-1", "gw-2", "gw-3"] {
         gws.push(
@@ -483,22 +497,12 @@ async fn a_rollout_reaches_every_step_and_one_to_an_upstream_failing_at_25_perce
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_rollout_stops_where_it_is_and_resumes_from_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = format!("sqlite://{}", dir.path().join("store.db").display());
-    let ok = Arc::new(AtomicBool::new(false));
-    let ups = [
-        named("v1", ok.clone()).await,
-        named("v2", ok.clone()).await,
-        named("v3", ok.clone()).await,
-    ];
-    let addrs = [ups[0].addr, ups[1].addr, ups[2].addr];
-    let v1 = push(
-        &store_url,
-        dir.path(),
-        "v1.yaml",
-        &document(&addrs, "upstream: v1", ""),
-    );
-    assert_eq!(cli(&store_url, &["activate", &v1.to_string()]).0, 0);
+    let Setup {
+        dir: _dir,
+        store: store_url,
+        ups: _ups,
+        addrs: _,
+    } = setup(Arc::new(AtomicBool::new(false))).await;
     let gw = GatewayProcess::follow_with(
         &store_url,
         "gw-1",
