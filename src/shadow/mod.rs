@@ -648,6 +648,16 @@ where
     })
 }
 
+/// Reads a body to its end without keeping it; false when it failed.
+async fn drain<B: http_body::Body + Unpin>(mut body: B) -> bool {
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// The same request sent to another healthy target of the primary upstream (noise).
 async fn noise_answer(
     snapshot: &Snapshot,
@@ -721,11 +731,10 @@ impl Copy {
             Err(_) => return counters.skip(Skip::MirrorError),
         };
         let Some(compare) = &policy.compare else {
-            // Read to the end so the connection goes back to the pool.
-            let drained = tokio::time::timeout_at(deadline, answer.into_body().collect()).await;
-            match drained {
-                Ok(Ok(_)) => counters.mirrored.fetch_add(1, Relaxed),
-                Ok(Err(_)) => counters.skipped[Skip::MirrorError as usize].fetch_add(1, Relaxed),
+            // Read to the end (keeping nothing) so the connection goes back to the pool.
+            match tokio::time::timeout_at(deadline, drain(answer.into_body())).await {
+                Ok(true) => counters.mirrored.fetch_add(1, Relaxed),
+                Ok(false) => counters.skipped[Skip::MirrorError as usize].fetch_add(1, Relaxed),
                 Err(_) => counters.skipped[Skip::MirrorTimeout as usize].fetch_add(1, Relaxed),
             };
             return;
