@@ -234,6 +234,26 @@ async fn with_one_primary_target_raw_differences_are_reported_and_said_so() {
     assert_eq!(doc["compare"]["reported"].as_array().unwrap().len(), 1);
     // Nothing was sent to a second target: there is none.
     assert_eq!(a.count(), 20);
+    // `explain` says what the mirror does with a GET and that a POST is not copied.
+    let explain = |method: &'static str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["explain", "-c"])
+            .arg(&gw.config_path)
+            .args([method, "http://x/prices/1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let get_text = explain("GET");
+    assert!(
+        get_text.contains("mirror: 100% of requests (by request id) copied to upstream candidate, compared, bodies up to 65536 bytes, at most 64 in flight, credentials removed"),
+        "{get_text}"
+    );
+    let post_text = explain("POST");
+    assert!(
+        post_text.contains("mirror: not for POST (mirrored methods: GET, HEAD, OPTIONS)"),
+        "{post_text}"
+    );
 }
 
 #[tokio::test]
