@@ -47,10 +47,7 @@ def main():
     procs = []
     with tempfile.TemporaryDirectory() as workdir:
         try:
-            os.chmod(workdir, 0o755)
-            with open(os.path.join(workdir, "doc.json"), "wb") as f:
-                f.write(doc)
-            os.chmod(os.path.join(workdir, "doc.json"), 0o644)
+            pb.serve_file(workdir, doc)
             cache_dir = os.path.join(workdir, "nginx-cache")
             os.mkdir(cache_dir)
             os.chmod(cache_dir, 0o777)

@@ -58,11 +58,7 @@ def main():
     procs = []
     with tempfile.TemporaryDirectory() as workdir:
         try:
-            # nginx's worker runs as an unprivileged user: it must be able to read the file.
-            os.chmod(workdir, 0o755)
-            with open(os.path.join(workdir, "doc.json"), "wb") as f:
-                f.write(doc)
-            os.chmod(os.path.join(workdir, "doc.json"), 0o644)
+            pb.serve_file(workdir, doc)
             backend, backend_port, _ = pb.start_nginx_http(
                 workdir, "backend", 1,
                 f"server {{ listen 127.0.0.1:PORT; root {workdir}; "

@@ -279,6 +279,15 @@ def json_document():
     return ('{"items":[' + ",".join(parts) + "]}").encode()
 
 
+def serve_file(directory, data, name="doc.json"):
+    """Writes `data` where nginx's unprivileged worker can read it (the directory too)."""
+    os.chmod(directory, 0o755)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o644)
+
+
 def wrk_count(port, duration, connections, path=DOC_PATH, headers=()):
     """wrk (CPU 1) against one URL: (requests completed, non-2xx answers)."""
     extra = [a for h in headers for a in ("-H", h)]

@@ -136,27 +136,20 @@ def main():
     procs = []
     with tempfile.TemporaryDirectory() as workdir:
         try:
-            os.chmod(workdir, 0o755)
-            with open(os.path.join(workdir, "doc.json"), "wb") as f:
-                f.write(doc)
-            os.chmod(os.path.join(workdir, "doc.json"), 0o644)
-            site = (f"server {{ listen 127.0.0.1:PORT; root {workdir}; "
-                    "location / { default_type application/json; } }")
-            primary, primary_port, _ = pb.start_nginx_http(workdir, "primary", 1, site)
+            pb.serve_file(workdir, doc)
+            def site(root):
+                return (f"server {{ listen 127.0.0.1:PORT; root {root}; "
+                        "location / { default_type application/json; } }")
+            primary, primary_port, _ = pb.start_nginx_http(workdir, "primary", 1, site(workdir))
             procs.append(primary)
             cand_root = workdir
             if args.differing:
                 cand_root = os.path.join(workdir, "candidate-root")
                 os.mkdir(cand_root)
-                os.chmod(cand_root, 0o755)
                 changed = doc.replace(b'"price":0', b'"price":1', 1)
                 assert changed != doc
-                with open(os.path.join(cand_root, "doc.json"), "wb") as f:
-                    f.write(changed)
-                os.chmod(os.path.join(cand_root, "doc.json"), 0o644)
-            cand_site = (f"server {{ listen 127.0.0.1:PORT; root {cand_root}; "
-                         "location / { default_type application/json; } }")
-            candidate, candidate_port, _ = pb.start_nginx_http(workdir, "candidate", 1, cand_site)
+                pb.serve_file(cand_root, changed)
+            candidate, candidate_port, _ = pb.start_nginx_http(workdir, "candidate", 1, site(cand_root))
             procs.append(candidate)
             targets = {}
             p, port, pid = pb.start_portcullis(workdir, primary_port, 0, name="portcullis-plain")

@@ -149,6 +149,29 @@ async fn until_reported(store: &str, ids: &[&str]) {
 
 const POLL: &[&str] = &["--store-poll-ms", "200"];
 
+/// `portcullis rollout orders --to TO` in five 2-second steps, gated at a 5% failed-try ratio
+/// from 3 tries on; `extra` arguments appended.
+async fn rollout_orders(store: &str, to: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = strings(&[
+        "rollout",
+        "orders",
+        "--to",
+        to,
+        "--steps",
+        "5,25,50,75,100",
+        "--interval-s",
+        "2",
+        "--max-error-rate",
+        "0.05",
+        "--min-requests",
+        "3",
+        "--store",
+        store,
+    ]);
+    args.extend(strings(extra));
+    portcullis(args).await
+}
+
 /// A store with version 1 active (route `orders` on `v1`) and the three upstreams, `v3`
 /// answering 500 while `v3_failing`.
 struct Setup {
@@ -360,25 +383,7 @@ async fn a_rollout_reaches_every_step_and_one_to_an_upstream_failing_at_25_perce
 
     // To a healthy upstream: every step, then 100%.
     let traffic = Traffic::start(&gw_addrs, 2);
-    let (code, out) = portcullis(strings(&[
-        "rollout",
-        "orders",
-        "--to",
-        "v2",
-        "--steps",
-        "5,25,50,75,100",
-        "--interval-s",
-        "2",
-        "--max-error-rate",
-        "0.05",
-        "--max-p99-ms",
-        "1000",
-        "--min-requests",
-        "3",
-        "--store",
-        &store_url,
-    ]))
-    .await;
+    let (code, out) = rollout_orders(&store_url, "v2", &["--max-p99-ms", "1000"]).await;
     assert_eq!(code, 0, "{out}");
     for (i, p) in [5, 25, 50, 75, 100].iter().enumerate() {
         assert!(
@@ -439,23 +444,7 @@ async fn a_rollout_reaches_every_step_and_one_to_an_upstream_failing_at_25_perce
         })
     };
     let traffic = Traffic::start(&gw_addrs, 2);
-    let (code, out) = portcullis(strings(&[
-        "rollout",
-        "orders",
-        "--to",
-        "v3",
-        "--steps",
-        "5,25,50,75,100",
-        "--interval-s",
-        "2",
-        "--max-error-rate",
-        "0.05",
-        "--min-requests",
-        "3",
-        "--store",
-        &store_url,
-    ]))
-    .await;
+    let (code, out) = rollout_orders(&store_url, "v3", &[]).await;
     assert!(flip.await.unwrap(), "the rollout never reached 25%");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("25%: v3 failed-try ratio"), "{out}");

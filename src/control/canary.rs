@@ -168,17 +168,7 @@ pub async fn run(
             }
             Some(until) if now >= until => {
                 if !plan.checks.is_empty() {
-                    let listeners: Vec<String> = mine
-                        .iter()
-                        .flat_map(|r| HeartbeatStats::parse(r.stats.as_deref()).listen)
-                        .collect();
-                    if listeners.is_empty() {
-                        return rollback(
-                            "synthetic checks: no canary reports a plain-HTTP listener".into(),
-                        )
-                        .await;
-                    }
-                    match super::checks::run(&plan.checks, &listeners).await {
+                    match super::checks::run_on_instances(&plan.checks, &mine).await {
                         Ok(n) => say(format!("{n} synthetic check(s) passed on the canaries")),
                         Err(why) => return rollback(why).await,
                     }

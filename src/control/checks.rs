@@ -75,6 +75,22 @@ pub fn load(path: &std::path::Path) -> Result<Vec<Check>, String> {
     Ok(checks)
 }
 
+/// Runs every check on every plain-HTTP listener the instances report in their heartbeats;
+/// instances that report none make it an error (a check that reached nothing never passes).
+pub async fn run_on_instances(
+    checks: &[Check],
+    instances: &[&super::store::InstanceReport],
+) -> Result<usize, String> {
+    let listeners: Vec<String> = instances
+        .iter()
+        .flat_map(|i| super::stats::HeartbeatStats::parse(i.stats.as_deref()).listen)
+        .collect();
+    if listeners.is_empty() {
+        return Err("synthetic checks: no selected instance reports a plain-HTTP listener".into());
+    }
+    run(checks, &listeners).await
+}
+
 /// Runs every check against every listener (`http://host:port`): `Err` names the first failure.
 pub async fn run(checks: &[Check], listeners: &[String]) -> Result<usize, String> {
     let mut passed = 0;

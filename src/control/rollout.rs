@@ -368,11 +368,10 @@ impl Run<'_> {
                         plan.interval_s
                     ));
                     if !plan.checks.is_empty() {
-                        let listeners: Vec<String> = live
-                            .iter()
-                            .flat_map(|i| HeartbeatStats::parse(i.stats.as_deref()).listen)
-                            .collect();
-                        if let Err(why) = super::checks::run(&plan.checks, &listeners).await {
+                        let instances: Vec<_> = live.iter().collect();
+                        if let Err(why) =
+                            super::checks::run_on_instances(&plan.checks, &instances).await
+                        {
                             return self.rollback(why, say).await.map(Some);
                         }
                     }

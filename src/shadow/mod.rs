@@ -733,10 +733,12 @@ impl Copy {
         let Some(compare) = &policy.compare else {
             // Read to the end (keeping nothing) so the connection goes back to the pool.
             match tokio::time::timeout_at(deadline, drain(answer.into_body())).await {
-                Ok(true) => counters.mirrored.fetch_add(1, Relaxed),
-                Ok(false) => counters.skipped[Skip::MirrorError as usize].fetch_add(1, Relaxed),
-                Err(_) => counters.skipped[Skip::MirrorTimeout as usize].fetch_add(1, Relaxed),
-            };
+                Ok(true) => {
+                    counters.mirrored.fetch_add(1, Relaxed);
+                }
+                Ok(false) => counters.skip(Skip::MirrorError),
+                Err(_) => counters.skip(Skip::MirrorTimeout),
+            }
             return;
         };
         let Ok(Some(candidate)) =
