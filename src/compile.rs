@@ -11,8 +11,10 @@ use crate::auth::AuthProviderSpecs;
 use crate::cache::CacheSpec;
 use crate::config::names::{check_shadowing, Names};
 use crate::config::{self, ConfigErrors, Diag, Document};
+use crate::consumer::ConsumerSpecs;
 use crate::edge::EdgeSpec;
 use crate::observe::ObserveSpec;
+use crate::ratelimit::plan::PlanSpecs;
 use crate::ratelimit::RateLimitSpecs;
 use crate::redis_store::RedisSpec;
 use crate::route::{RouteDefaults, RouteRules};
@@ -33,6 +35,8 @@ pub struct Compiled {
     pub upstreams: Vec<UpstreamSpec>,
     pub auth: AuthProviderSpecs,
     pub rate_limits: RateLimitSpecs,
+    pub plans: PlanSpecs,
+    pub consumers: ConsumerSpecs,
     pub redis: Option<RedisSpec>,
     pub observe: ObserveSpec,
     pub defaults: RouteDefaults,
@@ -63,10 +67,31 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let auth = AuthProviderSpecs::build(&cfg.auth, names.redis, &config_dir, &mut diag);
+    let auth = AuthProviderSpecs::build(
+        &cfg.auth,
+        names.redis,
+        &cfg.consumers,
+        names.consumer_store,
+        &config_dir,
+        &mut diag,
+    );
     let rate_limits = RateLimitSpecs::build(
         &cfg.rate_limits,
         &cfg.defaults.rate_limits,
+        names.redis,
+        &mut diag,
+    );
+    let plans = PlanSpecs::build(
+        &cfg.plans,
+        cfg.defaults.plan.as_ref(),
+        names.redis,
+        &mut diag,
+    );
+    let plan_names: Vec<&str> = cfg.plans.iter().map(|p| p.name.value.as_str()).collect();
+    let consumers = ConsumerSpecs::build(
+        &cfg.consumers,
+        cfg.consumer_store.as_ref(),
+        &plan_names,
         names.redis,
         &mut diag,
     );
@@ -117,6 +142,8 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
             upstreams: upstreams?,
             auth: auth?,
             rate_limits: rate_limits?,
+            plans: plans?,
+            consumers: consumers?,
             redis: redis.map(|r| r.ok_or(())).transpose().ok()?,
             observe: observe?,
             defaults: defaults?,

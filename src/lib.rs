@@ -12,6 +12,7 @@ pub mod cache;
 pub mod compile;
 pub mod config;
 pub mod connection;
+pub mod consumer;
 pub mod control;
 pub mod edge;
 pub mod forwarded;

@@ -340,6 +340,15 @@ async fn run(
         }
     };
 
+    // 4b. consumer: the record the credential names (its plan picks `by_plan` limits).
+    let consumer = match principal.as_deref() {
+        Some(p) => crate::consumer::of_principal(p, &snapshot.consumers)
+            .await
+            .inspect_err(|_| ex.trail.auth = AuthResult::Denied)?,
+        None => None,
+    };
+    ex.trail.consumer.clone_from(&consumer);
+
     // 5. authorize: required scopes and claims (or 403).
     if let Some(rules) = &route.rules.authorize {
         if let Err(denied) = rules.check(principal.as_deref()) {
@@ -349,17 +358,22 @@ async fn run(
         }
     }
 
-    // 6. rate limit: every limit the route applies, in order.
+    // 6. rate limit: every limit the route applies, in order, then the consumer's plan's.
     if !route.rate_limits.is_empty() {
+        let plan = route.rate_limits.plan_for(consumer.as_deref());
+        if let Some(p) = plan {
+            ex.trail.plan = Some(Arc::clone(&p.name));
+        }
         let input = KeyInput {
             route: &route.rules.name,
             client_ip: &client.text,
             headers: req.headers(),
             principal: principal.as_deref(),
+            consumer: consumer.as_deref(),
         };
         match route
             .rate_limits
-            .check(&input, &mut ex.trail.rate_limit)
+            .check(&input, plan, &mut ex.trail.rate_limit)
             .await
         {
             Ok(h) => ex.rate_headers = Some(h),
@@ -933,6 +947,8 @@ fn record(
         cors: trail.cors,
         cache: trail.cache,
         mirror: trail.mirror,
+        consumer: trail.consumer.take(),
+        plan: trail.plan.take(),
         rule: trail.rule.take(),
     }
 }

@@ -5,7 +5,7 @@
 use crate::auth::{AuthPolicy, Authorize};
 use crate::cache::RoutePolicy;
 use crate::config::names::Names;
-use crate::config::{AuthSpec, Config, Defaults, Diag, Located, Route};
+use crate::config::{AuthSpec, Config, Defaults, Diag, LimitRef, Located, Route, Text};
 use crate::edge::rules::RuleSet;
 use crate::edge::EdgeSpec;
 use crate::policy::compression::CompressionPolicy;
@@ -47,6 +47,8 @@ pub struct RouteRules {
     pub authorize: Option<Authorize>,
     /// Positions of the limits this route applies after the defaults' (see `RouteDefaults`).
     pub rate_limits: Vec<usize>,
+    /// `{ by_plan: true }`: the consumer's plan's limits and quotas apply after those.
+    pub by_plan: bool,
     /// The route's own, or the defaults'.
     pub cors: Option<Arc<CorsPolicy>>,
     /// The route's own, or the defaults'.
@@ -63,6 +65,39 @@ pub struct RouteRules {
     pub mirror: Option<MirrorPolicy>,
     /// Delays and aborts injected into a share of requests.
     pub fault: Option<FaultPolicy>,
+}
+
+/// A route's `rate_limits` entries: the limit names, and whether `{ by_plan: true }` is one.
+fn split_limit_refs(
+    refs: &[Located<LimitRef>],
+    key: &str,
+    plans: bool,
+    diag: &mut Diag,
+) -> (Vec<Located<Text>>, bool) {
+    let mut names = Vec::with_capacity(refs.len());
+    let mut by_plan = false;
+    for r in refs {
+        match &r.value {
+            LimitRef::Name(n) => names.push(Located::new(n.clone(), r.line)),
+            LimitRef::ByPlan(b) if !b.by_plan => diag.err(
+                r.line,
+                format!("{key}.rate_limits"),
+                "`by_plan: false` applies nothing: remove it",
+            ),
+            LimitRef::ByPlan(_) if by_plan => diag.err(
+                r.line,
+                format!("{key}.rate_limits"),
+                "`by_plan` is listed twice",
+            ),
+            LimitRef::ByPlan(_) if !plans => diag.err(
+                r.line,
+                format!("{key}.rate_limits"),
+                "`by_plan` needs a top-level `plans` section",
+            ),
+            LimitRef::ByPlan(_) => by_plan = true,
+        }
+    }
+    (names, by_plan)
 }
 
 /// `defaults`: what routes get when they do not say.
@@ -239,9 +274,10 @@ pub fn build(
         .or(config.defaults.auth.as_ref())
         .is_none_or(|a| matches!(&a.value, AuthSpec::Keyword(k) if k == "none"));
     let authorize = Authorize::build(r.authorization.as_ref(), public, &key, diag);
+    let (limit_names, by_plan) = split_limit_refs(&r.rate_limits, &key, names.plans, diag);
     let rate_limits = resolve_limits(
         &config.rate_limits,
-        &r.rate_limits,
+        &limit_names,
         &format!("{key}.rate_limits"),
         &config.defaults.rate_limits,
         diag,
@@ -295,6 +331,7 @@ pub fn build(
         auth: auth?,
         authorize: authorize?,
         rate_limits: rate_limits?,
+        by_plan,
         cors: match cors {
             Some(c) => Some(Arc::new(c?)),
             None => defaults.and_then(|d| d.cors.clone()),

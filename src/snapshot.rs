@@ -80,6 +80,7 @@ pub struct Registries {
     pub redis: SharedRedis,
     pub edge: EdgeCounters,
     pub cache: crate::cache::CacheRegistry,
+    pub consumers: crate::consumer::ConsumerRegistry,
 }
 
 /// Edge rule counters by rule name, carried across reloads.
@@ -125,8 +126,12 @@ pub struct Snapshot {
     /// Headers carrying verified claims: removed from every request, authenticated or not.
     pub forwarded_headers: Vec<HeaderName>,
     pub auth_stats: Vec<ProviderStats>,
-    /// Every rate limit, by name order (for `/metrics`).
+    /// Every rate limit (plans' included), by name order (for `/metrics`).
     pub limiters: Vec<Arc<Limiter>>,
+    /// `plans`, compiled (routes with `by_plan` share it).
+    pub plans: Option<Arc<ratelimit::plan::PlanTable>>,
+    /// `consumers` and the consumer store.
+    pub consumers: Arc<crate::consumer::Consumers>,
     pub redis: Option<Arc<RedisStore>>,
     /// Request metrics are recorded (`observability.metrics.enabled`).
     pub metrics_enabled: bool,
@@ -163,6 +168,7 @@ pub fn assemble(
         redis: shared_redis,
         edge: edge_counters,
         cache: cache_registry,
+        consumers: consumer_registry,
     } = registries;
     let Prepared {
         sinks,
@@ -178,6 +184,8 @@ pub fn assemble(
         upstreams,
         auth,
         rate_limits,
+        plans,
+        consumers,
         redis,
         observe,
         defaults,
@@ -201,11 +209,27 @@ pub fn assemble(
 
     let (redis, redis_changed) = shared_redis.apply(redis.as_ref());
     let cache = cache_registry.compile(&cache, redis.as_ref(), redis_changed);
-    let limiters = limiter_registry.compile(&rate_limits.limits, redis.as_ref(), redis_changed);
+    let all_limits: Vec<_> = rate_limits
+        .limits
+        .iter()
+        .chain(plans.all_limits())
+        .cloned()
+        .collect();
+    let mut limiters = limiter_registry.compile(&all_limits, redis.as_ref(), redis_changed);
+    let plan_limiters = limiters.split_off(rate_limits.limits.len());
+    let plan_table = (!plans.plans.is_empty())
+        .then(|| Arc::new(ratelimit::plan::PlanTable::new(&plans, &plan_limiters)));
+    let consumers = Arc::new(consumer_registry.compile(&consumers, redis.as_ref(), redis_changed));
     let mtls_listener = listeners
         .iter()
         .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
-    auth_registry.compile(&auth, mtls_listener, redis.as_ref(), redis_changed);
+    auth_registry.compile(
+        &auth,
+        mtls_listener,
+        redis.as_ref(),
+        redis_changed,
+        consumers.store.as_ref(),
+    );
 
     let route_names: Vec<&str> = routes.iter().map(|r| &*r.name).collect();
     let upstream_names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
@@ -222,6 +246,7 @@ pub fn assemble(
                     &limiters,
                     &rate_limits.defaults,
                     &rules.rate_limits,
+                    plan_table.as_ref().filter(|_| rules.by_plan),
                 ),
                 auth,
                 credential_headers,
@@ -264,7 +289,9 @@ pub fn assemble(
         trace_context: observe.trace_context,
         sampler: observe.sampler,
         sinks,
-        limiters: ratelimit::by_name(&limiters),
+        limiters: ratelimit::by_name(&[limiters, plan_limiters].concat()),
+        plans: plan_table,
+        consumers,
         forwarded_headers: auth_registry.forwarded_headers.clone(),
         auth_stats: auth_registry.stats(),
         redis,

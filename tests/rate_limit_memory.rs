@@ -49,6 +49,7 @@ fn a_million_distinct_client_ips_stay_within_the_memory_bound() {
                 client_ip: &ip,
                 headers: &headers,
                 principal: None,
+                consumer: None,
             })
             .unwrap();
         // One instant for all: no entry ever expires, so only the bound limits growth.

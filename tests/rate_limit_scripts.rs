@@ -51,6 +51,7 @@ async fn stored(
                 previous: p.unwrap_or(0),
             })
         }
+        Algorithm::Quota { .. } => unreachable!("quotas are checked in tests/consumers.rs"),
     }
 }
 

@@ -28,6 +28,7 @@ pub fn render(gateway: &Gateway, snapshot: &Snapshot) -> String {
     crate::edge::render_metrics(&snapshot.edge, &mut out);
     crate::cache::admin::render_metrics(&snapshot.cache, &gateway.metrics.routes(), &mut out);
     crate::shadow::admin::render_metrics(snapshot, &mut out);
+    crate::consumer::admin::render_metrics(snapshot, &mut out);
     snapshot.sinks.render_metrics(&mut out);
     family(
         &mut out,

@@ -156,6 +156,9 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
         r
     } else {
         match entry {
+            None if path.starts_with(CONSUMERS) => {
+                consumer(req.method(), path, &snapshot, &request_id).await
+            }
             None => json_error(StatusCode::NOT_FOUND, "no such admin endpoint", &request_id),
             Some((_, method, _)) if method != req.method() => {
                 let mut r = json_error(
@@ -183,6 +186,38 @@ pub async fn handle(req: Request<Incoming>, gateway: &Arc<Gateway>) -> Response<
     };
     resp.headers_mut().insert(request_id::HEADER, request_id);
     resp
+}
+
+/// `GET /admin/consumers/<id>`: the one admin path with a parameter.
+const CONSUMERS: &str = "/admin/consumers/";
+
+async fn consumer(
+    method: &Method,
+    path: &str,
+    snapshot: &crate::snapshot::Snapshot,
+    request_id: &header::HeaderValue,
+) -> Response<ResponseBody> {
+    if method != Method::GET {
+        let mut r = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            request_id,
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return r;
+    }
+    let raw = &path[CONSUMERS.len()..];
+    let id = String::from_utf8(crate::auth::api_key::percent_decode(raw, false));
+    match id {
+        Ok(id) if !id.is_empty() && !id.contains('/') => {
+            match crate::consumer::admin::document(snapshot, &id).await {
+                Ok(doc) => json_response(StatusCode::OK, &doc),
+                Err((status, message)) => json_error(status, &message, request_id),
+            }
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "no such consumer", request_id),
+    }
 }
 
 /// `POST /admin/cache/purge` with a JSON body (at most 64 KiB).

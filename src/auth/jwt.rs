@@ -141,6 +141,7 @@ pub struct JwtSpec {
     pub jwks_min_refetch_s: u64,
     pub forward: Vec<(String, HeaderName)>,
     pub tenant_claim: Option<String>,
+    pub consumer_claim: Option<String>,
     pub revocation: Option<RevocationSpec>,
     pub verified_cache_s: u64,
 }
@@ -284,6 +285,7 @@ impl JwtSpec {
             jwks_min_refetch_s: j.jwks_min_refetch_s,
             forward,
             tenant_claim: j.tenant_claim.as_ref().map(|s| s.to_string()),
+            consumer_claim: j.consumer_claim.as_ref().map(|s| s.to_string()),
             revocation: j.revocation.as_ref().map(|r| RevocationSpec {
                 key_prefix: r.key_prefix.to_string(),
                 cache_s: r.cache_s,
@@ -520,6 +522,7 @@ pub struct JwtVerifier {
     keys: Keys,
     forward: Vec<(String, HeaderName)>,
     tenant_claim: Option<String>,
+    consumer_claim: Option<String>,
     pub counters: Arc<AuthCounters>,
     /// SHA-256 of a verified token → its principal and when the entry ends (unix seconds).
     verified: Expiring<[u8; 32], Arc<Principal>>,
@@ -587,6 +590,7 @@ impl JwtVerifier {
             keys,
             forward: spec.forward.clone(),
             tenant_claim: spec.tenant_claim.clone(),
+            consumer_claim: spec.consumer_claim.clone(),
             counters: Arc::default(),
             verified: Expiring::new(CACHE_MAX),
             verified_cache_s: spec.verified_cache_s,
@@ -748,6 +752,10 @@ impl JwtVerifier {
             tenant,
             api_key: None,
             scopes,
+            consumer_ref: self
+                .consumer_claim
+                .as_deref()
+                .and_then(|c| claims.get(c)?.as_str().map(Arc::from)),
             claims: Some(claims),
             ..Principal::default()
         });

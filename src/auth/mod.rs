@@ -52,6 +52,10 @@ pub struct Principal {
     pub body_digest: Option<Arc<signature::digest::Expected>>,
     /// The counters of the provider that verified the signature (for a digest mismatch).
     pub signature_counters: Option<Arc<AuthCounters>>,
+    /// The consumer, when the credential's record carries it (a stored API key).
+    pub consumer: Option<Arc<crate::consumer::Consumer>>,
+    /// The consumer's id, when the credential names one (looked up after authentication).
+    pub consumer_ref: Option<Arc<str>>,
 }
 
 /// Why authentication failed: the metrics label and what the client is told.
@@ -87,10 +91,12 @@ pub enum Reason {
     MissingNonce,
     /// The signature's nonce was already used within its validity window.
     Replayed,
+    /// The consumer store could not be read (`on_store_failure: unauthorized`): 401.
+    StoreUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::MissingCredentials,
         Reason::UnknownApiKey,
         Reason::Malformed,
@@ -113,6 +119,7 @@ impl Reason {
         Reason::DigestMismatch,
         Reason::MissingNonce,
         Reason::Replayed,
+        Reason::StoreUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -139,6 +146,7 @@ impl Reason {
             Reason::DigestMismatch => "digest_mismatch",
             Reason::MissingNonce => "missing_nonce",
             Reason::Replayed => "replayed",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -234,7 +242,12 @@ pub enum RouteAuth {
     #[default]
     None,
     Jwt(Arc<jwt::JwtVerifier>),
-    ApiKey(Arc<api_key::ApiKeys>, Arc<AuthCounters>),
+    /// Configured keys, counters, and the consumer store (for `consumer_store: true`).
+    ApiKey(
+        Arc<api_key::ApiKeys>,
+        Arc<AuthCounters>,
+        Option<Arc<crate::consumer::store::ConsumerStore>>,
+    ),
     Introspection(Arc<introspection::Introspection>),
     /// A client certificate the listener's CA verified (provider name, counters).
     Mtls(Arc<str>, Arc<AuthCounters>),
@@ -270,7 +283,9 @@ impl RouteAuth {
             }),
             RouteAuth::Jwt(j) => j.counters.count(j.authenticate(headers).await),
             RouteAuth::Introspection(i) => i.counters.count(i.authenticate(headers).await),
-            RouteAuth::ApiKey(k, counters) => counters.count(k.authenticate(headers, uri)),
+            RouteAuth::ApiKey(k, counters, store) => {
+                counters.count(k.authenticate(headers, uri, store.as_deref()).await)
+            }
             RouteAuth::Signature(v) => {
                 let input = signature::SignatureInput {
                     request: signature::base::SignedRequest {
@@ -332,7 +347,7 @@ impl RouteAuth {
             RouteAuth::Jwt(_) | RouteAuth::Introspection(_) => {
                 out.push(http::header::AUTHORIZATION)
             }
-            RouteAuth::ApiKey(k, _) => out.extend(k.header().cloned()),
+            RouteAuth::ApiKey(k, ..) => out.extend(k.header().cloned()),
             RouteAuth::Any(all) => all.iter().for_each(|a| a.credential_headers(out)),
         }
     }
@@ -576,6 +591,8 @@ impl AuthProviderSpecs {
     pub fn build(
         auth: &AuthProviders,
         redis: bool,
+        consumers: &[Located<crate::config::ConsumerConfig>],
+        consumer_store: bool,
         base: &std::path::Path,
         diag: &mut Diag,
     ) -> Option<AuthProviderSpecs> {
@@ -616,7 +633,8 @@ impl AuthProviderSpecs {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                api_key::ApiKeys::build(a, &format!("auth.api_keys[{i}]"), diag).map(Arc::new)
+                let key = format!("auth.api_keys[{i}]");
+                api_key::ApiKeys::build(a, &key, consumers, consumer_store, diag).map(Arc::new)
             })
             .collect();
         let names = auth
@@ -643,6 +661,8 @@ impl AuthProviderSpecs {
 pub struct AuthRegistry {
     jwt: Vec<(jwt::JwtSpec, Arc<jwt::JwtVerifier>)>,
     api_keys: Vec<(Arc<api_key::ApiKeys>, Arc<AuthCounters>)>,
+    /// The consumer store stored API keys are looked up in.
+    consumer_store: Option<Arc<crate::consumer::store::ConsumerStore>>,
     introspection: Vec<(
         introspection::IntrospectionSpec,
         Arc<introspection::Introspection>,
@@ -661,6 +681,7 @@ impl Default for AuthRegistry {
         AuthRegistry {
             jwt: Vec::new(),
             api_keys: Vec::new(),
+            consumer_store: None,
             introspection: Vec::new(),
             signatures: Vec::new(),
             nonces: Vec::new(),
@@ -710,8 +731,10 @@ impl AuthRegistry {
         mtls_configured: bool,
         redis: Option<&Arc<crate::redis_store::RedisStore>>,
         redis_changed: bool,
+        consumer_store: Option<&Arc<crate::consumer::store::ConsumerStore>>,
     ) {
         self.mtls_configured = mtls_configured;
+        self.consumer_store = consumer_store.cloned();
         self.jwt = reuse(
             std::mem::take(&mut self.jwt),
             &specs.jwt,
@@ -788,7 +811,8 @@ impl AuthRegistry {
             AuthPolicy::Jwt(i) => RouteAuth::Jwt(Arc::clone(&self.jwt[*i].1)),
             AuthPolicy::ApiKey(i) => {
                 let (k, c) = &self.api_keys[*i];
-                RouteAuth::ApiKey(Arc::clone(k), Arc::clone(c))
+                let store = self.consumer_store.clone().filter(|_| k.uses_store());
+                RouteAuth::ApiKey(Arc::clone(k), Arc::clone(c), store)
             }
             AuthPolicy::Introspection(i) => {
                 RouteAuth::Introspection(Arc::clone(&self.introspection[*i].1))

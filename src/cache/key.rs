@@ -287,8 +287,7 @@ mod tests {
             api_key: None,
             scopes: vec![],
             claims: None,
-            body_digest: None,
-            signature_counters: None,
+            ..Principal::default()
         };
         assert_eq!(partition(None), "");
         assert_ne!(partition(Some(&p("alice"))), partition(Some(&p("bob"))));

@@ -14,6 +14,12 @@ pub struct Names<'c> {
     pub redis: bool,
     /// Some listener verifies client certificates (`tls.client_auth`).
     pub mtls_listener: bool,
+    /// A `plans` section exists.
+    pub plans: bool,
+    /// `consumers[].id`.
+    pub consumers: BTreeSet<&'c str>,
+    /// A `consumer_store` section exists.
+    pub consumer_store: bool,
 }
 
 impl<'c> Names<'c> {
@@ -30,6 +36,13 @@ impl<'c> Names<'c> {
                 .listeners
                 .iter()
                 .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some())),
+            plans: !config.plans.is_empty(),
+            consumers: config
+                .consumers
+                .iter()
+                .map(|c| c.id.value.0.as_str())
+                .collect(),
+            consumer_store: config.consumer_store.is_some(),
         }
     }
 }

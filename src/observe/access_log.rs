@@ -336,6 +336,14 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
         Some(s) => json_str(out, s),
         None => out.extend_from_slice(b"null"),
     }
+    if let Some(c) = &r.consumer {
+        out.extend_from_slice(b",\"consumer\":");
+        json_str(out, &c.id);
+    }
+    if let Some(plan) = &r.plan {
+        out.extend_from_slice(b",\"plan\":");
+        json_str(out, plan);
+    }
     out.extend_from_slice(b",\"auth_result\":");
     json_plain(out, Some(r.auth_result));
     if let Some(reason) = r.auth_reason {

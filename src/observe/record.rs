@@ -25,6 +25,9 @@ pub struct Trail {
     /// Why authentication failed (`bad_signature`, `digest_mismatch`…).
     pub auth_reason: Option<&'static str>,
     pub principal: Option<Arc<crate::auth::Principal>>,
+    /// The principal's consumer, and the plan its limits came from (`by_plan` routes).
+    pub consumer: Option<Arc<crate::consumer::Consumer>>,
+    pub plan: Option<Arc<str>>,
     /// Counts a streamed request body of unknown length (only when recording).
     pub bytes_in_counter: Option<Arc<AtomicU64>>,
     /// What the CORS policy refused (`refused:origin`, `would_refuse:method`…).
@@ -104,6 +107,8 @@ pub struct Record {
     pub auth_result: &'static str,
     pub auth_reason: Option<&'static str>,
     pub principal: Option<Arc<crate::auth::Principal>>,
+    pub consumer: Option<Arc<crate::consumer::Consumer>>,
+    pub plan: Option<Arc<str>>,
     pub rate_limit: crate::ratelimit::RateResult,
     pub retries: u32,
     pub retry_events: Vec<RetryEvent>,
@@ -137,6 +142,8 @@ impl Default for Record {
             auth_result: "none",
             auth_reason: None,
             principal: None,
+            consumer: None,
+            plan: None,
             rate_limit: crate::ratelimit::RateResult::None,
             retries: 0,
             retry_events: Vec::new(),

@@ -2,6 +2,8 @@
 //! store runs them directly; the Redis store runs the same arithmetic in a Lua script and hands
 //! the resulting state back here, so both stores report identical numbers.
 
+use super::calendar::Period;
+
 const MICROS: u64 = 1_000_000;
 
 /// A limit's parameters, compiled.
@@ -15,6 +17,9 @@ pub enum Algorithm {
     },
     /// Weighted two-window counter: `current + previous × (window − elapsed) / window`.
     SlidingWindow { limit: u64, window_us: u64 },
+    /// `limit` requests per calendar window (hour, day, month in a time zone), on the wall
+    /// clock. State: `Window { index: window start (Unix s), current, previous: 0 }`.
+    Quota { limit: u64, period: Period },
 }
 
 /// Stored per key.
@@ -82,6 +87,40 @@ impl Algorithm {
                 interval_us,
             } => (capacity, ceil_s(capacity * interval_us).max(1)),
             Algorithm::SlidingWindow { limit, window_us } => (limit, window_us / MICROS),
+            Algorithm::Quota { limit, period } => (limit, period.nominal_s()),
+        }
+    }
+
+    /// A quota over `period`: `limit` requests per window.
+    pub fn quota(limit: u64, period: Period) -> Algorithm {
+        Algorithm::Quota {
+            limit: limit.max(1),
+            period,
+        }
+    }
+
+    /// "Now" for this algorithm, in µs: the wall clock for calendar quotas, the monotonic one
+    /// for the others (immune to clock steps).
+    pub fn now_us(&self) -> u64 {
+        match self {
+            Algorithm::Quota { .. } => super::calendar::wall_us(),
+            _ => super::local::now_us(),
+        }
+    }
+
+    /// The outcome of a quota decision: `used` requests counted in the window (this one
+    /// included when allowed), `end_s` the window's end.
+    pub fn quota_outcome(&self, allowed: bool, used: u64, now_us: u64, end_s: i64) -> Outcome {
+        let limit = match *self {
+            Algorithm::Quota { limit, .. } => limit,
+            _ => unreachable!("quota only"),
+        };
+        let remaining = limit.saturating_sub(used);
+        let wait_us = (end_s.max(0) as u64 * MICROS).saturating_sub(now_us);
+        Outcome {
+            allowed,
+            remaining,
+            reset_s: settle(allowed, remaining >= limit, wait_us),
         }
     }
 
@@ -126,6 +165,26 @@ impl Algorithm {
                         index,
                         current: current as u32,
                         previous: previous as u32,
+                    },
+                )
+            }
+            Algorithm::Quota { limit, period } => {
+                let window = period.window_at((now / MICROS) as i64);
+                let index = window.start_s.max(0) as u64;
+                let used = match state {
+                    Some(State::Window {
+                        index: i, current, ..
+                    }) if i == index => u64::from(current),
+                    _ => 0,
+                };
+                let allowed = used < limit;
+                let used = used + u64::from(allowed);
+                (
+                    self.quota_outcome(allowed, used, now, window.end_s),
+                    State::Window {
+                        index,
+                        current: used as u32,
+                        previous: 0,
                     },
                 )
             }
@@ -235,6 +294,9 @@ impl Algorithm {
             (_, State::Tat(t)) => *t,
             (Algorithm::SlidingWindow { window_us, .. }, State::Window { index, .. }) => {
                 (index + 2) * window_us
+            }
+            (Algorithm::Quota { period, .. }, State::Window { index, .. }) => {
+                period.window_at(*index as i64).end_s.max(0) as u64 * MICROS
             }
             (_, State::Window { .. }) => 0,
         }

@@ -11,6 +11,8 @@ pub enum KeyPart {
     ApiKey,
     ClientIp,
     Route,
+    /// The consumer's id (requests without a consumer do not count against the limit).
+    Consumer,
     Header(HeaderName),
 }
 
@@ -22,6 +24,7 @@ impl KeyPart {
             "api_key" => KeyPart::ApiKey,
             "client_ip" => KeyPart::ClientIp,
             "route" => KeyPart::Route,
+            "consumer" => KeyPart::Consumer,
             other => match other.strip_prefix("header:") {
                 Some(name) => KeyPart::Header(
                     HeaderName::from_bytes(name.as_bytes())
@@ -29,7 +32,7 @@ impl KeyPart {
                 ),
                 None => {
                     return Err(format!(
-                        "unknown key part `{other}` (tenant, subject, api_key, client_ip, route, header:NAME)"
+                        "unknown key part `{other}` (tenant, subject, api_key, consumer, client_ip, route, header:NAME)"
                     ))
                 }
             },
@@ -38,7 +41,10 @@ impl KeyPart {
 
     /// Parts that need an authenticated principal.
     pub fn needs_principal(&self) -> bool {
-        matches!(self, KeyPart::Tenant | KeyPart::Subject | KeyPart::ApiKey)
+        matches!(
+            self,
+            KeyPart::Tenant | KeyPart::Subject | KeyPart::ApiKey | KeyPart::Consumer
+        )
     }
 }
 
@@ -50,6 +56,7 @@ pub struct KeyInput<'a> {
     pub client_ip: &'a str,
     pub headers: &'a HeaderMap,
     pub principal: Option<&'a Principal>,
+    pub consumer: Option<&'a crate::consumer::Consumer>,
 }
 
 /// The value of one part, or None when the request has no such value (a part that needs a
@@ -61,6 +68,7 @@ fn part_value<'a>(part: &KeyPart, input: &'a KeyInput<'a>) -> Option<&'a [u8]> {
         KeyPart::ApiKey => input.principal?.api_key.as_deref()?.as_bytes(),
         KeyPart::ClientIp => input.client_ip.as_bytes(),
         KeyPart::Route => input.route.as_bytes(),
+        KeyPart::Consumer => input.consumer?.id.as_bytes(),
         // A missing header is a value of its own (the empty one): omitting the header must
         // not be a way around the limit.
         KeyPart::Header(h) => input.headers.get(h).map_or(&b""[..], |v| v.as_bytes()),
@@ -141,6 +149,7 @@ mod tests {
                 client_ip: "127.0.0.1",
                 headers: h,
                 principal: None,
+                consumer: None,
             }
         }
         assert_ne!(spec.local(&input(&h1)), spec.local(&input(&h2)));

@@ -77,6 +77,16 @@ impl LocalStore {
         outcome
     }
 
+    /// A quota's count for `key` in the window starting at `index` (0 when none).
+    pub fn used_in(&self, key: u64, index: u64) -> u64 {
+        match self.shard(key).get(&key) {
+            Some(State::Window {
+                index: i, current, ..
+            }) if *i == index => u64::from(*current),
+            _ => 0,
+        }
+    }
+
     /// Gives back one request a later limit refused.
     pub fn refund(&self, key: u64) {
         let mut shard = self.shard(key);

@@ -4,8 +4,11 @@
 //! limits before it took is given back.
 
 pub mod algorithm;
+pub mod batched;
+pub mod calendar;
 pub mod key;
 pub mod local;
+pub mod plan;
 pub mod redis;
 
 pub mod spec;
@@ -42,6 +45,8 @@ enum Backend {
         on_failure: StoreFailure,
         /// Per-instance limits while Redis cannot be used (`local_fallback`).
         fallback: Option<LocalStore>,
+        /// Quotas with a flush interval: counted here, added to Redis in batches.
+        batched: Option<Arc<batched::Batched>>,
     },
 }
 
@@ -73,6 +78,7 @@ enum Verdict {
 enum Taken<'l> {
     Local(&'l LocalStore, u64),
     Redis(&'l RedisStore, String),
+    Batched(&'l batched::Batched, String),
 }
 
 impl Limiter {
@@ -85,6 +91,12 @@ impl Limiter {
                 on_failure: def.on_store_failure,
                 fallback: (def.on_store_failure == StoreFailure::LocalFallback)
                     .then(|| LocalStore::new(algorithm, def.max_keys)),
+                batched: (def.flush_interval_ms > 0).then(|| {
+                    Arc::new(batched::Batched::new(
+                        Arc::clone(store),
+                        def.flush_interval_ms,
+                    ))
+                }),
             },
             // A `redis` limit always has a store: the config cross-check requires the section.
             _ => Backend::Local(LocalStore::new(algorithm, def.max_keys)),
@@ -114,7 +126,7 @@ impl Limiter {
         match &self.backend {
             Backend::Local(store) => {
                 let key = self.key.local(input)?;
-                let outcome = store.decide(key, local::now_us());
+                let outcome = store.decide(key, self.algorithm.now_us());
                 Some((Verdict::Decided(outcome), Some(Taken::Local(store, key))))
             }
             Backend::Redis {
@@ -122,10 +134,18 @@ impl Limiter {
                 prefix,
                 on_failure,
                 fallback,
+                batched,
             } => {
                 let key = self.key.redis(prefix, input)?;
+                if let (Some(b), Algorithm::Quota { period, .. }) = (batched, &self.algorithm) {
+                    let now = self.algorithm.now_us();
+                    let window = period.window_at((now / 1_000_000) as i64);
+                    let key = redis::quota_key(&key, &window);
+                    let outcome = b.decide(&self.algorithm, key.clone(), window, now);
+                    return Some((Verdict::Decided(outcome), Some(Taken::Batched(b, key))));
+                }
                 match redis::decide(store, &self.algorithm, &key).await {
-                    Ok(outcome) => {
+                    Ok((outcome, key)) => {
                         Some((Verdict::Decided(outcome), Some(Taken::Redis(store, key))))
                     }
                     Err(_) => Some(match (on_failure, fallback) {
@@ -134,7 +154,7 @@ impl Limiter {
                                 .failure_fallback
                                 .fetch_add(1, Ordering::Relaxed);
                             let k = self.key.local(input)?;
-                            let outcome = f.decide(k, local::now_us());
+                            let outcome = f.decide(k, self.algorithm.now_us());
                             (Verdict::Decided(outcome), Some(Taken::Local(f, k)))
                         }
                         (StoreFailure::Deny, _) => {
@@ -157,14 +177,70 @@ impl Limiter {
         match taken {
             Taken::Local(store, key) => store.refund(key),
             Taken::Redis(store, key) => redis::refund(store, &self.algorithm, &key).await,
+            Taken::Batched(b, key) => b.refund(&key),
         }
+    }
+
+    /// A quota's use in the current window for `consumer` (None: not a quota, or its key is
+    /// not the consumer alone).
+    pub async fn quota_usage(
+        &self,
+        consumer: &crate::consumer::Consumer,
+    ) -> Option<Result<QuotaUsage, crate::redis_store::StoreError>> {
+        let Algorithm::Quota { limit, period } = self.algorithm else {
+            return None;
+        };
+        let window = period.window_at((self.algorithm.now_us() / 1_000_000) as i64);
+        let empty = HeaderMap::new();
+        let input = KeyInput {
+            route: "",
+            client_ip: "",
+            headers: &empty,
+            principal: None,
+            consumer: Some(consumer),
+        };
+        let used = match &self.backend {
+            Backend::Local(store) => {
+                let key = self.key.local(&input)?;
+                Ok(store.used_in(key, window.start_s.max(0) as u64))
+            }
+            Backend::Redis {
+                store,
+                prefix,
+                batched,
+                ..
+            } => {
+                let key = redis::quota_key(&self.key.redis(prefix, &input)?, &window);
+                match batched.as_ref().and_then(|b| b.used(&key)) {
+                    Some(n) => Ok(n),
+                    None => redis::quota_used(store, &key).await,
+                }
+            }
+        };
+        Some(used.map(|used| QuotaUsage {
+            limit,
+            used,
+            window,
+            period,
+        }))
     }
 }
 
-/// The limits one route applies, in order (defaults first).
+/// A quota's state for one consumer, for `/admin/consumers/<id>`.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaUsage {
+    pub limit: u64,
+    pub used: u64,
+    pub window: calendar::Window,
+    pub period: calendar::Period,
+}
+
+/// The limits one route applies, in order (defaults first, then the route's own, then the
+/// consumer's plan's when the route says `by_plan`).
 #[derive(Clone, Default)]
 pub struct RouteLimits {
     limiters: Vec<Arc<Limiter>>,
+    plans: Option<Arc<plan::PlanTable>>,
 }
 
 /// What the limits said, rendered into response headers only at the end. Holds the limits that
@@ -292,19 +368,40 @@ impl RateResult {
 
 impl RouteLimits {
     pub fn is_empty(&self) -> bool {
-        self.limiters.is_empty()
+        self.limiters.is_empty() && self.plans.is_none()
     }
 
-    /// Runs every limit; the first that refuses wins and the ones before it are given back.
+    /// The plan table, on a `by_plan` route.
+    pub fn plans(&self) -> Option<&plan::PlanTable> {
+        self.plans.as_deref()
+    }
+
+    /// The plan whose limits apply to `consumer` on this route (`by_plan` routes only).
+    pub fn plan_for(
+        &self,
+        consumer: Option<&crate::consumer::Consumer>,
+    ) -> Option<&plan::LivePlan> {
+        let plan = self
+            .plans
+            .as_ref()?
+            .plan_for(consumer.and_then(|c| c.plan.as_deref()))?;
+        plan.requests.fetch_add(1, Ordering::Relaxed);
+        Some(plan)
+    }
+
+    /// Runs every limit, then `plan`'s; the first that refuses wins and the ones before it are
+    /// given back.
     pub async fn check(
         &self,
         input: &KeyInput<'_>,
+        plan: Option<&plan::LivePlan>,
         result: &mut RateResult,
     ) -> Result<RateHeaders, Refusal> {
         let mut headers = RateHeaders::default();
         let mut taken: Vec<(&Limiter, Taken<'_>)> = Vec::new();
-        let last = self.limiters.len().saturating_sub(1);
-        for (i, limiter) in self.limiters.iter().enumerate() {
+        let by_plan: &[Arc<Limiter>] = plan.map_or(&[], |p| &p.limiters);
+        let last = (self.limiters.len() + by_plan.len()).saturating_sub(1);
+        for (i, limiter) in self.limiters.iter().chain(by_plan).enumerate() {
             let Some((verdict, took)) = limiter.decide(input).await else {
                 continue; // the key needs a principal this request does not have
             };
@@ -398,14 +495,21 @@ impl LimiterRegistry {
     }
 }
 
-/// The limits for one route, by position: `defaults.rate_limits` then the route's own.
-pub fn route_limits(all: &[Arc<Limiter>], defaults: &[usize], route: &[usize]) -> RouteLimits {
+/// The limits for one route, by position: `defaults.rate_limits` then the route's own, and
+/// the plans when the route applies them.
+pub fn route_limits(
+    all: &[Arc<Limiter>],
+    defaults: &[usize],
+    route: &[usize],
+    plans: Option<&Arc<plan::PlanTable>>,
+) -> RouteLimits {
     RouteLimits {
         limiters: defaults
             .iter()
             .chain(route)
             .map(|i| Arc::clone(&all[*i]))
             .collect(),
+        plans: plans.cloned(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! and breaker are the shared store's (`crate::redis_store`).
 
 use super::algorithm::{Algorithm, Outcome};
+use super::calendar::Window;
 use crate::redis_store::{RedisStore, StoreError};
 use redis::Script;
 use std::sync::LazyLock;
@@ -53,9 +54,33 @@ end
 return {allowed, c, p, elapsed}
 "#;
 
-/// Gives one request back. KEYS[1]: the key. ARGV: algorithm (tb | sw), interval µs.
+/// A calendar quota. KEYS[1]: the window's counter (its start is part of the key). ARGV:
+/// limit, the Unix second at which the counter may be dropped. Returns {allowed, used}.
+const QUOTA: &str = r#"
+local limit = tonumber(ARGV[1])
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= limit then
+  return {0, used}
+end
+used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
+return {1, used}
+"#;
+
+/// Adds a batch counted locally. KEYS[1]: the window's counter. ARGV: count, expiry (Unix s).
+/// Returns the window's total.
+const QUOTA_ADD: &str = r#"
+local used = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+return {used}
+"#;
+
+/// Gives one request back. KEYS[1]: the key. ARGV: algorithm (tb | sw | q), interval µs.
 const REFUND: &str = r#"
-if ARGV[1] == 'tb' then
+if ARGV[1] == 'q' then
+  local c = tonumber(redis.call('GET', KEYS[1]))
+  if c and c > 0 then redis.call('DECR', KEYS[1]) end
+elseif ARGV[1] == 'tb' then
   local tat = tonumber(redis.call('GET', KEYS[1]))
   if tat then
     redis.call('SET', KEYS[1], string.format('%d', tat - tonumber(ARGV[2])), 'KEEPTTL')
@@ -73,6 +98,8 @@ pub fn decision_script(algorithm: &Algorithm, clock: &str) -> String {
     let body = match algorithm {
         Algorithm::TokenBucket { .. } => TOKEN_BUCKET,
         Algorithm::SlidingWindow { .. } => SLIDING_WINDOW,
+        // The window comes from the caller (a calendar in a time zone): no clock read.
+        Algorithm::Quota { .. } => return QUOTA.to_string(),
     };
     format!("{clock}{body}")
 }
@@ -93,6 +120,12 @@ static SLIDING_WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 static REFUND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND));
+static QUOTA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(QUOTA));
+static QUOTA_ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(QUOTA_ADD));
+
+/// How long after its window's end a quota counter is kept (for `/admin/consumers` and
+/// instances whose clocks run a little behind).
+const QUOTA_KEEP_S: i64 = 3_600;
 
 /// The decision script's arguments for `algorithm` (before the clock's, if any).
 pub fn decision_args(algorithm: &Algorithm) -> [u64; 2] {
@@ -102,6 +135,7 @@ pub fn decision_args(algorithm: &Algorithm) -> [u64; 2] {
             interval_us,
         } => [interval_us, capacity * interval_us],
         Algorithm::SlidingWindow { limit, window_us } => [limit, window_us],
+        Algorithm::Quota { limit, .. } => [limit, 0],
     }
 }
 
@@ -113,6 +147,8 @@ pub fn decision_outcome(algorithm: &Algorithm, reply: &[i64]) -> Outcome {
         Algorithm::SlidingWindow { .. } => {
             algorithm.window_outcome(get(0) == 1, get(1), get(2), get(3))
         }
+        // Quotas are decided by `decide_quota_at`, which knows the window.
+        Algorithm::Quota { .. } => algorithm.quota_outcome(get(0) == 1, get(1), 0, 0),
     }
 }
 
@@ -121,24 +157,79 @@ pub fn refund_args(algorithm: &Algorithm) -> (&'static str, u64) {
     match *algorithm {
         Algorithm::TokenBucket { interval_us, .. } => ("tb", interval_us),
         Algorithm::SlidingWindow { .. } => ("sw", 0),
+        Algorithm::Quota { .. } => ("q", 0),
     }
 }
 
-/// Decides one request for `key`.
+/// The Redis key of a quota's window: the limit's key and the window's start.
+pub fn quota_key(key: &str, window: &Window) -> String {
+    format!("{key}:{}", window.start_s)
+}
+
+/// Decides one quota request for `key` at `now_us` (wall clock): the window is computed here,
+/// so every instance counts the same calendar window (to within their clocks' skew).
+/// Returns the outcome and the window's key (for a refund).
+pub async fn decide_quota_at(
+    store: &RedisStore,
+    algorithm: &Algorithm,
+    key: &str,
+    now_us: u64,
+) -> Result<(Outcome, String), StoreError> {
+    let Algorithm::Quota { limit, period } = *algorithm else {
+        unreachable!("quota only")
+    };
+    let window = period.window_at((now_us / 1_000_000) as i64);
+    let key = quota_key(key, &window);
+    let mut inv = QUOTA_SCRIPT.key(&key);
+    inv.arg(limit).arg(window.end_s + QUOTA_KEEP_S);
+    let reply = store.call(inv).await?;
+    let get = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
+    let outcome = algorithm.quota_outcome(get(0) == 1, get(1), now_us, window.end_s);
+    Ok((outcome, key))
+}
+
+/// Adds `count` requests counted locally to a quota window; returns the window's total.
+pub async fn add_quota(
+    store: &RedisStore,
+    key: &str,
+    window: &Window,
+    count: u64,
+) -> Result<u64, StoreError> {
+    let mut inv = QUOTA_ADD_SCRIPT.key(key);
+    inv.arg(count).arg(window.end_s + QUOTA_KEEP_S);
+    let reply = store.call(inv).await?;
+    Ok(reply.first().copied().unwrap_or(0).max(0) as u64)
+}
+
+/// A quota window's count so far (0 when nothing was counted).
+pub async fn quota_used(store: &RedisStore, key: &str) -> Result<u64, StoreError> {
+    let key = key.to_string();
+    store
+        .guarded(|mut conn| async move {
+            let v: Option<u64> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+            Ok(v.unwrap_or(0))
+        })
+        .await
+}
+
+/// Decides one request for `key`; returns the outcome and the key that counted it.
 pub async fn decide(
     store: &RedisStore,
     algorithm: &Algorithm,
     key: &str,
-) -> Result<Outcome, StoreError> {
+) -> Result<(Outcome, String), StoreError> {
     let script = match algorithm {
         Algorithm::TokenBucket { .. } => &*TOKEN_BUCKET_SCRIPT,
         Algorithm::SlidingWindow { .. } => &*SLIDING_WINDOW_SCRIPT,
+        Algorithm::Quota { .. } => {
+            return decide_quota_at(store, algorithm, key, algorithm.now_us()).await
+        }
     };
     let mut inv = script.key(key);
     let [a, b] = decision_args(algorithm);
     inv.arg(a).arg(b);
     let reply = store.call(inv).await?;
-    Ok(decision_outcome(algorithm, &reply))
+    Ok((decision_outcome(algorithm, &reply), key.to_string()))
 }
 
 /// Gives one request back (a later limit refused it). Best effort.

@@ -21,6 +21,19 @@ pub struct LimitSpec {
     pub max_keys: usize,
     /// This limit's `RateLimit-Policy` item, e.g. `"per-tenant";q=100;w=60`.
     pub policy_value: HeaderValue,
+    /// Quotas only: 0 decides every request in Redis; above 0 requests are counted locally
+    /// and added to Redis this often.
+    pub flush_interval_ms: u64,
+}
+
+impl LimitSpec {
+    /// The same limit under another name (a plan's limits are named `plan/limit`).
+    pub fn renamed(mut self, name: String) -> Option<LimitSpec> {
+        let (q, w) = self.algorithm.policy();
+        self.policy_value = HeaderValue::from_str(&format!("\"{name}\";q={q};w={w}")).ok()?;
+        self.name = name;
+        Some(self)
+    }
 }
 
 /// Every limit, and the ones `defaults.rate_limits` applies to every route (positions in
@@ -92,7 +105,7 @@ pub fn resolve(
     diag.ok_since(mark, out)
 }
 
-fn build_limit(
+pub fn build_limit(
     l: &Located<RateLimit>,
     key: &str,
     redis: bool,
@@ -209,6 +222,7 @@ fn build_limit(
         on_store_failure: l.on_store_failure,
         max_keys: l.max_keys,
         policy_value,
+        flush_interval_ms: 0,
     })
 }
 
@@ -279,7 +293,7 @@ mod tests {
             [
                 (2, "store: redis needs a top-level `redis` section"),
                 (6, "`route` is listed twice"),
-                (6, "unknown key part `sub` (tenant, subject, api_key, client_ip, route, header:NAME)"),
+                (6, "unknown key part `sub` (tenant, subject, api_key, consumer, client_ip, route, header:NAME)"),
                 (8, "`a` is listed twice"),
                 (8, "unknown rate limit `zz`"),
             ]

@@ -26,6 +26,8 @@ pub struct KeySpec {
     pub material: KeyMaterial,
     pub tenant: Option<String>,
     pub scopes: Vec<String>,
+    /// The consumer this key signs for.
+    pub consumer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +157,7 @@ impl SignatureSpec {
                     id: k.id.to_string(),
                     material,
                     tenant: k.tenant.as_ref().map(|t| t.to_string()),
+                    consumer: k.consumer.as_ref().map(|c| c.to_string()),
                     scopes: k.scopes.iter().map(|s| s.to_string()).collect(),
                 }),
                 Err((line, at, m)) => diag.err(line, at, m),
@@ -257,6 +260,7 @@ struct Key {
     verifier: Verifier,
     tenant: Option<String>,
     scopes: Vec<String>,
+    consumer: Option<Arc<str>>,
 }
 
 /// A provider at run time.
@@ -345,6 +349,7 @@ impl SignatureVerifier {
                     alg: k.material.alg,
                     verifier: Verifier::new(&k.material),
                     tenant: k.tenant.clone(),
+                    consumer: k.consumer.as_deref().map(Arc::from),
                     scopes: k.scopes.clone(),
                 })
                 .collect(),
@@ -588,6 +593,7 @@ impl SignatureVerifier {
                 subject: Some(key.id.clone()),
                 tenant: key.tenant.clone(),
                 scopes: key.scopes.clone(),
+                consumer_ref: key.consumer.clone(),
                 body_digest,
                 signature_counters: Some(Arc::clone(&self.counters)),
                 ..Principal::default()

@@ -289,6 +289,7 @@ fn ed_key() -> KeySpec {
         material: KeyMaterial::public_pem(Alg::Ed25519, ED25519_PUB).unwrap(),
         tenant: Some("acme".into()),
         scopes: vec!["orders:write".into()],
+        consumer: None,
     }
 }
 

@@ -100,6 +100,9 @@ fn default_replay_entries() -> usize {
 pub struct SignatureKey {
     /// The `keyid` signers send.
     pub id: Located<Text>,
+    /// The consumer this key signs for (`consumers[].id` or the consumer store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<Text>,
     pub alg: Located<Text>,
     /// A PEM public key (`PUBLIC KEY`, or `RSA PUBLIC KEY`), relative to the config file.
     #[serde(default)]
@@ -135,6 +138,9 @@ pub struct IntrospectionProvider {
     /// Field holding the tenant (default `tenant_id`, then `tenant`).
     #[serde(default)]
     pub tenant_claim: Option<Text>,
+    /// The claim naming the token's consumer (`consumers[].id` or the consumer store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_claim: Option<Text>,
 }
 
 fn default_introspection_cache() -> u64 {
@@ -179,6 +185,9 @@ pub struct JwtProvider {
     /// Claim holding the tenant (default `tenant_id`, then `tenant`).
     #[serde(default)]
     pub tenant_claim: Option<Text>,
+    /// The claim naming the token's consumer (`consumers[].id` or the consumer store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_claim: Option<Text>,
     /// A `jti` deny-list in Redis.
     #[serde(default)]
     pub revocation: Option<Located<Revocation>>,
@@ -246,7 +255,11 @@ pub struct ApiKeyProvider {
     pub header: Option<Text>,
     #[serde(default)]
     pub query: Option<Text>,
+    #[serde(default)]
     pub keys: Vec<Located<ApiKey>>,
+    /// Keys not listed in `keys` are looked up in `consumer_store` (Redis).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub consumer_store: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -259,6 +272,9 @@ pub struct ApiKey {
     pub tenant: Option<Text>,
     #[serde(default)]
     pub scopes: Vec<Text>,
+    /// The `consumers[].id` this key belongs to (its tenant and scopes when the key has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<Located<Text>>,
 }
 
 /// `routes[].authorization`.

@@ -6,6 +6,7 @@
 mod auth;
 mod browser;
 mod cache;
+mod consumer;
 mod edge;
 mod listener;
 mod observe;
@@ -17,6 +18,7 @@ mod upstream;
 pub use auth::*;
 pub use browser::*;
 pub use cache::*;
+pub use consumer::*;
 pub use edge::*;
 pub use listener::*;
 pub use observe::*;
@@ -63,6 +65,12 @@ pub struct Config {
     pub edge_rules: Option<Located<EdgeRules>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<Located<CacheStoreConfig>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Located<ConsumerConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_store: Option<Located<ConsumerStoreConfig>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plans: Vec<Located<Plan>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -118,6 +126,9 @@ pub struct Defaults {
     /// The configurable `edge_rules.rules` (by name) routes apply when they do not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge_rules: Option<Located<Vec<Located<Text>>>>,
+    /// The plan of consumers that have none (and of principals without a consumer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Located<Text>>,
 }
 
 impl Default for Defaults {
@@ -132,6 +143,7 @@ impl Default for Defaults {
             cors: None,
             compression: None,
             edge_rules: None,
+            plan: None,
         }
     }
 }

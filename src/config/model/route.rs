@@ -46,7 +46,7 @@ pub struct Route {
     pub authorization: Option<Located<Authorization>>,
     /// Limits applied to this route, after the `defaults.rate_limits`.
     #[serde(default)]
-    pub rate_limits: Vec<Located<Text>>,
+    pub rate_limits: Vec<Located<super::LimitRef>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<Located<RouteCacheConfig>>,
     // Absent sections are not serialized: the checksum of a config without them is unchanged.
