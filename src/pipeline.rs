@@ -7,9 +7,9 @@
 //!  2. route — host, path, method, headers (a CORS preflight by the method it asks about)
 //!  3. early answers — the route's IP rules and request rules, then what must not need
 //!     credentials (CORS preflights)
-//!  4. authenticate
+//!  4. authenticate — then the credential's consumer (file or consumer store)
 //!  5. authorize
-//!  6. rate limit
+//!  6. rate limit — the route's limits, then its consumer's plan's (`by_plan`)
 //!  7. validate request — required headers, content type, size; request-body filters
 //!  8. cache lookup
 //!  9. direct response
