@@ -4,6 +4,7 @@ several Portcullis configurations on the plain proxy path. Steadier than wall-cl
 shared cores: use it for small differences (a rate limit's cost, telemetry's).
 
 Usage: bench/run-instructions [--duration S] [--connections C] [--jwt] [--signature] [--cache] [--mirror]
+                              [--consumers]
        bench/run-instructions --compare BIN [BIN ...] [--rounds N]   (plain path only)
 
 Each configuration runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation
@@ -78,6 +79,9 @@ def main():
                     help="a response-cache hit (every request after the first) beside the plain path")
     ap.add_argument("--mirror", action="store_true",
                     help="every request mirrored to a second upstream and compared, beside the plain path")
+    ap.add_argument("--consumers", action="store_true",
+                    help="API keys from the file and from the consumer store (cached), plan limits and "
+                         "quotas (Redis, exact and batched), beside the plain path")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy the callgrind output files here (for callgrind_annotate)")
     ap.add_argument("--compare", nargs="+", metavar="BIN",
@@ -114,6 +118,11 @@ def main():
                     configs.append((name, pb.TELEMETRY_OFF, jwt_tokens.auth_config(tokens, alg, cache), header))
         if args.cache:
             configs = configs[:1] + [("cache-hit", pb.TELEMETRY_OFF, ("", "    cache: { ttl_s: 3600 }\n"), ())]
+        if args.consumers:
+            pb.seed_consumer(redis_port)
+            header = (f"X-API-Key: {pb.BENCH_KEY}",)
+            configs = configs[:1] + [(name, pb.TELEMETRY_OFF, extra, header)
+                                     for name, extra in pb.consumer_configs(redis_port).items()]
         mirror_upstreams = ""
         if args.mirror:
             cand, cand_port, _ = pb.start_nginx(workdir, "candidate", 1, body=pb.BODY)

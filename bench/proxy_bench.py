@@ -171,6 +171,58 @@ def rate_limit_config(store, redis_port=None):
 """, "    rate_limits: [bench]\n")
 
 
+BENCH_KEY = "bench-consumer-key-0123456789"
+
+
+def consumer_configs(redis_port):
+    """Consumer and plan configurations for the consumer benchmarks: name -> (top-level YAML,
+    route YAML). Every limit and quota is far above what a run sends (so each request does
+    the full decision); the consumer store caches for an hour (every lookup after the first is
+    a cache hit). `seed_consumer` puts the consumer and `BENCH_KEY` in Redis."""
+    import hashlib
+    sha = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
+    redis = f'redis: {{ url: "redis://127.0.0.1:{redis_port}/0" }}\n'
+    store = """consumer_store: { cache_ttl_ms: 3600000 }
+"""
+    def plans(quota):
+        return f"""plans:
+  - name: bench
+    limits: [{{ name: rate, algorithm: token_bucket, capacity: 1000000000, refill_per_second: 1000000 }}]
+    quotas: [{quota}]
+"""
+    def keys(store_keys):
+        listed = "" if store_keys else f', keys: [{{ id: bench, sha256: "{sha}" }}]'
+        flag = ", consumer_store: true" if store_keys else ""
+        return f"auth:\n  api_keys: [{{ name: keys{flag}{listed} }}]\n"
+    route = "    auth: { api_key: keys }\n"
+    named = """rate_limits:
+  - { name: per-key, algorithm: token_bucket, capacity: 1000000000, refill_per_second: 1000000, key: [api_key] }
+"""
+    quota = "{ name: monthly, limit: 1000000000, period: month, time_zone: Europe/Berlin%s }"
+    return {
+        "config-key": (keys(False), route),
+        "config-key+limit": (keys(False) + named, route + "    rate_limits: [per-key]\n"),
+        "store-key": (redis + store + keys(True), route),
+        "store-key+plan": (redis + store + keys(True) + plans(""),
+                           route + "    rate_limits: [{ by_plan: true }]\n"),
+        "store-key+plan+quota": (redis + store + keys(True) + plans(quota % ""),
+                                 route + "    rate_limits: [{ by_plan: true }]\n"),
+        "store-key+plan+batched": (redis + store + keys(True) + plans(quota % ", flush_interval_ms: 100"),
+                                   route + "    rate_limits: [{ by_plan: true }]\n"),
+    }
+
+
+def seed_consumer(redis_port):
+    """The bench consumer (plan `bench`) and its key in Redis, in the consumer store's layout."""
+    import hashlib
+    sha = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
+    cli = ["redis-cli", "-p", str(redis_port)]
+    subprocess.run(cli + ["HSET", "portcullis:consumer:bench-app", "tenant", "bench", "plan", "bench"],
+                   check=True, capture_output=True)
+    subprocess.run(cli + ["HSET", f"portcullis:apikey:{sha}", "consumer", "bench-app", "id", "bench"],
+                   check=True, capture_output=True)
+
+
 def start_redis(workdir, cpu):
     port = free_port()
     proc = subprocess.Popen(["taskset", "-c", str(cpu), "redis-server", "--bind", "127.0.0.1",

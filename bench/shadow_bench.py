@@ -41,11 +41,12 @@ def wrk(port, duration, connections):
     return pb.wrk_count(port, duration, connections)
 
 
-async def fixed_rate(port, rate, seconds, conns):
+async def fixed_rate(port, rate, seconds, conns, headers=""):
     """Open loop per connection: request k of a connection is due at start + k/per_conn_rate;
-    its latency runs from when it was due. Returns (latencies in ms, failures)."""
+    its latency runs from when it was due. `headers`: extra header lines, each ending in CRLF.
+    Returns (latencies in ms, failures)."""
     per = rate / conns
-    req = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    req = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
     lat, failures = [], 0
     start = time.perf_counter() + 0.2
 
@@ -101,11 +102,11 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
 
 
-def latency_rounds(targets, rounds, rate, seconds, conns):
+def latency_rounds(targets, rounds, rate, seconds, conns, headers=""):
     out = {n: {"p50": [], "p99": []} for n in targets}
     for rnd in range(1, rounds + 1):
         for name, (port, _) in targets.items():
-            lat, bad = subprocess_free_run(port, rate, seconds, conns)
+            lat, bad = subprocess_free_run(port, rate, seconds, conns, headers)
             out[name]["p50"].append(pct(lat, 50))
             out[name]["p99"].append(pct(lat, 99))
             flag = f"  ({bad} non-200)" if bad else ""
@@ -114,10 +115,10 @@ def latency_rounds(targets, rounds, rate, seconds, conns):
     return out
 
 
-def subprocess_free_run(port, rate, seconds, conns):
+def subprocess_free_run(port, rate, seconds, conns, headers=""):
     os.sched_setaffinity(0, {1})
     try:
-        return asyncio.run(fixed_rate(port, rate, seconds, conns))
+        return asyncio.run(fixed_rate(port, rate, seconds, conns, headers))
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count())))
 

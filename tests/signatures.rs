@@ -566,3 +566,37 @@ async fn a_local_replay_table_refuses_a_second_use_in_one_gateway() {
     assert_eq!(failures(&gw, "replayed").await, 1);
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn a_signing_key_maps_to_its_consumer_whose_plan_limits_apply() {
+    let up = Upstream::start("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut key = partner_key("ed25519", dir.path());
+    key.config = key
+        .config
+        .replace("tenant: acme", "tenant: acme, consumer: acme-app");
+    let yaml = config(&up, &[&key], "{ store: local }", "")
+        .replace(
+            "auth:\n",
+            "consumers: [{ id: acme-app, plan: tiny }]\nplans:\n  - name: tiny\n    limits: [{ name: per-hour, algorithm: sliding_window, limit: 2, window_s: 3600 }]\nauth:\n",
+        )
+        .replace("    upstream: up\n", "    upstream: up\n    rate_limits: [{ by_plan: true }]\n");
+    let gw = TestGateway::start(&yaml).await;
+    let authority = gw.addr.to_string();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let mut g = Signed::post(b"");
+        g.method = "GET";
+        g.covered = vec!["@method", "@authority", "@path", "@query"];
+        let signed = g.sign(&key, &authority);
+        let r = send_signed(&gw, &g, &signed, b"", &[]).await;
+        if r.status == 200 {
+            assert_eq!(
+                r.headers["ratelimit-policy"],
+                "\"tiny/per-hour\";q=2;w=3600"
+            );
+        }
+        statuses.push(r.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}

@@ -401,6 +401,24 @@ mod tests {
         assert_eq!(v["latency_ms"], 1.235);
         assert_eq!(v["route"], serde_json::Value::Null);
         assert_eq!(v["retries"], 0);
+        assert!(v.get("consumer").is_none() && v.get("plan").is_none());
+    }
+
+    #[test]
+    fn the_consumer_and_its_plan_are_logged() {
+        let r = Record {
+            consumer: Some(std::sync::Arc::new(crate::consumer::Consumer {
+                id: "acme \"app\"".into(),
+                ..Default::default()
+            })),
+            plan: Some("pro".into()),
+            ..Record::default()
+        };
+        let mut out = Vec::new();
+        write_json(&mut out, &mut Clock::default(), &r);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["consumer"], "acme \"app\"");
+        assert_eq!(v["plan"], "pro");
     }
 
     #[test]

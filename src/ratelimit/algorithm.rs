@@ -445,6 +445,34 @@ mod tests {
     }
 
     #[test]
+    fn a_quota_admits_its_limit_per_calendar_window_and_resets_at_the_window_end() {
+        use super::super::calendar::{Period, PeriodKind};
+        let a = Algorithm::quota(3, Period::new(PeriodKind::Day, "Europe/Berlin").unwrap());
+        // 2027-01-10 22:59:00 UTC = 23:59 in Berlin: one minute before the day ends there.
+        let t = 1_799_621_940 * S;
+        let mut st = None;
+        let first = run(&a, &mut st, t);
+        assert_eq!(
+            (first.allowed, first.remaining, first.reset_s),
+            (true, 2, 60)
+        );
+        assert!(run(&a, &mut st, t).allowed && run(&a, &mut st, t).allowed);
+        let refused = run(&a, &mut st, t + 30 * S);
+        assert_eq!(
+            (refused.allowed, refused.remaining, refused.reset_s),
+            (false, 0, 30)
+        );
+        // Local midnight: a new window.
+        assert!(run(&a, &mut st, t + 60 * S).allowed);
+        assert_eq!(a.policy(), (3, 86_400));
+        // Forgettable once its window has ended.
+        let (_, s) = a.decide(None, t);
+        assert_eq!(a.fresh_at(&s), t + 60 * S);
+        let s = a.refund(a.decide(Some(s), t).1);
+        assert_eq!(a.decide(Some(s), t).0.remaining, 1);
+    }
+
+    #[test]
     fn refunds_give_one_request_back() {
         let a = Algorithm::TokenBucket {
             capacity: 2,

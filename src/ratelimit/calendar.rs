@@ -5,6 +5,7 @@
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// How long a quota window is.
@@ -15,18 +16,26 @@ pub enum PeriodKind {
     Month,
 }
 
+/// A time zone, loaded once per process, with the window of each kind last computed in it.
+struct Zone {
+    tz: TimeZone,
+    name: &'static str,
+    /// Per `PeriodKind`: the last window, packed (start << 22 | length; 0 = none), so the
+    /// calendar arithmetic runs once per window, not once per request.
+    last: [AtomicU64; 3],
+}
+
 /// A quota's window: its kind in a time zone. `Copy` so limits stay plain values; the zone is
 /// interned (each distinct zone name is loaded once per process and kept).
 #[derive(Clone, Copy)]
 pub struct Period {
     pub kind: PeriodKind,
-    zone: &'static TimeZone,
-    zone_name: &'static str,
+    zone: &'static Zone,
 }
 
 impl PartialEq for Period {
     fn eq(&self, other: &Period) -> bool {
-        self.kind == other.kind && self.zone_name == other.zone_name
+        self.kind == other.kind && self.zone.name == other.zone.name
     }
 }
 
@@ -34,7 +43,7 @@ impl Eq for Period {}
 
 impl std::fmt::Debug for Period {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}@{}", self.kind, self.zone_name)
+        write!(f, "{:?}@{}", self.kind, self.zone.name)
     }
 }
 
@@ -45,9 +54,26 @@ pub struct Window {
     pub end_s: i64,
 }
 
-fn interned(name: &str) -> Result<(&'static TimeZone, &'static str), String> {
-    static ZONES: OnceLock<Mutex<HashMap<String, (&'static TimeZone, &'static str)>>> =
-        OnceLock::new();
+/// Lengths up to 2^22 s (48 days) and starts up to 2^42 s pack into one atomic word.
+const LEN_BITS: u32 = 22;
+
+fn pack(w: Window) -> Option<u64> {
+    let len = u64::try_from(w.end_s - w.start_s).ok()?;
+    let start = u64::try_from(w.start_s).ok()?;
+    (len > 0 && len < 1 << LEN_BITS && start < 1 << (64 - LEN_BITS))
+        .then_some(start << LEN_BITS | len)
+}
+
+fn unpack(v: u64) -> Window {
+    let start = (v >> LEN_BITS) as i64;
+    Window {
+        start_s: start,
+        end_s: start + (v & ((1 << LEN_BITS) - 1)) as i64,
+    }
+}
+
+fn interned(name: &str) -> Result<&'static Zone, String> {
+    static ZONES: OnceLock<Mutex<HashMap<String, &'static Zone>>> = OnceLock::new();
     let mut zones = ZONES
         .get_or_init(Default::default)
         .lock()
@@ -59,26 +85,25 @@ fn interned(name: &str) -> Result<(&'static TimeZone, &'static str), String> {
         format!("unknown time zone `{name}` (an IANA name such as UTC or Europe/Berlin)")
     })?;
     // Bounded: one entry per distinct zone name ever configured (the IANA set is finite).
-    let entry: (&'static TimeZone, &'static str) = (
-        Box::leak(Box::new(tz)),
-        Box::leak(name.to_string().into_boxed_str()),
-    );
-    zones.insert(name.to_string(), entry);
-    Ok(entry)
+    let zone: &'static Zone = Box::leak(Box::new(Zone {
+        tz,
+        name: Box::leak(name.to_string().into_boxed_str()),
+        last: Default::default(),
+    }));
+    zones.insert(name.to_string(), zone);
+    Ok(zone)
 }
 
 impl Period {
     pub fn new(kind: PeriodKind, zone: &str) -> Result<Period, String> {
-        let (zone, zone_name) = interned(zone)?;
         Ok(Period {
             kind,
-            zone,
-            zone_name,
+            zone: interned(zone)?,
         })
     }
 
     pub fn zone_name(&self) -> &'static str {
-        self.zone_name
+        self.zone.name
     }
 
     /// The nominal length advertised in `RateLimit-Policy` (`w`): an hour, a day, 30 days.
@@ -90,8 +115,25 @@ impl Period {
         }
     }
 
-    /// The window holding the instant `now_s` (Unix seconds).
+    /// The window holding the instant `now_s` (Unix seconds): the last one computed when it
+    /// still holds it.
     pub fn window_at(&self, now_s: i64) -> Window {
+        let last = &self.zone.last[self.kind as usize];
+        let cached = last.load(Ordering::Relaxed);
+        if cached != 0 {
+            let w = unpack(cached);
+            if (w.start_s..w.end_s).contains(&now_s) {
+                return w;
+            }
+        }
+        let w = self.compute_or_fixed(now_s);
+        if let Some(v) = pack(w) {
+            last.store(v, Ordering::Relaxed);
+        }
+        w
+    }
+
+    fn compute_or_fixed(&self, now_s: i64) -> Window {
         self.compute(now_s).unwrap_or_else(|| {
             // Outside jiff's range (year ±9999): fixed windows in UTC seconds.
             let len = self.nominal_s() as i64;
@@ -106,7 +148,7 @@ impl Period {
     fn compute(&self, now_s: i64) -> Option<Window> {
         let now = Timestamp::from_second(now_s)
             .ok()?
-            .to_zoned_datetime(self.zone.clone());
+            .to_zoned_datetime(self.zone.tz.clone());
         let (start, end) = match self.kind {
             PeriodKind::Hour => {
                 // Local hour starts (zones with :30 and :45 offsets included).
@@ -192,6 +234,16 @@ mod tests {
         assert_eq!(w.start_s, at("2027-01-01T09:30:00Z"));
         assert_eq!(w.end_s - w.start_s, 3600);
         assert!(Period::new(PeriodKind::Day, "Mars/Olympus").is_err());
+        // The remembered window is used only while it holds the instant (back and forth).
+        let d = Period::new(PeriodKind::Day, "Europe/Paris").unwrap();
+        for s in [
+            "2027-06-01T12:00:00Z",
+            "2027-06-02T12:00:00Z",
+            "2027-06-01T21:59:59Z",
+        ] {
+            assert_eq!(d.window_at(at(s)), d.compute_or_fixed(at(s)), "{s}");
+        }
+        assert_eq!(unpack(pack(w).unwrap()), w);
         assert_eq!(
             Period::new(PeriodKind::Day, "UTC").unwrap(),
             Period::new(PeriodKind::Day, "UTC").unwrap()
