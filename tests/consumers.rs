@@ -315,6 +315,57 @@ async fn plans_give_each_consumer_its_limits_and_a_plan_change_applies_within_th
     );
 }
 
+/// free is 5 requests/s and pro 50/s (token buckets of one second's worth): two consumers
+/// sending as fast as they can at once for about two seconds each get their own rate.
+#[tokio::test]
+async fn free_at_5_per_second_and_pro_at_50_per_second_side_by_side() {
+    let up = Upstream::start("up").await;
+    let redis = RedisServer::start().await;
+    let mut conn = redis_conn(&redis).await;
+    issue(&mut conn, "alice", "free", "k-alice").await;
+    issue(&mut conn, "bob", "pro", "k-bob").await;
+    let yaml = local(&config(&up, &redis, "", "{ api_key: keys }"))
+        .replace(
+            "capacity: 5, refill_per_second: 0.01",
+            "capacity: 5, refill_per_second: 5",
+        )
+        .replace(
+            "capacity: 50, refill_per_second: 0.01",
+            "capacity: 50, refill_per_second: 50",
+        );
+    let gw = TestGateway::start(&yaml).await;
+    let mut tasks = Vec::new();
+    for key in ["k-alice", "k-bob"] {
+        let url = gw.url("/api/x");
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let start = Instant::now();
+            let mut ok = 0u64;
+            while start.elapsed() < Duration::from_secs(2) {
+                match with_key(&c, &url, key).await.status.as_u16() {
+                    200 => ok += 1,
+                    429 => tokio::time::sleep(Duration::from_millis(2)).await,
+                    s => panic!("unexpected {s}"),
+                }
+            }
+            (ok, start.elapsed().as_secs_f64())
+        }));
+    }
+    let (alice, a_secs) = tasks.remove(0).await.unwrap();
+    let (bob, b_secs) = tasks.remove(0).await.unwrap();
+    // Capacity, then the refill rate over the run (one token of slack for its last fraction).
+    let want = |capacity: f64, rate: f64, secs: f64| capacity + rate * secs;
+    let (a_want, b_want) = (want(5.0, 5.0, a_secs), want(50.0, 50.0, b_secs));
+    assert!(
+        (alice as f64) <= a_want + 1.0 && (alice as f64) >= a_want - 2.0,
+        "alice (free): {alice} in {a_secs:.2} s, want ~{a_want:.0}"
+    );
+    assert!(
+        (bob as f64) <= b_want + 1.0 && (bob as f64) >= b_want - 5.0,
+        "bob (pro): {bob} in {b_secs:.2} s, want ~{b_want:.0}"
+    );
+}
+
 #[tokio::test]
 async fn a_jwt_maps_to_its_consumer_by_a_claim_and_gets_that_consumers_plan() {
     use jsonwebtoken::{encode, EncodingKey, Header};

@@ -647,6 +647,23 @@ impl AuthProviderSpecs {
             .enumerate()
             .map(|(i, n)| (n, format!("auth provider {i}")));
         diag.duplicates("auth provider", names);
+        // A signing key's consumer must exist somewhere it can be found.
+        if !consumer_store {
+            for (i, p) in auth.signatures.iter().enumerate() {
+                for k in p.keys.iter() {
+                    let Some(c) = &k.consumer else { continue };
+                    if !consumers.iter().any(|d| d.id.value == *c) {
+                        diag.err(
+                            k.id.line,
+                            format!("auth.signatures[{i}].keys"),
+                            format!(
+                                "unknown consumer `{c}` (not in consumers, and no consumer_store)"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         Some(AuthProviderSpecs {
             jwt: jwt.into_iter().collect::<Option<_>>()?,
             api_keys: api_keys.into_iter().collect::<Option<_>>()?,
