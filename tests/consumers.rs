@@ -64,6 +64,14 @@ async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// The upstream, a Redis server and a connection to it.
+async fn start() -> (Upstream, RedisServer, redis::aio::MultiplexedConnection) {
+    let up = Upstream::start("up").await;
+    let redis = RedisServer::start().await;
+    let conn = redis_conn(&redis).await;
+    (up, redis, conn)
+}
+
 async fn hset(c: &mut redis::aio::MultiplexedConnection, key: &str, fields: &[(&str, &str)]) {
     let mut cmd = redis::cmd("HSET");
     cmd.arg(key);
@@ -115,9 +123,7 @@ async fn metric(c: &HttpClient, admin: std::net::SocketAddr, series: &str) -> f6
 
 #[tokio::test]
 async fn a_key_issued_in_redis_works_without_a_reload_and_stops_within_the_ttl_once_revoked() {
-    let up = Upstream::start("up").await;
-    let redis = RedisServer::start().await;
-    let mut conn = redis_conn(&redis).await;
+    let (up, redis, mut conn) = start().await;
     let gw = TestGateway::start(&local(&config(&up, &redis, "", "{ api_key: keys }"))).await;
     let c = client();
     let url = gw.url("/api/x");
@@ -197,9 +203,7 @@ async fn a_key_issued_in_redis_works_without_a_reload_and_stops_within_the_ttl_o
 
 #[tokio::test]
 async fn ten_thousand_requests_with_unknown_keys_make_one_lookup_per_key_per_negative_ttl() {
-    let up = Upstream::start("up").await;
-    let redis = RedisServer::start().await;
-    let mut conn = redis_conn(&redis).await;
+    let (up, redis, mut conn) = start().await;
     let yaml = local(&config(&up, &redis, "", "{ api_key: keys }"))
         .replace("negative_ttl_ms: 300", "negative_ttl_ms: 60000");
     let gw = TestGateway::start(&yaml).await;
@@ -254,9 +258,7 @@ async fn ten_thousand_requests_with_unknown_keys_make_one_lookup_per_key_per_neg
 
 #[tokio::test]
 async fn plans_give_each_consumer_its_limits_and_a_plan_change_applies_within_the_ttl() {
-    let up = Upstream::start("up").await;
-    let redis = RedisServer::start().await;
-    let mut conn = redis_conn(&redis).await;
+    let (up, redis, mut conn) = start().await;
     issue(&mut conn, "alice", "free", "k-alice").await;
     issue(&mut conn, "bob", "pro", "k-bob").await;
     let gw = TestGateway::start(&local(&config(&up, &redis, "", "{ api_key: keys }"))).await;
@@ -319,9 +321,7 @@ async fn plans_give_each_consumer_its_limits_and_a_plan_change_applies_within_th
 /// sending as fast as they can at once for about two seconds each get their own rate.
 #[tokio::test]
 async fn free_at_5_per_second_and_pro_at_50_per_second_side_by_side() {
-    let up = Upstream::start("up").await;
-    let redis = RedisServer::start().await;
-    let mut conn = redis_conn(&redis).await;
+    let (up, redis, mut conn) = start().await;
     issue(&mut conn, "alice", "free", "k-alice").await;
     issue(&mut conn, "bob", "pro", "k-bob").await;
     let yaml = local(&config(&up, &redis, "", "{ api_key: keys }"))
@@ -369,9 +369,7 @@ async fn free_at_5_per_second_and_pro_at_50_per_second_side_by_side() {
 #[tokio::test]
 async fn a_jwt_maps_to_its_consumer_by_a_claim_and_gets_that_consumers_plan() {
     use jsonwebtoken::{encode, EncodingKey, Header};
-    let up = Upstream::start("up").await;
-    let redis = RedisServer::start().await;
-    let mut conn = redis_conn(&redis).await;
+    let (up, redis, mut conn) = start().await;
     issue(&mut conn, "bob", "pro", "k-bob").await;
     let extra = "consumers:\n  - { id: carol, tenant: initech, plan: free }\n";
     let gw = TestGateway::start(&local(&config(&up, &redis, extra, "{ jwt: tokens }"))).await;
@@ -617,9 +615,7 @@ async fn the_month_boundary_in_the_quota_time_zone_starts_a_new_window() {
 #[tokio::test]
 async fn with_redis_stopped_cached_consumers_are_served_and_the_rest_get_the_documented_answer() {
     let _alone = ALONE.lock().await;
-    let up = Upstream::start("up").await;
-    let mut redis = RedisServer::start().await;
-    let mut conn = redis_conn(&redis).await;
+    let (up, mut redis, mut conn) = start().await;
     issue(&mut conn, "alice", "pro", "k-alice").await;
     let yaml = local(&config(&up, &redis, "", "{ api_key: keys }"));
     let unavailable = TestGateway::start(&yaml).await;

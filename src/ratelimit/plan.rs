@@ -9,7 +9,6 @@ use super::key::KeyPart;
 use super::spec::{build_limit, LimitSpec};
 use super::Limiter;
 use crate::config::{Diag, Located, Plan, Quota, QuotaPeriod, RateStore, Text};
-use http::HeaderValue;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -162,8 +161,7 @@ fn build_quota(
     }
     let algorithm = Algorithm::quota(q.limit.value, period);
     let name = format!("{plan}/{}", q.name.value);
-    let (limit, w) = algorithm.policy();
-    let policy_value = HeaderValue::from_str(&format!("\"{name}\";q={limit};w={w}")).ok()?;
+    let policy_value = LimitSpec::policy_item(&name, &algorithm)?;
     Some(LimitSpec {
         name,
         algorithm,

@@ -27,10 +27,16 @@ pub struct LimitSpec {
 }
 
 impl LimitSpec {
+    /// The `RateLimit-Policy` item of a limit named `name` (None: the name is not usable in a
+    /// header).
+    pub fn policy_item(name: &str, algorithm: &Algorithm) -> Option<HeaderValue> {
+        let (q, w) = algorithm.policy();
+        HeaderValue::from_str(&format!("\"{name}\";q={q};w={w}")).ok()
+    }
+
     /// The same limit under another name (a plan's limits are named `plan/limit`).
     pub fn renamed(mut self, name: String) -> Option<LimitSpec> {
-        let (q, w) = self.algorithm.policy();
-        self.policy_value = HeaderValue::from_str(&format!("\"{name}\";q={q};w={w}")).ok()?;
+        self.policy_value = Self::policy_item(&name, &self.algorithm)?;
         self.name = name;
         Some(self)
     }
@@ -207,9 +213,7 @@ pub fn build_limit(
         // The checks above allow exactly one of the two shapes.
         _ => return None,
     };
-    let (q, w) = algorithm.policy();
-    let policy_value = HeaderValue::from_str(&format!("\"{}\";q={q};w={w}", l.name.value));
-    let Ok(policy_value) = policy_value else {
+    let Some(policy_value) = LimitSpec::policy_item(&l.name.value, &algorithm) else {
         diag.err(l.name.line, format!("{key}.name"), "not usable in a header");
         return None;
     };
