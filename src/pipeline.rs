@@ -344,7 +344,10 @@ async fn run(
     let consumer = match principal.as_deref() {
         Some(p) => crate::consumer::of_principal(p, &snapshot.consumers)
             .await
-            .inspect_err(|_| ex.trail.auth = AuthResult::Denied)?,
+            .inspect_err(|_| {
+                ex.trail.auth = AuthResult::Denied;
+                route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
+            })?,
         None => None,
     };
     ex.trail.consumer.clone_from(&consumer);
