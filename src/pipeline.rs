@@ -344,9 +344,15 @@ async fn run(
     let consumer = match principal.as_deref() {
         Some(p) => crate::consumer::of_principal(p, &snapshot.consumers)
             .await
-            .inspect_err(|_| {
-                ex.trail.auth = AuthResult::Denied;
-                route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
+            .inspect_err(|e| {
+                // 403: a suspended consumer (an authorization denial); else the store could
+                // not be read (503, or 401 by its on_store_failure).
+                if e.status() == http::StatusCode::FORBIDDEN {
+                    ex.trail.auth = AuthResult::Denied;
+                    route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    ex.trail.auth = AuthResult::Failure;
+                }
             })?,
         None => None,
     };
