@@ -183,9 +183,14 @@ fn routes_document(cfg: &config::Config) -> serde_json::Value {
         .map(|r| {
             let mut v = serde_json::to_value(&r.value).unwrap_or_default();
             // Redact configured header values that carry credentials.
-            for dir in ["request", "response"] {
+            for (dir, op) in [
+                ("request", "set"),
+                ("request", "add"),
+                ("response", "set"),
+                ("response", "add"),
+            ] {
                 if let Some(set) = v
-                    .pointer_mut(&format!("/headers/{dir}/set"))
+                    .pointer_mut(&format!("/headers/{dir}/{op}"))
                     .and_then(|s| s.as_object_mut())
                 {
                     for (k, val) in set.iter_mut() {

@@ -29,7 +29,7 @@ fn upstream_yaml(name: &str, addr: std::net::SocketAddr) -> String {
 async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;
-    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n    headers:\n      request:\n        set: { x-added: yes }\n        remove: [x-internal-debug]\n      response:\n        remove: [x-upstream]\n";
+    let routes = "  - name: all\n    match: { path: { prefix: / } }\n    upstream: up\n    headers:\n      request:\n        set: { x-added: yes }\n        add: { x-kept: appended }\n        remove: [x-internal-debug]\n      response:\n        remove: [x-upstream]\n        add: { x-served-by: gateway }\n";
     let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
 
     let req = "GET /echo?a=1 HTTP/1.1\r\nHost: api.test:8080\r\nConnection: keep-alive, x-conn-named\r\nx-conn-named: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x-t\r\nUpgrade: websocket\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 203.0.113.7\r\nx-request-id: client-id-123\r\nx-internal-debug: 1\r\nx-kept: kept\r\nContent-Length: 0\r\n\r\n";
@@ -54,7 +54,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     // `TE: trailers` (the client can take trailers, e.g. gRPC) and `Trailer` are end to end.
     assert_eq!(seen.headers["te"], "trailers");
     assert_eq!(seen.headers["trailer"], "x-t");
-    assert_eq!(seen.headers["x-kept"], "kept");
+    // `add` appends beside the client's value.
+    let kept: Vec<_> = seen.headers.get_all("x-kept").iter().collect();
+    assert_eq!(kept, ["kept", "appended"]);
     assert_eq!(seen.headers["x-added"], "yes");
     // The peer is no trusted proxy: the client's X-Forwarded-For is replaced, not extended.
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
@@ -68,6 +70,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     assert!(head.contains("x-request-id: client-id-123"), "{head}");
     assert!(!head.contains("keep-alive: timeout"), "{head}");
     assert!(!head.contains("x-upstream:"), "{head}");
+    assert!(head.contains("x-served-by: gateway"), "{head}");
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! `headers.request` / `headers.response`: remove, then set.
+//! `headers.request` / `headers.response`: remove, then set (replacing), then add (appending
+//! beside the values already there, as Gateway API's `add`).
 
 use crate::config::{Diag, HeaderOps as HeaderOpsConfig};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -6,6 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 #[derive(Debug, Default, Clone)]
 pub struct HeaderOps {
     pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
     pub remove: Vec<HeaderName>,
 }
 
@@ -46,6 +48,11 @@ impl HeaderOps {
             .iter()
             .filter_map(|(k, v)| header_pair(k, v, line, &format!("{key}.set"), diag))
             .collect();
+        let add: Vec<_> = cfg
+            .add
+            .iter()
+            .filter_map(|(k, v)| header_pair(k, v, line, &format!("{key}.add"), diag))
+            .collect();
         let mut remove = Vec::with_capacity(cfg.remove.len());
         for name in &cfg.remove {
             match HeaderName::from_bytes(name.as_bytes()) {
@@ -57,11 +64,11 @@ impl HeaderOps {
                 ),
             }
         }
-        diag.ok_since(mark, HeaderOps { set, remove })
+        diag.ok_since(mark, HeaderOps { set, add, remove })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.remove.is_empty()
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
     pub fn apply(&self, headers: &mut HeaderMap) {
@@ -70,6 +77,9 @@ impl HeaderOps {
         }
         for (n, v) in &self.set {
             headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
         }
     }
 }
@@ -83,13 +93,17 @@ mod tests {
         let mut cfg = HeaderOpsConfig::default();
         cfg.set.insert("x-a".into(), "1".into());
         cfg.remove.push("x-gone".into());
+        cfg.add.insert("x-multi".into(), "added".into());
         let mut diag = Diag::new("t.yaml");
         let ops = HeaderOps::build(&cfg, 3, "routes[0].headers.request", &mut diag).unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-gone", "v".parse().unwrap());
+        h.insert("x-multi", "client".parse().unwrap());
         ops.apply(&mut h);
         assert_eq!(h.get("x-a").unwrap(), "1");
         assert!(!h.contains_key("x-gone"));
+        let multi: Vec<_> = h.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["client", "added"]);
 
         cfg.set.insert("bad name".into(), "v".into());
         cfg.set.insert("x-b".into(), "a\u{7}b".into());

@@ -200,6 +200,9 @@ pub struct HeaderRules {
 pub struct HeaderOps {
     #[serde(default)]
     pub set: BTreeMap<String, Text>,
+    /// Appended after `set`, keeping the values already there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, Text>,
     #[serde(default)]
     pub remove: Vec<Text>,
 }
