@@ -573,6 +573,7 @@ fn explain_cmd(
             method: &method,
             any_method: false,
             headers: &header_map,
+            query: uri.query(),
         },
     );
     let (request_line, rest) = text.split_once('\n').unwrap_or((&text, ""));

@@ -262,6 +262,7 @@ async fn run(
         method: req.method(),
         any_method: false,
         headers: req.headers(),
+        query: req.uri().query(),
     };
     let routed = match snapshot.router.route(&view) {
         Some(i) => Some((i, false)),

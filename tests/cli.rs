@@ -217,6 +217,45 @@ routes:
 }
 
 #[test]
+fn explain_shows_query_predicates_and_which_one_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("query.yaml");
+    std::fs::write(
+        &file,
+        r#"listeners: [{ name: public, address: 127.0.0.1:8080 }]
+admin: { address: 127.0.0.1:9901 }
+defaults: { auth: none }
+routes:
+  - name: search
+    match: { path: { exact: /search } }
+    direct_response: { status: 200 }
+  - name: search-v2
+    match: { path: { exact: /search }, query: [{ name: v, value: "2" }, { name: q, present: true }] }
+    direct_response: { status: 200 }
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, _) = portcullis(&["explain", "-c", f, "GET", "/search?v=2&q=cats"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("matched: search-v2"), "{out}");
+    assert!(out.contains("query [?v = \"2\", ?q present]"), "{out}");
+    assert!(
+        out.contains("search: lost: `search-v2` has more query predicates"),
+        "{out}"
+    );
+    let (_, out, _) = portcullis(&["explain", "-c", f, "GET", "/search?v=2"]);
+    assert!(
+        out.contains("matched: search\n") || out.contains("matched: search ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("search-v2: query predicate failed: ?q present"),
+        "{out}"
+    );
+}
+
+#[test]
 fn version_is_printed() {
     let (code, out, _) = portcullis(&["--version"]);
     assert_eq!(code, 0);

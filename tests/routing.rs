@@ -44,6 +44,12 @@ fn config(admin_first: bool) -> String {
         ("hdr-canary", "{ path: { exact: /hdr }, headers: [{ name: x-canary, value: \"true\" }] }", ""),
         ("hdr-two", "{ path: { exact: /hdr }, headers: [{ name: x-canary, value: \"true\" }, { name: x-beta }] }", ""),
         ("hdr-regex", "{ path: { exact: /hdr }, headers: [{ name: x-ver, regex: \"^2\\\\.\" }] }", "    priority: 1\n"),
+        // Query parameters: after headers in precedence
+        ("q-default", "{ path: { exact: /q } }", ""),
+        ("q-version", "{ path: { exact: /q }, query: [{ name: version, value: \"2\" }] }", ""),
+        ("q-two", "{ path: { exact: /q }, query: [{ name: version, value: \"2\" }, { name: debug, present: true }] }", ""),
+        ("q-regex", "{ path: { exact: /q }, query: [{ name: fmt, regex: \"^(csv|tsv)$\" }] }", "    priority: 1\n"),
+        ("q-header", "{ path: { exact: /q }, headers: [{ name: x-q }] }", ""),
         // Priority, then file order
         ("p-low", "{ path: { exact: /p } }", ""),
         ("p-high", "{ path: { exact: /p } }", "    priority: 10\n"),
@@ -144,6 +150,25 @@ const CASES: &[Case] = &[
     ),
     ("GET", "x.test", "/hdr", &[("x-ver", "2.1")], "hdr-regex"),
     ("GET", "x.test", "/hdr", &[("x-ver", "3.1")], "hdr-default"),
+    // --- query predicates: more first, after the header count; decoded, first occurrence
+    ("GET", "x.test", "/q", &[], "q-default"),
+    ("GET", "x.test", "/q?version=2", &[], "q-version"),
+    ("GET", "x.test", "/q?a=1&version=%32", &[], "q-version"),
+    ("GET", "x.test", "/q?version=3", &[], "q-default"),
+    ("GET", "x.test", "/q?version=3&version=2", &[], "q-default"),
+    ("GET", "x.test", "/q?Version=2", &[], "q-default"),
+    ("GET", "x.test", "/q?version=2&debug", &[], "q-two"),
+    ("GET", "x.test", "/q?debug=&version=2", &[], "q-two"),
+    ("GET", "x.test", "/q?fmt=csv", &[], "q-regex"),
+    ("GET", "x.test", "/q?fmt=json", &[], "q-default"),
+    // one header predicate outranks two query predicates
+    (
+        "GET",
+        "x.test",
+        "/q?version=2&debug",
+        &[("x-q", "1")],
+        "q-header",
+    ),
     // --- priority, then file order
     ("GET", "x.test", "/p", &[], "p-high"),
     ("GET", "x.test", "/f", &[("x-a", "1"), ("x-b", "1")], "f-a"),

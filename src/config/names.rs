@@ -48,13 +48,14 @@ impl<'c> Names<'c> {
 }
 
 /// Reports pairs of routes that no request can tell apart: on the hosts they share, with the
-/// same path match, header predicates and priority and overlapping methods, the one later in
+/// same path match, header and query predicates and priority and overlapping methods, the one later in
 /// the file can never be chosen for those methods.
 pub fn check_shadowing(config: &Config, diag: &mut Diag) {
     struct Key {
         hosts: BTreeSet<String>,
         path: String,
         headers: BTreeSet<String>,
+        query: BTreeSet<String>,
         priority: i32,
         methods: Option<BTreeSet<String>>,
     }
@@ -84,6 +85,18 @@ pub fn check_shadowing(config: &Config, diag: &mut Diag) {
                         )
                     })
                     .collect(),
+                query: m
+                    .query
+                    .iter()
+                    .map(|q| {
+                        format!(
+                            "{}={:?}/{:?}",
+                            q.value.name.0,
+                            q.value.value.as_ref().map(|v| &v.0),
+                            q.value.regex.as_ref().map(|v| &v.0)
+                        )
+                    })
+                    .collect(),
                 priority: r.priority,
                 methods: m
                     .methods
@@ -107,6 +120,7 @@ pub fn check_shadowing(config: &Config, diag: &mut Diag) {
                 && methods_overlap
                 && a.path == b.path
                 && a.headers == b.headers
+                && a.query == b.query
                 && a.priority == b.priority
             {
                 let first = &config.routes[i];
@@ -116,8 +130,9 @@ pub fn check_shadowing(config: &Config, diag: &mut Diag) {
                     format!("routes[{j}]"),
                     format!(
                         "route `{}` is shadowed by route `{}` (line {}): same hosts, path match, \
-                         header predicates and priority with overlapping methods, so file order \
-                         alone would decide; give one a different priority, methods or headers",
+                         header and query predicates and priority with overlapping methods, so \
+                         file order alone would decide; give one a different priority, methods, \
+                         headers or query predicates",
                         second.name.value, first.name.value, first.line
                     ),
                 );

@@ -48,6 +48,10 @@ fn describe_match(r: &RouteMatcher) -> String {
         let hs: Vec<String> = r.headers.iter().map(|h| h.describe()).collect();
         let _ = write!(s, ", headers [{}]", hs.join(", "));
     }
+    if !r.query.is_empty() {
+        let qs: Vec<String> = r.query.iter().map(|q| q.describe()).collect();
+        let _ = write!(s, ", query [{}]", qs.join(", "));
+    }
     if r.priority != 0 {
         let _ = write!(s, ", priority {}", r.priority);
     }
@@ -99,6 +103,9 @@ fn lost_because(
     if winner.headers.len() != loser.headers.len() {
         return format!("`{}` has more header predicates", winner.name);
     }
+    if winner.query.len() != loser.query.len() {
+        return format!("`{}` has more query predicates", winner.name);
+    }
     if winner.priority != loser.priority {
         return format!(
             "`{}` has higher priority ({} > {})",
@@ -149,6 +156,7 @@ pub fn explain(router: &Router, req: &RequestView) -> (Option<usize>, String) {
             match rej {
                 Rejection::Method => format!("method {} not in its method list", req.method),
                 Rejection::Header(h) => format!("header predicate failed: {h}"),
+                Rejection::Query(q) => format!("query predicate failed: {q}"),
             }
         } else {
             match host_tier(r, req.host) {
@@ -160,6 +168,8 @@ pub fn explain(router: &Router, req: &RequestView) -> (Option<usize>, String) {
                         format!("method {} not in its method list", req.method)
                     } else if let Some(h) = r.failing_header(req.headers) {
                         format!("header predicate failed: {}", h.describe())
+                    } else if let Some(q) = r.failing_query(req.query) {
+                        format!("query predicate failed: {}", q.describe())
                     } else if let Some(w) = chosen {
                         let winner = &routes[w];
                         let w_tier = host_tier(winner, req.host).unwrap_or(Tier::AnyHost);

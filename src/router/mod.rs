@@ -5,7 +5,8 @@
 //! Precedence, in order: host tier (exact host, then wildcard suffixes longest first, then
 //! routes without hosts) → path (exact, then the longest matching prefix on a segment boundary,
 //! then regex) → routes that list methods before routes that accept any method → routes with
-//! more header predicates first → higher `priority` → earlier in the file.
+//! more header predicates first → then more query predicates → higher `priority` → earlier in
+//! the file.
 
 pub mod explain;
 pub mod normalize;
@@ -25,6 +26,8 @@ pub struct RequestView<'a> {
     /// Match routes whatever methods they list (a CORS preflight's second look).
     pub any_method: bool,
     pub headers: &'a HeaderMap,
+    /// The raw query string (without `?`), if any.
+    pub query: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -93,6 +96,44 @@ impl HeaderRule {
     }
 }
 
+/// A query parameter predicate, on the parameter's first occurrence (percent-decoded, `+` as a
+/// space); names are compared exactly (case-sensitive), as Gateway API's `queryParams`.
+#[derive(Debug)]
+pub enum QueryRule {
+    Present(String),
+    Equals(String, String),
+    Regex(String, Regex),
+}
+
+/// The first value of `name` in `query`, decoded. `Some("")` for `?name` and `?name=`.
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = crate::auth::api_key::percent_decode(k, true);
+        (k == name.as_bytes()).then(|| {
+            String::from_utf8_lossy(&crate::auth::api_key::percent_decode(v, true)).into_owned()
+        })
+    })
+}
+
+impl QueryRule {
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        match self {
+            QueryRule::Present(n) => query_value(query, n).is_some(),
+            QueryRule::Equals(n, v) => query_value(query, n).is_some_and(|x| x == *v),
+            QueryRule::Regex(n, r) => query_value(query, n).is_some_and(|x| r.is_match(&x)),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            QueryRule::Present(n) => format!("?{n} present"),
+            QueryRule::Equals(n, v) => format!("?{n} = {v:?}"),
+            QueryRule::Regex(n, r) => format!("?{n} ~ /{}/", r.as_str()),
+        }
+    }
+}
+
 /// One route's match criteria in compiled form.
 #[derive(Debug)]
 pub struct RouteMatcher {
@@ -104,6 +145,7 @@ pub struct RouteMatcher {
     /// `None`: every method.
     pub methods: Option<Vec<Method>>,
     pub headers: Vec<HeaderRule>,
+    pub query: Vec<QueryRule>,
     pub priority: i32,
 }
 
@@ -178,6 +220,46 @@ impl RouteMatcher {
                 });
             }
         }
+        let mut query = Vec::with_capacity(m.query.len());
+        for (j, located) in m.query.iter().enumerate() {
+            let (q, line) = (&located.value, located.line);
+            let qkey = format!("{key}.match.query[{j}]");
+            if q.name.is_empty() {
+                diag.err(line, format!("{qkey}.name"), "must not be empty");
+            }
+            let given = [q.value.is_some(), q.regex.is_some(), q.present.is_some()];
+            if given.iter().filter(|g| **g).count() > 1 {
+                diag.err(
+                    line,
+                    qkey.clone(),
+                    "give one of `value`, `regex`, `present`",
+                );
+            }
+            if q.present == Some(false) {
+                diag.err(
+                    line,
+                    format!("{qkey}.present"),
+                    "only `present: true` is supported (omit the predicate otherwise)",
+                );
+            }
+            let regex = q.regex.as_ref().and_then(|re| match Regex::new(re) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    diag.err(
+                        line,
+                        format!("{qkey}.regex"),
+                        format!("invalid regex: {}", regex_error(&e)),
+                    );
+                    None
+                }
+            });
+            let n = q.name.to_string();
+            query.push(match (&q.value, regex) {
+                (Some(v), _) => QueryRule::Equals(n, v.to_string()),
+                (None, Some(r)) => QueryRule::Regex(n, r),
+                (None, None) => QueryRule::Present(n),
+            });
+        }
         let matcher = RouteMatcher {
             name: name.to_string(),
             index,
@@ -185,6 +267,7 @@ impl RouteMatcher {
             path: path?,
             methods,
             headers,
+            query,
             priority,
         };
         diag.ok_since(mark, matcher)
@@ -199,11 +282,17 @@ impl RouteMatcher {
         self.headers.iter().find(|h| !h.matches(headers))
     }
 
+    /// The first query predicate that fails, if any.
+    pub fn failing_query(&self, query: Option<&str>) -> Option<&QueryRule> {
+        self.query.iter().find(|q| !q.matches(query))
+    }
+
     /// Sort key within one path bucket; smaller wins.
     fn rank(
         &self,
     ) -> (
         bool,
+        std::cmp::Reverse<usize>,
         std::cmp::Reverse<usize>,
         std::cmp::Reverse<i32>,
         usize,
@@ -211,6 +300,7 @@ impl RouteMatcher {
         (
             self.methods.is_none(),
             std::cmp::Reverse(self.headers.len()),
+            std::cmp::Reverse(self.query.len()),
             std::cmp::Reverse(self.priority),
             self.index,
         )
@@ -250,6 +340,7 @@ impl std::fmt::Display for Tier {
 pub enum Rejection {
     Method,
     Header(String),
+    Query(String),
 }
 
 /// Receives the candidates the router looked at, in order. The request path uses `()`.
@@ -479,6 +570,10 @@ impl PathTable {
                     }
                     if let Some(h) = r.failing_header(req.headers) {
                         trace(id, Some(Rejection::Header(h.describe())));
+                        continue;
+                    }
+                    if let Some(q) = r.failing_query(req.query) {
+                        trace(id, Some(Rejection::Query(q.describe())));
                         continue;
                     }
                     trace(id, None);

@@ -76,6 +76,23 @@ pub struct RouteMatch {
     pub methods: Option<Located<Vec<Text>>>,
     #[serde(default)]
     pub headers: Vec<Located<HeaderMatch>>,
+    /// Query parameter predicates, after the header ones in precedence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<Located<QueryMatch>>,
+}
+
+/// A query parameter predicate: `present: true` (or only `name`), equal to `value`, or matching
+/// `regex`; on the parameter's first occurrence, percent-decoded.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatch {
+    pub name: Text,
+    #[serde(default)]
+    pub value: Option<Text>,
+    #[serde(default)]
+    pub regex: Option<Text>,
+    #[serde(default)]
+    pub present: Option<bool>,
 }
 
 /// `{ exact: P }`, `{ prefix: P }` or `{ regex: R }`; exactly one.
