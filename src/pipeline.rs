@@ -448,6 +448,17 @@ async fn run(
     // 9. direct responses are answered here.
     let upstream_index = match &route.rules.action {
         Action::Direct(d) => return Ok(d.respond()),
+        Action::Redirect(r) => {
+            return Ok(r.respond(&crate::policy::redirect::Requested {
+                scheme: conn.scheme,
+                authority: host_value
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or(""),
+                path: &path,
+                query: req.uri().query(),
+            }))
+        }
         Action::Upstream(u) => *u,
         Action::Split(split) => split.pick(req.headers(), &client.text),
     };

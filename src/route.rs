@@ -13,6 +13,7 @@ use crate::policy::cors::CorsPolicy;
 use crate::policy::direct_response::DirectResponse;
 use crate::policy::fault::FaultPolicy;
 use crate::policy::header_ops::HeaderOps;
+use crate::policy::redirect::Redirect;
 use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
 use crate::ratelimit::spec::resolve as resolve_limits;
@@ -30,6 +31,7 @@ pub enum Action {
     Upstream(usize),
     Split(Split),
     Direct(DirectResponse),
+    Redirect(Redirect),
 }
 
 /// Everything the config alone decides about one route. The snapshot adds the shared state
@@ -189,6 +191,7 @@ pub fn build(
         r.upstream.is_some(),
         r.split.is_some(),
         r.direct_response.is_some(),
+        r.redirect.is_some(),
     ]
     .iter()
     .filter(|a| **a)
@@ -197,7 +200,7 @@ pub fn build(
         diag.err(
             r.line,
             key.clone(),
-            "a route needs exactly one of `upstream`, `split` or `direct_response`",
+            "a route needs exactly one of `upstream`, `split`, `direct_response` or `redirect`",
         );
     }
     let upstream = r.upstream.as_ref().and_then(|u| {
@@ -222,7 +225,12 @@ pub fn build(
         .direct_response
         .as_ref()
         .map(|d| DirectResponse::build(d, &key, diag));
-    let is_direct = r.direct_response.is_some();
+    let redirect = r
+        .redirect
+        .as_ref()
+        .map(|d| Redirect::build(d, &r.matcher.path, &key, diag));
+    // The gateway answers by itself: nothing goes upstream.
+    let is_direct = r.direct_response.is_some() || r.redirect.is_some();
     let rewrite = r
         .rewrite
         .as_ref()
@@ -306,10 +314,11 @@ pub fn build(
     if !diag.clean_since(mark) {
         return None;
     }
-    let action = match (upstream, split?, direct) {
-        (Some(u), None, None) => Action::Upstream(u),
-        (None, Some(s), None) => Action::Split(s),
-        (None, None, Some(d)) => Action::Direct(d?),
+    let action = match (upstream, split?, direct, redirect) {
+        (Some(u), None, None, None) => Action::Upstream(u),
+        (None, Some(s), None, None) => Action::Split(s),
+        (None, None, Some(d), None) => Action::Direct(d?),
+        (None, None, None, Some(r)) => Action::Redirect(r?),
         _ => return None,
     };
     let timeout = r.timeout_ms.as_ref().map_or(
@@ -391,7 +400,8 @@ mod tests {
             (
                 10,
                 "routes[0]".into(),
-                "a route needs exactly one of `upstream`, `split` or `direct_response`".into()
+                "a route needs exactly one of `upstream`, `split`, `direct_response` or `redirect`"
+                    .into()
             )
         );
         assert_eq!(

@@ -74,6 +74,39 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
 }
 
 #[tokio::test]
+async fn redirects_keep_what_they_do_not_replace_and_never_reach_the_upstream() {
+    let up = Upstream::start("up").await;
+    let routes = "  - name: to-https\n    match: { path: { prefix: /secure } }\n    redirect: { scheme: https, status: 301 }\n  - name: moved\n    match: { path: { prefix: /v1 } }\n    redirect: { replace_prefix: /v2, status: 308 }\n  - name: elsewhere\n    match: { path: { exact: /old } }\n    redirect: { host: new.example, port: 9443, path: /new }\n  - name: fixed\n    match: { path: { prefix: /fixed } }\n    upstream: up\n    rewrite: { replace_full_path: /health }\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
+    let cases = [
+        ("/secure/x?a=1", 301, "https://api.test/secure/x?a=1"),
+        (
+            "/v1/orders/7?expand=items",
+            308,
+            "http://api.test:8080/v2/orders/7?expand=items",
+        ),
+        ("/v1", 308, "http://api.test:8080/v2"),
+        ("/old?q", 302, "http://new.example:9443/new?q"),
+    ];
+    for (path, status, location) in cases {
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: api.test:8080\r\nConnection: close\r\n\r\n");
+        let resp = raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(raw_status(&resp), status, "{path}: {resp}");
+        let got = resp
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .unwrap_or_else(|| panic!("{path}: no location: {resp}"));
+        assert_eq!(got.trim(), location, "{path}");
+    }
+    assert_eq!(up.count(), 0, "a redirect reached the upstream");
+    // replace_full_path: every path becomes the one configured; the query is kept.
+    let r = get(&client(), &gw.url("/fixed/anything/here?q=1"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri, "/health?q=1");
+}
+
+#[tokio::test]
 async fn insane_request_ids_are_replaced() {
     let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;

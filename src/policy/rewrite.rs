@@ -1,4 +1,4 @@
-//! `rewrite`: change the path prefix the upstream sees.
+//! `rewrite`: change the path (a prefix, or the whole path) the upstream sees.
 
 use crate::config::{Diag, Located, Rewrite as RewriteConfig};
 use crate::router::normalize::path_literal;
@@ -7,7 +7,12 @@ use crate::router::prefix_matches;
 #[derive(Debug)]
 pub enum Rewrite {
     StripPrefix(String),
-    ReplacePrefix { from: String, to: String },
+    ReplacePrefix {
+        from: String,
+        to: String,
+    },
+    /// Every request's path becomes this one (the query is kept).
+    FullPath(String),
 }
 
 impl Rewrite {
@@ -19,7 +24,30 @@ impl Rewrite {
         diag: &mut Diag,
     ) -> Option<Rewrite> {
         let mark = diag.mark();
+        let given = [
+            rw.strip_prefix.is_some(),
+            rw.replace_prefix.is_some(),
+            rw.replace_full_path.is_some(),
+        ];
         let rewrite = match (&rw.strip_prefix, &rw.replace_prefix) {
+            _ if given.iter().filter(|g| **g).count() != 1 => {
+                diag.err(
+                    rw.line,
+                    format!("{key}.rewrite"),
+                    "give exactly one of `strip_prefix`, `replace_prefix` or `replace_full_path`",
+                );
+                None
+            }
+            (None, None) => {
+                let p = rw.replace_full_path.as_ref()?;
+                path_literal(
+                    p,
+                    rw.line,
+                    &format!("{key}.rewrite.replace_full_path"),
+                    diag,
+                );
+                Some(Rewrite::FullPath(p.0.clone()))
+            }
             (Some(p), None) => {
                 path_literal(p, rw.line, &format!("{key}.rewrite.strip_prefix"), diag);
                 Some(Rewrite::StripPrefix(p.trim_end_matches('/').to_string()))
@@ -42,14 +70,8 @@ impl Rewrite {
                     to: rp.to.0.clone(),
                 })
             }
-            _ => {
-                diag.err(
-                    rw.line,
-                    format!("{key}.rewrite"),
-                    "give exactly one of `strip_prefix` or `replace_prefix`",
-                );
-                None
-            }
+            // Both: refused by the count above.
+            (Some(_), Some(_)) => None,
         };
         if direct {
             diag.err(
@@ -64,26 +86,39 @@ impl Rewrite {
     /// The rewritten path; paths that do not start with the prefix (on a segment boundary) are
     /// left alone.
     pub fn apply(&self, path: &str) -> String {
-        let (from, to) = match self {
-            Rewrite::StripPrefix(p) => (p.as_str(), "/"),
-            Rewrite::ReplacePrefix { from, to } => (from.as_str(), to.as_str()),
-        };
-        if from.is_empty() || !prefix_matches(from, path) {
-            return path.to_string();
+        match self {
+            Rewrite::StripPrefix(p) => replace_prefix(p, "/", path),
+            Rewrite::ReplacePrefix { from, to } => replace_prefix(from, to, path),
+            Rewrite::FullPath(p) => p.clone(),
         }
-        let rest = &path[from.len()..];
-        match (to.ends_with('/'), rest.starts_with('/')) {
-            (true, true) => format!("{to}{}", &rest[1..]),
-            (false, false) if !rest.is_empty() => format!("{to}/{rest}"),
-            _ if rest.is_empty() => to.to_string(),
-            _ => format!("{to}{rest}"),
-        }
+    }
+}
+
+/// `path` with its prefix `from` (on a segment boundary) replaced by `to`, without doubling or
+/// losing the `/` between them; a path without that prefix is left alone.
+pub fn replace_prefix(from: &str, to: &str, path: &str) -> String {
+    if from.is_empty() || !prefix_matches(from, path) {
+        return path.to_string();
+    }
+    let rest = &path[from.len()..];
+    match (to.ends_with('/'), rest.starts_with('/')) {
+        (true, true) => format!("{to}{}", &rest[1..]),
+        (false, false) if !rest.is_empty() => format!("{to}/{rest}"),
+        _ if rest.is_empty() => to.to_string(),
+        _ => format!("{to}{rest}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_path_replaces_every_path() {
+        let f = Rewrite::FullPath("/health".into());
+        assert_eq!(f.apply("/any/thing"), "/health");
+        assert_eq!(f.apply("/"), "/health");
+    }
 
     #[test]
     fn strip_and_replace() {

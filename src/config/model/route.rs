@@ -25,6 +25,8 @@ pub struct Route {
     pub split_key: Option<Located<Text>>,
     #[serde(default)]
     pub direct_response: Option<Located<DirectResponse>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Located<Redirect>>,
 
     /// Another upstream for bodiless requests when this route's fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +153,33 @@ pub struct Rewrite {
     pub strip_prefix: Option<Text>,
     #[serde(default)]
     pub replace_prefix: Option<ReplacePrefix>,
+    /// Every request's path becomes this one (the query is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_full_path: Option<Text>,
+}
+
+/// `redirect`: the gateway answers with a redirect that keeps what it does not replace.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default)]
+    pub scheme: Option<Text>,
+    #[serde(default)]
+    pub host: Option<Text>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// The whole path (the query is kept).
+    #[serde(default)]
+    pub path: Option<Text>,
+    /// The route's matched prefix is replaced by this.
+    #[serde(default)]
+    pub replace_prefix: Option<Text>,
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
 }
 
 #[derive(Debug, Deserialize, Serialize)]
