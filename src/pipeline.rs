@@ -1028,6 +1028,8 @@ fn prepare_upstream_headers(
     route: &LiveRoute,
     body: &UpstreamBody,
 ) {
+    // The route's allow- and deny-lists see only what the client sent.
+    route.rules.request.filter_client_headers(headers);
     forwarded::strip_hop_by_hop(headers);
     // The gateway answers `Expect: 100-continue` itself when it reads the body.
     headers.remove(header::EXPECT);

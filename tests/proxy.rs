@@ -107,6 +107,36 @@ async fn redirects_keep_what_they_do_not_replace_and_never_reach_the_upstream() 
 }
 
 #[tokio::test]
+async fn allowed_and_denied_headers_filter_what_the_client_sent_and_the_gateways_own_follow() {
+    let up = Upstream::start("up").await;
+    let routes = "  - name: allow\n    match: { path: { prefix: /allow } }\n    upstream: up\n    request: { allowed_headers: [x-keep, content-type, X-Both], denied_headers: [x-both] }\n    headers: { request: { set: { x-added: by-route } } }\n  - name: deny\n    match: { path: { prefix: /deny } }\n    upstream: up\n    request: { denied_headers: [cookie, x-secret] }\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
+    let sent = "x-keep: 1\r\nx-other: 2\r\nx-both: 3\r\ncookie: s=1\r\nx-secret: k\r\nx-request-id: client-id-1\r\ncontent-type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    let req = format!("POST /allow HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n{sent}");
+    let resp = raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let seen = up.last();
+    for h in ["x-other", "x-both", "cookie", "x-secret"] {
+        assert!(!seen.headers.contains_key(h), "{h} passed the allow-list");
+    }
+    assert_eq!(seen.headers["x-keep"], "1");
+    assert_eq!(seen.headers["content-type"], "application/json");
+    assert_eq!(seen.headers["host"], "api.test");
+    assert_eq!(seen.body_len, 2, "framing is kept");
+    // The gateway's own headers and the route's rules come after the filter.
+    assert_eq!(seen.headers["x-added"], "by-route");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert!(seen.headers.contains_key("x-request-id"));
+    let req = format!("POST /deny HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n{sent}");
+    let resp = raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let seen = up.last();
+    assert!(!seen.headers.contains_key("cookie") && !seen.headers.contains_key("x-secret"));
+    assert_eq!(seen.headers["x-other"], "2");
+    assert_eq!(seen.headers["x-both"], "3");
+}
+
+#[tokio::test]
 async fn insane_request_ids_are_replaced() {
     let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;

@@ -1,6 +1,6 @@
 //! The route's `request` block: body size (413), content type (415), required headers (400).
 
-use crate::config::{Diag, RequestRules as RequestRulesConfig};
+use crate::config::{Diag, Located, RequestRules as RequestRulesConfig, Text};
 use crate::reject::Reject;
 use http::{header, HeaderMap, HeaderName, Method};
 
@@ -22,7 +22,18 @@ pub struct RequestRules {
     pub max_body_bytes: u64,
     content_types: Option<Vec<MediaRange>>,
     required_headers: Vec<HeaderName>,
+    /// `allowed_headers`: None when every client header may go upstream.
+    allowed_headers: Option<Vec<HeaderName>>,
+    denied_headers: Vec<HeaderName>,
 }
+
+/// Client headers an allow-list never removes: the body's framing and the target host.
+const ALWAYS_ALLOWED: [HeaderName; 4] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+];
 
 /// How the request body will be sent upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,14 +99,56 @@ impl RequestRules {
                 ),
             }
         }
+        let names = |list: &[Located<Text>], field: &str, diag: &mut Diag| {
+            let mut out = Vec::with_capacity(list.len());
+            for h in list {
+                match HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(n) => out.push(n),
+                    Err(_) => diag.err(
+                        h.line,
+                        format!("{key}.request.{field}"),
+                        format!("`{}` is not a valid header name", h.value),
+                    ),
+                }
+            }
+            out
+        };
+        let allowed_headers = cfg.allowed_headers.as_ref().map(|list| {
+            let located: Vec<Located<Text>> = list
+                .iter()
+                .map(|t| Located::new(t.clone(), list.line))
+                .collect();
+            names(&located, "allowed_headers", diag)
+        });
+        let denied_headers = names(&cfg.denied_headers, "denied_headers", diag);
         diag.ok_since(
             mark,
             RequestRules {
                 max_body_bytes: cfg.max_body_bytes.unwrap_or(default_max_body_bytes),
                 content_types,
                 required_headers,
+                allowed_headers,
+                denied_headers,
             },
         )
+    }
+
+    /// Applies `allowed_headers` then `denied_headers` to what the client sent (before the
+    /// gateway adds its own headers).
+    pub fn filter_client_headers(&self, headers: &mut HeaderMap) {
+        if let Some(allowed) = &self.allowed_headers {
+            let drop: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| !allowed.contains(k) && !ALWAYS_ALLOWED.contains(k))
+                .cloned()
+                .collect();
+            for k in drop {
+                headers.remove(k);
+            }
+        }
+        for k in &self.denied_headers {
+            headers.remove(k);
+        }
     }
 
     /// Checks what can be checked before reading the body and says how to send the body.

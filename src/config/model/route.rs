@@ -230,6 +230,13 @@ pub struct RequestRules {
     pub content_types: Option<Located<Vec<Text>>>,
     #[serde(default)]
     pub required_headers: Vec<Located<Text>>,
+    /// Only these client headers go upstream (framing and `Host` always do); the gateway's
+    /// own headers and the route's header rules apply after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_headers: Option<Located<Vec<Text>>>,
+    /// Client headers removed before the upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_headers: Vec<Located<Text>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
