@@ -69,6 +69,43 @@ pub struct RouteRules {
     pub fault: Option<FaultPolicy>,
 }
 
+/// The articles' "internal services exposed publicly": a public route (auth none) that reaches
+/// an `exposure: internal` upstream — as its upstream, in its split, or as its fallback — while
+/// some listener is not `internal` (routes are served on every listener).
+fn check_internal_exposure(r: &Located<Route>, config: &Config, key: &str, diag: &mut Diag) {
+    let Some(open) = config.listeners.iter().find(|l| !l.internal) else {
+        return;
+    };
+    let reached = r
+        .upstream
+        .iter()
+        .map(|u| &u.value)
+        .chain(
+            r.split
+                .iter()
+                .flat_map(|s| s.iter().map(|e| &e.upstream.value)),
+        )
+        .chain(r.fallback.iter().map(|f| &f.upstream.value));
+    for name in reached {
+        let internal = config
+            .upstreams
+            .iter()
+            .any(|u| u.name.value == *name && u.exposure == crate::config::Exposure::Internal);
+        if internal {
+            diag.err(
+                r.line,
+                key,
+                format!(
+                    "route `{}` reaches internal upstream `{name}` without authentication on \
+                     listener `{}`, which is not internal: add auth, mark the listener \
+                     `internal: true`, or say `expose_internal: true` if that is meant",
+                    r.name.value, open.name.value
+                ),
+            );
+        }
+    }
+}
+
 /// A route's `rate_limits` entries: the limit names, and whether `{ by_plan: true }` is one.
 fn split_limit_refs(
     refs: &[Located<LimitRef>],
@@ -282,6 +319,9 @@ pub fn build(
         .or(config.defaults.auth.as_ref())
         .is_none_or(|a| matches!(&a.value, AuthSpec::Keyword(k) if k == "none"));
     let authorize = Authorize::build(r.authorization.as_ref(), public, &key, diag);
+    if public && !r.expose_internal {
+        check_internal_exposure(r, config, &key, diag);
+    }
     let (limit_names, by_plan) = split_limit_refs(&r.rate_limits, &key, names.plans, diag);
     let rate_limits = resolve_limits(
         &config.rate_limits,

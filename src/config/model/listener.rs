@@ -25,6 +25,9 @@ pub struct Listener {
     /// `ip_rules` by name, checked for every request before routing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_rules: Vec<Located<Text>>,
+    /// Reachable only from inside the network: public routes may reach internal upstreams.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

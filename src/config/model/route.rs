@@ -60,6 +60,9 @@ pub struct Route {
     pub mirror: Option<Located<MirrorConfig>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Located<FaultConfig>>,
+    /// This public route may reach an `exposure: internal` upstream on purpose.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expose_internal: bool,
     /// `ip_rules` by name, checked after routing, before authentication.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_rules: Vec<Located<Text>>,

@@ -30,6 +30,24 @@ pub struct Upstream {
     pub circuit_breaker: Option<Located<CircuitBreaker>>,
     #[serde(default)]
     pub retry_budget: RetryBudgetConfig,
+    /// `internal`: never reached without authentication from a listener that is not
+    /// `internal`, unless the route says `expose_internal: true`.
+    #[serde(default, skip_serializing_if = "Exposure::is_public")]
+    pub exposure: Exposure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exposure {
+    #[default]
+    Public,
+    Internal,
+}
+
+impl Exposure {
+    pub fn is_public(&self) -> bool {
+        *self == Exposure::Public
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
