@@ -9,7 +9,7 @@
 use crate::admin::spec::AdminSpec;
 use crate::auth::AuthProviderSpecs;
 use crate::cache::CacheSpec;
-use crate::config::names::{check_shadowing, Names};
+use crate::config::names::{check_shadowing, check_unreachable_regex, Names};
 use crate::config::{self, ConfigErrors, Diag, Document};
 use crate::consumer::ConsumerSpecs;
 use crate::edge::EdgeSpec;
@@ -125,6 +125,7 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
             .map(|(i, r)| (&r.name, format!("routes[{i}].name"))),
     );
     check_shadowing(cfg, &mut diag);
+    check_unreachable_regex(cfg, &mut diag);
 
     let built = (|| {
         let (matchers, routes): (Vec<_>, Vec<_>) = routes

@@ -140,3 +140,96 @@ pub fn check_shadowing(config: &Config, diag: &mut Diag) {
         }
     }
 }
+
+/// The literal start of an anchored regex (`^/v1/items/[0-9]+` → `/v1/items/`): every path it
+/// matches begins with it. None when the regex is not anchored.
+fn anchored_literal(re: &str) -> Option<String> {
+    let rest = re.strip_prefix('^')?;
+    let mut out = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                // An escaped punctuation character is itself.
+                Some(&n) if n.is_ascii_punctuation() => {
+                    out.push(n);
+                    chars.next();
+                }
+                _ => break,
+            },
+            '.' | '^' | '$' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' => {
+                // A quantifier applies to the last literal character: it is not certain.
+                if matches!(c, '*' | '?' | '{') {
+                    out.pop();
+                }
+                break;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// Reports regex routes that can never be chosen: prefix routes are tried before regex routes
+/// in a host tier, so a prefix route without methods or header and query predicates, on the
+/// same hosts, that covers every path the regex can match always wins first.
+pub fn check_unreachable_regex(config: &Config, diag: &mut Diag) {
+    let hosts = |r: &super::model::Route| -> BTreeSet<String> {
+        r.matcher
+            .hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect()
+    };
+    for (j, r) in config.routes.iter().enumerate() {
+        let Some(re) = &r.matcher.path.regex else {
+            continue;
+        };
+        let Some(literal) = anchored_literal(re) else {
+            continue;
+        };
+        let r_hosts = hosts(r);
+        let winner = config.routes.iter().find(|p| {
+            let m = &p.matcher;
+            let Some(prefix) = &m.path.prefix else {
+                return false;
+            };
+            let prefix = prefix.trim_end_matches('/');
+            let covers = prefix.is_empty() || literal.starts_with(&format!("{prefix}/"));
+            let p_hosts = hosts(p);
+            let same_tier = (p_hosts.is_empty() && r_hosts.is_empty())
+                || (!r_hosts.is_empty() && r_hosts.is_subset(&p_hosts));
+            covers && same_tier && m.methods.is_none() && m.headers.is_empty() && m.query.is_empty()
+        });
+        if let Some(p) = winner {
+            diag.err(
+                r.line,
+                format!("routes[{j}]"),
+                format!(
+                    "route `{}` can never match: every path its regex matches starts with `{literal}`, \
+                     and route `{}` (line {}) takes all of those first (prefix routes are tried \
+                     before regex routes, and it has no methods or header or query predicates)",
+                    r.name.value, p.name.value, p.line
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod unreachable_tests {
+    use super::anchored_literal;
+
+    #[test]
+    fn the_literal_start_of_an_anchored_regex() {
+        assert_eq!(
+            anchored_literal("^/v1/items/[0-9]+$").as_deref(),
+            Some("/v1/items/")
+        );
+        assert_eq!(anchored_literal("^/a\\.b/c").as_deref(), Some("/a.b/c"));
+        assert_eq!(anchored_literal("^/v1/x?").as_deref(), Some("/v1/"));
+        assert_eq!(anchored_literal("^/(a|b)").as_deref(), Some("/"));
+        assert_eq!(anchored_literal("^/a\\d").as_deref(), Some("/a"));
+        assert_eq!(anchored_literal("/v1/.*"), None);
+    }
+}
