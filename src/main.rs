@@ -604,6 +604,17 @@ fn explain_cmd(
         portcullis::cache::explain(&compiled.routes[route], &method, &url)
     );
     let rules = &compiled.routes[route];
+    if let portcullis::route::Action::Redirect(r) = &rules.action {
+        println!(
+            "{}",
+            r.explain(&portcullis::policy::redirect::Requested {
+                scheme,
+                authority: &authority,
+                path: &path,
+                query: uri.query(),
+            })
+        );
+    }
     if let Some(m) = &rules.mirror {
         println!("{}", m.explain(&method));
     }

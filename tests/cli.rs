@@ -217,7 +217,7 @@ routes:
 }
 
 #[test]
-fn explain_shows_query_predicates_and_which_one_failed() {
+fn explain_shows_query_predicates_which_one_failed_and_a_redirects_location() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("query.yaml");
     std::fs::write(
@@ -232,6 +232,9 @@ routes:
   - name: search-v2
     match: { path: { exact: /search }, query: [{ name: v, value: "2" }, { name: q, present: true }] }
     direct_response: { status: 200 }
+  - name: moved
+    match: { path: { prefix: /old } }
+    redirect: { scheme: https, replace_prefix: /new, status: 308 }
 "#,
     )
     .unwrap();
@@ -242,6 +245,11 @@ routes:
     assert!(out.contains("query [?v = \"2\", ?q present]"), "{out}");
     assert!(
         out.contains("search: lost: `search-v2` has more query predicates"),
+        "{out}"
+    );
+    let (_, out, _) = portcullis(&["explain", "-c", f, "GET", "http://api.test:8080/old/x?a=1"]);
+    assert!(
+        out.contains("redirect: 308 Permanent Redirect, Location: https://api.test/new/x?a=1"),
         "{out}"
     );
     let (_, out, _) = portcullis(&["explain", "-c", f, "GET", "/search?v=2"]);

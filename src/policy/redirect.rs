@@ -168,6 +168,16 @@ impl Redirect {
         out
     }
 
+    /// What `explain` prints: the status and the `Location` this request would get.
+    pub fn explain(&self, req: &Requested<'_>) -> String {
+        format!(
+            "redirect: {} {}, Location: {}",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            self.location(req)
+        )
+    }
+
     pub fn respond(&self, req: &Requested<'_>) -> Response<ResponseBody> {
         let mut resp = Response::new(ResponseBody::full(bytes::Bytes::new()));
         *resp.status_mut() = self.status;
