@@ -3,6 +3,19 @@
 
 use std::process::Command;
 
+/// A config file in `dir` with one listener, the admin address, public routes and `rest`.
+fn routes_file(dir: &tempfile::TempDir, rest: &str) -> std::path::PathBuf {
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listeners: [{{ name: public, address: 127.0.0.1:8080 }}]\nadmin: {{ address: 127.0.0.1:9901 }}\ndefaults: {{ auth: none }}\n{rest}"
+        ),
+    )
+    .unwrap();
+    file
+}
+
 fn portcullis(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(args)
@@ -140,13 +153,9 @@ fn env_variables_are_expanded_in_quoted_and_plain_strings() {
 #[test]
 fn explain_shows_the_winner_and_why_others_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(
-        &file,
-        r#"listeners: [{ name: public, address: 127.0.0.1:8080 }]
-admin: { address: 127.0.0.1:9901 }
-defaults: { auth: none }
-routes:
+    let file = routes_file(
+        &dir,
+        r#"routes:
   - name: v1-all
     match: { path: { prefix: /v1 } }
     direct_response: { status: 200 }
@@ -157,8 +166,7 @@ routes:
     match: { hosts: [other.example.com], path: { prefix: / } }
     direct_response: { status: 200 }
 "#,
-    )
-    .unwrap();
+    );
     let f = file.to_str().unwrap();
     let (code, out, _) = portcullis(&[
         "explain",
@@ -219,13 +227,9 @@ routes:
 #[test]
 fn explain_shows_query_predicates_which_one_failed_and_a_redirects_location() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("query.yaml");
-    std::fs::write(
-        &file,
-        r#"listeners: [{ name: public, address: 127.0.0.1:8080 }]
-admin: { address: 127.0.0.1:9901 }
-defaults: { auth: none }
-routes:
+    let file = routes_file(
+        &dir,
+        r#"routes:
   - name: search
     match: { path: { exact: /search } }
     direct_response: { status: 200 }
@@ -236,8 +240,7 @@ routes:
     match: { path: { prefix: /old } }
     redirect: { scheme: https, replace_prefix: /new, status: 308 }
 "#,
-    )
-    .unwrap();
+    );
     let f = file.to_str().unwrap();
     let (code, out, _) = portcullis(&["explain", "-c", f, "GET", "/search?v=2&q=cats"]);
     assert_eq!(code, 0, "{out}");
@@ -284,13 +287,9 @@ fn the_bundled_quickstart_is_valid() {
 #[test]
 fn explain_says_whether_the_route_caches_and_what_its_key_is_made_of() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("cache.yaml");
-    std::fs::write(
-        &file,
-        r#"listeners: [{ name: public, address: 127.0.0.1:8080 }]
-admin: { address: 127.0.0.1:9901 }
-defaults: { auth: none }
-upstreams: [{ name: app, targets: [{ address: "127.0.0.1:9001" }] }]
+    let file = routes_file(
+        &dir,
+        r#"upstreams: [{ name: app, targets: [{ address: "127.0.0.1:9001" }] }]
 routes:
   - name: cached
     match: { path: { prefix: /a } }
@@ -300,8 +299,7 @@ routes:
     match: { path: { prefix: / } }
     upstream: app
 "#,
-    )
-    .unwrap();
+    );
     let f = file.to_str().unwrap();
     let (code, out, _) = portcullis(&[
         "explain",
