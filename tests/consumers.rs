@@ -81,6 +81,17 @@ async fn hset(c: &mut redis::aio::MultiplexedConnection, key: &str, fields: &[(&
     let _: i64 = cmd.query_async(c).await.unwrap();
 }
 
+/// Changes a consumer's record in Redis and waits past the cache TTL (300 ms), so the next
+/// request reads it again.
+async fn update_consumer(
+    c: &mut redis::aio::MultiplexedConnection,
+    id: &str,
+    fields: &[(&str, &str)],
+) {
+    hset(c, &format!("{PREFIX}consumer:{id}"), fields).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+}
+
 async fn issue(c: &mut redis::aio::MultiplexedConnection, consumer: &str, plan: &str, key: &str) {
     hset(
         c,
@@ -148,23 +159,11 @@ async fn a_key_issued_in_redis_works_without_a_reload_and_stops_within_the_ttl_o
     assert!(up.last().headers.get("x-api-key").is_none());
 
     // A suspended consumer is refused with 403 once its record is read again.
-    hset(
-        &mut conn,
-        &format!("{PREFIX}consumer:alice"),
-        &[("status", "suspended")],
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    update_consumer(&mut conn, "alice", &[("status", "suspended")]).await;
     with_key(&c, &url, "k-alice")
         .await
         .assert_gateway_error(403);
-    hset(
-        &mut conn,
-        &format!("{PREFIX}consumer:alice"),
-        &[("status", "active")],
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    update_consumer(&mut conn, "alice", &[("status", "active")]).await;
     assert_eq!(with_key(&c, &url, "k-alice").await.status, 200);
 
     // Revoked: refused within the cache TTL (300 ms), and not before the entry expires.
@@ -278,13 +277,7 @@ async fn plans_give_each_consumer_its_limits_and_a_plan_change_applies_within_th
 
     // alice moves to pro in Redis: her next record read (within the TTL) brings pro's
     // limits, counted in pro's own bucket.
-    hset(
-        &mut conn,
-        &format!("{PREFIX}consumer:alice"),
-        &[("plan", "pro")],
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    update_consumer(&mut conn, "alice", &[("plan", "pro")]).await;
     let moved = with_key(&c, &url, "k-alice").await;
     assert_eq!(moved.status, 200);
     assert_eq!(
@@ -294,13 +287,7 @@ async fn plans_give_each_consumer_its_limits_and_a_plan_change_applies_within_th
     assert_eq!(burst(&c, &url, "k-alice", 55).await, (49, 6));
     // A plan the config does not define falls back to defaults.plan (free, whose bucket
     // alice already emptied).
-    hset(
-        &mut conn,
-        &format!("{PREFIX}consumer:alice"),
-        &[("plan", "platinum")],
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    update_consumer(&mut conn, "alice", &[("plan", "platinum")]).await;
     with_key(&c, &url, "k-alice")
         .await
         .assert_gateway_error(429);
