@@ -615,6 +615,14 @@ fn explain_cmd(
             })
         );
     }
+    for (direction, ops) in [
+        ("request", &rules.request_headers),
+        ("response", &rules.response_headers),
+    ] {
+        for t in ops.describe_templates() {
+            println!("{direction} header template: {t}");
+        }
+    }
     if let Some(m) = &rules.mirror {
         println!("{}", m.explain(&method));
     }

@@ -38,6 +38,7 @@ use crate::observe::trace_context::TraceContext;
 use crate::observe::Completion;
 use crate::policy::compression::{Codec, CompressionPolicy};
 use crate::policy::request_rules::BodyPlan;
+use crate::policy::template::TemplateInput;
 use crate::policy::vary::add_vary;
 use crate::ratelimit::key::KeyInput;
 use crate::ratelimit::{RateHeaders, Refusal};
@@ -503,6 +504,21 @@ async fn run(
     };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
+    // Only for templated header rules: what their variables read.
+    let templated_host = route
+        .rules
+        .request_headers
+        .is_templated()
+        .then(|| host.to_string());
+    let template = templated_host.as_deref().map(|host| TemplateInput {
+        request_id,
+        client_ip: &client.text,
+        route: &route.rules.name,
+        upstream: Some(&snapshot.upstreams[upstream_index].name),
+        host: Some(host),
+        principal: principal.as_deref(),
+        query: parts.uri.query(),
+    });
     prepare_upstream_headers(
         &mut parts.headers,
         conn,
@@ -512,6 +528,11 @@ async fn run(
         route,
         &body,
     );
+    // The route's header rules, after the gateway's own headers.
+    route
+        .rules
+        .request_headers
+        .apply(&mut parts.headers, template.as_ref());
     if let Some(u) = &upgrade {
         u.prepare_request(&mut parts.headers);
     }
@@ -836,7 +857,17 @@ fn response_headers(
             forwarded::strip_hop_by_hop(headers);
         }
         if let Some(r) = route {
-            r.rules.response_headers.apply(headers);
+            let ops = &r.rules.response_headers;
+            let input = ops.is_templated().then(|| TemplateInput {
+                request_id,
+                client_ip: ex.trail.client_ip.as_deref().unwrap_or(&conn.client_ip),
+                route: &r.rules.name,
+                upstream: ex.trail.upstream.map(|u| &*snapshot.upstreams[u].name),
+                host: None,
+                principal: ex.trail.principal.as_deref(),
+                query: None,
+            });
+            ops.apply(headers, input.as_ref());
         }
     }
     // A request no route matched answers with the defaults' CORS policy.
@@ -1046,7 +1077,6 @@ fn prepare_upstream_headers(
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
     }
-    route.rules.request_headers.apply(headers);
 }
 
 #[cfg(test)]

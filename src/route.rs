@@ -304,12 +304,14 @@ pub fn build(
         &r.headers.request,
         r.line,
         &format!("{key}.headers.request"),
+        false,
         diag,
     );
     let response_headers = HeaderOps::build(
         &r.headers.response,
         r.line,
         &format!("{key}.headers.response"),
+        true,
         diag,
     );
     // As written (the policy may have failed to build): `none`, or no auth at all.

@@ -239,6 +239,10 @@ fn explain_shows_query_predicates_which_one_failed_and_a_redirects_location() {
   - name: moved
     match: { path: { prefix: /old } }
     redirect: { scheme: https, replace_prefix: /new, status: 308 }
+  - name: templated
+    match: { path: { prefix: /tpl } }
+    direct_response: { status: 200 }
+    headers: { response: { set: { x-served: "${route} $${x}" } } }
 "#,
     );
     let f = file.to_str().unwrap();
@@ -253,6 +257,11 @@ fn explain_shows_query_predicates_which_one_failed_and_a_redirects_location() {
     let (_, out, _) = portcullis(&["explain", "-c", f, "GET", "http://api.test:8080/old/x?a=1"]);
     assert!(
         out.contains("redirect: 308 Permanent Redirect, Location: https://api.test/new/x?a=1"),
+        "{out}"
+    );
+    let (_, out, _) = portcullis(&["explain", "-c", f, "GET", "/tpl"]);
+    assert!(
+        out.contains("response header template: set x-served: ${route} $${x}"),
         "{out}"
     );
     let (_, out, _) = portcullis(&["explain", "-c", f, "GET", "/search?v=2"]);

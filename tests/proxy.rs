@@ -137,6 +137,61 @@ async fn allowed_and_denied_headers_filter_what_the_client_sent_and_the_gateways
 }
 
 #[tokio::test]
+async fn templated_header_values_are_rendered_per_request() {
+    let up = Upstream::start("up").await;
+    let routes = r#"  - name: tpl
+    match: { path: { prefix: /tpl } }
+    upstream: up
+    headers:
+      request:
+        set:
+          x-trace: "${request_id}"
+          x-who: "${client_ip}/${route}/${upstream}"
+          x-host: "${host} ${host_label.0}"
+          x-region: "${query.region}"
+          x-copy: "${header.x-client}"
+          x-missing: "${header.x-absent}"
+          x-lit: "$${not_a_var}"
+        add:
+          x-uuid: "${uuid}"
+      response:
+        set: { x-served: "${route} ${request_id}" }
+"#;
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes, "")).await;
+    let c = client();
+    let r = get(
+        &c,
+        &gw.url("/tpl/x?region=eu%2Dwest"),
+        &[
+            ("host", "acme.api.example:8080"),
+            ("x-client", "c-7"),
+            ("x-request-id", "rid-42"),
+            ("x-missing", "client-sent"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    let h = |n: &str| seen.headers[n].to_str().unwrap().to_string();
+    assert_eq!(h("x-trace"), "rid-42");
+    assert_eq!(h("x-who"), "127.0.0.1/tpl/up");
+    assert_eq!(h("x-host"), "acme.api.example acme");
+    assert_eq!(h("x-region"), "eu-west");
+    assert_eq!(h("x-copy"), "c-7");
+    assert_eq!(h("x-lit"), "${not_a_var}");
+    // A lone variable without a value is not sent: `set` then removes the client's copy.
+    assert!(!seen.headers.contains_key("x-missing"));
+    let uuid = h("x-uuid");
+    assert_eq!((uuid.len(), &uuid[14..15]), (36, "4"));
+    assert_eq!(r.headers["x-served"], "tpl rid-42");
+    // A second request: new values, a new uuid.
+    let r2 = get(&c, &gw.url("/tpl/y"), &[("x-request-id", "rid-43")]).await;
+    assert_eq!(r2.headers["x-served"], "tpl rid-43");
+    assert_ne!(up.last().headers["x-uuid"].to_str().unwrap(), uuid);
+    assert!(!up.last().headers.contains_key("x-region"));
+}
+
+#[tokio::test]
 async fn insane_request_ids_are_replaced() {
     let _alone = ALONE.lock().await;
     let up = Upstream::start("up").await;

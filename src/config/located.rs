@@ -88,9 +88,53 @@ impl Serialize for Text {
     }
 }
 
+/// A header value of `headers.*.set` / `add`: `${NAME}` environment variables are expanded as
+/// in every string, but references that start with a lower-case letter (`${request_id}`,
+/// `${claim.sub}`) and `$${` are left as written, for the header template that reads them per
+/// request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderText(pub String);
+
+impl Deref for HeaderText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env_keeping(&raw, |name| std::env::var(name).ok(), true)
+            .map(HeaderText)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HeaderText {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl From<&str> for HeaderText {
+    fn from(s: &str) -> Self {
+        HeaderText(s.to_string())
+    }
+}
+
 /// Expands `${NAME}` references using `lookup`. A missing variable or a malformed reference is
 /// an error naming it.
 pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand_env_keeping(raw, lookup, false)
+}
+
+/// `expand_env`; with `templates`, lower-case references and `$${` are kept as written.
+fn expand_env_keeping(
+    raw: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    templates: bool,
+) -> Result<String, String> {
     if !raw.contains('$') {
         return Ok(raw.to_string());
     }
@@ -100,13 +144,18 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
         if let Some(escaped) = after.strip_prefix("$${") {
-            out.push_str("${");
+            out.push_str(if templates { "$${" } else { "${" });
             rest = escaped;
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body
                 .find('}')
                 .ok_or_else(|| format!("unterminated `${{` in {raw:?}"))?;
             let name = &body[..end];
+            if templates && name.starts_with(|c: char| c.is_ascii_lowercase()) {
+                out.push_str(&after[..end + 3]);
+                rest = &body[end + 1..];
+                continue;
+            }
             let valid = !name.is_empty()
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 && !name.as_bytes()[0].is_ascii_digit();
@@ -137,6 +186,18 @@ mod tests {
             "EMPTY" => Some(String::new()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn header_values_keep_template_references_and_expand_environment_ones() {
+        let got = expand_env_keeping("${HOST} ${request_id} ${claim.sub} $${lit} $5", env, true);
+        assert_eq!(
+            got.as_deref(),
+            Ok("example.com ${request_id} ${claim.sub} $${lit} $5")
+        );
+        // Elsewhere a lower-case reference is an environment variable as before.
+        assert!(expand_env("${request_id}", env).is_err());
+        assert!(expand_env_keeping("${MISSING}", env, true).is_err());
     }
 
     #[test]

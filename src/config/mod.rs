@@ -10,7 +10,7 @@ pub mod model;
 pub mod names;
 
 pub use diag::{Diag, Mark};
-pub use located::{Located, Text};
+pub use located::{HeaderText, Located, Text};
 pub use model::*;
 
 use sha2::{Digest, Sha256};

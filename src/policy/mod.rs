@@ -9,4 +9,5 @@ pub mod header_ops;
 pub mod redirect;
 pub mod request_rules;
 pub mod rewrite;
+pub mod template;
 pub mod vary;

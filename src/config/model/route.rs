@@ -3,7 +3,7 @@
 use super::{
     AuthSpec, Authorization, Compression, Cors, FaultConfig, MirrorConfig, RouteCacheConfig,
 };
-use crate::config::located::{Located, Text};
+use crate::config::located::{HeaderText, Located, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -254,11 +254,12 @@ pub struct HeaderRules {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOps {
+    /// Values may hold `${…}` template variables (see `policy::template`).
     #[serde(default)]
-    pub set: BTreeMap<String, Text>,
+    pub set: BTreeMap<String, HeaderText>,
     /// Appended after `set`, keeping the values already there.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub add: BTreeMap<String, Text>,
+    pub add: BTreeMap<String, HeaderText>,
     #[serde(default)]
     pub remove: Vec<Text>,
 }
