@@ -208,7 +208,7 @@ async fn consumer(
         return r;
     }
     let raw = &path[CONSUMERS.len()..];
-    let id = String::from_utf8(crate::auth::api_key::percent_decode(raw, false));
+    let id = String::from_utf8(crate::router::normalize::percent_decode(raw, false));
     match id {
         Ok(id) if !id.is_empty() && !id.contains('/') => {
             match crate::consumer::admin::document(snapshot, &id).await {

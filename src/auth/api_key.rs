@@ -6,6 +6,7 @@ use super::{Failure, Principal, Reason};
 use crate::config::{ApiKeyProvider, ConsumerConfig, ConsumerStoreFailure, Diag, Located};
 use crate::consumer::store::ConsumerStore;
 use crate::consumer::Unresolved;
+use crate::router::normalize::percent_decode;
 use http::{HeaderMap, HeaderName, Uri};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -228,31 +229,6 @@ impl ApiKeys {
             )),
         }
     }
-}
-
-/// Decodes `%XX` escapes; `plus_as_space` for query strings (`+` is a space there).
-pub(crate) fn percent_decode(v: &str, plus_as_space: bool) -> Vec<u8> {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (b[i], b.get(i + 1..i + 3)) {
-            (b'%', Some(h)) if h.iter().all(u8::is_ascii_hexdigit) => {
-                let s = std::str::from_utf8(h).unwrap_or("00");
-                out.push(u8::from_str_radix(s, 16).unwrap_or(0));
-                i += 3;
-            }
-            (b'+', _) if plus_as_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -109,10 +109,9 @@ pub enum QueryRule {
 pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = crate::auth::api_key::percent_decode(k, true);
-        (k == name.as_bytes()).then(|| {
-            String::from_utf8_lossy(&crate::auth::api_key::percent_decode(v, true)).into_owned()
-        })
+        let k = normalize::percent_decode(k, true);
+        (k == name.as_bytes())
+            .then(|| String::from_utf8_lossy(&normalize::percent_decode(v, true)).into_owned())
     })
 }
 

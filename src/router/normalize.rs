@@ -157,6 +157,31 @@ pub fn routing_host(value: &str) -> Cow<'_, str> {
     }
 }
 
+/// Decodes `%XX` escapes; `plus_as_space` for query strings (`+` is a space there).
+pub fn percent_decode(v: &str, plus_as_space: bool) -> Vec<u8> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3)) {
+            (b'%', Some(h)) if h.iter().all(u8::is_ascii_hexdigit) => {
+                let s = std::str::from_utf8(h).unwrap_or("00");
+                out.push(u8::from_str_radix(s, 16).unwrap_or(0));
+                i += 3;
+            }
+            (b'+', _) if plus_as_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
