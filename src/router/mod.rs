@@ -200,17 +200,10 @@ impl RouteMatcher {
             if h.value.value.is_some() && h.regex.is_some() {
                 diag.err(h.line, hkey.clone(), "give `value` or `regex`, not both");
             }
-            let regex = h.regex.as_ref().and_then(|re| match Regex::new(re) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    diag.err(
-                        h.line,
-                        format!("{hkey}.regex"),
-                        format!("invalid regex: {}", regex_error(&e)),
-                    );
-                    None
-                }
-            });
+            let regex = h
+                .regex
+                .as_ref()
+                .and_then(|re| compile_regex(re, h.line, &format!("{hkey}.regex"), diag));
             if let Ok(n) = header_name {
                 headers.push(match (&h.value.value, regex) {
                     (Some(v), _) => HeaderRule::Equals(n, v.0.clone()),
@@ -241,17 +234,10 @@ impl RouteMatcher {
                     "only `present: true` is supported (omit the predicate otherwise)",
                 );
             }
-            let regex = q.regex.as_ref().and_then(|re| match Regex::new(re) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    diag.err(
-                        line,
-                        format!("{qkey}.regex"),
-                        format!("invalid regex: {}", regex_error(&e)),
-                    );
-                    None
-                }
-            });
+            let regex = q
+                .regex
+                .as_ref()
+                .and_then(|re| compile_regex(re, line, &format!("{qkey}.regex"), diag));
             let n = q.name.to_string();
             query.push(match (&q.value, regex) {
                 (Some(v), _) => QueryRule::Equals(n, v.to_string()),
@@ -451,17 +437,9 @@ fn build_path(p: &Located<PathMatch>, key: &str, diag: &mut Diag) -> Option<Path
                 PathRule::Prefix(pre.to_string())
             })
         }
-        (None, None, Some(re)) => match Regex::new(re) {
-            Ok(r) => Some(PathRule::Regex(r)),
-            Err(e) => {
-                diag.err(
-                    p.line,
-                    format!("{key}.regex"),
-                    format!("invalid regex: {}", regex_error(&e)),
-                );
-                None
-            }
-        },
+        (None, None, Some(re)) => {
+            compile_regex(re, p.line, &format!("{key}.regex"), diag).map(PathRule::Regex)
+        }
         _ => {
             diag.err(
                 p.line,
@@ -499,6 +477,13 @@ pub fn check_host_pattern(h: &str) -> Result<(), String> {
 }
 
 /// regex's error text spans several lines (pattern, caret, message); keep it on one.
+/// A configured regex (path, header or query predicate), or its error at `key`.
+fn compile_regex(re: &str, line: u32, key: &str, diag: &mut Diag) -> Option<Regex> {
+    Regex::new(re)
+        .map_err(|e| diag.err(line, key, format!("invalid regex: {}", regex_error(&e))))
+        .ok()
+}
+
 fn regex_error(e: &regex::Error) -> String {
     let text = e.to_string();
     let message = text
