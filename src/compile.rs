@@ -109,13 +109,17 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
         cfg.redis.is_some(),
         &mut diag,
     );
+    let inputs = crate::route::RouteInputs {
+        config: cfg,
+        names: &names,
+        defaults: defaults.as_ref(),
+        base: &config_dir,
+    };
     let routes: Vec<_> = cfg
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            crate::route::build(r, i, cfg, &names, defaults.as_ref(), &mut edge, &mut diag)
-        })
+        .map(|(i, r)| crate::route::build(r, i, &inputs, &mut edge, &mut diag))
         .collect();
     diag.duplicates(
         "route",

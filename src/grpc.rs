@@ -76,6 +76,7 @@ pub fn code(reject: &Reject) -> Code {
         | Reject::BadFraming(_)
         | Reject::MissingHeader(_)
         | Reject::UnsupportedMediaType(_)
+        | Reject::BadBody(_)
         | Reject::ClientBody(_) => Code::InvalidArgument,
         Reject::Overloaded
         | Reject::UpstreamBusy(_)

@@ -10,7 +10,8 @@
 //!  4. authenticate — then the credential's consumer (file or consumer store)
 //!  5. authorize
 //!  6. rate limit — the route's limits, then its consumer's plan's (`by_plan`)
-//!  7. validate request — required headers, content type, size; request-body filters
+//!  7. validate request — required headers, content type, size; a body held whole is read
+//!     here and checked against the route's JSON Schema; request-body filters
 //!  8. cache lookup
 //!  9. direct response
 //! 10. transform request — rewrite, header rules, forwarding and identity headers
@@ -255,15 +256,18 @@ async fn run(
         .as_ref()
         .map(|h| routing_host(h.to_str().unwrap_or("")))
         .unwrap_or_default();
-    let path = normalize_path(req.uri().path(), snapshot.allow_encoded_slashes)
-        .map_err(Reject::BadPath)?;
+    // Taken out of the request (a move; `/` is left): the phases below borrow the path while
+    // phase 7 may read the body.
+    let target = std::mem::take(req.uri_mut());
+    let path =
+        normalize_path(target.path(), snapshot.allow_encoded_slashes).map_err(Reject::BadPath)?;
     let view = RequestView {
         host: &host,
         path: &path,
         method: req.method(),
         any_method: false,
         headers: req.headers(),
-        query: req.uri().query(),
+        query: target.query(),
     };
     let routed = match snapshot.router.route(&view) {
         Some(i) => Some((i, false)),
@@ -294,12 +298,7 @@ async fn run(
         return Err(Reject::IpDenied(Arc::clone(&rule.name)));
     }
     if let Some(set) = &route.rules.edge_rules {
-        if let Some(hit) = set.check(
-            &snapshot.edge.rules,
-            &path,
-            req.uri().query(),
-            req.headers(),
-        ) {
+        if let Some(hit) = set.check(&snapshot.edge.rules, &path, target.query(), req.headers()) {
             edge_rule_hit(hit, &mut ex.trail)?;
         }
     }
@@ -320,7 +319,7 @@ async fn run(
         let authority = host_value.as_ref().and_then(|h| h.to_str().ok());
         let input = AuthRequest {
             method: req.method(),
-            uri: req.uri(),
+            uri: &target,
             headers: req.headers(),
             authority: authority.unwrap_or(""),
             scheme: conn.scheme,
@@ -408,6 +407,21 @@ async fn run(
             .request
             .check(req.method(), req.headers(), has_body, content_length)?;
     ex.trail.bytes_in = content_length.unwrap_or(0);
+    // A body held whole is read now (boxed: a rare path whose future would otherwise enlarge
+    // every request's), so a schema refusal or a direct response never waits on phase 10.
+    let held_body = match body_plan {
+        BodyPlan::Buffer(limit) => {
+            let deadline = tokio::time::Instant::now() + route.rules.timeout;
+            let data = Box::pin(read_whole(req.body_mut(), limit, deadline)).await?;
+            ex.trail.bytes_in = data.as_ref().map_or(0, |b| b.len() as u64);
+            route
+                .rules
+                .request
+                .check_body(req.method(), data.as_ref())?;
+            Some(data)
+        }
+        _ => None,
+    };
     let request_filters = request_body_filters(route, principal.as_deref(), has_body)
         .inspect_err(|_| record_body_auth_failure(route, ex))?;
     // Negotiated now, used in phase 13.
@@ -423,7 +437,7 @@ async fn run(
         scheme: conn.scheme,
         host: &host,
         path: &path,
-        query: req.uri().query(),
+        query: target.query(),
     };
     let invalidation = Invalidation::for_request(req.method(), &url, &snapshot.cache);
     let mut cached = None;
@@ -457,7 +471,7 @@ async fn run(
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or(""),
                 path: &path,
-                query: req.uri().query(),
+                query: target.query(),
             }))
         }
         Action::Upstream(u) => *u,
@@ -469,7 +483,7 @@ async fn run(
         Some(rw) => Cow::Owned(rw.apply(&path)),
         None => path,
     };
-    let uri = upstream_path_and_query(&upstream_path, req.uri())?;
+    let uri = upstream_path_and_query(&upstream_path, &target)?;
     let (mut parts, incoming) = req.into_parts();
     let body = match body_plan {
         BodyPlan::None => UpstreamBody::empty(),
@@ -486,13 +500,7 @@ async fn run(
                 Some(_) => None,
             },
         },
-        // Boxed: a rare path whose future would otherwise enlarge every request's.
-        BodyPlan::Buffer(limit) => {
-            let deadline = tokio::time::Instant::now() + route.rules.timeout;
-            let data = Box::pin(read_whole(incoming, limit, deadline)).await?;
-            ex.trail.bytes_in = data.as_ref().map_or(0, |b| b.len() as u64);
-            UpstreamBody::Full(data)
-        }
+        BodyPlan::Buffer(_) => UpstreamBody::Full(held_body.flatten()),
     };
     let body = if request_filters.is_empty() || body.is_end_stream() {
         body
@@ -767,8 +775,8 @@ fn early_answer(
     preflight.response
 }
 
-/// Phase 7: the route's request-body filters, in order (JSON Schema validation as it lands, then
-/// the signed `Content-Digest`). An empty body is checked against its digest here.
+/// Phase 7: the route's request-body filters, in order (today one: the signed
+/// `Content-Digest`). An empty body is checked against its digest here.
 fn request_body_filters(
     route: &LiveRoute,
     principal: Option<&Principal>,

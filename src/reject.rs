@@ -20,6 +20,8 @@ pub enum Reject {
     HeadersTooLarge(u64),
     PayloadTooLarge(u64),
     UnsupportedMediaType(String),
+    /// The body is not the JSON document the route's schema asks for: 400 problem+json.
+    BadBody(Box<crate::policy::json_schema::BodyProblem>),
     /// The listener's concurrent request limit is reached: shed load instead of queueing.
     Overloaded,
     /// The upstream's bulkhead (`max_concurrent_requests`) is full.
@@ -53,6 +55,7 @@ impl Reject {
             | Reject::BadRequest(_)
             | Reject::BadFraming(_)
             | Reject::MissingHeader(_)
+            | Reject::BadBody(_)
             | Reject::ClientBody(_) => StatusCode::BAD_REQUEST,
             Reject::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -85,6 +88,7 @@ impl Reject {
             | Reject::ClientBody(m)
             | Reject::Status(_, m) => m.clone(),
             Reject::MissingHeader(h) => format!("missing required header {h}"),
+            Reject::BadBody(p) => p.title().into(),
             Reject::HeadersTooLarge(n) => format!("request headers are larger than {n} bytes"),
             Reject::PayloadTooLarge(n) => format!("request body is larger than {n} bytes"),
             Reject::UnsupportedMediaType(t) => {
@@ -116,6 +120,17 @@ impl Reject {
     }
 
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        if let Reject::BadBody(p) = &self {
+            let mut resp = json_response(
+                StatusCode::BAD_REQUEST,
+                &p.to_json(request_id.to_str().unwrap_or_default()),
+            );
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            return resp;
+        }
         let mut resp = json_error(self.status(), &self.message(), request_id);
         match &self {
             Reject::Overloaded

@@ -208,17 +208,30 @@ fn check_timeout(t: &Located<u64>, key: &str, diag: &mut Diag) {
     }
 }
 
-/// Builds route `i`: its matcher and its rules. `defaults` is `None` when the defaults section
-/// itself was invalid (the route is still checked).
+/// What every route is built against.
+pub struct RouteInputs<'a> {
+    pub config: &'a Config,
+    pub names: &'a Names<'a>,
+    /// `None` when the defaults section itself was invalid (routes are still checked).
+    pub defaults: Option<&'a RouteDefaults>,
+    /// The config file's folder: files a route names are relative to it.
+    pub base: &'a std::path::Path,
+}
+
+/// Builds route `i`: its matcher and its rules.
 pub fn build(
     r: &Located<Route>,
     i: usize,
-    config: &Config,
-    names: &Names,
-    defaults: Option<&RouteDefaults>,
+    inputs: &RouteInputs<'_>,
     edge: &mut EdgeSpec,
     diag: &mut Diag,
 ) -> Option<(RouteMatcher, RouteRules)> {
+    let RouteInputs {
+        config,
+        names,
+        defaults,
+        base,
+    } = *inputs;
     let key = format!("routes[{i}]");
     let mark = diag.mark();
     diag.kebab_name(&r.name, format!("{key}.name"));
@@ -299,7 +312,7 @@ pub fn build(
         }
     };
     let default_max_body = defaults.map_or(config.defaults.max_body_bytes, |d| d.max_body_bytes);
-    let request = RequestRules::build(&r.request, default_max_body, r.line, &key, diag);
+    let request = RequestRules::build(&r.request, default_max_body, base, r.line, &key, diag);
     let request_headers = HeaderOps::build(
         &r.headers.request,
         r.line,

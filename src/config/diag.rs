@@ -59,6 +59,15 @@ impl Diag {
         self.errors.is_empty()
     }
 
+    /// (line, key, message) of each problem, for a builder's own tests.
+    #[cfg(test)]
+    pub fn into_errors(self) -> Vec<(u32, String, String)> {
+        self.errors
+            .into_iter()
+            .map(|e| (e.line, e.key, e.message))
+            .collect()
+    }
+
     /// Names of listeners, upstreams, routes, providers and limits are kebab-case.
     pub fn kebab_name(&mut self, name: &Located<Text>, key: String) {
         if !is_kebab_case(name) {

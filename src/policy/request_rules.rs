@@ -1,8 +1,12 @@
-//! The route's `request` block: body size (413), content type (415), required headers (400).
+//! The route's `request` block: body size (413), content type (415), required headers (400),
+//! the JSON Schema a body must match (400, see `json_schema`).
 
+use super::json_schema::{self, BodyProblem, JsonSchema};
 use crate::config::{Diag, Located, RequestRules as RequestRulesConfig, Text};
 use crate::reject::Reject;
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, Method};
+use std::path::Path;
 
 /// Chunked bodies on routes whose limit is at most this are read fully before anything is sent
 /// upstream, so an oversized body is refused without the upstream seeing any of it. Above it the
@@ -25,6 +29,8 @@ pub struct RequestRules {
     /// `allowed_headers`: None when every client header may go upstream.
     allowed_headers: Option<Vec<HeaderName>>,
     denied_headers: Vec<HeaderName>,
+    /// Boxed: most routes have none.
+    json_schema: Option<Box<JsonSchema>>,
 }
 
 /// Client headers an allow-list never removes: the body's framing and the target host.
@@ -50,6 +56,7 @@ impl RequestRules {
     pub fn build(
         cfg: &RequestRulesConfig,
         default_max_body_bytes: u64,
+        base: &Path,
         line: u32,
         key: &str,
         diag: &mut Diag,
@@ -121,6 +128,9 @@ impl RequestRules {
             names(&located, "allowed_headers", diag)
         });
         let denied_headers = names(&cfg.denied_headers, "denied_headers", diag);
+        let json_schema = cfg.json_schema.as_ref().and_then(|s| {
+            JsonSchema::build(s, cfg.json_schema_max_errors.as_ref(), base, key, diag).map(Box::new)
+        });
         diag.ok_since(
             mark,
             RequestRules {
@@ -129,6 +139,7 @@ impl RequestRules {
                 required_headers,
                 allowed_headers,
                 denied_headers,
+                json_schema,
             },
         )
     }
@@ -167,32 +178,36 @@ impl RequestRules {
         {
             return Err(Reject::MissingHeader(missing.to_string()));
         }
+        if self.json_schema.is_some() {
+            // The schema decides what a body must be: JSON, read whole within the limit.
+            if !has_body {
+                return if JsonSchema::requires_body(method) {
+                    Err(Reject::BadBody(Box::new(BodyProblem::Missing)))
+                } else {
+                    Ok(BodyPlan::None)
+                };
+            }
+            if !json_schema::is_json(headers) {
+                return Err(Reject::UnsupportedMediaType(media_type(headers)));
+            }
+            return match content_length {
+                Some(n) if n > self.max_body_bytes => {
+                    Err(Reject::PayloadTooLarge(self.max_body_bytes))
+                }
+                _ => Ok(BodyPlan::Buffer(self.max_body_bytes)),
+            };
+        }
         if !has_body {
             return Ok(BodyPlan::None);
         }
         if let Some(ranges) = &self.content_types {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let media = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            let ok = !media.is_empty()
-                && ranges.iter().any(|r| match r {
-                    MediaRange::Exact(t) => *t == media,
-                    MediaRange::AnyOf(prefix) => media.starts_with(prefix.as_str()),
-                });
+            let media = media_type(headers);
+            let ok = ranges.iter().any(|r| match r {
+                MediaRange::Exact(t) => *t == media,
+                MediaRange::AnyOf(prefix) => media.starts_with(prefix.as_str()),
+            });
             if !ok {
-                let shown = if media.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    media
-                };
-                return Err(Reject::UnsupportedMediaType(shown));
+                return Err(Reject::UnsupportedMediaType(media));
             }
         }
         match content_length {
@@ -207,6 +222,37 @@ impl RequestRules {
             None if without_body_semantics(method) => Ok(BodyPlan::Buffer(BUFFER_CHUNKED_UP_TO)),
             None => Ok(BodyPlan::Stream),
         }
+    }
+}
+
+impl RequestRules {
+    /// Whether the route validates bodies against a JSON Schema (they are then read whole).
+    pub fn validates_json(&self) -> bool {
+        self.json_schema.is_some()
+    }
+
+    /// Checks a body read whole against the route's JSON Schema, if it has one.
+    pub fn check_body(&self, method: &Method, body: Option<&Bytes>) -> Result<(), Reject> {
+        match &self.json_schema {
+            Some(s) if body.is_some() || JsonSchema::requires_body(method) => {
+                s.check(body).map_err(|p| Reject::BadBody(Box::new(p)))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The request's media type, lower-case without parameters; `(none)` when it sent none.
+fn media_type(headers: &HeaderMap) -> String {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if media.is_empty() {
+        "(none)".to_string()
+    } else {
+        media.to_ascii_lowercase()
     }
 }
 
@@ -229,7 +275,7 @@ mod tests {
 
     fn build(yaml: &str) -> Result<RequestRules, Vec<(u32, String, String)>> {
         crate::config::diag::build_yaml(yaml, |cfg: &RequestRulesConfig, diag| {
-            RequestRules::build(cfg, 1000, 7, "routes[0]", diag)
+            RequestRules::build(cfg, 1000, Path::new("."), 7, "routes[0]", diag)
         })
     }
 
@@ -299,7 +345,7 @@ mod tests {
     #[test]
     fn chunked_bodies_without_body_semantics_are_read_first() {
         let big = crate::config::diag::build_yaml("{}", |cfg: &RequestRulesConfig, diag| {
-            RequestRules::build(cfg, 10 << 20, 1, "routes[0]", diag)
+            RequestRules::build(cfg, 10 << 20, Path::new("."), 1, "routes[0]", diag)
         })
         .unwrap();
         let h = HeaderMap::new();

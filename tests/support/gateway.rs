@@ -24,7 +24,15 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(yaml: &str) -> TestGateway {
+        Self::start_with_files(yaml, &[]).await
+    }
+
+    /// Starts with `files` (name, content) written beside the config first.
+    pub async fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, yaml).unwrap();
         let gateway = match Gateway::load(config_path.clone()) {

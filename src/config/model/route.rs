@@ -240,6 +240,13 @@ pub struct RequestRules {
     /// Client headers removed before the upstream.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied_headers: Vec<Located<Text>>,
+    /// A JSON Schema the request body must match: inline (a mapping, or `true`/`false`) or a
+    /// file path (a string, relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<Located<serde_json::Value>>,
+    /// The most schema errors one refusal lists (the rest are counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema_max_errors: Option<Located<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
