@@ -4,7 +4,9 @@
 
 use super::rewrite::replace_prefix;
 use crate::body::ResponseBody;
-use crate::config::{Diag, Located, PathMatch, Redirect as RedirectConfig};
+use crate::config::{
+    Diag, Located, PathMatch, Redirect as RedirectConfig, RedirectPrefix, ReplacePrefix,
+};
 use crate::router::normalize::path_literal;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -98,7 +100,15 @@ impl Redirect {
                 path_literal(p, r.line, &format!("{key}.path"), diag);
                 NewPath::Full(p.to_string())
             }
-            (None, Some(to)) => {
+            (None, Some(RedirectPrefix::FromTo(ReplacePrefix { from, to }))) => {
+                path_literal(from, r.line, &format!("{key}.replace_prefix.from"), diag);
+                path_literal(to, r.line, &format!("{key}.replace_prefix.to"), diag);
+                NewPath::Prefix {
+                    from: from.trim_end_matches('/').to_string(),
+                    to: to.to_string(),
+                }
+            }
+            (None, Some(RedirectPrefix::To(to))) => {
                 path_literal(to, r.line, &format!("{key}.replace_prefix"), diag);
                 match &path_match.prefix {
                     Some(from) => NewPath::Prefix {
@@ -109,7 +119,7 @@ impl Redirect {
                         diag.err(
                             r.line,
                             format!("{key}.replace_prefix"),
-                            "replace_prefix needs a route that matches a path prefix",
+                            "replace_prefix needs a route that matches a path prefix (or give `{ from, to }`)",
                         );
                         NewPath::Keep
                     }
@@ -258,6 +268,20 @@ mod tests {
         assert_eq!(
             root.location(&req("a", "/v1/orders", None)),
             "http://a/orders"
+        );
+        // The contract's `{ from, to }` form, on any route.
+        let moved = redirect(
+            "host: new.example.com\nreplace_prefix: { from: /old, to: /new }\nstatus: 301\n",
+            None,
+        );
+        assert_eq!(
+            moved.location(&req("a", "/old/x", Some("k=v"))),
+            "http://new.example.com/new/x?k=v"
+        );
+        assert_eq!(
+            moved.location(&req("a", "/older", None)),
+            "http://new.example.com/older",
+            "segment boundaries"
         );
         assert_eq!(
             redirect("{}", None).location(&req("[::1]:9000", "/p", None)),

@@ -174,11 +174,19 @@ pub struct Redirect {
     /// The whole path (the query is kept).
     #[serde(default)]
     pub path: Option<Text>,
-    /// The route's matched prefix is replaced by this.
+    /// A string: the route's matched prefix is replaced by it; `{ from, to }`: as in
+    /// `rewrite.replace_prefix`.
     #[serde(default)]
-    pub replace_prefix: Option<Text>,
+    pub replace_prefix: Option<RedirectPrefix>,
     #[serde(default = "default_redirect_status")]
     pub status: u16,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RedirectPrefix {
+    To(Text),
+    FromTo(ReplacePrefix),
 }
 
 fn default_redirect_status() -> u16 {
