@@ -454,7 +454,7 @@ async fn run(
                 ex.cache = Some(status);
                 ex.from_upstream = true;
                 ex.from_cache = true;
-                return Ok(response_body_filters(resp, coding, head_request));
+                return Ok(response_body_filters(resp, route, coding, head_request));
             }
             Lookup::Forward(pending) => cached = Some(pending),
         }
@@ -610,7 +610,7 @@ async fn run(
             ex.cache = Some(status);
             ex.from_upstream = true;
             ex.from_cache = true;
-            return Ok(response_body_filters(resp, coding, head_request));
+            return Ok(response_body_filters(resp, route, coding, head_request));
         }
         return Err(Reject::UpstreamFailed("stale entry vanished".into()));
     }
@@ -716,7 +716,7 @@ async fn run(
     ex.upgrade = upgrade;
 
     // 13. response-body filters.
-    Ok(response_body_filters(resp, coding, head_request))
+    Ok(response_body_filters(resp, route, coding, head_request))
 }
 
 /// An edge rule matched: recorded for the log; a refusal ends the request.
@@ -814,8 +814,8 @@ fn record_body_auth_failure(route: &LiveRoute, ex: &mut Exchange) {
     route.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Phase 13: the route's response-body filters, in their one defined order: JSON field filter →
-/// compression → cache fill (tee) → shadow comparison (tee), as their capabilities land. Each
+/// Phase 13: the route's response-body filters, in their one defined order: JSON shaping
+/// (`response.json`) → compression → cache fill (tee) → shadow comparison (tee). Each
 /// decides from the response head whether it applies (and adjusts the head for what it does).
 ///
 /// Cache hits pass here too: the cache stores what the upstream sent, so compression applies on
@@ -824,17 +824,27 @@ fn record_body_auth_failure(route: &LiveRoute, ex: &mut Exchange) {
 /// compression: both must see the bytes the upstream sent.
 fn response_body_filters(
     resp: Response<ResponseBody>,
+    route: &LiveRoute,
     coding: Option<(&Arc<CompressionPolicy>, Codec)>,
     head_request: bool,
 ) -> Response<ResponseBody> {
+    let shape = route.rules.response_json.as_ref();
     // Most responses have no filter: they are not taken apart at all.
-    let Some((policy, codec)) = coding else {
+    if coding.is_none() && shape.is_none() {
         return resp;
-    };
+    }
     let (mut head, body) = resp.into_parts();
     let mut chain = FilterChain::new();
-    if let Some(f) = policy.start(codec, head_request, &mut head) {
-        chain.push(f);
+    if let Some(s) = shape {
+        let counters = &route.metrics.json_shape;
+        if let Some(f) = s.start(head.status, head_request, &mut head.headers, counters) {
+            chain.push(f);
+        }
+    }
+    if let Some((policy, codec)) = coding {
+        if let Some(f) = policy.start(codec, head_request, &mut head) {
+            chain.push(f);
+        }
     }
     if chain.is_empty() {
         return Response::from_parts(head, body);

@@ -13,6 +13,7 @@ use crate::policy::cors::CorsPolicy;
 use crate::policy::direct_response::DirectResponse;
 use crate::policy::fault::FaultPolicy;
 use crate::policy::header_ops::HeaderOps;
+use crate::policy::json_shape::JsonShape;
 use crate::policy::redirect::Redirect;
 use crate::policy::request_rules::RequestRules;
 use crate::policy::rewrite::Rewrite;
@@ -55,6 +56,8 @@ pub struct RouteRules {
     pub cors: Option<Arc<CorsPolicy>>,
     /// The route's own, or the defaults'.
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// `response.json`: response bodies shaped in phase 13.
+    pub response_json: Option<Arc<JsonShape>>,
     /// Positions in the snapshot's `ip_rules`, checked after routing, before authentication.
     pub ip_rules: Vec<usize>,
     /// The configurable edge rules the route applies (its own selection or the defaults').
@@ -359,6 +362,11 @@ pub fn build(
         .compression
         .as_ref()
         .map(|c| CompressionPolicy::build(c, &format!("{key}.compression"), diag));
+    let response_json = r
+        .response
+        .json
+        .as_ref()
+        .map(|j| JsonShape::build(j, &key, diag));
     let mirror = MirrorPolicy::build(r, &names.upstreams, &key, diag);
     let fault = r.fault.as_ref().map(|f| FaultPolicy::build(f, &key, diag));
     let ip_rules = edge
@@ -403,6 +411,10 @@ pub fn build(
         compression: match compression {
             Some(c) => Some(Arc::new(c?)),
             None => defaults.and_then(|d| d.compression.clone()),
+        },
+        response_json: match response_json {
+            Some(j) => Some(Arc::new(j?)),
+            None => None,
         },
         ip_rules,
         edge_rules,

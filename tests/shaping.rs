@@ -176,3 +176,106 @@ async fn a_direct_response_route_validates_before_it_answers() {
     assert_eq!(raw_status(&resp), 400, "{resp}");
     assert_eq!(raw_json(&resp)["errors"][0]["pointer"], "/id");
 }
+
+#[tokio::test]
+async fn response_json_removes_and_renames_fields_within_its_bound() {
+    let up = Upstream::start("up").await;
+    let routes = r#"  - name: shape
+    match: { path: { prefix: /body } }
+    upstream: up
+    response:
+      json: { remove: ["$.items[*].tags"], rename: { name: title } }
+  - name: small
+    match: { path: { prefix: /small } }
+    upstream: up
+    rewrite: { replace_prefix: { from: /small, to: /body } }
+    response:
+      json: { remove: ["$.items"], max_bytes: 1024 }
+  - name: echo
+    match: { path: { prefix: /echo } }
+    upstream: up
+    response:
+      json: { remove: ["$.headers", "$.upstream"], rename: { body_bytes: bodyBytes } }
+"#;
+    let gw = TestGateway::start(&base(&upstream_yaml("up", up.addr), routes)).await;
+    let c = client();
+    let original: serde_json::Value = serde_json::from_slice(&json_document()).unwrap();
+    let mut expected = original.clone();
+    for item in expected["items"].as_array_mut().unwrap() {
+        let o = item.as_object_mut().unwrap();
+        o.remove("tags");
+        let name = o.remove("name").unwrap();
+        o.insert("title".into(), name);
+    }
+    // Declared length and chunked alike: shaped, the length dropped, the ETag weakened.
+    for path in ["/body/json", "/body/chunked-json"] {
+        let r = get(&c, &gw.url(path), &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json(), expected, "{path}");
+        assert!(r.headers.get("content-length").is_none_or(|v| v
+            .to_str()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            == r.body.len()));
+        assert!(!r.text().contains("\"tags\""));
+        if path == "/body/json" {
+            assert_eq!(r.headers["etag"], "W/\"v1\"");
+        }
+    }
+    // On the wire (HTTP/1.1): chunked, never a stale Content-Length.
+    let resp = raw(
+        gw.addr,
+        b"GET /body/json HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let head = resp.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+
+    // Over the bound (declared, or found while streaming): unchanged, strong ETag kept.
+    let r = get(&c, &gw.url("/small/json"), &[]).await;
+    assert_eq!(r.body, json_document());
+    assert_eq!(r.headers["etag"], "\"v1\"");
+    assert_eq!(
+        r.headers["content-length"],
+        json_document().len().to_string()
+    );
+    let r = get(&c, &gw.url("/small/chunked-json"), &[]).await;
+    assert_eq!(r.body, json_document(), "passed through after the bound");
+    // Not JSON: unchanged.
+    let r = get(&c, &gw.url("/body/png"), &[]).await;
+    assert_eq!(r.body, json_document());
+
+    // The echo upstream's answer: internal fields gone, a key renamed, the rest as it was.
+    let r = get(&c, &gw.url("/echo/x?q=1"), &[]).await;
+    let v = r.json();
+    assert!(
+        v.get("headers").is_none() && v.get("upstream").is_none(),
+        "{v}"
+    );
+    assert_eq!(v["bodyBytes"], 0);
+    assert_eq!(v["uri"], "/echo/x?q=1");
+
+    let metrics = reqwest_text(&format!("http://{}/metrics", gw.admin)).await;
+    for (route, result, want) in [
+        ("shape", "shaped", 3),
+        ("echo", "shaped", 1),
+        ("small", "too_large", 2),
+        ("shape", "not_json", 1),
+    ] {
+        let line =
+            format!("portcullis_response_json_total{{route=\"{route}\",result=\"{result}\"}}");
+        let got: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        assert_eq!(got, want, "{line}\n{metrics}");
+    }
+}
+
+async fn reqwest_text(url: &str) -> String {
+    get(&client(), url, &[]).await.text()
+}

@@ -132,6 +132,8 @@ pub struct RouteMetrics {
     pub shadow: crate::shadow::ShadowCounters,
     /// Faults injected (`fault`).
     pub faults: crate::policy::fault::FaultCounters,
+    /// Response bodies `response.json` shaped or let pass.
+    pub json_shape: Arc<crate::policy::json_shape::JsonShapeCounters>,
 }
 
 impl RouteMetrics {
@@ -404,6 +406,18 @@ impl Metrics {
                             r.as_str()
                         );
                     }
+                }
+            }
+        }
+        out.push_str("# HELP portcullis_response_json_total Response bodies on routes with response.json, by route and result (shaped, or passed unchanged: too_large, not_json, encoded).\n# TYPE portcullis_response_json_total counter\n");
+        for (route, m) in &all {
+            for (result, v) in m.json_shape.all() {
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "portcullis_response_json_total{{route=\"{}\",result=\"{result}\"}} {v}",
+                        escape(route)
+                    );
                 }
             }
         }

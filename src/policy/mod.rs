@@ -7,6 +7,7 @@ pub mod direct_response;
 pub mod fault;
 pub mod header_ops;
 pub mod json_schema;
+pub mod json_shape;
 pub mod redirect;
 pub mod request_rules;
 pub mod rewrite;

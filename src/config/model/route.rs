@@ -43,6 +43,9 @@ pub struct Route {
     pub request: RequestRules,
     #[serde(default)]
     pub headers: HeaderRules,
+    /// Response body shaping (`response.json`).
+    #[serde(default, skip_serializing_if = "ResponseRules::is_empty")]
+    pub response: ResponseRules,
 
     #[serde(default, skip_serializing)]
     pub authorization: Option<Located<Authorization>>,
@@ -255,6 +258,33 @@ pub struct RequestRules {
     /// The most schema errors one refusal lists (the rest are counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_schema_max_errors: Option<Located<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseRules {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Located<JsonShaping>>,
+}
+
+impl ResponseRules {
+    pub fn is_empty(&self) -> bool {
+        self.json.is_none()
+    }
+}
+
+/// `response.json`: members removed by JSONPath, keys renamed.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonShaping {
+    #[serde(default)]
+    pub remove: Vec<Located<String>>,
+    /// `from: to`; `from` a member name (any depth) or a JSONPath ending in one.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Bodies are held up to this to be shaped (default 1 MiB); larger ones pass unchanged.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
