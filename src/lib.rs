@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
+pub mod read_through;
 pub mod redis_store;
 pub mod reject;
 pub mod request_id;

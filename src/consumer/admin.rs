@@ -82,7 +82,7 @@ pub async fn document(
 /// Consumer-store lookups and cache use, and requests by plan.
 pub fn render_metrics(snapshot: &Snapshot, out: &mut String) {
     if let Some(s) = &snapshot.consumers.store {
-        let c = &s.counters;
+        let c = s.counters();
         family(
             out,
             "portcullis_consumer_store_lookups_total",

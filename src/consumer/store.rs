@@ -6,20 +6,17 @@
 //! - `<prefix>consumer:<id>` — hash: `tenant`, `plan`, `scopes` (space-separated), `status`,
 //!   and `meta.<name>` fields for metadata.
 //!
-//! One round trip per lookup (a script reads the key and its consumer). Found records are kept
-//! for `cache_ttl_ms`, unknown keys for `negative_ttl_ms`; one lookup per key is in flight at a
-//! time (the others wait for it); while Redis cannot be read, a found record is used for up to
-//! `stale_ttl_ms` past its TTL. The cache holds at most `max_entries` records (least recently
-//! used go first). Its lock is held only for a map operation, never across Redis I/O.
+//! One round trip per lookup (a script reads the key and its consumer), through the shared
+//! read-through cache (`crate::read_through`): found records for `cache_ttl_ms`, unknown keys
+//! for `negative_ttl_ms`, one lookup per key in flight, a found record for up to `stale_ttl_ms`
+//! past its TTL while Redis cannot be read, at most `max_entries` records.
 
 use super::{Consumer, StoreSpec, Unresolved};
+use crate::read_through::{CacheCounters, CachePolicy, ReadThrough, StoreDown};
 use crate::redis_store::RedisStore;
 use redis::Script;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Instant;
-use tokio::sync::OnceCell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 
 /// KEYS[1]: the API key's hash. ARGV[1]: the consumer key prefix.
 /// Returns {} when unknown, else {consumer id, key id, key status, consumer fields…}.
@@ -58,52 +55,30 @@ enum Record {
     Consumer(Arc<Consumer>),
 }
 
-struct Cached {
-    /// None: Redis said there is no such key (or consumer).
-    value: Option<Record>,
-    fetched: Instant,
-}
-
-type Flight = Arc<OnceCell<Result<Option<Record>, ()>>>;
-
-/// Lookups and cache use, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct StoreCounters {
-    pub found: AtomicU64,
-    pub unknown: AtomicU64,
-    pub failed: AtomicU64,
-    pub hits: AtomicU64,
-    pub negative_hits: AtomicU64,
-    /// Served from a record past its TTL because Redis could not be read.
-    pub stale: AtomicU64,
-}
-
 pub struct ConsumerStore {
     spec: StoreSpec,
     redis: Arc<RedisStore>,
-    cache: Mutex<lru::LruCache<CacheKey, Cached>>,
-    in_flight: Mutex<HashMap<CacheKey, Flight>>,
-    pub counters: StoreCounters,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    cache: ReadThrough<CacheKey, Record>,
 }
 
 impl ConsumerStore {
     pub fn new(spec: StoreSpec, redis: Arc<RedisStore>) -> ConsumerStore {
-        let cap = std::num::NonZeroUsize::new(spec.max_entries.max(1)).expect("at least 1");
-        ConsumerStore {
-            spec,
-            redis,
-            cache: Mutex::new(lru::LruCache::new(cap)),
-            in_flight: Mutex::new(HashMap::new()),
-            counters: StoreCounters::default(),
-        }
+        let cache = ReadThrough::new(CachePolicy {
+            ttl: spec.ttl,
+            negative_ttl: spec.negative_ttl,
+            stale_ttl: spec.stale_ttl,
+            max_entries: spec.max_entries,
+        });
+        ConsumerStore { spec, redis, cache }
     }
 
     pub fn cached_entries(&self) -> usize {
-        lock(&self.cache).len()
+        self.cache.len()
+    }
+
+    /// Lookups and cache use, for `/metrics`.
+    pub fn counters(&self) -> &CacheCounters {
+        &self.cache.counters
     }
 
     pub fn spec(&self) -> &StoreSpec {
@@ -138,69 +113,13 @@ impl ConsumerStore {
     }
 
     async fn lookup(&self, key: CacheKey) -> Result<Option<Record>, Unresolved> {
-        let now = Instant::now();
-        let stale = {
-            let mut cache = lock(&self.cache);
-            match cache.get(&key) {
-                Some(c) => {
-                    let ttl = if c.value.is_some() {
-                        self.spec.ttl
-                    } else {
-                        self.spec.negative_ttl
-                    };
-                    if now.duration_since(c.fetched) < ttl {
-                        let counter = if c.value.is_some() {
-                            &self.counters.hits
-                        } else {
-                            &self.counters.negative_hits
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        return Ok(c.value.clone());
-                    }
-                    c.value.clone().filter(|_| {
-                        now.duration_since(c.fetched) < self.spec.ttl + self.spec.stale_ttl
-                    })
-                }
-                None => None,
-            }
-        };
-        // One lookup per key at a time: later callers wait on the first one's cell (if its
-        // request is cancelled, the next waiter runs the lookup).
-        let flight: Flight = Arc::clone(lock(&self.in_flight).entry(key.clone()).or_default());
-        let result = flight
-            .get_or_init(|| self.fetch_and_keep(&key))
+        self.cache
+            .get(&key, || self.fetch(&key))
             .await
-            .clone();
-        {
-            let mut in_flight = lock(&self.in_flight);
-            if in_flight.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                in_flight.remove(&key);
-            }
-        }
-        match (result, stale) {
-            (Ok(v), _) => Ok(v),
-            (Err(()), Some(stale)) => {
-                self.counters.stale.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(stale))
-            }
-            (Err(()), None) => Err(Unresolved::StoreDown(self.spec.on_failure)),
-        }
+            .map_err(|StoreDown| Unresolved::StoreDown(self.spec.on_failure))
     }
 
-    /// Reads Redis and caches what it said (a failure caches nothing: the stale record stays).
-    async fn fetch_and_keep(&self, key: &CacheKey) -> Result<Option<Record>, ()> {
-        let value = self.fetch(key).await?;
-        lock(&self.cache).put(
-            key.clone(),
-            Cached {
-                value: value.clone(),
-                fetched: Instant::now(),
-            },
-        );
-        Ok(value)
-    }
-
-    async fn fetch(&self, key: &CacheKey) -> Result<Option<Record>, ()> {
+    async fn fetch(&self, key: &CacheKey) -> Result<Option<Record>, StoreDown> {
         let prefix = &self.spec.key_prefix;
         let consumer_prefix = format!("{prefix}consumer:");
         let reply = match key {
@@ -231,22 +150,10 @@ impl ConsumerStore {
                     })
             }
         };
-        match reply {
-            Ok(v) => {
-                let counter = if v.is_some() {
-                    &self.counters.found
-                } else {
-                    &self.counters.unknown
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                Ok(v)
-            }
-            Err(e) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "consumer store lookup failed");
-                Err(())
-            }
-        }
+        reply.map_err(|e| {
+            tracing::debug!(error = %e, "consumer store lookup failed");
+            StoreDown
+        })
     }
 }
 

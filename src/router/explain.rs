@@ -22,6 +22,15 @@ fn host_tier(r: &RouteMatcher, host: &str) -> Option<Tier> {
     if r.hosts.iter().any(|h| h == host) {
         return Some(Tier::ExactHost(host.to_string()));
     }
+    if let Some((_, suffix)) = super::tenant_label(host) {
+        if r
+            .hosts
+            .iter()
+            .any(|h| h.strip_prefix(super::TENANT_LABEL) == Some(suffix))
+        {
+            return Some(Tier::TenantHost(suffix.to_string()));
+        }
+    }
     r.hosts
         .iter()
         .filter_map(|h| h.strip_prefix('*'))

@@ -306,6 +306,8 @@ struct PathTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tier {
     ExactHost(String),
+    /// `{tenant}.suffix`: one label captured as the tenant.
+    TenantHost(String),
     WildcardHost(String),
     AnyHost,
 }
@@ -314,6 +316,7 @@ impl std::fmt::Display for Tier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Tier::ExactHost(h) => write!(f, "exact host {h}"),
+            Tier::TenantHost(s) => write!(f, "tenant host {{tenant}}{s}"),
             Tier::WildcardHost(s) => write!(f, "wildcard host *{s}"),
             Tier::AnyHost => write!(f, "routes without hosts"),
         }
@@ -338,6 +341,8 @@ impl Trace for () {}
 pub struct Router {
     routes: Vec<RouteMatcher>,
     exact_hosts: HashMap<String, PathTable>,
+    /// Keyed by the suffix with its leading dot: `{tenant}.api.example.com` → `.api.example.com`.
+    tenant_hosts: HashMap<String, PathTable>,
     /// Keyed by the suffix including its leading dot: `*.api.example.com` → `.api.example.com`.
     wildcard_hosts: HashMap<String, PathTable>,
     any_host: PathTable,
@@ -347,6 +352,7 @@ impl Router {
     /// Builds the lookup tables over every route's matcher (in file order).
     pub fn build(routes: Vec<RouteMatcher>, diag: &mut Diag) -> Option<Router> {
         let mut exact_hosts: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut tenant_hosts: HashMap<String, Vec<usize>> = HashMap::new();
         let mut wildcard_hosts: HashMap<String, Vec<usize>> = HashMap::new();
         let mut any_host = Vec::new();
         for r in &routes {
@@ -354,6 +360,13 @@ impl Router {
                 any_host.push(r.index);
             }
             for h in &r.hosts {
+                if let Some(suffix) = h.strip_prefix(TENANT_LABEL) {
+                    tenant_hosts
+                        .entry(suffix.to_string())
+                        .or_default()
+                        .push(r.index);
+                    continue;
+                }
                 match h.strip_prefix('*') {
                     Some(suffix) => wildcard_hosts
                         .entry(suffix.to_string())
@@ -368,6 +381,10 @@ impl Router {
             .into_iter()
             .map(|(k, v)| Some((k, build(v)?)))
             .collect();
+        let tenant_hosts: Option<HashMap<String, PathTable>> = tenant_hosts
+            .into_iter()
+            .map(|(k, v)| Some((k, build(v)?)))
+            .collect();
         let wildcard_hosts: Option<HashMap<String, PathTable>> = wildcard_hosts
             .into_iter()
             .map(|(k, v)| Some((k, build(v)?)))
@@ -375,6 +392,7 @@ impl Router {
         let any_host = build(any_host);
         Some(Router {
             exact_hosts: exact_hosts?,
+            tenant_hosts: tenant_hosts?,
             wildcard_hosts: wildcard_hosts?,
             any_host: any_host?,
             routes,
@@ -400,6 +418,16 @@ impl Router {
                     trace,
                 ) {
                     return Some(r);
+                }
+            }
+            // One label, then its suffix: acme.api.example.com → .api.example.com.
+            if let Some((label, suffix)) = tenant_label(req.host) {
+                if let Some(t) = self.tenant_hosts.get(suffix) {
+                    let tier = Tier::TenantHost(suffix.to_string());
+                    if let Some(r) = t.find(&self.routes, req, &tier, trace) {
+                        debug_assert!(!label.is_empty());
+                        return Some(r);
+                    }
                 }
             }
             if !self.wildcard_hosts.is_empty() {
@@ -451,9 +479,27 @@ fn build_path(p: &Located<PathMatch>, key: &str, diag: &mut Diag) -> Option<Path
     }
 }
 
-/// `api.example.com` or `*.example.com`; compared case-insensitively.
+/// The host pattern label that captures the tenant: `{tenant}.api.example.com`.
+pub const TENANT_LABEL: &str = "{tenant}";
+
+/// A host's first label and the rest from its dot (`acme.api.example.com` → `acme`,
+/// `.api.example.com`): how a `{tenant}` host pattern reads a request's host.
+pub fn tenant_label(host: &str) -> Option<(&str, &str)> {
+    let dot = host.find('.')?;
+    (dot > 0 && dot + 1 < host.len()).then(|| (&host[..dot], &host[dot..]))
+}
+
+/// `api.example.com`, `*.example.com` or `{tenant}.example.com`; compared case-insensitively.
 pub fn check_host_pattern(h: &str) -> Result<(), String> {
-    let name = h.strip_prefix("*.").unwrap_or(h);
+    if h.contains('{') && !h.starts_with("{tenant}.") {
+        return Err(format!(
+            "`{h}`: only a first label `{{tenant}}` is captured, as in {{tenant}}.api.example.com"
+        ));
+    }
+    let name = h
+        .strip_prefix("*.")
+        .or_else(|| h.strip_prefix("{tenant}."))
+        .unwrap_or(h);
     if h == "*" {
         return Err("`*` alone is not a host pattern: omit `hosts` to match every host".into());
     }
@@ -471,7 +517,7 @@ pub fn check_host_pattern(h: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{h}` is not a host name or a `*.suffix` wildcard (no port)"
+            "`{h}` is not a host name, a `*.suffix` wildcard or `{{tenant}}.suffix` (no port)"
         ))
     }
 }
