@@ -37,6 +37,7 @@ pub struct Compiled {
     pub rate_limits: RateLimitSpecs,
     pub plans: PlanSpecs,
     pub consumers: ConsumerSpecs,
+    pub tenants: crate::tenant::TenantSpec,
     pub redis: Option<RedisSpec>,
     pub observe: ObserveSpec,
     pub defaults: RouteDefaults,
@@ -95,6 +96,7 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
         names.redis,
         &mut diag,
     );
+    let tenants = crate::tenant::TenantSpec::build(cfg.tenants.as_ref(), names.redis, &mut diag);
     let redis = cfg.redis.as_ref().map(|r| RedisSpec::build(r, &mut diag));
     let observe = ObserveSpec::build(&cfg.observability, &mut diag);
     let dns = DnsSpec::build(&cfg.dns, &mut diag);
@@ -149,6 +151,7 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
             rate_limits: rate_limits?,
             plans: plans?,
             consumers: consumers?,
+            tenants: tenants?,
             redis: redis.map(|r| r.ok_or(())).transpose().ok()?,
             observe: observe?,
             defaults: defaults?,

@@ -63,6 +63,8 @@ pub fn code(reject: &Reject) -> Code {
         }
         Reject::Unauthorized(_) => Code::Unauthenticated,
         Reject::Forbidden(_) | Reject::IpDenied(_) => Code::PermissionDenied,
+        Reject::Tenant(crate::tenant::TenantRefusal::Unavailable) => Code::Unavailable,
+        Reject::Tenant(_) => Code::PermissionDenied,
         Reject::EdgeRule(hit) if hit.status == http::StatusCode::FORBIDDEN => {
             Code::PermissionDenied
         }

@@ -34,6 +34,7 @@ pub mod router;
 pub mod server;
 pub mod shadow;
 pub mod snapshot;
+pub mod tenant;
 pub mod tls;
 pub mod upstream;
 pub mod websocket;

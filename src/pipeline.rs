@@ -359,12 +359,40 @@ async fn run(
     };
     ex.trail.consumer.clone_from(&consumer);
 
-    // 5. authorize: required scopes and claims (or 403).
+    // 4c. tenant: the `{tenant}` host's label, else the credential's (a mismatch is refused).
+    let host_tenant = host_tenant(&route.rules.tenant_suffixes, &host);
+    let tenant = snapshot
+        .tenants
+        .of_request(host_tenant, principal.as_deref())
+        .map_err(|r| {
+            ex.trail.auth = AuthResult::Denied;
+            route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
+            Reject::Tenant(r)
+        })?;
+    if let Some(t) = &tenant {
+        snapshot.tenants.count(t);
+        ex.trail.tenant = Some(Arc::clone(t));
+    }
+
+    // 5. authorize: required scopes and claims, the tenant's status (or 403).
     if let Some(rules) = &route.rules.authorize {
         if let Err(denied) = rules.check(principal.as_deref()) {
             ex.trail.auth = AuthResult::Denied;
             route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
             return Err(Reject::Forbidden(denied));
+        }
+        if let Some(allowed) = &rules.tenant_status {
+            let checked = snapshot
+                .tenants
+                .check_status(tenant.as_deref(), allowed)
+                .await;
+            if let Err(r) = checked {
+                if r != crate::tenant::TenantRefusal::Unavailable {
+                    ex.trail.auth = AuthResult::Denied;
+                    route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(Reject::Tenant(r));
+            }
         }
     }
 
@@ -380,6 +408,7 @@ async fn run(
             headers: req.headers(),
             principal: principal.as_deref(),
             consumer: consumer.as_deref(),
+            tenant: tenant.as_deref(),
         };
         match route
             .rate_limits
@@ -526,6 +555,7 @@ async fn run(
         host: Some(host),
         principal: principal.as_deref(),
         query: parts.uri.query(),
+        tenant: tenant.as_deref(),
     });
     prepare_upstream_headers(
         &mut parts.headers,
@@ -550,6 +580,7 @@ async fn run(
         route,
         conn,
         principal.as_deref(),
+        tenant.as_deref(),
     );
     if let Some(t) = trace {
         t.apply(&mut parts.headers);
@@ -884,6 +915,7 @@ fn response_headers(
                 host: None,
                 principal: ex.trail.principal.as_deref(),
                 query: None,
+                tenant: ex.trail.tenant.as_deref(),
             });
             ops.apply(headers, input.as_ref());
         }
@@ -937,12 +969,15 @@ fn set_identity_headers(
     route: &LiveRoute,
     conn: &ConnContext,
     principal: Option<&crate::auth::Principal>,
+    tenant: Option<&str>,
 ) {
+    let tenant_header = snapshot.tenants.spec().forward_header();
     for h in snapshot
         .forwarded_headers
         .iter()
         .chain(&route.credential_headers)
         .chain(&CLIENT_CERT_HEADERS)
+        .chain(std::iter::once(tenant_header))
     {
         headers.remove(h);
     }
@@ -955,6 +990,20 @@ fn set_identity_headers(
     if let Some(p) = principal {
         route.auth.forward_claims(p, headers);
     }
+    // After the claims: the request's tenant is the one the gateway decided.
+    if let Some(v) = tenant.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert(tenant_header.clone(), v);
+    }
+}
+
+/// The label a `{tenant}.suffix` host captured, when the route has such hosts and the
+/// request's host is under one of them.
+fn host_tenant<'h>(suffixes: &[String], host: &'h str) -> Option<&'h str> {
+    if suffixes.is_empty() {
+        return None;
+    }
+    let (label, suffix) = crate::router::tenant_label(host)?;
+    suffixes.iter().any(|s| s == suffix).then_some(label)
 }
 
 /// Set only from a verified client certificate; client-sent copies never pass.
@@ -1018,6 +1067,7 @@ fn record(
         cache: trail.cache,
         mirror: trail.mirror,
         consumer: trail.consumer.take(),
+        tenant: trail.tenant.take(),
         plan: trail.plan.take(),
         rule: trail.rule.take(),
     }

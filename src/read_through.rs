@@ -190,7 +190,11 @@ mod tests {
         let down = || async { Err(StoreDown) };
         assert_eq!(c.get(&k, down).await, Ok(Some(1)), "stale while down");
         assert_eq!(c.counters.stale.load(Ordering::Relaxed), 1);
-        assert_eq!(c.get(&k, || up(Some(3))).await, Ok(Some(3)), "refetched when up");
+        assert_eq!(
+            c.get(&k, || up(Some(3))).await,
+            Ok(Some(3)),
+            "refetched when up"
+        );
         let none = "b".to_string();
         assert_eq!(c.get(&none, || up(None)).await, Ok(None));
         assert_eq!(c.get(&none, down).await, Ok(None), "negative answer cached");

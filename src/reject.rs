@@ -43,6 +43,9 @@ pub enum Reject {
     Forbidden(crate::auth::Denied),
     /// An IP rule (by name) denied the client address: 403.
     IpDenied(std::sync::Arc<str>),
+    /// The tenant phase refused: a host/credential mismatch or a status (403), or a status
+    /// that could not be read (503).
+    Tenant(crate::tenant::TenantRefusal),
     /// An edge rule refused the request (its status: 400, 403, 405 or 431).
     EdgeRule(Box<crate::edge::rules::RuleHit>),
 }
@@ -71,6 +74,10 @@ impl Reject {
             }
             Reject::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Reject::Forbidden(_) | Reject::IpDenied(_) => StatusCode::FORBIDDEN,
+            Reject::Tenant(crate::tenant::TenantRefusal::Unavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Reject::Tenant(_) => StatusCode::FORBIDDEN,
             Reject::EdgeRule(hit) => hit.status,
             Reject::UpstreamConnect(_) | Reject::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -115,6 +122,7 @@ impl Reject {
             Reject::Forbidden(_) => "forbidden: insufficient scope or claims".into(),
             // The rule's name is in the access log, not in the answer an attacker reads.
             Reject::IpDenied(_) => "forbidden: client address not allowed".into(),
+            Reject::Tenant(r) => r.message(),
             Reject::EdgeRule(hit) => hit.message.into(),
         }
     }
@@ -136,7 +144,8 @@ impl Reject {
             Reject::Overloaded
             | Reject::UpstreamBusy(_)
             | Reject::NoTargetAvailable(_)
-            | Reject::RateLimitStoreDown(_) => {
+            | Reject::RateLimitStoreDown(_)
+            | Reject::Tenant(crate::tenant::TenantRefusal::Unavailable) => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

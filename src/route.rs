@@ -58,6 +58,9 @@ pub struct RouteRules {
     pub compression: Option<Arc<CompressionPolicy>>,
     /// `response.json`: response bodies shaped in phase 13.
     pub response_json: Option<Arc<JsonShape>>,
+    /// The suffixes of the route's `{tenant}.suffix` hosts (`.api.example.com`): a request
+    /// matched through one has that label as its tenant.
+    pub tenant_suffixes: Box<[String]>,
     /// Positions in the snapshot's `ip_rules`, checked after routing, before authentication.
     pub ip_rules: Vec<usize>,
     /// The configurable edge rules the route applies (its own selection or the defaults').
@@ -412,6 +415,16 @@ pub fn build(
             Some(c) => Some(Arc::new(c?)),
             None => defaults.and_then(|d| d.compression.clone()),
         },
+        tenant_suffixes: r
+            .matcher
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                h.to_ascii_lowercase()
+                    .strip_prefix(crate::router::TENANT_LABEL)
+                    .map(str::to_string)
+            })
+            .collect(),
         response_json: match response_json {
             Some(j) => Some(Arc::new(j?)),
             None => None,
@@ -515,8 +528,10 @@ mod tests {
         let e = one("  - name: r\n    match: { path: { prefix: / } }\n    upstream: app\n    auth: none\n    authorization: { required_scopes: [a] }\n");
         assert_eq!(
             e.2,
-            "authorization needs an authenticated route (auth is none)"
+            "required_scopes and required_claims need an authenticated route (auth is none)"
         );
+        // A public route may ask for its tenant's status.
+        assert!(errors("  - name: r\n    match: { hosts: [\"{tenant}.api.test\"], path: { prefix: / } }\n    upstream: app\n    auth: none\n    authorization: { tenant_status: [ACTIVE] }\n").is_empty());
         assert!(errors("  - name: r\n    match: { path: { prefix: / } }\n    upstream: app\n    auth: { jwt: jwt }\n    authorization: { required_scopes: [a] }\n").is_empty());
     }
 

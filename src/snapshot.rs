@@ -132,6 +132,8 @@ pub struct Snapshot {
     pub plans: Option<Arc<ratelimit::plan::PlanTable>>,
     /// `consumers` and the consumer store.
     pub consumers: Arc<crate::consumer::Consumers>,
+    /// `tenants`: records, the status source, the forwarded header.
+    pub tenants: Arc<crate::tenant::Tenants>,
     pub redis: Option<Arc<RedisStore>>,
     /// Request metrics are recorded (`observability.metrics.enabled`).
     pub metrics_enabled: bool,
@@ -186,6 +188,7 @@ pub fn assemble(
         rate_limits,
         plans,
         consumers,
+        tenants,
         redis,
         observe,
         defaults,
@@ -220,6 +223,7 @@ pub fn assemble(
     let plan_table = (!plans.plans.is_empty())
         .then(|| Arc::new(ratelimit::plan::PlanTable::new(&plans, &plan_limiters)));
     let consumers = Arc::new(consumer_registry.compile(&consumers, redis.as_ref(), redis_changed));
+    let tenants = Arc::new(crate::tenant::Tenants::new(tenants, redis.as_ref()));
     let mtls_listener = listeners
         .iter()
         .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
@@ -292,6 +296,7 @@ pub fn assemble(
         limiters: ratelimit::by_name(&[limiters, plan_limiters].concat()),
         plans: plan_table,
         consumers,
+        tenants,
         forwarded_headers: auth_registry.forwarded_headers.clone(),
         auth_stats: auth_registry.stats(),
         redis,

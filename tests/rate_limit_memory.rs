@@ -50,6 +50,7 @@ fn a_million_distinct_client_ips_stay_within_the_memory_bound() {
                 headers: &headers,
                 principal: None,
                 consumer: None,
+                tenant: None,
             })
             .unwrap();
         // One instant for all: no entry ever expires, so only the bound limits growth.

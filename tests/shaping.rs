@@ -279,3 +279,249 @@ async fn response_json_removes_and_renames_fields_within_its_bound() {
 async fn reqwest_text(url: &str) -> String {
     get(&client(), url, &[]).await.text()
 }
+
+const ACME_KEY_SHA: &str = "307c609f87da43c3d563428a4f7efdf9857f4871fd10465732c4ab11a985a08c";
+const GLOBEX_KEY_SHA: &str = "4fe6ae1bd397d68b149f8a86069f5e6806a937d7d0b2f31830c48008b268bda0";
+
+fn tenant_config(up: &Upstream, extra_top: &str) -> String {
+    format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams:
+  - {{ name: up, targets: [{{ address: "{}" }}] }}
+auth:
+  api_keys:
+    - name: keys
+      header: X-API-Key
+      keys:
+        - {{ id: acme, sha256: "{ACME_KEY_SHA}", tenant: acme }}
+        - {{ id: globex, sha256: "{GLOBEX_KEY_SHA}", tenant: globex }}
+tenants:
+  records:
+    - {{ id: acme, status: ACTIVE }}
+    - {{ id: globex, status: SUSPENDED }}
+    - {{ id: umbrella, status: ACTIVE }}
+{extra_top}rate_limits:
+  - {{ name: per-tenant, algorithm: sliding_window, limit: 5, window_s: 60, key: [tenant] }}
+routes:
+  - name: public-tenant
+    match: {{ hosts: ["{{tenant}}.api.test"], path: {{ prefix: /pub }} }}
+    upstream: up
+    auth: none
+    rate_limits: [per-tenant]
+    headers: {{ request: {{ set: {{ x-tenant-copy: "${{tenant}}" }} }} }}
+  - name: keyed
+    match: {{ hosts: ["{{tenant}}.api.test"], path: {{ prefix: /keyed }} }}
+    upstream: up
+    auth: {{ api_key: keys }}
+  - name: active-only
+    match: {{ hosts: ["{{tenant}}.api.test"], path: {{ prefix: /active }} }}
+    upstream: up
+    auth: none
+    authorization: {{ tenant_status: [ACTIVE] }}
+  - name: wildcard
+    match: {{ hosts: ["*.api.test"], path: {{ prefix: / }} }}
+    upstream: up
+    auth: none
+"#,
+        up.addr
+    )
+}
+
+#[tokio::test]
+async fn a_host_label_is_the_tenant_forwarded_limited_and_checked_against_the_credential() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&tenant_config(&up, "")).await;
+    let c = client();
+
+    // Public: the label is the tenant; the client's own tenant header never passes.
+    let r = get(
+        &c,
+        &gw.url("/pub/x"),
+        &[("host", "Acme.api.test:8080"), ("x-tenant-id", "globex")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-tenant-id"], "acme");
+    assert_eq!(
+        seen.headers["x-tenant-copy"], "acme",
+        "${{tenant}} in templates"
+    );
+    // One label only: a deeper host falls to the `*.` route, and has no tenant.
+    let r = get(
+        &c,
+        &gw.url("/pub/x"),
+        &[("host", "a.b.api.test"), ("x-tenant-id", "evil")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert!(
+        seen.headers.get("x-tenant-id").is_none(),
+        "a client copy passed"
+    );
+    assert!(seen.uri.starts_with("/pub/x"));
+
+    // Authenticated: the credential's tenant must be the host's.
+    let r = get(
+        &c,
+        &gw.url("/keyed/1"),
+        &[("host", "acme.api.test"), ("x-api-key", "acme-secret")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().headers["x-tenant-id"], "acme");
+    let before = up.count();
+    let r = get(
+        &c,
+        &gw.url("/keyed/1"),
+        &[("host", "globex.api.test"), ("x-api-key", "acme-secret")],
+    )
+    .await;
+    r.assert_gateway_error(403);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("tenant"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(up.count(), before, "a mismatch reached the upstream");
+
+    // Per-tenant limits: acme spends its 5; umbrella keeps its own.
+    let host = |t: &str| format!("{t}.api.test");
+    let mut acme_statuses = Vec::new();
+    for _ in 0..6 {
+        let r = get(&c, &gw.url("/pub/y"), &[("host", &host("acme"))]).await;
+        acme_statuses.push(r.status.as_u16());
+    }
+    // The first request above used one of acme's 5.
+    assert_eq!(acme_statuses, [200, 200, 200, 200, 429, 429]);
+    for i in 0..5 {
+        let r = get(&c, &gw.url("/pub/y"), &[("host", &host("umbrella"))]).await;
+        assert_eq!(r.status, 200, "umbrella request {i}");
+        let header = r.headers["ratelimit"].to_str().unwrap();
+        assert!(header.contains(&format!(";r={};", 4 - i)), "{header}");
+    }
+    // Tenant status from the records.
+    let r = get(&c, &gw.url("/active"), &[("host", &host("acme"))]).await;
+    assert_eq!(r.status, 200);
+    let before = up.count();
+    let r = get(&c, &gw.url("/active"), &[("host", &host("globex"))]).await;
+    r.assert_gateway_error(403);
+    assert_eq!(r.json()["error"], "forbidden: tenant globex is SUSPENDED");
+    let r = get(&c, &gw.url("/active"), &[("host", &host("initech"))]).await;
+    r.assert_gateway_error(403);
+    assert_eq!(r.json()["error"], "forbidden: tenant initech is not known");
+    assert_eq!(up.count(), before, "a refused tenant reached the upstream");
+
+    // Counted by tenant (listed tenants by name, the rest as `other`).
+    let metrics = get(&c, &format!("http://{}/metrics", gw.admin), &[])
+        .await
+        .text();
+    assert!(
+        metrics.contains("portcullis_tenant_requests_total{tenant=\"acme\"} 9"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_tenant_requests_total{tenant=\"other\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn tenant_status_from_redis_with_a_defined_answer_while_redis_is_down() {
+    let up = Upstream::start("up").await;
+    let mut redis = RedisServer::start().await;
+    let extra = format!("redis: {{ url: \"{}\", timeout_ms: 200 }}\n", redis.url());
+    let yaml = tenant_config(&up, &extra).replace(
+        "    - { id: umbrella, status: ACTIVE }\n",
+        "    - { id: umbrella, status: ACTIVE }\n  status_source: { redis_key_prefix: \"ts:\", cache_s: 1, stale_s: 60 }\n",
+    );
+    redis.command(&["SET", "ts:initech", "ACTIVE"]).await;
+    redis.command(&["SET", "ts:globex", "ACTIVE"]).await;
+    redis.command(&["SET", "ts:hooli", "SUSPENDED"]).await;
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let status = |t: &'static str| {
+        let c = c.clone();
+        let url = gw.url("/active");
+        async move {
+            get(&c, &url, &[("host", &format!("{t}.api.test"))])
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    // Redis first (globex is ACTIVE there, SUSPENDED in the file), then the records.
+    assert_eq!(status("initech").await, 200);
+    assert_eq!(status("globex").await, 200);
+    assert_eq!(status("hooli").await, 403);
+    assert_eq!(status("acme").await, 200, "not in Redis: the record");
+    // A change in Redis is seen once the short cache lapses.
+    redis.command(&["SET", "ts:initech", "SUSPENDED"]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(status("initech").await, 403);
+    assert_eq!(status("globex").await, 200);
+
+    // Redis down: what was read is used (stale), then the records; the unknown get 503.
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        status("globex").await,
+        200,
+        "stale value while Redis is down"
+    );
+    assert_eq!(
+        status("initech").await,
+        403,
+        "stale value while Redis is down"
+    );
+    assert_eq!(
+        status("umbrella").await,
+        200,
+        "the record while Redis is down"
+    );
+    let r = get(&c, &gw.url("/active"), &[("host", "wayne.api.test")]).await;
+    r.assert_gateway_error(503);
+    assert_eq!(r.headers["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn one_tenant_flooding_past_its_limit_leaves_another_tenants_limit_alone() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&tenant_config(&up, "")).await;
+    let c = client();
+    // acme sends 200 requests at once (5 admitted, the rest refused) while umbrella sends its 5.
+    let flood: Vec<_> = (0..200)
+        .map(|_| {
+            let (c, url) = (c.clone(), gw.url("/pub/flood"));
+            tokio::spawn(async move {
+                get(&c, &url, &[("host", "acme.api.test")])
+                    .await
+                    .status
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut umbrella = Vec::new();
+    for _ in 0..5 {
+        let r = get(&c, &gw.url("/pub/mine"), &[("host", "umbrella.api.test")]).await;
+        umbrella.push((
+            r.status.as_u16(),
+            r.headers["ratelimit"].to_str().unwrap().to_string(),
+        ));
+    }
+    let mut admitted = 0;
+    for f in flood {
+        match f.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("acme got {other}"),
+        }
+    }
+    assert_eq!(admitted, 5, "acme's own limit");
+    for (i, (status, header)) in umbrella.iter().enumerate() {
+        assert_eq!(*status, 200, "umbrella request {i}");
+        assert!(header.contains(&format!(";r={};", 4 - i)), "{header}");
+    }
+}

@@ -29,6 +29,7 @@ pub fn render(gateway: &Gateway, snapshot: &Snapshot) -> String {
     crate::cache::admin::render_metrics(&snapshot.cache, &gateway.metrics.routes(), &mut out);
     crate::shadow::admin::render_metrics(snapshot, &mut out);
     crate::consumer::admin::render_metrics(snapshot, &mut out);
+    crate::tenant::render_metrics(&snapshot.tenants, &mut out);
     snapshot.sinks.render_metrics(&mut out);
     family(
         &mut out,

@@ -358,6 +358,8 @@ impl RouteAuth {
 pub struct Authorize {
     scopes: Vec<String>,
     claims: Vec<(String, Vec<String>)>,
+    /// `tenant_status`: the statuses a request's tenant may have (checked by `tenant`).
+    pub tenant_status: Option<Vec<String>>,
 }
 
 /// Why authorization refused.
@@ -389,15 +391,28 @@ impl Authorize {
         diag: &mut Diag,
     ) -> Option<Option<Authorize>> {
         let Some(a) = a else { return Some(None) };
-        if public {
+        // A public route may still require its (host's) tenant to be active.
+        if public && (!a.required_scopes.is_empty() || !a.required_claims.is_empty()) {
             diag.err(
                 a.line,
                 format!("{key}.authorization"),
-                "authorization needs an authenticated route (auth is none)",
+                "required_scopes and required_claims need an authenticated route (auth is none)",
+            );
+            return None;
+        }
+        if let Some(t) = a.tenant_status.as_ref().filter(|t| t.is_empty()) {
+            diag.err(
+                t.line,
+                format!("{key}.authorization.tenant_status"),
+                "must list at least one status",
             );
             return None;
         }
         Some(Some(Authorize {
+            tenant_status: a
+                .tenant_status
+                .as_ref()
+                .map(|t| t.iter().map(|s| s.to_string()).collect()),
             scopes: a.required_scopes.iter().map(|s| s.to_string()).collect(),
             claims: a
                 .required_claims
@@ -407,7 +422,11 @@ impl Authorize {
         }))
     }
 
+    /// Checks scopes and claims (a rule with neither lets every request through).
     pub fn check(&self, p: Option<&Principal>) -> Result<(), Denied> {
+        if self.scopes.is_empty() && self.claims.is_empty() {
+            return Ok(());
+        }
         let denied = || Denied {
             scopes: self.scopes.join(" "),
         };

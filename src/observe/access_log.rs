@@ -327,7 +327,7 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
     json_plain(out, Some(&r.client_ip));
     let p = r.principal.as_deref();
     out.extend_from_slice(b",\"tenant\":");
-    match p.and_then(|p| p.tenant.as_deref()) {
+    match r.tenant.as_deref().or(p.and_then(|p| p.tenant.as_deref())) {
         Some(t) => json_str(out, t),
         None => out.extend_from_slice(b"null"),
     }

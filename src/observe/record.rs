@@ -28,6 +28,8 @@ pub struct Trail {
     /// The principal's consumer, and the plan its limits came from (`by_plan` routes).
     pub consumer: Option<Arc<crate::consumer::Consumer>>,
     pub plan: Option<Arc<str>>,
+    /// The request's tenant (a `{tenant}` host's, else the credential's).
+    pub tenant: Option<Arc<str>>,
     /// Counts a streamed request body of unknown length (only when recording).
     pub bytes_in_counter: Option<Arc<AtomicU64>>,
     /// What the CORS policy refused (`refused:origin`, `would_refuse:method`…).
@@ -109,6 +111,7 @@ pub struct Record {
     pub principal: Option<Arc<crate::auth::Principal>>,
     pub consumer: Option<Arc<crate::consumer::Consumer>>,
     pub plan: Option<Arc<str>>,
+    pub tenant: Option<Arc<str>>,
     pub rate_limit: crate::ratelimit::RateResult,
     pub retries: u32,
     pub retry_events: Vec<RetryEvent>,
@@ -144,6 +147,7 @@ impl Default for Record {
             principal: None,
             consumer: None,
             plan: None,
+            tenant: None,
             rate_limit: crate::ratelimit::RateResult::None,
             retries: 0,
             retry_events: Vec::new(),

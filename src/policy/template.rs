@@ -48,6 +48,8 @@ pub struct TemplateInput<'a> {
     pub host: Option<&'a str>,
     pub principal: Option<&'a crate::auth::Principal>,
     pub query: Option<&'a str>,
+    /// The request's tenant (a `{tenant}` host's, else the credential's).
+    pub tenant: Option<&'a str>,
 }
 
 const VARIABLES: &str = "request_id, uuid, client_ip, route, upstream, host, tenant, subject, \
@@ -213,7 +215,7 @@ fn value(v: &Var, input: &TemplateInput<'_>, headers: &HeaderMap) -> Option<Vec<
         Var::Route => text(input.route),
         Var::Upstream => input.upstream.and_then(text),
         Var::Host => input.host.and_then(text),
-        Var::Tenant => input.principal?.tenant.as_deref().and_then(text),
+        Var::Tenant => input.tenant.and_then(text),
         Var::Subject => input.principal?.subject.as_deref().and_then(text),
         Var::Claim(c) => match input.principal?.claims.as_ref()?.get(c)? {
             serde_json::Value::String(s) => text(s),
@@ -241,6 +243,7 @@ mod tests {
             host: Some("acme.api.example.com"),
             principal: p,
             query: Some("region=eu%2Dwest&x"),
+            tenant: p.and_then(|p| p.tenant.as_deref()),
         }
     }
 

@@ -57,13 +57,15 @@ pub struct KeyInput<'a> {
     pub headers: &'a HeaderMap,
     pub principal: Option<&'a Principal>,
     pub consumer: Option<&'a crate::consumer::Consumer>,
+    /// The request's tenant (a `{tenant}` host's, else the credential's).
+    pub tenant: Option<&'a str>,
 }
 
 /// The value of one part, or None when the request has no such value (a part that needs a
 /// principal on an unauthenticated request): the limit then does not apply.
 fn part_value<'a>(part: &KeyPart, input: &'a KeyInput<'a>) -> Option<&'a [u8]> {
     Some(match part {
-        KeyPart::Tenant => input.principal?.tenant.as_deref()?.as_bytes(),
+        KeyPart::Tenant => input.tenant?.as_bytes(),
         KeyPart::Subject => input.principal?.subject.as_deref()?.as_bytes(),
         KeyPart::ApiKey => input.principal?.api_key.as_deref()?.as_bytes(),
         KeyPart::ClientIp => input.client_ip.as_bytes(),
@@ -150,6 +152,7 @@ mod tests {
                 headers: h,
                 principal: None,
                 consumer: None,
+                tenant: None,
             }
         }
         assert_ne!(spec.local(&input(&h1)), spec.local(&input(&h2)));
@@ -165,6 +168,7 @@ mod tests {
         };
         let with = KeyInput {
             principal: Some(&p),
+            tenant: p.tenant.as_deref(),
             ..input(&h1)
         };
         assert_eq!(tenant.redis("p", &with).as_deref(), Some("p:acme"));

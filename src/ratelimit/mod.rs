@@ -198,6 +198,7 @@ impl Limiter {
             headers: &empty,
             principal: None,
             consumer: Some(consumer),
+            tenant: consumer.tenant.as_deref(),
         };
         let used = match &self.backend {
             Backend::Local(store) => {

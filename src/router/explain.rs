@@ -23,8 +23,7 @@ fn host_tier(r: &RouteMatcher, host: &str) -> Option<Tier> {
         return Some(Tier::ExactHost(host.to_string()));
     }
     if let Some((_, suffix)) = super::tenant_label(host) {
-        if r
-            .hosts
+        if r.hosts
             .iter()
             .any(|h| h.strip_prefix(super::TENANT_LABEL) == Some(suffix))
         {

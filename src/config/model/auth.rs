@@ -286,4 +286,7 @@ pub struct Authorization {
     /// Claim → allowed values (any one).
     #[serde(default)]
     pub required_claims: BTreeMap<String, Vec<Text>>,
+    /// The request's tenant must have one of these statuses (`tenants`, or its status source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_status: Option<Located<Vec<Text>>>,
 }

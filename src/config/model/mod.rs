@@ -13,6 +13,7 @@ mod observe;
 mod ratelimit;
 mod route;
 mod shadow;
+mod tenant;
 mod upstream;
 
 pub use auth::*;
@@ -25,6 +26,7 @@ pub use observe::*;
 pub use ratelimit::*;
 pub use route::*;
 pub use shadow::*;
+pub use tenant::*;
 pub use upstream::*;
 
 use crate::config::located::{Located, Text};
@@ -71,6 +73,8 @@ pub struct Config {
     pub consumer_store: Option<Located<ConsumerStoreConfig>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plans: Vec<Located<Plan>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Located<TenantsConfig>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
