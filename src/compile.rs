@@ -47,6 +47,8 @@ pub struct Compiled {
     pub cache: CacheSpec,
     /// The `/admin/routes` document.
     pub routes_json: serde_json::Value,
+    /// What loads but is probably not meant (`validate --strict` refuses these).
+    pub warnings: Vec<config::ConfigError>,
 }
 
 pub fn file(path: &Path) -> Result<Compiled, ConfigErrors> {
@@ -160,11 +162,12 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
             routes,
             cache: cache?,
             routes_json: routes_document(cfg),
+            warnings: Vec::new(),
         })
     })();
-    diag.finish(&doc.text)?;
+    let warnings = diag.finish(&doc.text)?;
     // `finish` passed: nothing was reported, so every builder returned its section.
-    built.ok_or_else(|| {
+    built.map(|c| Compiled { warnings, ..c }).ok_or_else(|| {
         ConfigErrors(vec![config::ConfigError {
             file: doc.source.clone(),
             line: 0,

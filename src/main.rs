@@ -55,7 +55,13 @@ enum Command {
         action: ConfigAction,
     },
     /// Check a config file; prints every error with file:line and exits 1 if there are any.
-    Validate { file: PathBuf },
+    /// Warnings (accepted, but probably not meant) are printed too; `--strict` refuses them.
+    Validate {
+        file: PathBuf,
+        /// Treat warnings as errors (for CI).
+        #[arg(long)]
+        strict: bool,
+    },
     /// Move ROUTE's traffic to another upstream in steps, each a config version in the store,
     /// watching the new upstream between steps and rolling back on a breach. `rollout status`
     /// shows every route rollout of the environment.
@@ -249,7 +255,7 @@ enum ConfigAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { file } => validate(&file),
+        Command::Validate { file, strict } => validate(&file, strict),
         Command::Rollout {
             status,
             args,
@@ -316,9 +322,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(file: &std::path::Path) -> ExitCode {
+fn validate(file: &std::path::Path, strict: bool) -> ExitCode {
     match compile::file(file) {
+        Ok(compiled) if strict && !compiled.warnings.is_empty() => {
+            for w in &compiled.warnings {
+                println!("{w}");
+            }
+            eprintln!(
+                "{} warning(s) in {} (refused: --strict)",
+                compiled.warnings.len(),
+                file.display()
+            );
+            ExitCode::from(1)
+        }
         Ok(compiled) => {
+            for w in &compiled.warnings {
+                println!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} listeners, {} upstreams, {} routes; {})",
                 file.display(),

@@ -161,6 +161,13 @@ impl RouteDefaults {
     pub fn build(d: &Defaults, config: &Config, names: &Names, diag: &mut Diag) -> Option<Self> {
         let mark = diag.mark();
         check_timeout(&d.timeout_ms, "defaults.timeout_ms", diag);
+        if d.timeout_ms.value > d.drain_timeout_ms {
+            diag.warn(
+                d.timeout_ms.line,
+                "defaults.timeout_ms",
+                outlasts_drain(d.timeout_ms.value, d.drain_timeout_ms),
+            );
+        }
         let auth = d.auth.as_ref().map(|a| {
             AuthPolicy::build(a, "defaults.auth", &config.auth, names.mtls_listener, diag)
         });
@@ -212,6 +219,47 @@ fn check_timeout(t: &Located<u64>, key: &str, diag: &mut Diag) {
             ),
         );
     }
+}
+
+/// Warnings (`validate --strict` refuses them): what loads but is probably not meant.
+#[allow(clippy::too_many_arguments)]
+fn warn_risky(
+    r: &Located<Route>,
+    key: &str,
+    config: &Config,
+    public: bool,
+    is_direct: bool,
+    by_plan: bool,
+    limit_names: &[Located<Text>],
+    diag: &mut Diag,
+) {
+    // The default's own warning is given once, at `defaults` (see `RouteDefaults::build`).
+    let drain_ms = config.defaults.drain_timeout_ms;
+    if let Some(t) = r
+        .timeout_ms
+        .as_ref()
+        .filter(|t| !is_direct && t.value > drain_ms)
+    {
+        diag.warn(
+            t.line,
+            format!("{key}.timeout_ms"),
+            outlasts_drain(t.value, drain_ms),
+        );
+    }
+    let limited = by_plan || !limit_names.is_empty() || !config.defaults.rate_limits.is_empty();
+    if public && !is_direct && !limited {
+        diag.warn(
+            r.line,
+            format!("{key}.rate_limits"),
+            "a public route to an upstream without any rate limit: one client can send it everything",
+        );
+    }
+}
+
+fn outlasts_drain(timeout_ms: u64, drain_ms: u64) -> String {
+    format!(
+        "{timeout_ms} ms is longer than defaults.drain_timeout_ms ({drain_ms} ms): a request still waiting when the gateway drains is cut off"
+    )
 }
 
 /// What every route is built against.
@@ -377,6 +425,16 @@ pub fn build(
         .resolve(&r.ip_rules, &format!("{key}.ip_rules"), diag);
     let edge_rules = edge.rules.for_route(r.edge_rules.as_ref(), &key, diag);
 
+    warn_risky(
+        r,
+        &key,
+        config,
+        public,
+        is_direct,
+        by_plan,
+        &limit_names,
+        diag,
+    );
     if !diag.clean_since(mark) {
         return None;
     }

@@ -197,7 +197,11 @@ pub fn assemble(
         routes,
         cache,
         routes_json,
+        warnings,
     } = compiled;
+    for w in &warnings {
+        tracing::warn!(warning = %w, "config warning");
+    }
     edge.ip_rules.carry_counters(&edge_counters.ip_rules);
     edge.rules.carry_counters(&edge_counters.rules);
     edge_counters.ip_rules = edge.ip_rules.counters();

@@ -291,6 +291,46 @@ fn the_bundled_quickstart_is_valid() {
     let (code, out, err) = portcullis(&["validate", path]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(": ok ("), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    let (code, out, err) = portcullis(&["validate", "--strict", path]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn validate_strict_refuses_what_plain_validate_only_warns_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        "listeners: [{ name: public, address: 127.0.0.1:8080 }]\nadmin: { address: 127.0.0.1:9901 }\ndefaults: { auth: none, drain_timeout_ms: 5000 }\nupstreams: [{ name: app, targets: [{ address: \"127.0.0.1:9001\" }] }]\nrate_limits: [{ name: rl, algorithm: token_bucket, capacity: 5, refill_per_second: 5 }]\nroutes:\n  - name: open\n    match: { path: { prefix: /open } }\n    upstream: app\n  - name: slow\n    match: { path: { prefix: /slow } }\n    upstream: app\n    timeout_ms: 20000\n    rate_limits: [rl]\n  - name: fine\n    match: { path: { prefix: /fine } }\n    upstream: app\n    rate_limits: [rl]\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = portcullis(&["validate", p]);
+    assert_eq!(code, 0, "{out}{err}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 3, "{out}");
+    assert!(
+        warnings[0].contains(
+            ": defaults.timeout_ms: 15000 ms is longer than defaults.drain_timeout_ms (5000 ms)"
+        ),
+        "{out}"
+    );
+    assert!(
+        warnings[1].contains(
+            ": routes[0].rate_limits: a public route to an upstream without any rate limit"
+        ),
+        "{out}"
+    );
+    assert!(warnings[2].contains(":13: routes[1].timeout_ms: 20000 ms is longer than defaults.drain_timeout_ms (5000 ms)"), "{out}");
+    assert!(out.contains(": ok ("), "{out}");
+    let (code, out, err) = portcullis(&["validate", "--strict", p]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        err.contains("3 warning(s)") && err.contains("--strict"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 pub struct Diag {
     file: String,
     errors: Vec<ConfigError>,
+    /// Accepted but likely wrong; `portcullis validate --strict` refuses them too.
+    warnings: Vec<ConfigError>,
 }
 
 /// A position in a `Diag`, to ask whether anything was reported since (see `Diag::clean_since`).
@@ -22,6 +24,7 @@ impl Diag {
         Diag {
             file: file.to_string(),
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -33,6 +36,17 @@ impl Diag {
     /// in the text when the document is finished.
     pub fn err(&mut self, line: u32, key: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Reports something the config may mean but probably does not: it loads, and
+    /// `validate --strict` refuses it.
+    pub fn warn(&mut self, line: u32, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
             file: self.file.clone(),
             line,
             key: key.into(),
@@ -108,9 +122,13 @@ impl Diag {
     /// Ends the document: `Ok` when nothing was reported, otherwise every error with its line
     /// made as precise as the text allows, sorted by line (reports on one line keep their
     /// order).
-    pub fn finish(self, text: &str) -> Result<(), ConfigErrors> {
+    /// The warnings when nothing was an error (both with lines filled in, by line).
+    pub fn finish(self, text: &str) -> Result<Vec<ConfigError>, ConfigErrors> {
         if self.errors.is_empty() {
-            return Ok(());
+            let mut warnings = self.warnings;
+            lines::refine(text, &mut warnings);
+            warnings.sort_by_key(|e| e.line);
+            return Ok(warnings);
         }
         let mut errors = self.errors;
         lines::refine(text, &mut errors);
