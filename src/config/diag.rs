@@ -151,7 +151,7 @@ where
     let mut diag = Diag::new("t.yaml");
     let built = build(&section, &mut diag);
     match diag.finish(yaml) {
-        Ok(()) => Ok(built.expect("a builder that reports nothing returns its section")),
+        Ok(_) => Ok(built.expect("a builder that reports nothing returns its section")),
         Err(e) => Err(e
             .0
             .into_iter()
