@@ -41,12 +41,12 @@ def wrk(port, duration, connections):
     return pb.wrk_count(port, duration, connections)
 
 
-async def fixed_rate(port, rate, seconds, conns, headers=""):
+async def fixed_rate(port, rate, seconds, conns, headers="", host="127.0.0.1"):
     """Open loop per connection: request k of a connection is due at start + k/per_conn_rate;
     its latency runs from when it was due. `headers`: extra header lines, each ending in CRLF.
     Returns (latencies in ms, failures)."""
     per = rate / conns
-    req = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
+    req = f"GET {PATH} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode()
     lat, failures = [], 0
     start = time.perf_counter() + 0.2
 
@@ -115,10 +115,10 @@ def latency_rounds(targets, rounds, rate, seconds, conns, headers=""):
     return out
 
 
-def subprocess_free_run(port, rate, seconds, conns, headers=""):
+def subprocess_free_run(port, rate, seconds, conns, headers="", host="127.0.0.1"):
     os.sched_setaffinity(0, {1})
     try:
-        return asyncio.run(fixed_rate(port, rate, seconds, conns, headers))
+        return asyncio.run(fixed_rate(port, rate, seconds, conns, headers, host))
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count())))
 

@@ -276,6 +276,33 @@ fn explain_shows_query_predicates_which_one_failed_and_a_redirects_location() {
 }
 
 #[test]
+fn explain_shows_the_tenant_host_tier_and_its_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = routes_file(
+        &dir,
+        r#"routes:
+  - name: any-sub
+    match: { hosts: ["*.api.test"], path: { prefix: / } }
+    direct_response: { status: 200 }
+  - name: per-tenant
+    match: { hosts: ["{tenant}.api.test"], path: { prefix: / } }
+    direct_response: { status: 200 }
+"#,
+    );
+    let f = file.to_str().unwrap();
+    let (code, out, _) = portcullis(&["explain", "-c", f, "GET", "http://acme.api.test/x"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("matched: per-tenant (tenant host {tenant}.api.test"),
+        "{out}"
+    );
+    // Two labels: only the `*.` wildcard takes it.
+    let (code, out, _) = portcullis(&["explain", "-c", f, "GET", "http://a.b.api.test/x"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("matched: any-sub"), "{out}");
+}
+
+#[test]
 fn version_is_printed() {
     let (code, out, _) = portcullis(&["--version"]);
     assert_eq!(code, 0);
