@@ -360,18 +360,25 @@ async fn run(
     ex.trail.consumer.clone_from(&consumer);
 
     // 4c. tenant: the `{tenant}` host's label, else the credential's (a mismatch is refused).
-    let host_tenant = host_tenant(&route.rules.tenant_suffixes, &host);
+    // Owned (only on routes with `{tenant}` hosts): the host's header value moves upstream.
+    let host_tenant = host_tenant(&route.rules.tenant_suffixes, &host).map(str::to_owned);
     let tenant = snapshot
         .tenants
-        .of_request(host_tenant, principal.as_deref())
+        .of_request(host_tenant.as_deref(), principal.as_deref())
         .map_err(|r| {
             ex.trail.auth = AuthResult::Denied;
             route.metrics.authz_denials.fetch_add(1, Ordering::Relaxed);
             Reject::Tenant(r)
         })?;
-    if let Some(t) = &tenant {
+    if let Some(t) = tenant {
         snapshot.tenants.count(t);
-        ex.trail.tenant = Some(Arc::clone(t));
+        // Kept (one allocation) only for what reads it after the request is gone.
+        if snapshot.sinks.access_log.is_some()
+            || snapshot.sinks.spans.is_some()
+            || route.rules.response_headers.is_templated()
+        {
+            ex.trail.tenant = Some(Arc::from(t));
+        }
     }
 
     // 5. authorize: required scopes and claims, the tenant's status (or 403).
@@ -382,10 +389,7 @@ async fn run(
             return Err(Reject::Forbidden(denied));
         }
         if let Some(allowed) = &rules.tenant_status {
-            let checked = snapshot
-                .tenants
-                .check_status(tenant.as_deref(), allowed)
-                .await;
+            let checked = snapshot.tenants.check_status(tenant, allowed).await;
             if let Err(r) = checked {
                 if r != crate::tenant::TenantRefusal::Unavailable {
                     ex.trail.auth = AuthResult::Denied;
@@ -408,7 +412,7 @@ async fn run(
             headers: req.headers(),
             principal: principal.as_deref(),
             consumer: consumer.as_deref(),
-            tenant: tenant.as_deref(),
+            tenant,
         };
         match route
             .rate_limits
@@ -555,7 +559,7 @@ async fn run(
         host: Some(host),
         principal: principal.as_deref(),
         query: parts.uri.query(),
-        tenant: tenant.as_deref(),
+        tenant,
     });
     prepare_upstream_headers(
         &mut parts.headers,
@@ -580,7 +584,7 @@ async fn run(
         route,
         conn,
         principal.as_deref(),
-        tenant.as_deref(),
+        tenant,
     );
     if let Some(t) = trace {
         t.apply(&mut parts.headers);

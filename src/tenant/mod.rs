@@ -238,11 +238,11 @@ impl Tenants {
     }
 
     /// The request's tenant: the host's (when the route captured one), else the credential's.
-    pub fn of_request(
+    pub fn of_request<'a>(
         &self,
-        host_tenant: Option<&str>,
-        principal: Option<&Principal>,
-    ) -> Result<Option<Arc<str>>, TenantRefusal> {
+        host_tenant: Option<&'a str>,
+        principal: Option<&'a Principal>,
+    ) -> Result<Option<&'a str>, TenantRefusal> {
         let credential = principal.and_then(|p| p.tenant.as_deref());
         match (host_tenant, credential) {
             (Some(h), Some(c))
@@ -250,9 +250,8 @@ impl Tenants {
             {
                 Err(TenantRefusal::Mismatch)
             }
-            (Some(h), _) => Ok(Some(Arc::from(h))),
-            (None, Some(c)) => Ok(Some(Arc::from(c))),
-            (None, None) => Ok(None),
+            (Some(h), _) => Ok(Some(h)),
+            (None, c) => Ok(c),
         }
     }
 
@@ -379,23 +378,14 @@ mod tests {
             spec("- { id: acme, status: ACTIVE }\n- { id: Globex, status: SUSPENDED }\n").unwrap(),
             None,
         );
-        assert_eq!(
-            t.of_request(Some("acme"), None).unwrap().as_deref(),
-            Some("acme")
-        );
+        assert_eq!(t.of_request(Some("acme"), None).unwrap(), Some("acme"));
         let p = principal(Some("ACME"));
-        assert_eq!(
-            t.of_request(Some("acme"), Some(&p)).unwrap().as_deref(),
-            Some("acme")
-        );
+        assert_eq!(t.of_request(Some("acme"), Some(&p)).unwrap(), Some("acme"));
         assert_eq!(
             t.of_request(Some("globex"), Some(&p)),
             Err(TenantRefusal::Mismatch)
         );
-        assert_eq!(
-            t.of_request(None, Some(&p)).unwrap().as_deref(),
-            Some("ACME")
-        );
+        assert_eq!(t.of_request(None, Some(&p)).unwrap(), Some("ACME"));
         assert_eq!(t.of_request(None, None).unwrap(), None);
 
         let active = ["ACTIVE".to_string()];
@@ -421,7 +411,7 @@ mod tests {
         let t = Tenants::new(s, None);
         let p = principal(Some("b"));
         assert_eq!(
-            t.of_request(Some("a"), Some(&p)).unwrap().as_deref(),
+            t.of_request(Some("a"), Some(&p)).unwrap(),
             Some("a"),
             "on_mismatch: allow, the host's wins"
         );
