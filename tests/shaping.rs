@@ -525,3 +525,37 @@ async fn one_tenant_flooding_past_its_limit_leaves_another_tenants_limit_alone()
         assert!(header.contains(&format!(";r={};", 4 - i)), "{header}");
     }
 }
+
+#[tokio::test]
+async fn the_host_tenant_is_in_the_access_log_and_in_response_templates() {
+    let up = Upstream::start("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let extra = format!(
+        "observability:\n  access_log: {{ destination: \"{}\" }}\n",
+        log.display()
+    );
+    let yaml = tenant_config(&up, &extra).replace(
+        "    headers: { request: { set: { x-tenant-copy: \"${tenant}\" } } }\n",
+        "    headers: { request: { set: { x-tenant-copy: \"${tenant}\" } }, response: { set: { x-served-tenant: \"${tenant}\" } } }\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let r = get(
+        &client(),
+        &gw.url("/pub/z"),
+        &[("host", "umbrella.api.test"), ("x-request-id", "t-1")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-served-tenant"], "umbrella");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("\"t-1\"")) {
+            break serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no access log line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(line["tenant"], "umbrella", "{line}");
+}
