@@ -95,7 +95,7 @@ impl Reject {
             | Reject::ClientBody(m)
             | Reject::Status(_, m) => m.clone(),
             Reject::MissingHeader(h) => format!("missing required header {h}"),
-            Reject::BadBody(p) => p.title().into(),
+            Reject::BadBody(p) => p.summary().into(),
             Reject::HeadersTooLarge(n) => format!("request headers are larger than {n} bytes"),
             Reject::PayloadTooLarge(n) => format!("request body is larger than {n} bytes"),
             Reject::UnsupportedMediaType(t) => {

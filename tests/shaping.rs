@@ -87,7 +87,16 @@ async fn json_schema_refuses_bad_bodies_with_problem_details_and_forwards_good_o
     );
     let problem = raw_json(&resp);
     assert_eq!(problem["status"], 400);
-    assert_eq!(problem["title"], "request body does not match the schema");
+    assert_eq!(problem["type"], "about:blank");
+    assert_eq!(
+        problem["title"], "Bad Request",
+        "the status phrase, with about:blank"
+    );
+    assert_eq!(problem["error"], "request body does not match the schema");
+    assert_eq!(
+        problem["detail"],
+        "request body does not match the schema: 6 schema error(s)"
+    );
     assert!(problem["request_id"]
         .as_str()
         .is_some_and(|r| !r.is_empty()));
@@ -131,7 +140,7 @@ async fn json_schema_refuses_bad_bodies_with_problem_details_and_forwards_good_o
     // Not JSON at all: 400 problem; not declared as JSON (or not declared): 415.
     let resp = post(gw.addr, "/users", "application/json", "{\"name\": ").await;
     assert_eq!(raw_status(&resp), 400, "{resp}");
-    assert_eq!(raw_json(&resp)["title"], "request body is not valid JSON");
+    assert_eq!(raw_json(&resp)["error"], "request body is not valid JSON");
     for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
         let resp = post(gw.addr, "/users", ct, good).await;
         assert_eq!(raw_status(&resp), 415, "{ct:?}: {resp}");
@@ -140,7 +149,7 @@ async fn json_schema_refuses_bad_bodies_with_problem_details_and_forwards_good_o
     // A body-carrying method with no body.
     let resp = post(gw.addr, "/users", "application/json", "").await;
     assert_eq!(raw_status(&resp), 400, "{resp}");
-    assert_eq!(raw_json(&resp)["title"], "request body is required");
+    assert_eq!(raw_json(&resp)["error"], "request body is required");
     // Bounded before it is parsed: declared or chunked, past max_body_bytes is 413.
     let big = format!(r#"{{"name":"{}","email":"a@b"}}"#, "x".repeat(5000));
     let resp = post(gw.addr, "/users", "application/json", &big).await;

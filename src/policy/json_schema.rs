@@ -276,7 +276,7 @@ fn escape_pointer(name: &str) -> String {
 }
 
 impl BodyProblem {
-    pub fn title(&self) -> &'static str {
+    pub fn summary(&self) -> &'static str {
         match self {
             BodyProblem::NotJson { .. } => "request body is not valid JSON",
             BodyProblem::Missing => "request body is required",
@@ -287,7 +287,7 @@ impl BodyProblem {
     /// The RFC 9457 problem details document (the gateway's usual `error` and `request_id`
     /// members beside the standard ones).
     pub fn to_json(&self, request_id: &str) -> Value {
-        let title = self.title();
+        let summary = self.summary();
         let detail = match self {
             BodyProblem::NotJson { line, column } => {
                 format!("the body is not JSON (line {line}, column {column})")
@@ -307,12 +307,14 @@ impl BodyProblem {
                 }
             }
         };
+        // With `about:blank`, the title SHOULD be the status phrase (RFC 9457 §4.2.1); what
+        // went wrong is in `detail` and in the gateway's usual `error` member.
         let mut doc = serde_json::json!({
             "type": "about:blank",
-            "title": title,
+            "title": "Bad Request",
             "status": 400,
-            "detail": detail,
-            "error": title,
+            "detail": format!("{summary}: {detail}"),
+            "error": summary,
             "request_id": request_id,
         });
         if let BodyProblem::Invalid { errors, omitted } = self {
