@@ -33,10 +33,7 @@ def main():
     procs = []
     with tempfile.TemporaryDirectory() as workdir:
         try:
-            pb.serve_file(workdir, doc)
-            site = (f"server {{ listen 127.0.0.1:PORT; root {workdir}; "
-                    "location / { default_type application/json; } }")
-            up, up_port, _ = pb.start_nginx_http(workdir, "upstream", 1, site)
+            up, up_port, _ = pb.start_document_upstream(workdir, doc)
             procs.append(up)
             redis, redis_port = pb.start_redis(workdir, 1)
             procs.append(redis)

@@ -340,6 +340,14 @@ def serve_file(directory, data, name="doc.json"):
     os.chmod(path, 0o644)
 
 
+def start_document_upstream(workdir, doc, name="upstream", cpu=1):
+    """nginx on `cpu` serving `doc` as JSON at DOC_PATH: (process, port, pid)."""
+    serve_file(workdir, doc)
+    site = (f"server {{ listen 127.0.0.1:PORT; root {workdir}; "
+            "location / { default_type application/json; } }")
+    return start_nginx_http(workdir, name, cpu, site)
+
+
 def wrk_count(port, duration, connections, path=DOC_PATH, headers=()):
     """wrk (CPU 1) against one URL: (requests completed, non-2xx answers)."""
     extra = [a for h in headers for a in ("-H", h)]

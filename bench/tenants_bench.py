@@ -77,10 +77,7 @@ def main():
     res = {"alone": {"p50": [], "p99": []}, "flooded": {"p50": [], "p99": []}}
     with tempfile.TemporaryDirectory() as workdir:
         try:
-            pb.serve_file(workdir, doc)
-            site = (f"server {{ listen 127.0.0.1:PORT; root {workdir}; "
-                    "location / { default_type application/json; } }")
-            up, up_port, _ = pb.start_nginx_http(workdir, "upstream", 1, site)
+            up, up_port, _ = pb.start_document_upstream(workdir, doc)
             procs.append(up)
             gw, port = start_gateway(workdir, up_port)
             procs.append(gw)
