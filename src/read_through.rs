@@ -69,10 +69,6 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadThrough<K, V> {
         }
     }
 
-    pub fn policy(&self) -> &CachePolicy {
-        &self.policy
-    }
-
     pub fn len(&self) -> usize {
         lock(&self.cache).len()
     }

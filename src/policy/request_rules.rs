@@ -226,11 +226,6 @@ impl RequestRules {
 }
 
 impl RequestRules {
-    /// Whether the route validates bodies against a JSON Schema (they are then read whole).
-    pub fn validates_json(&self) -> bool {
-        self.json_schema.is_some()
-    }
-
     /// Checks a body read whole against the route's JSON Schema, if it has one.
     pub fn check_body(&self, method: &Method, body: Option<&Bytes>) -> Result<(), Reject> {
         match &self.json_schema {
