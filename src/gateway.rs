@@ -25,6 +25,8 @@ pub struct Gateway {
     /// Serialises reloads without blocking a runtime thread.
     reload_gate: tokio::sync::Mutex<()>,
     ready: AtomicBool,
+    /// SIGTERM arrived: readiness is 503 and HTTP/1.1 responses close their connection.
+    draining: AtomicBool,
     /// Set when the config comes from the control plane's store.
     pub store_status: std::sync::OnceLock<Arc<crate::control::agent::StoreStatus>>,
     /// The outcome of the latest reload attempt, for the admin API and the dashboard.
@@ -107,6 +109,7 @@ impl Gateway {
             }),
             reload_gate: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             store_status: std::sync::OnceLock::new(),
             last_reload: Mutex::new(None),
             series: crate::admin::series::Series::default(),
@@ -132,6 +135,16 @@ impl Gateway {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// The first step of a shutdown: tell load balancers (readiness) and clients
+    /// (`Connection: close`) to go elsewhere, while still serving.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Starts, restarts or stops health checkers to match the current snapshot. Runs inside the

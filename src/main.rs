@@ -846,6 +846,18 @@ fn run(
                 _ = int.recv() => break,
             }
         }
+        // Readiness goes 503 first, while everything still serves, so a load balancer stops
+        // sending before a connection is refused; a second signal skips the wait.
+        gateway.start_draining();
+        let delay = gateway.snapshot().drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(drain_delay_ms = delay.as_millis() as u64, "draining: readiness is 503, still serving");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
         let drain = gateway.snapshot().drain_timeout;
         tracing::info!(drain_timeout_ms = drain.as_millis() as u64, "shutting down: draining in-flight requests");
         if !running.shutdown(drain).await {

@@ -115,6 +115,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         },
     });
     let method = req.method().clone();
+    let http1 = req.version() < Version::HTTP_2;
     let grpc = grpc::is_grpc(req.headers());
     let mut ex = Exchange::default();
     // 2–11, 13.
@@ -152,6 +153,12 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         trace_id,
         &request_id,
     );
+    // Draining: an HTTP/1.1 client reconnects (through its load balancer) for its next request.
+    if http1 && conn.gateway.is_draining() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 
     // 14. log: what is recorded when the body ends.
     let status = resp.status().as_u16();

@@ -150,6 +150,7 @@ pub struct RouteDefaults {
     pub timeout: Duration,
     pub max_body_bytes: u64,
     pub drain_timeout: Duration,
+    pub drain_delay: Duration,
     pub allow_encoded_slashes: bool,
     pub auth: Option<AuthPolicy>,
     /// Also answers for requests no route matched (their 404s carry it).
@@ -161,6 +162,13 @@ impl RouteDefaults {
     pub fn build(d: &Defaults, config: &Config, names: &Names, diag: &mut Diag) -> Option<Self> {
         let mark = diag.mark();
         check_timeout(&d.timeout_ms, "defaults.timeout_ms", diag);
+        if d.drain_delay_ms > 600_000 {
+            diag.err(
+                0,
+                "defaults.drain_delay_ms",
+                "must be at most 600000 (10 minutes)",
+            );
+        }
         if d.timeout_ms.value > d.drain_timeout_ms {
             diag.warn(
                 d.timeout_ms.line,
@@ -186,6 +194,7 @@ impl RouteDefaults {
             timeout: Duration::from_millis(d.timeout_ms.value),
             max_body_bytes: d.max_body_bytes,
             drain_timeout: Duration::from_millis(d.drain_timeout_ms),
+            drain_delay: Duration::from_millis(d.drain_delay_ms),
             allow_encoded_slashes: d.allow_encoded_slashes,
             auth: match auth {
                 Some(a) => Some(a?),

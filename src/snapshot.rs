@@ -118,6 +118,8 @@ pub struct Snapshot {
     /// `defaults.cors`, for requests no route matched.
     pub default_cors: Option<Arc<crate::policy::cors::CorsPolicy>>,
     pub drain_timeout: Duration,
+    /// On SIGTERM: readiness 503 for this long, still serving, before the listeners close.
+    pub drain_delay: Duration,
     pub trace_context: bool,
     /// Sets the sampled flag of new (and, unless parent-based, continued) traces.
     pub sampler: Sampler,
@@ -294,6 +296,7 @@ pub fn assemble(
         allow_encoded_slashes: defaults.allow_encoded_slashes,
         default_cors: defaults.cors.clone(),
         drain_timeout: defaults.drain_timeout,
+        drain_delay: defaults.drain_delay,
         trace_context: observe.trace_context,
         sampler: observe.sampler,
         sinks,

@@ -412,3 +412,123 @@ async fn sigterm_refuses_new_connections_and_cuts_off_what_outlives_the_drain_ti
         "the request outlived the drain timeout yet completed: {outcome}"
     );
 }
+
+/// `drain_delay_ms`: on SIGTERM readiness turns 503 while the gateway still serves (HTTP/1.1
+/// answers say `Connection: close`), and only then does the listener close. Four clients that
+/// stop when the load balancer's probe sees 503 (as a balancer would take the instance out) lose
+/// no request, and the probe sees 503 before any connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readiness_503_before_any_connection_is_refused() {
+    let _alone = ALONE.lock().await;
+    let up = Upstream::start("up").await;
+    let yaml = process_config(&up, "a").replace(
+        "drain_timeout_ms: 5000",
+        "drain_timeout_ms: 5000, drain_delay_ms: 1500",
+    );
+    let mut gw = GatewayProcess::spawn(&yaml, 1).await;
+    let (addr, admin) = (gw.addr, gw.admin);
+    let out_of_rotation = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+
+    // The balancer's probe.
+    let probe = {
+        let (out, stop) = (Arc::clone(&out_of_rotation), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let c = client();
+            let url = format!("http://{admin}/health/ready");
+            while !stop.load(Ordering::Relaxed) {
+                let r = get(&c, &url, &[]).await;
+                if r.status == 503 {
+                    assert_eq!(r.json()["status"], "draining");
+                    out.store(true, Ordering::Relaxed);
+                    return Some(start.elapsed());
+                }
+                assert_eq!(r.status, 200);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        })
+    };
+    // Four clients, each with keep-alive, until the balancer takes the instance out.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let out = Arc::clone(&out_of_rotation);
+            tokio::spawn(async move {
+                let c = client();
+                let url = format!("http://{addr}/echo");
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let until = Instant::now() + Duration::from_secs(10);
+                while !out.load(Ordering::Relaxed) && Instant::now() < until {
+                    let req = http::Request::get(&url)
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap();
+                    match c.request(req).await {
+                        Ok(r) if r.status() == 200 => {
+                            use http_body_util::BodyExt;
+                            let _ = r.into_body().collect().await;
+                            ok += 1;
+                        }
+                        Ok(r) => failed.push(format!("status {}", r.status())),
+                        Err(e) => failed.push(format!("{e:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let term_at = start.elapsed();
+    gw.signal(libc::SIGTERM);
+    // Within the delay: still served, and told to close the connection.
+    wait_until("readiness is 503", Duration::from_secs(2), || {
+        out_of_rotation.load(Ordering::Relaxed)
+    })
+    .await;
+    let resp = raw(
+        addr,
+        b"GET /echo HTTP/1.1\r\nHost: api.test\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{resp}"
+    );
+
+    // When does the listener refuse connections?
+    let refused_at = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break start.elapsed(),
+            Err(e) => panic!("unexpected connect error {e}"),
+            Ok(_) => {
+                assert!(start.elapsed() < Duration::from_secs(8), "still accepting");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let unready_at = probe.await.unwrap().expect("the probe never saw 503");
+    let mut total = 0;
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 20, "the clients sent only {total} requests");
+    assert!(
+        unready_at < refused_at,
+        "readiness went 503 at {unready_at:?}, connections refused from {refused_at:?}"
+    );
+    // Refused only after the delay (scheduling slack aside), not at once.
+    assert!(
+        refused_at >= term_at + Duration::from_millis(1400),
+        "SIGTERM at {term_at:?}, refused from {refused_at:?}"
+    );
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

@@ -258,7 +258,12 @@ async fn answer(
     match endpoint {
         Endpoint::Live => json_response(StatusCode::OK, &json!({"status": "live"})),
         Endpoint::Ready => {
-            if gateway.is_ready() {
+            if gateway.is_draining() {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "draining", "config_version": snapshot.version}),
+                )
+            } else if gateway.is_ready() {
                 json_response(
                     StatusCode::OK,
                     &json!({"status": "ready", "config_version": snapshot.version}),

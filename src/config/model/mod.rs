@@ -114,6 +114,12 @@ pub struct Defaults {
     /// How long SIGTERM waits for in-flight requests before exiting.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// On SIGTERM, how long `/health/ready` answers 503 (and HTTP/1.1 responses say
+    /// `Connection: close`) while the gateway still serves, before it stops accepting: the time a
+    /// load balancer needs to see the instance go and stop sending to it.
+    // Absent (0) is not serialized: the checksum of a config without it is unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drain_delay_ms: u64,
     /// `%2F` / `%5C` in a path are refused with 400 unless this is true (then they are kept
     /// encoded, never treated as separators).
     #[serde(default)]
@@ -143,6 +149,7 @@ impl Default for Defaults {
             timeout_ms: default_timeout_ms(),
             max_body_bytes: default_max_body_bytes(),
             drain_timeout_ms: default_drain_timeout_ms(),
+            drain_delay_ms: 0,
             allow_encoded_slashes: false,
             cors: None,
             compression: None,
@@ -158,6 +165,10 @@ fn default_timeout_ms() -> Located<u64> {
 
 fn default_max_body_bytes() -> u64 {
     10 * 1024 * 1024
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn default_drain_timeout_ms() -> u64 {
