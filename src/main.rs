@@ -116,7 +116,8 @@ struct FollowArgs {
     /// Follow this config store (`sqlite://PATH` or `postgres://…`) instead of a file.
     #[arg(long, env = "PORTCULLIS_STORE")]
     store: Option<String>,
-    /// This instance's name in the store (default: the host name).
+    /// This instance's id: its name in the store, and in access logs, spans, `target_info` and
+    /// the optional instance response header (default: the host name).
     #[arg(long, env = "PORTCULLIS_INSTANCE_ID")]
     instance_id: Option<String>,
     /// `key=value,…` labels (canary rollouts select instances by one of them).
@@ -312,13 +313,18 @@ fn main() -> ExitCode {
             config,
             worker_threads,
             follow,
-        } => match run(config, follow, worker_threads) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
+        } => {
+            if let Some(id) = &follow.instance_id {
+                portcullis::observe::instance::set(id);
             }
-        },
+            match run(config, follow, worker_threads) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 
@@ -722,14 +728,6 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
     }
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "portcullis".into())
-}
-
 /// The gateway's first config: the file, or the store's version for this instance (falling
 /// back to the last-known-good file), with the agent that keeps following the store.
 async fn first_config(
@@ -754,7 +752,7 @@ async fn first_config(
         return Ok((gateway, None));
     };
     let identity = Identity {
-        instance_id: follow.instance_id.unwrap_or_else(host_name),
+        instance_id: portcullis::observe::instance::id().to_string(),
         environment: follow.environment,
         labels: Labels::parse(&follow.instance_labels).map_err(|e| anyhow::anyhow!(e))?,
     };

@@ -118,6 +118,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
     let http1 = req.version() < Version::HTTP_2;
     let grpc = grpc::is_grpc(req.headers());
     let mut ex = Exchange::default();
+    let mut error = None;
     // 2–11, 13.
     let mut resp = match run(
         req,
@@ -131,8 +132,14 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
     .await
     {
         Ok(resp) => resp,
-        Err(reject) if grpc => grpc::error_response(reject, &request_id),
-        Err(reject) => reject.into_response(&request_id),
+        Err(reject) => {
+            error = Some(reject.error_kind());
+            if grpc {
+                grpc::error_response(reject, &request_id)
+            } else {
+                reject.into_response(&request_id)
+            }
+        }
     };
 
     // The trace id header (when configured) is made before the trace moves into the record.
@@ -184,6 +191,17 @@ pub async fn handle(req: Request<Incoming>, conn: &Arc<ConnContext>) -> Response
         Some(r) => Arc::clone(&r.metrics),
         None => Arc::clone(&snapshot.no_route_metrics),
     });
+    let error = error.or_else(|| {
+        use crate::observe::metrics::ErrorKind;
+        (ex.from_upstream && !ex.from_cache && status >= 400).then_some(if status >= 500 {
+            ErrorKind::Upstream5xx
+        } else {
+            ErrorKind::UpstreamClientError
+        })
+    });
+    if let (Some(kind), Some(m)) = (error, &metrics) {
+        m.error(kind);
+    }
     let done = (metrics.is_some() || record.is_some()).then(|| Completion {
         metrics,
         method,
@@ -966,6 +984,9 @@ fn response_headers(
         headers.insert(name, value);
     }
     headers.insert(request_id::HEADER, request_id.clone());
+    if let Some((name, value)) = &snapshot.instance_header {
+        headers.insert(name.clone(), value.clone());
+    }
     if let Some(hsts) = &conn.hsts {
         headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }

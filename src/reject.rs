@@ -85,6 +85,34 @@ impl Reject {
         }
     }
 
+    /// Who failed, or which policy refused: the request error metric's labels.
+    pub fn error_kind(&self) -> crate::observe::metrics::ErrorKind {
+        use crate::observe::metrics::{ErrorKind as K, Policy as P};
+        match self {
+            Reject::UpstreamTimeout(_) => K::Timeout,
+            Reject::UpstreamConnect(_) | Reject::NoTargetAvailable(_) => K::ConnectFailure,
+            Reject::UpstreamFailed(_) => K::Reset,
+            Reject::NoRoute => K::Refused(P::NoRoute),
+            Reject::Unauthorized(_) => K::Refused(P::Auth),
+            Reject::Forbidden(_) | Reject::Tenant(_) => K::Refused(P::Authorization),
+            Reject::RateLimited(..) | Reject::RateLimitStoreDown(_) => K::Refused(P::RateLimit),
+            Reject::IpDenied(_) => K::Refused(P::IpRules),
+            Reject::EdgeRule(_) => K::Refused(P::EdgeRules),
+            Reject::PayloadTooLarge(_) | Reject::HeadersTooLarge(_) => K::Refused(P::Size),
+            Reject::BadPath(_)
+            | Reject::BadRequest(_)
+            | Reject::BadFraming(_)
+            | Reject::NotImplemented(_)
+            | Reject::MissingHeader(_)
+            | Reject::UnsupportedMediaType(_)
+            | Reject::BadBody(_)
+            | Reject::ClientBody(_) => K::Refused(P::Request),
+            Reject::Status(s, _) if *s == StatusCode::REQUEST_TIMEOUT => K::Refused(P::Request),
+            Reject::Overloaded | Reject::UpstreamBusy(_) => K::Refused(P::Overload),
+            Reject::Status(..) => K::Refused(P::Other),
+        }
+    }
+
     pub fn message(&self) -> String {
         match self {
             Reject::NoRoute => "no route matches this request".into(),

@@ -142,6 +142,8 @@ pub struct Snapshot {
     pub no_route_metrics: Arc<RouteMetrics>,
     /// Response header that carries the trace id, if configured.
     pub trace_id_header: Option<HeaderName>,
+    /// `observability.instance_header` with this instance's id.
+    pub instance_header: Option<(HeaderName, http::HeaderValue)>,
     /// The `/admin/routes` document, prepared at load time.
     pub routes_json: serde_json::Value,
     /// `ip_rules` and `edge_rules`, compiled; listeners and routes refer to them by position.
@@ -310,6 +312,7 @@ pub fn assemble(
         metrics_enabled: observe.metrics_enabled,
         no_route_metrics: Arc::clone(&metrics.no_route),
         trace_id_header: observe.trace_id_header,
+        instance_header: observe.instance_header,
         routes_json,
         edge,
         cache,

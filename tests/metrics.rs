@@ -275,3 +275,119 @@ async fn counters_match_a_scripted_mix_of_requests() {
     // Cardinality is bounded by the config: no raw paths in any label.
     assert!(!r.text().contains("/api/x") && !r.text().contains("/nowhere"));
 }
+
+/// Which instance, which failure: `--instance-id` in `target_info`, the instance response
+/// header and the access log; every kind of failure counted by class and refusing policy.
+#[tokio::test]
+async fn errors_are_counted_by_class_and_policy_and_the_instance_is_named() {
+    let up = Upstream::start("up").await;
+    let dead = closed_port();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "{{LISTEN}}" }}]
+admin: {{ address: "{{ADMIN}}" }}
+defaults: {{ auth: none }}
+observability:
+  instance_header: X-Served-By
+  access_log: {{ destination: "{}" }}
+rate_limits:
+  - {{ name: one, algorithm: token_bucket, capacity: 1, refill_per_second: 0.001 }}
+upstreams:
+  - {{ name: up, targets: [{{ address: "{}" }}] }}
+  - {{ name: dead, targets: [{{ address: "{dead}" }}], connect_timeout_ms: 300 }}
+routes:
+  - name: ok
+    match: {{ path: {{ prefix: /ok }} }}
+    upstream: up
+    rewrite: {{ strip_prefix: /ok }}
+  - name: slow
+    match: {{ path: {{ prefix: /sleep }} }}
+    upstream: up
+    timeout_ms: 200
+  - name: limited
+    match: {{ path: {{ prefix: /limited }} }}
+    upstream: up
+    rate_limits: [one]
+  - name: small
+    match: {{ path: {{ prefix: /small }} }}
+    upstream: up
+    request: {{ max_body_bytes: 10 }}
+  - name: dead
+    match: {{ path: {{ prefix: /dead }} }}
+    upstream: dead
+"#,
+        log.display(),
+        up.addr
+    );
+    let gw = GatewayProcess::spawn_with_args(&yaml, 1, &["--instance-id", "gw-7"]).await;
+    let c = client();
+    let url = |p: &str| format!("http://{}{p}", gw.addr);
+    let r = get(&c, &url("/ok/echo"), &[("x-request-id", "inst-1")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-served-by"], "gw-7");
+    assert_eq!(get(&c, &url("/ok/status/503"), &[]).await.status, 503);
+    assert_eq!(get(&c, &url("/ok/status/404"), &[]).await.status, 404);
+    assert_eq!(get(&c, &url("/sleep/1000"), &[]).await.status, 504);
+    assert_eq!(get(&c, &url("/limited"), &[]).await.status, 200);
+    assert_eq!(get(&c, &url("/limited"), &[]).await.status, 429);
+    let big = http::Request::post(url("/small"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            100
+        ])))
+        .unwrap();
+    assert_eq!(send(&c, big).await.status, 413);
+    assert_eq!(get(&c, &url("/dead"), &[]).await.status, 502);
+    let nowhere = get(&c, &url("/nowhere"), &[]).await;
+    nowhere.assert_gateway_error(404);
+    assert_eq!(
+        nowhere.headers["x-served-by"], "gw-7",
+        "the gateway's own answers too"
+    );
+
+    let text = get(&c, &format!("http://{}/metrics", gw.admin), &[])
+        .await
+        .text();
+    let samples = parse(&text);
+    let errors = |route: &str, class: &str, policy: &str| {
+        samples
+            .get(&format!(
+                "portcullis_request_errors_total{{route=\"{route}\",class=\"{class}\",policy=\"{policy}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(errors("ok", "upstream_5xx", ""), 1.0, "{text}");
+    assert_eq!(errors("ok", "upstream_4xx", ""), 1.0);
+    assert_eq!(errors("slow", "timeout", ""), 1.0);
+    assert_eq!(errors("limited", "refused", "rate_limit"), 1.0);
+    assert_eq!(errors("small", "refused", "size"), 1.0);
+    assert_eq!(errors("dead", "connect_failure", ""), 1.0);
+    assert_eq!(errors("", "refused", "no_route"), 1.0);
+    let total_errors: f64 = samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("portcullis_request_errors_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(total_errors, 7.0, "no success is counted as an error");
+    assert_eq!(
+        samples.get(&format!(
+            "target_info{{instance_id=\"gw-7\",version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        Some(&1.0),
+        "{text}"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("\"inst-1\"")) {
+            break serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no access log line");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(line["instance"], "gw-7");
+}

@@ -305,6 +305,12 @@ async fn spans_reach_the_collector_with_ids_attributes_and_retry_events() {
         };
         assert_eq!(get("service.name"), Some("edge"));
         assert_eq!(get("deployment.environment"), Some("test"));
+        // This test's gateway runs in-process without --instance-id: the host name.
+        assert_eq!(
+            get("service.instance.id"),
+            Some(portcullis::observe::instance::id())
+        );
+        assert!(!portcullis::observe::instance::id().is_empty());
     }
     assert_eq!(
         metric(&gw, "portcullis_otlp_spans_total{result=\"exported\"}").await,

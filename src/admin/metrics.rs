@@ -8,6 +8,20 @@ use std::sync::atomic::Ordering::Relaxed;
 
 pub fn render(gateway: &Gateway, snapshot: &Snapshot) -> String {
     let mut out = String::with_capacity(16 * 1024);
+    family(
+        &mut out,
+        "target_info",
+        "gauge",
+        "This gateway: its instance id (`--instance-id`, default the host name) and version.",
+        &[(
+            format!(
+                "{},version=\"{}\"",
+                label("instance_id", crate::observe::instance::id()),
+                env!("CARGO_PKG_VERSION")
+            ),
+            1.0,
+        )],
+    );
     gateway.metrics.render_requests(&mut out);
     family(
         &mut out,

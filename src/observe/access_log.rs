@@ -295,6 +295,8 @@ fn write_json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record) {
         }
         None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"instance\":");
+    json_str(out, super::instance::id());
     out.extend_from_slice(b",\"route\":");
     json_plain(out, r.route.as_deref());
     out.extend_from_slice(b",\"config_version\":");

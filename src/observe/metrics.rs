@@ -111,10 +111,100 @@ fn method_index(m: &Method) -> usize {
     }
 }
 
+/// Why a request did not get a 2xx/3xx from its upstream: who failed, and which gateway policy
+/// refused it — so "4xx vs 5xx vs timeout" is one query
+/// (`portcullis_request_errors_total{route,class,policy}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The upstream answered 4xx.
+    UpstreamClientError,
+    /// The upstream answered 5xx.
+    Upstream5xx,
+    /// No response head within the route timeout.
+    Timeout,
+    /// No connection to a target (refused, timed out, none healthy).
+    ConnectFailure,
+    /// The upstream closed or reset the connection without a response.
+    Reset,
+    /// Refused by the gateway, by this policy.
+    Refused(Policy),
+}
+
+/// The gateway policy that refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    NoRoute,
+    Auth,
+    Authorization,
+    RateLimit,
+    IpRules,
+    EdgeRules,
+    /// A request body or head over its limit (413, 431).
+    Size,
+    /// A request the RFCs or the route's request rules refuse (400, 415, 501, 408).
+    Request,
+    /// Load shedding or a full bulkhead.
+    Overload,
+    /// Anything else the gateway answered with an error (fault injection, a failed cache fill).
+    Other,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 15] = [
+        ErrorKind::UpstreamClientError,
+        ErrorKind::Upstream5xx,
+        ErrorKind::Timeout,
+        ErrorKind::ConnectFailure,
+        ErrorKind::Reset,
+        ErrorKind::Refused(Policy::NoRoute),
+        ErrorKind::Refused(Policy::Auth),
+        ErrorKind::Refused(Policy::Authorization),
+        ErrorKind::Refused(Policy::RateLimit),
+        ErrorKind::Refused(Policy::IpRules),
+        ErrorKind::Refused(Policy::EdgeRules),
+        ErrorKind::Refused(Policy::Size),
+        ErrorKind::Refused(Policy::Request),
+        ErrorKind::Refused(Policy::Overload),
+        ErrorKind::Refused(Policy::Other),
+    ];
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+
+    /// `(class, policy)` labels.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            ErrorKind::UpstreamClientError => ("upstream_4xx", ""),
+            ErrorKind::Upstream5xx => ("upstream_5xx", ""),
+            ErrorKind::Timeout => ("timeout", ""),
+            ErrorKind::ConnectFailure => ("connect_failure", ""),
+            ErrorKind::Reset => ("reset", ""),
+            ErrorKind::Refused(p) => (
+                "refused",
+                match p {
+                    Policy::NoRoute => "no_route",
+                    Policy::Auth => "auth",
+                    Policy::Authorization => "authorization",
+                    Policy::RateLimit => "rate_limit",
+                    Policy::IpRules => "ip_rules",
+                    Policy::EdgeRules => "edge_rules",
+                    Policy::Size => "size",
+                    Policy::Request => "request",
+                    Policy::Overload => "overload",
+                    Policy::Other => "other",
+                },
+            ),
+        }
+    }
+}
+
 /// Series of one route (or of requests that matched none).
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
     requests: [[AtomicU64; 5]; METHODS.len()],
+    /// By `ErrorKind`.
+    errors: [AtomicU64; ErrorKind::ALL.len()],
     pub duration: Histogram,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -150,6 +240,11 @@ impl RouteMetrics {
         self.duration.observe(latency);
         self.bytes_in.fetch_add(bytes_in, Relaxed);
         self.bytes_out.fetch_add(bytes_out, Relaxed);
+    }
+
+    /// Counts one request that ended in `kind`.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind.index()].fetch_add(1, Relaxed);
     }
 
     /// Requests counted so far by status class (1xx..5xx).
@@ -324,6 +419,20 @@ impl Metrics {
                             class + 1
                         );
                     }
+                }
+            }
+        }
+        out.push_str("# HELP portcullis_request_errors_total Requests that did not get a 2xx or 3xx from their upstream, by route, class (upstream_4xx, upstream_5xx, timeout, connect_failure, reset, refused) and, when the gateway refused them, the policy that did.\n# TYPE portcullis_request_errors_total counter\n");
+        for (route, m) in &all {
+            for kind in ErrorKind::ALL {
+                let v = m.errors[kind.index()].load(Relaxed);
+                if v > 0 {
+                    let (class, policy) = kind.labels();
+                    let _ = writeln!(
+                        out,
+                        "portcullis_request_errors_total{{route=\"{}\",class=\"{class}\",policy=\"{policy}\"}} {v}",
+                        escape(route)
+                    );
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Telemetry: metrics, the access log, trace context propagation and OTLP span export.
 
 pub mod access_log;
+pub mod instance;
 pub mod metrics;
 pub mod otlp;
 pub mod otlp_wire;
@@ -121,6 +122,8 @@ pub struct ObserveSpec {
     pub trace_context: bool,
     /// Response header carrying the trace id, if configured.
     pub trace_id_header: Option<HeaderName>,
+    /// Response header carrying the instance id, and its value, if configured.
+    pub instance_header: Option<(HeaderName, http::HeaderValue)>,
     /// Sets the sampled flag of new (and, unless parent-based, continued) traces.
     pub sampler: Sampler,
     /// Request metrics are recorded (gauges of live state are always available).
@@ -171,11 +174,25 @@ impl ObserveSpec {
             }
             name
         });
+        let instance_header = o.instance_header.as_ref().and_then(|h| {
+            let named = HeaderName::from_bytes(h.as_bytes())
+                .ok()
+                .zip(http::HeaderValue::from_str(instance::id()).ok());
+            if named.is_none() {
+                diag.err(
+                    h.line,
+                    "observability.instance_header",
+                    format!("`{}` is not a valid header name", h.value),
+                );
+            }
+            named
+        });
         diag.ok_since(
             mark,
             ObserveSpec {
                 trace_context: o.trace_context.enabled,
                 trace_id_header,
+                instance_header,
                 sampler: o.otlp.as_ref().map_or(Sampler::ALWAYS, |c| {
                     Sampler::ratio(c.sample_ratio, c.parent_based)
                 }),

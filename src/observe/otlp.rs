@@ -252,6 +252,10 @@ fn resource(config: &OtlpConfig) -> Vec<(String, String)> {
             "service.version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
+        (
+            "service.instance.id".to_string(),
+            super::instance::id().to_string(),
+        ),
         ("telemetry.sdk.name".to_string(), "portcullis".to_string()),
         ("telemetry.sdk.language".to_string(), "rust".to_string()),
     ];

@@ -74,6 +74,11 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// `yaml` may use `{LISTEN}` and `{ADMIN}`, replaced with free addresses.
     pub async fn spawn(yaml: &str, threads: usize) -> GatewayProcess {
+        Self::spawn_with_args(yaml, threads, &[]).await
+    }
+
+    /// As `spawn`, with more arguments to `portcullis run`.
+    pub async fn spawn_with_args(yaml: &str, threads: usize, args: &[&str]) -> GatewayProcess {
         for _ in 0..PORT_ATTEMPTS {
             let dir = tempfile::tempdir().unwrap();
             let (addr, admin) = (free_addr(), free_addr());
@@ -87,7 +92,8 @@ impl GatewayProcess {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
             cmd.args(["run", "-c"])
                 .arg(&config_path)
-                .args(["--worker-threads", &threads.to_string()]);
+                .args(["--worker-threads", &threads.to_string()])
+                .args(args);
             if let Ok(p) = Self::launch(cmd, addr, admin, dir, config_path).await {
                 return p;
             }

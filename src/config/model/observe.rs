@@ -1,6 +1,6 @@
 //! `observability`: trace context, metrics, the access log and OTLP export.
 
-use crate::config::located::Text;
+use crate::config::located::{Located, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -16,6 +16,9 @@ pub struct Observability {
     pub access_log: Option<AccessLogConfig>,
     #[serde(default)]
     pub otlp: Option<OtlpConfig>,
+    /// When set, every response carries this gateway's instance id in this header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_header: Option<Located<Text>>,
 }
 
 /// OpenTelemetry span export over OTLP/HTTP (protobuf), batched by a background thread.
