@@ -7,8 +7,11 @@ use portcullis::gateway::Gateway;
 use portcullis::router::explain::explain;
 use portcullis::router::normalize::{normalize_path, routing_host};
 use portcullis::router::RequestView;
+use portcullis::server::upgrade;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +39,11 @@ enum Command {
         /// Request-handling threads (default: one per CPU core).
         #[arg(long, env = "PORTCULLIS_WORKER_THREADS")]
         worker_threads: Option<usize>,
+        /// Binary upgrades: a Unix socket where this process hands its listening sockets to
+        /// the next one started with the same option (which takes them over from a running
+        /// gateway first, if one listens there).
+        #[arg(long, env = "PORTCULLIS_UPGRADE_SOCKET")]
+        upgrade_socket: Option<PathBuf>,
         #[command(flatten)]
         follow: FollowArgs,
     },
@@ -312,12 +320,13 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             worker_threads,
+            upgrade_socket,
             follow,
         } => {
             if let Some(id) = &follow.instance_id {
                 portcullis::observe::instance::set(id);
             }
-            match run(config, follow, worker_threads) {
+            match run(config, follow, worker_threads, upgrade_socket) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -792,6 +801,7 @@ fn run(
     config_path: Option<PathBuf>,
     follow: FollowArgs,
     worker_threads: Option<usize>,
+    upgrade_socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
@@ -813,7 +823,33 @@ fn run(
     let rt = rt.build().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let (gateway, agent) = first_config(config_path, follow).await?;
-        let running = portcullis::server::start(gateway.clone()).await?;
+        // A running gateway at the upgrade socket hands its listening sockets over.
+        let handover = match upgrade_socket.clone() {
+            Some(path) => tokio::task::spawn_blocking(move || upgrade::take_over(&path))
+                .await?
+                .context("cannot take the listening sockets over")?,
+            None => None,
+        };
+        let mut inherited = HashMap::new();
+        if let Some(h) = &handover {
+            for (name, socket) in &h.sockets {
+                inherited.insert(name.clone(), socket.try_clone()?);
+            }
+        }
+        let running = portcullis::server::start_with(gateway.clone(), &mut inherited).await?;
+        drop(inherited);
+        if let Some(h) = handover {
+            tokio::task::spawn_blocking(move || h.ready()).await??;
+            tracing::info!("took the listening sockets over from the previous process");
+        }
+        let handed_over = std::sync::Arc::new(tokio::sync::Notify::new());
+        if let Some(path) = upgrade_socket {
+            tokio::spawn(upgrade::serve(
+                path,
+                running.sockets.clone(),
+                std::sync::Arc::clone(&handed_over),
+            ));
+        }
         if let Some(agent) = agent {
             tokio::spawn(agent.run());
         }
@@ -830,7 +866,7 @@ fn run(
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
-        loop {
+        let upgraded = loop {
             tokio::select! {
                 _ = hup.recv() => match gateway.reload().await {
                     Ok(a) => tracing::info!(version = a.version, changed = a.changed, checksum = %a.checksum, "config reloaded (SIGHUP)"),
@@ -840,15 +876,22 @@ fn run(
                     gateway.reopen_access_log();
                     tracing::info!("access log reopened (SIGUSR1)");
                 }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = term.recv() => break false,
+                _ = int.recv() => break false,
+                _ = handed_over.notified() => break true,
             }
-        }
-        // Readiness goes 503 first, while everything still serves, so a load balancer stops
-        // sending before a connection is refused; a second signal skips the wait.
+        };
         gateway.start_draining();
         let delay = gateway.snapshot().drain_delay;
-        if !delay.is_zero() {
+        if upgraded {
+            // The new process accepts on the same sockets: stop accepting at once, answer what
+            // was accepted with `Connection: close`, and give requests already on their way a
+            // moment to arrive before connections are asked to finish.
+            running.stop_accepting();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        } else if !delay.is_zero() {
+            // Readiness goes 503 first, while everything still serves, so a load balancer stops
+            // sending before a connection is refused; a second signal skips the wait.
             tracing::info!(drain_delay_ms = delay.as_millis() as u64, "draining: readiness is 503, still serving");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

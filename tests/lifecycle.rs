@@ -532,3 +532,132 @@ async fn sigterm_turns_readiness_503_before_any_connection_is_refused() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// A binary upgrade under load: a second process started with the same `--upgrade-socket`
+/// takes the listening sockets over (no new bind, no moment without a listener), the old one
+/// stops accepting, drains and exits 0, and the clients — new connections per request and
+/// keep-alive ones — see no connection error and no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upgrade_under_load_loses_no_connection_and_no_request() {
+    let _alone = ALONE.lock().await;
+    let up = Upstream::start("up").await;
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("upgrade.sock");
+    let socket_arg = socket.to_str().unwrap().to_string();
+    let mut old = GatewayProcess::spawn_with_args(
+        &process_config(&up, "old"),
+        1,
+        &["--upgrade-socket", &socket_arg],
+    )
+    .await;
+    let addr = old.addr;
+    // The same addresses, another marker: which process answered.
+    let new_config = old.dir.path().join("new.yaml");
+    std::fs::write(
+        &new_config,
+        std::fs::read_to_string(&old.config_path)
+            .unwrap()
+            .replace("\"old\"", "\"new\""),
+    )
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let fresh_connections: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let (mut ok, mut failed, mut markers) = (0u64, Vec::new(), Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = raw(
+                        addr,
+                        b"GET /echo HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                    if raw_status(&resp) == 200 {
+                        ok += 1;
+                        let m = if resp.contains("x-config-marker: new") {
+                            "new"
+                        } else {
+                            "old"
+                        };
+                        if markers.last() != Some(&m) {
+                            markers.push(m);
+                        }
+                    } else {
+                        failed.push(resp.chars().take(120).collect::<String>());
+                    }
+                }
+                (ok, failed, markers)
+            })
+        })
+        .collect();
+    let keep_alive: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let c = client();
+                let url = format!("http://{addr}/echo");
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let req = http::Request::get(&url)
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap();
+                    match c.request(req).await {
+                        Ok(r) if r.status() == 200 => {
+                            use http_body_util::BodyExt;
+                            let _ = r.into_body().collect().await;
+                            ok += 1;
+                        }
+                        Ok(r) => failed.push(format!("status {}", r.status())),
+                        Err(e) => failed.push(format!("{e:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The upgrade: the same binary, handing over to itself.
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "-c"])
+        .arg(&new_config)
+        .args(["--worker-threads", "1", "--upgrade-socket", &socket_arg])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let old_code = tokio::task::spawn_blocking(move || old.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(old_code, Some(0), "the old process's exit");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut saw_new_after_old = false;
+    for f in fresh_connections {
+        let (ok, failed, markers) = f.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        assert!(ok > 10, "only {ok} requests");
+        assert_eq!(markers.first(), Some(&"old"), "{markers:?}");
+        saw_new_after_old |= markers.last() == Some(&"new");
+        // Once the new process answered, the old one never did again.
+        assert!(markers.len() <= 2, "{markers:?}");
+    }
+    assert!(saw_new_after_old, "the new process never answered");
+    for k in keep_alive {
+        let (ok, failed) = k.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        assert!(ok > 10, "only {ok} requests");
+    }
+    // The new process serves on, and takes further upgrades.
+    let r = get(&client(), &format!("http://{addr}/echo"), &[]).await;
+    assert_eq!(r.headers["x-config-marker"], "new");
+    assert!(
+        socket.exists(),
+        "the new process listens for the next upgrade"
+    );
+    let _ = new.kill();
+    let _ = new.wait();
+}

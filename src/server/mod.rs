@@ -2,6 +2,7 @@
 //! the listener's limits, close idle connections, and drain on shutdown.
 
 pub mod listener;
+pub mod upgrade;
 
 use crate::admin;
 use crate::connection::io::{Activity, ActivityIo};
@@ -69,6 +70,11 @@ impl ConnTracker {
 pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     pub admin: SocketAddr,
+    /// The listening sockets (listeners by name, then `admin`), open while their accept loops
+    /// run: what a binary upgrade hands to the next process.
+    pub sockets: Vec<(String, std::os::fd::RawFd)>,
+    /// Accept loops stop (connections go on).
+    stop_accepting: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     tracker: Arc<ConnTracker>,
     gateway: Arc<Gateway>,
@@ -86,42 +92,64 @@ impl Running {
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
     /// `drain` for them. Returns false if connections were still open at the deadline.
     pub async fn shutdown(self, drain: Duration) -> bool {
+        let _ = self.stop_accepting.send(true);
         let _ = self.shutdown.send(true);
         self.gateway.stop_health_checks();
         tokio::time::timeout(drain, self.tracker.wait_drained())
             .await
             .is_ok()
     }
+
+    /// Stops accepting (the sockets stay open in the process that took them over); the
+    /// connections already accepted go on until `shutdown`.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop_accepting.send(true);
+    }
 }
 
 /// Binds every listener and the admin API of the gateway's current config and starts serving.
 pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
+    start_with(gateway, &mut std::collections::HashMap::new()).await
+}
+
+/// As `start`, using the sockets in `inherited` (by listener name, `admin` for the admin API)
+/// where their address is the configured one, instead of binding those.
+pub async fn start_with(
+    gateway: Arc<Gateway>,
+    inherited: &mut std::collections::HashMap<String, std::net::TcpListener>,
+) -> std::io::Result<Running> {
+    use std::os::fd::AsRawFd;
     let snapshot = gateway.snapshot();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = Arc::new(ConnTracker::default());
     let mut bound = Vec::new();
+    let mut sockets = Vec::new();
     for spec in &snapshot.listeners {
-        let listener = TcpListener::bind(spec.address).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot bind listener {} on {}: {e}",
-                    spec.name, spec.address
-                ),
-            )
-        })?;
+        let listener = listen(inherited.remove(&spec.name), spec.address)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot bind listener {} on {}: {e}",
+                        spec.name, spec.address
+                    ),
+                )
+            })?;
         let addr = listener.local_addr()?;
         bound.push((spec.name.clone(), addr));
+        sockets.push((spec.name.clone(), listener.as_raw_fd()));
         let rt = Arc::new(ListenerRuntime::new(&spec.name));
         tokio::spawn(accept_loop(
             listener,
             rt,
             Arc::clone(&gateway),
-            shutdown_rx.clone(),
+            (stop_rx.clone(), shutdown_rx.clone()),
             Arc::clone(&tracker),
         ));
     }
-    let admin_listener = TcpListener::bind(snapshot.admin_address)
+    let admin_listener = listen(inherited.remove("admin"), snapshot.admin_address)
         .await
         .map_err(|e| {
             std::io::Error::new(
@@ -130,31 +158,47 @@ pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
             )
         })?;
     let admin_addr = admin_listener.local_addr()?;
+    sockets.push(("admin".to_string(), admin_listener.as_raw_fd()));
     tokio::spawn(admin::series::run(
         Arc::clone(&gateway),
         shutdown_rx.clone(),
     ));
-    tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::clone(&gateway),
-        shutdown_rx,
-    ));
+    tokio::spawn(admin::serve(admin_listener, Arc::clone(&gateway), stop_rx));
     gateway.sync_health_checks();
     gateway.set_ready();
     Ok(Running {
         listeners: bound,
         admin: admin_addr,
+        sockets,
+        stop_accepting: stop_tx,
         shutdown: shutdown_tx,
         tracker,
         gateway,
     })
 }
 
+/// An inherited socket bound to `address` (a port-0 address takes any), else a new one.
+async fn listen(
+    inherited: Option<std::net::TcpListener>,
+    address: SocketAddr,
+) -> std::io::Result<TcpListener> {
+    if let Some(l) = inherited {
+        let same = l.local_addr().is_ok_and(|a| {
+            a.ip() == address.ip() && (address.port() == 0 || a.port() == address.port())
+        });
+        if same {
+            l.set_nonblocking(true)?;
+            return TcpListener::from_std(l);
+        }
+    }
+    TcpListener::bind(address).await
+}
+
 async fn accept_loop(
     listener: TcpListener,
     rt: Arc<ListenerRuntime>,
     gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
+    (mut stop, shutdown): (watch::Receiver<bool>, watch::Receiver<bool>),
     tracker: Arc<ConnTracker>,
 ) {
     loop {
@@ -168,7 +212,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
         };
         let snapshot = gateway.snapshot();
         let Some(spec) = snapshot.listener(&rt.name) else {
