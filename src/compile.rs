@@ -51,6 +51,22 @@ pub struct Compiled {
     pub warnings: Vec<config::ConfigError>,
 }
 
+impl Compiled {
+    /// What the files the config names hold, beside the text's checksum: a reload of an
+    /// unchanged text still applies when one of them changed (IP lists, upstream client
+    /// certificates; listener certificates are fingerprinted where they are loaded).
+    pub fn files_fingerprint(&self) -> String {
+        let mut f = self.edge.files_fingerprint.clone();
+        for u in &self.upstreams {
+            if let Some(d) = &u.settings.client_auth_digest {
+                f.push(':');
+                f.push_str(d);
+            }
+        }
+        f
+    }
+}
+
 pub fn file(path: &Path) -> Result<Compiled, ConfigErrors> {
     document(&config::read_file(path)?)
 }

@@ -88,7 +88,7 @@ impl Gateway {
         let mut registries = Registries::default();
         let (access_log, spans) = sinks_for(&compiled, None, None)?;
         let (tls, tls_fingerprint) = crate::tls::build_all(&compiled.listeners, &compiled.source)?;
-        let tls_fingerprint = tls_fingerprint + &compiled.edge.files_fingerprint;
+        let tls_fingerprint = tls_fingerprint + &compiled.files_fingerprint();
         let metrics = Arc::new(Metrics::default());
         let prepared = Prepared {
             sinks: sinks(&access_log, &spans),
@@ -260,7 +260,7 @@ impl Gateway {
         // config text did not change; a file that does not load refuses the reload.
         let (tls, tls_fingerprint) = crate::tls::build_all(&compiled.listeners, &compiled.source)?;
         // IP and user-agent list files count like certificates: a changed list swaps.
-        let tls_fingerprint = tls_fingerprint + &compiled.edge.files_fingerprint;
+        let tls_fingerprint = tls_fingerprint + &compiled.files_fingerprint();
         if compiled.checksum == current.checksum && tls_fingerprint == current.tls_fingerprint {
             return Ok(Applied {
                 version: current.version,

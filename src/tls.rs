@@ -92,15 +92,8 @@ fn build(cfg: &ListenerTls, base: &Path, fingerprint: &mut Sha256) -> Result<Tls
         let key_pem = read(&key_path, "key")?;
         fingerprint.update(&cert_pem);
         fingerprint.update(&key_pem);
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert_path.display()))?;
-        let leaf = chain
-            .first()
-            .cloned()
-            .ok_or_else(|| format!("{}: no certificate in the file", cert_path.display()))?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|e| format!("{}: not a PEM private key: {e}", key_path.display()))?;
+        let (chain, key) = parse_chain_and_key(&cert_pem, &key_pem, &cert_path, &key_path)?;
+        let leaf = chain[0].clone();
         let signing = provider
             .key_provider
             .load_private_key(key)
@@ -236,7 +229,46 @@ pub fn load_roots(path: &str) -> Result<rustls::RootCertStore, String> {
 
 /// The client side of `protocol: https` upstreams: the server's name is verified against the
 /// configured CA (or the Mozilla roots); ALPN offers http/1.1.
-pub fn upstream_client(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
+/// A PEM certificate chain (at least one certificate) and its PEM private key.
+fn parse_chain_and_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert_path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no certificate in the file",
+            cert_path.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key_path.display()))?;
+    Ok((chain, key))
+}
+
+/// The client certificate chain and key an upstream connection presents (mTLS).
+pub type ClientAuth = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// Reads a client certificate chain and its key (read at every config load: a reload rotates).
+pub fn load_cert_and_key(cert_file: &str, key_file: &str) -> Result<ClientAuth, String> {
+    let (cert_path, key_path) = (
+        std::path::Path::new(cert_file),
+        std::path::Path::new(key_file),
+    );
+    let cert_pem = read(cert_path, "certificate")?;
+    let key_pem = read(key_path, "key")?;
+    parse_chain_and_key(&cert_pem, &key_pem, cert_path, key_path)
+}
+
+pub fn upstream_client(
+    ca_file: Option<&str>,
+    client_auth: Option<ClientAuth>,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, String> {
     install_provider();
     let roots = match ca_file {
         Some(path) => load_roots(path)?,
@@ -244,14 +276,19 @@ pub fn upstream_client(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         },
     };
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    .with_root_certificates(roots);
+    let mut cfg = match client_auth {
+        Some((chain, key)) => cfg
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("unusable client certificate: {e}"))?,
+        None => cfg.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -378,7 +415,7 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, cert).unwrap();
         assert_eq!(load_roots(ca.to_str().unwrap()).unwrap().len(), 1);
-        let client = upstream_client(Some(ca.to_str().unwrap())).unwrap();
+        let client = upstream_client(Some(ca.to_str().unwrap()), None, b"http/1.1").unwrap();
         assert_eq!(client.alpn_protocols, [b"http/1.1".to_vec()]);
     }
 }

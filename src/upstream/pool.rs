@@ -18,7 +18,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,9 @@ pub struct PoolSettings {
     pub pool: PoolConfig,
     pub protocol: Protocol,
     pub tls: Option<UpstreamTls>,
+    /// SHA-256 of the client certificate and key read at load: a reload with rotated files
+    /// makes new pools (new connections present the new certificate).
+    pub client_auth_digest: Option<String>,
 }
 
 /// Why an upstream exchange failed.
@@ -196,8 +199,6 @@ impl TargetPool {
     /// A new connection over the target's transport (plain or TLS), not counted. With
     /// `upgrades` the connection can be taken over by an upgraded protocol (WebSocket).
     async fn open(&self, upgrades: bool) -> Result<Conn, UpstreamError> {
-        let target = self.authority.as_str();
-        let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
         let stream = self.tcp_connect().await?;
         let peer = stream.peer_addr().ok();
         let sender = match &self.transport {
@@ -205,25 +206,36 @@ impl TargetPool {
                 .await
                 .map_err(|e| self.exchange_error(e))?,
             Transport::Tls(config, name) => {
-                let tls = tokio::time::timeout(
-                    timeout,
-                    tokio_rustls::TlsConnector::from(Arc::clone(config))
-                        .connect(name.clone(), stream),
-                )
-                .await
-                .map_err(|_| UpstreamError::ConnectTimeout {
-                    target: target.to_string(),
-                })?
-                .map_err(|e| UpstreamError::Tls {
-                    target: target.to_string(),
-                    message: e.to_string(),
-                })?;
+                let tls = self.tls_connect(stream, config, name).await?;
                 handshake_h1(TokioIo::new(tls), upgrades)
                     .await
                     .map_err(|e| self.exchange_error(e))?
             }
         };
         Ok(Conn { sender, peer })
+    }
+
+    /// The TLS handshake on a new connection, within `connect_timeout_ms`.
+    async fn tls_connect(
+        &self,
+        stream: TcpStream,
+        config: &Arc<rustls::ClientConfig>,
+        name: &rustls_pki_types::ServerName<'static>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let target = self.authority.as_str();
+        let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
+        tokio::time::timeout(
+            timeout,
+            tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name.clone(), stream),
+        )
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout {
+            target: target.to_string(),
+        })?
+        .map_err(|e| UpstreamError::Tls {
+            target: target.to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// A TCP connection to the target within `connect_timeout_ms`: for host names, to the
@@ -292,18 +304,39 @@ impl TargetPool {
         let stream = self.tcp_connect().await?;
         self.created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (sender, conn) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30))
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| self.exchange_error(e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+        let builder = || {
+            let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30));
+            b
+        };
+        let sender = match &self.transport {
+            Transport::Plain => {
+                let (sender, conn) = builder()
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| self.exchange_error(e))?;
+                tokio::spawn(drive_h2(conn));
+                sender
             }
-        });
+            Transport::Tls(config, name) => {
+                let tls = self.tls_connect(stream, config, name).await?;
+                // `protocol: h2` means HTTP/2: a server that did not agree to it is refused
+                // rather than spoken to in a protocol it did not choose.
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(UpstreamError::Tls {
+                        target: self.authority.as_str().to_string(),
+                        message: "the server did not negotiate HTTP/2 (ALPN h2)".into(),
+                    });
+                }
+                let (sender, conn) = builder()
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| self.exchange_error(e))?;
+                tokio::spawn(drive_h2(conn));
+                sender
+            }
+        };
         *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
         Ok(sender)
     }
@@ -320,7 +353,11 @@ impl TargetPool {
             .and_then(|h| h.to_str().ok().and_then(|h| h.parse::<Authority>().ok()))
             .unwrap_or_else(|| self.authority.clone());
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.scheme = Some(if self.settings.protocol.tls() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
         parts.authority = Some(authority);
         parts.path_and_query = req.uri().path_and_query().cloned();
         if let Ok(uri) = http::Uri::from_parts(parts) {
@@ -347,7 +384,7 @@ impl TargetPool {
         else {
             return false;
         };
-        let status = if self.settings.protocol == Protocol::Http2 {
+        let status = if self.settings.protocol.http2() {
             match Box::pin(self.send_h2(req)).await {
                 Ok(r) => r.status(),
                 Err(_) => return false,
@@ -372,7 +409,7 @@ impl TargetPool {
         if req.headers().contains_key(http::header::UPGRADE) {
             return Box::pin(self.send_upgrade(req)).await;
         }
-        if self.settings.protocol == Protocol::Http2 {
+        if self.settings.protocol.http2() {
             return Box::pin(self.send_h2(req)).await;
         }
         // A pooled connection may have been closed by the upstream a moment ago; hyper hands
@@ -429,7 +466,7 @@ impl TargetPool {
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        if self.settings.protocol == Protocol::Http2 {
+        if self.settings.protocol.http2() {
             return Err(UpstreamError::UpgradeOverH2 {
                 target: self.authority.as_str().to_string(),
             });
@@ -444,6 +481,13 @@ impl TargetPool {
             inner,
             owner: Owner::Dedicated { _conn: conn },
         }))
+    }
+}
+
+/// Runs an HTTP/2 client connection until it ends.
+async fn drive_h2<C: std::future::Future<Output = Result<(), hyper::Error>>>(conn: C) {
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "upstream h2 connection ended with an error");
     }
 }
 

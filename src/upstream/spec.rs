@@ -177,7 +177,7 @@ fn build(u: &Located<Upstream>, key: &str, diag: &mut Diag) -> Option<UpstreamSp
     let mut targets = Vec::with_capacity(addresses.len());
     for (j, (t, authority)) in addresses.into_iter().enumerate() {
         let target_tls = match &tls {
-            Some((config, name)) => {
+            Some((config, name, _)) => {
                 let name = name
                     .clone()
                     .unwrap_or_else(|| authority.host().trim_matches(['[', ']']).to_string());
@@ -213,6 +213,7 @@ fn build(u: &Located<Upstream>, key: &str, diag: &mut Diag) -> Option<UpstreamSp
             pool: u.pool.clone(),
             protocol: u.protocol.value,
             tls: u.tls.as_ref().map(|t| t.value.clone()),
+            client_auth_digest: tls.as_ref().and_then(|t| t.2.clone()),
         },
         balancing: balancing?,
         breaker,
@@ -223,22 +224,49 @@ fn build(u: &Located<Upstream>, key: &str, diag: &mut Diag) -> Option<UpstreamSp
     diag.ok_since(mark, spec)
 }
 
-/// `protocol: https`: the client config (CA read now) and the configured server name.
+/// `protocol: https` / `h2`: the client config (CA and client certificate read now), the
+/// configured server name, and the digest of the client certificate and key.
 #[allow(clippy::type_complexity)]
 fn tls_client(
     u: &Located<Upstream>,
     key: &str,
     diag: &mut Diag,
-) -> Option<(Arc<rustls::ClientConfig>, Option<String>)> {
+) -> Option<(Arc<rustls::ClientConfig>, Option<String>, Option<String>)> {
     let mut server_name = None;
     let mut ca_file = None;
+    let mut client_auth = None;
+    let mut digest = None;
     if let Some(t) = &u.tls {
-        if u.protocol.value != Protocol::Https {
+        if !u.protocol.value.tls() {
             diag.err(
                 t.line,
                 format!("{key}.tls"),
-                "tls applies to `protocol: https` only",
+                "tls applies to `protocol: https` or `h2` only",
             );
+        }
+        match (&t.client_cert_file, &t.client_key_file) {
+            (Some(cert), Some(key_file)) => match crate::tls::load_cert_and_key(cert, key_file) {
+                Ok(pair) => {
+                    use sha2::Digest;
+                    let mut h = sha2::Sha256::new();
+                    for c in &pair.0 {
+                        h.update(c.as_ref());
+                    }
+                    h.update(pair.1.secret_der());
+                    digest = Some(hex::encode(h.finalize()));
+                    client_auth = Some(pair);
+                }
+                Err(e) => {
+                    diag.err(t.line, format!("{key}.tls.client_cert_file"), e);
+                    return None;
+                }
+            },
+            (None, None) => {}
+            _ => diag.err(
+                t.line,
+                format!("{key}.tls"),
+                "give both client_cert_file and client_key_file (mTLS), or neither",
+            ),
         }
         if let Some(n) = &t.server_name {
             if ServerName::try_from(n.to_string()).is_err() {
@@ -258,11 +286,16 @@ fn tls_client(
             ca_file = Some(ca.to_string());
         }
     }
-    if u.protocol.value != Protocol::Https {
+    if !u.protocol.value.tls() {
         return None;
     }
-    match crate::tls::upstream_client(ca_file.as_deref()) {
-        Ok(config) => Some((config, server_name)),
+    let alpn: &[u8] = if u.protocol.value == Protocol::H2 {
+        b"h2"
+    } else {
+        b"http/1.1"
+    };
+    match crate::tls::upstream_client(ca_file.as_deref(), client_auth, alpn) {
+        Ok(config) => Some((config, server_name, digest)),
         Err(e) => {
             diag.err(u.protocol.line, format!("{key}.tls"), e);
             None

@@ -156,6 +156,11 @@ pub struct UpstreamTls {
     pub server_name: Option<Text>,
     #[serde(default)]
     pub ca_file: Option<Text>,
+    /// mTLS: the certificate chain (PEM) the gateway presents, with its key; re-read on reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<Text>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
@@ -163,8 +168,24 @@ pub struct UpstreamTls {
 pub enum Protocol {
     #[default]
     Http1,
+    /// HTTP/2 in cleartext (h2c, prior knowledge).
     Http2,
+    /// HTTP/1.1 over TLS.
     Https,
+    /// HTTP/2 over TLS, ALPN `h2` required.
+    H2,
+}
+
+impl Protocol {
+    /// Over TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::H2)
+    }
+
+    /// HTTP/2 (one shared connection per target).
+    pub fn http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::H2)
+    }
 }
 
 impl Default for Located<Protocol> {
