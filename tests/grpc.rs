@@ -113,6 +113,63 @@ async fn grpc_server() -> SocketAddr {
     addr
 }
 
+/// The same service over TLS (ALPN `h2` only), requiring a client certificate signed by the
+/// CA `client_ca_der`: (address, the PEM of the CA that signed the server's certificate).
+async fn grpc_server_tls(
+    client_ca_der: rustls::pki_types::CertificateDer<'static>,
+) -> (SocketAddr, String) {
+    portcullis::tls::install_provider();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["notes.internal".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(client_ca_der).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .unwrap();
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                    let mut grpc = tonic::server::Grpc::new(ProstCodec::<Note, Note>::default());
+                    let resp = if req.uri().path().ends_with("/Echo") {
+                        grpc.unary(Echo, req).await
+                    } else {
+                        grpc.server_streaming(Count, req).await
+                    };
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_cert.pem())
+}
+
 const READ_KEY: &str = "grpc-read-key-0123456789";
 
 fn config(up: SocketAddr) -> String {
@@ -425,4 +482,99 @@ async fn gateway_grpc_errors_are_trailers_only_http_200_and_others_stay_json() {
     // The same refusal to a non-gRPC request is the usual JSON 401.
     let r = get(&c, &gw.url("/keyed.Notes/Echo"), &[]).await;
     r.assert_gateway_error(401);
+}
+
+/// gRPC to a service behind TLS (`protocol: h2`: ALPN h2, the server name verified, the
+/// gateway's client certificate presented); a certificate the service does not trust is
+/// refused by it, and the caller gets UNAVAILABLE.
+#[tokio::test]
+async fn grpc_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let new_ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        (rcgen::Issuer::new(p, key), cert.der().clone())
+    };
+    let (clients, clients_der) = new_ca("clients");
+    let (stranger, _) = new_ca("stranger");
+    let client_cert = |issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gateway.internal".to_string()])
+            .unwrap()
+            .signed_by(&key, issuer)
+            .unwrap();
+        let c = dir.path().join(format!("{name}.pem"));
+        let k = dir.path().join(format!("{name}.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    };
+    let (good_cert, good_key) = client_cert(&clients, "good");
+    let (bad_cert, bad_key) = client_cert(&stranger, "bad");
+    let (up, server_ca) = grpc_server_tls(clients_der).await;
+    let ca_file = dir.path().join("server-ca.pem");
+    std::fs::write(&ca_file, server_ca).unwrap();
+    let ca_file = ca_file.display();
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+defaults: {{ auth: none }}
+upstreams:
+  - name: notes
+    protocol: h2
+    tls: {{ server_name: notes.internal, ca_file: "{ca_file}", client_cert_file: "{good_cert}", client_key_file: "{good_key}" }}
+    targets: [{{ address: "{up}" }}]
+  - name: untrusted
+    protocol: h2
+    tls: {{ server_name: notes.internal, ca_file: "{ca_file}", client_cert_file: "{bad_cert}", client_key_file: "{bad_key}" }}
+    targets: [{{ address: "{up}" }}]
+routes:
+  - name: open
+    match: {{ path: {{ prefix: /open.Notes/ }} }}
+    upstream: notes
+  - name: untrusted
+    match: {{ path: {{ prefix: /untrusted.Notes/ }} }}
+    upstream: untrusted
+"#
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut client = grpc_client(&gw).await;
+    let resp = unary(&mut client, "/open.Notes/Echo", note("over tls", 3))
+        .await
+        .expect("unary call over TLS");
+    assert_eq!(resp.into_inner().text, "over tls");
+    let err = unary(&mut client, "/open.Notes/Echo", note("fail", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "the service's own status, through TLS"
+    );
+    // Server streaming over the TLS h2 connection, in order.
+    client.ready().await.unwrap();
+    let mut stream = client
+        .server_streaming(
+            note("n", 3),
+            PathAndQuery::from_static("/open.Notes/Count"),
+            ProstCodec::<Note, Note>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut counts = Vec::new();
+    while let Some(n) = stream.message().await.unwrap() {
+        counts.push(n.count);
+    }
+    assert!(
+        !counts.is_empty() && counts.windows(2).all(|w| w[0] < w[1]),
+        "{counts:?}"
+    );
+    let err = unary(&mut client, "/untrusted.Notes/Echo", note("x", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
