@@ -196,6 +196,48 @@ fn push_list_diff_activate_rollback_on_sqlite_and_postgres() {
     store_lifecycle(&pg.url(), dir.path());
 }
 
+/// The store over TLS: a server that rejects plain connections, `sslmode=verify-full` with the
+/// CA that signed its certificate (the whole store lifecycle works), and the same with another
+/// CA (refused, the reason said).
+#[test]
+fn the_postgres_store_over_tls_verifies_the_server() {
+    let new_ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        (rcgen::Issuer::new(p, key), cert.pem())
+    };
+    let (db_ca, db_ca_pem) = new_ca("database CA");
+    let (_, other_ca_pem) = new_ca("another CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &db_ca)
+        .unwrap();
+    let pg = PostgresServer::start_tls(&cert.pem(), &key.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "db-ca.pem", &db_ca_pem);
+    let other = write(dir.path(), "other-ca.pem", &other_ca_pem);
+
+    let (code, out) = cli(&format!("{}?sslmode=disable", pg.url()), &["list"]);
+    assert_ne!(code, 0, "a plain connection was accepted: {out}");
+    store_lifecycle(
+        &format!("{}?sslmode=verify-full&sslrootcert={ca}", pg.url()),
+        dir.path(),
+    );
+    let (code, out) = cli(
+        &format!("{}?sslmode=verify-full&sslrootcert={other}", pg.url()),
+        &["list"],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.to_lowercase().contains("certificate") || out.to_lowercase().contains("tls"),
+        "the reason: {out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_postgres_follows_survives_the_store_and_restarts_from_last_known_good() {
     let mut pg = PostgresServer::start();

@@ -11,6 +11,8 @@ pub struct PostgresServer {
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
     pub port: u16,
+    /// `ssl = on` with this data directory's server.crt / server.key, TLS-only connections.
+    tls: bool,
 }
 
 impl PostgresServer {
@@ -45,6 +47,16 @@ impl PostgresServer {
     }
 
     pub fn start() -> PostgresServer {
+        Self::start_with(None)
+    }
+
+    /// A server that accepts TLS connections only (`hostssl` rules; plain ones are rejected),
+    /// with this certificate chain and key.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PostgresServer {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> PostgresServer {
         let dir = tempfile::tempdir().unwrap();
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
@@ -74,10 +86,30 @@ impl PostgresServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, contents) in [("server.crt", cert), ("server.key", key)] {
+                let p = data.join(name);
+                std::fs::write(&p, contents).unwrap();
+                // PostgreSQL refuses a key others can read.
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+                // SAFETY: geteuid has no preconditions.
+                if unsafe { libc::geteuid() } == 0 {
+                    let (uid, gid) = postgres_ids();
+                    std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+                }
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+        }
         let mut server = PostgresServer {
             child: None,
             dir,
             port: 0,
+            tls: tls.is_some(),
         };
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_addr().port();
@@ -116,6 +148,7 @@ impl PostgresServer {
             .arg(self.dir.path())
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args(if self.tls { &["-c", "ssl=on"][..] } else { &[] })
             .stdout(std::process::Stdio::null())
             // The server's log goes to a file that a failed start prints.
             .stderr(std::fs::File::create(self.dir.path().join("server.log")).unwrap());
