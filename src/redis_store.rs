@@ -4,7 +4,7 @@
 //! at all, and one request probes it again after `breaker_open_ms`. Callers decide what an
 //! unusable store means for them (their `on_store_failure`).
 
-use crate::config::{Diag, Located, RedisConfig};
+use crate::config::{Diag, Located, RedisConfig, Text};
 use crate::ratelimit::local::now_us;
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -28,10 +28,10 @@ pub struct RedisSpec {
 impl RedisSpec {
     pub fn build(r: &Located<RedisConfig>, diag: &mut Diag) -> Option<RedisSpec> {
         let mark = diag.mark();
-        let client = match redis::Client::open(&*r.url.value.0) {
+        let client = match client(r) {
             Ok(c) => Some(c),
-            Err(e) => {
-                diag.err(r.url.line, "redis.url", format!("invalid redis url: {e}"));
+            Err((key, e)) => {
+                diag.err(r.url.line, key, e);
                 None
             }
         };
@@ -54,6 +54,53 @@ impl RedisSpec {
         };
         diag.ok_since(mark, spec)
     }
+}
+
+/// The client for `redis.url`: over TLS for `rediss://` (the server name verified, against
+/// `ca_file` when given, with a client certificate when given), files read now.
+fn client(r: &RedisConfig) -> Result<redis::Client, (&'static str, String)> {
+    let url = &*r.url.value.0;
+    let files = r.ca_file.is_some() || r.client_cert_file.is_some() || r.client_key_file.is_some();
+    if !url.starts_with("rediss://") {
+        if files {
+            return Err((
+                "redis.ca_file",
+                "ca_file, client_cert_file and client_key_file need a rediss:// url".into(),
+            ));
+        }
+        return redis::Client::open(url)
+            .map_err(|e| ("redis.url", format!("invalid redis url: {e}")));
+    }
+    crate::tls::install_provider();
+    let read = |key: &'static str, path: &Text| {
+        std::fs::read(path.as_str()).map_err(|e| (key, format!("cannot read {path}: {e}")))
+    };
+    let root_cert = r
+        .ca_file
+        .as_ref()
+        .map(|f| read("redis.ca_file", f))
+        .transpose()?;
+    let client_tls = match (&r.client_cert_file, &r.client_key_file) {
+        (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.client_cert_file", c)?,
+            client_key: read("redis.client_key_file", k)?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err((
+                "redis.client_cert_file",
+                "give both client_cert_file and client_key_file, or neither".into(),
+            ))
+        }
+    };
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| ("redis.url", format!("invalid redis url or TLS files: {e}")))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -474,3 +474,58 @@ async fn a_hung_redis_costs_the_breaker_threshold_in_timeouts_then_nothing() {
         "the decision after recovery wrote its bucket (before: {before})"
     );
 }
+
+/// Redis over TLS: `rediss://` with `redis.ca_file` — a Redis-backed limit decides through the
+/// TLS port (the server's name verified); with a CA that did not sign the server's certificate
+/// the store is unusable and the limit's `on_store_failure: deny` answers 503.
+#[tokio::test]
+async fn a_redis_limit_over_tls_and_a_wrong_ca_refused() {
+    let new_ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        (rcgen::Issuer::new(p, key), cert.pem())
+    };
+    let (ca, ca_pem) = new_ca("redis CA");
+    let (_, other_pem) = new_ca("another CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let redis = RedisServer::start_tls(&cert.pem(), &key.serialize_pem(), &ca_pem).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (right, wrong) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&right, &ca_pem).unwrap();
+    std::fs::write(&wrong, &other_pem).unwrap();
+    let up = Upstream::start("up").await;
+    let gateway = |ca: &std::path::Path| {
+        config(
+            &up,
+            "  - { name: two, algorithm: token_bucket, capacity: 2, refill_per_second: 0.001, key: [route], store: redis, on_store_failure: deny }\n",
+            &route("tls", "/tls", "two"),
+            &format!(
+                "redis: {{ url: \"{}\", timeout_ms: 500, ca_file: \"{}\" }}\n",
+                redis.tls_url(),
+                ca.display()
+            ),
+        )
+    };
+    let gw = TestGateway::start(&local(&gateway(&right))).await;
+    let c = client();
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(get(&c, &gw.url("/tls"), &[]).await.status.as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 429], "decided in Redis over TLS");
+    drop(gw);
+    let gw = TestGateway::start(&local(&gateway(&wrong))).await;
+    get(&c, &gw.url("/tls"), &[])
+        .await
+        .assert_gateway_error(503);
+}

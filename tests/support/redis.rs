@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 /// persistence. Panics if the binary is missing: `scripts/test` installs it.
 pub struct RedisServer {
     pub port: u16,
+    /// With `start_tls`: a TLS port beside the plain one (which the test's own commands use).
+    pub tls_port: Option<u16>,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
 }
@@ -18,6 +20,7 @@ impl RedisServer {
     pub async fn start() -> RedisServer {
         let mut r = RedisServer {
             port: 0,
+            tls_port: None,
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
@@ -31,6 +34,43 @@ impl RedisServer {
             }
         }
         panic!("redis-server found no free port in {PORT_ATTEMPTS} attempts");
+    }
+
+    /// Also listening with TLS (`tls-port`) on this certificate and key; clients are not asked
+    /// for certificates.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str, ca_pem: &str) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("tls.crt", cert_pem),
+            ("tls.key", key_pem),
+            ("ca.crt", ca_pem),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let mut r = RedisServer {
+            port: 0,
+            tls_port: None,
+            child: None,
+            dir,
+        };
+        for _ in 0..PORT_ATTEMPTS {
+            r.port = free_addr().port();
+            r.tls_port = Some(free_addr().port());
+            match r.launch().await {
+                Ok(()) => return r,
+                Err(log) if log.contains("Address already in use") => r.kill(),
+                Err(log) => r.failed(&log),
+            }
+        }
+        panic!("redis-server found no free ports in {PORT_ATTEMPTS} attempts");
+    }
+
+    /// `rediss://` to the TLS port.
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}/0",
+            self.tls_port.expect("started with start_tls")
+        )
     }
 
     fn failed(&self, log: &str) -> ! {
@@ -55,7 +95,19 @@ impl RedisServer {
     async fn launch(&mut self) -> Result<(), String> {
         let log = self.dir.path().join("redis.log");
         let _ = std::fs::remove_file(&log);
-        let child = std::process::Command::new("redis-server")
+        let mut cmd = std::process::Command::new("redis-server");
+        if let Some(tls_port) = self.tls_port {
+            let d = self.dir.path();
+            cmd.args(["--tls-port", &tls_port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(d.join("tls.crt"))
+                .arg("--tls-key-file")
+                .arg(d.join("tls.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(d.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let child = cmd
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")

@@ -91,6 +91,14 @@ pub struct RedisConfig {
     /// Prefix of every key the gateway writes.
     #[serde(default = "default_redis_prefix")]
     pub key_prefix: Text,
+    /// `rediss://`: the CA that signed the server's certificate (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<Text>,
+    /// `rediss://` with a client certificate (both or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<Text>,
 }
 
 fn default_redis_timeout() -> u64 {
