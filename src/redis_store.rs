@@ -23,6 +23,15 @@ pub struct RedisSpec {
     /// As configured: a store is replaced when this changes.
     pub config: RedisConfig,
     client: redis::Client,
+    /// With `sentinel`: the sentinels' URLs, the primary's name, and how to reach data nodes.
+    sentinel: Option<SentinelSpec>,
+}
+
+#[derive(Debug, Clone)]
+struct SentinelSpec {
+    nodes: Vec<String>,
+    master_name: String,
+    node_info: redis::sentinel::SentinelNodeConnectionInfo,
 }
 
 impl RedisSpec {
@@ -48,9 +57,43 @@ impl RedisSpec {
                 "must be between 10 and 600000",
             );
         }
+        let sentinel = r.sentinel.as_ref().and_then(|s| {
+            if s.master_name.is_empty() || s.nodes.is_empty() {
+                diag.err(
+                    s.line,
+                    "redis.sentinel",
+                    "give master_name and at least one node (host:port)",
+                );
+                return None;
+            }
+            let nodes: Vec<String> = s.nodes.iter().map(|n| format!("redis://{n}")).collect();
+            if let Some(bad) = nodes
+                .iter()
+                .find(|n| redis::IntoConnectionInfo::into_connection_info(n.as_str()).is_err())
+            {
+                diag.err(
+                    s.line,
+                    "redis.sentinel.nodes",
+                    format!("`{}` is not host:port", &bad["redis://".len()..]),
+                );
+                return None;
+            }
+            let info = client.as_ref()?.get_connection_info();
+            let mut node_info = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(info.redis_settings().clone());
+            if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                node_info = node_info.set_tls_mode(redis::TlsMode::Secure);
+            }
+            Some(SentinelSpec {
+                nodes,
+                master_name: s.master_name.to_string(),
+                node_info,
+            })
+        });
         let spec = RedisSpec {
             config: r.value.clone(),
             client: client?,
+            sentinel,
         };
         diag.ok_since(mark, spec)
     }
@@ -117,6 +160,9 @@ pub enum StoreError {
 /// kept across reloads while `redis` does not change.
 pub struct RedisStore {
     client: redis::Client,
+    /// With `redis.sentinel`: asked for the current primary whenever a connection is made
+    /// (after the breaker dropped the last one), so a failover is followed.
+    sentinel: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
     conn: ArcSwapOption<ConnectionManager>,
     /// Prefix of every rate-limit key the gateway writes.
     pub key_prefix: String,
@@ -180,8 +226,20 @@ impl Breaker {
 impl RedisStore {
     pub fn new(spec: &RedisSpec) -> RedisStore {
         let config = &spec.config;
+        let sentinel = spec.sentinel.as_ref().and_then(|s| {
+            redis::sentinel::SentinelClient::build(
+                s.nodes.clone(),
+                s.master_name.clone(),
+                Some(s.node_info.clone()),
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .inspect_err(|e| tracing::warn!(error = %e, "redis sentinel client"))
+            .ok()
+            .map(tokio::sync::Mutex::new)
+        });
         RedisStore {
             client: spec.client.clone(),
+            sentinel,
             conn: ArcSwapOption::empty(),
             key_prefix: config.key_prefix.to_string(),
             timeout: Duration::from_millis(config.timeout_ms),
@@ -198,10 +256,12 @@ impl RedisStore {
         !self.breaker.is_open()
     }
 
-    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }
+        // Boxed: the rare path (a new connection) stays out of every call's future.
+        let client = Box::pin(self.current_client()).await?;
         // Lazy: it connects on its first command (inside our timeout), and reconnects by
         // itself after a connection is lost.
         let config = ConnectionManagerConfig::new()
@@ -209,7 +269,7 @@ impl RedisStore {
             .set_response_timeout(Some(self.timeout))
             // No retry loop inside a request: the breaker decides when to try again.
             .set_number_of_retries(0);
-        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
+        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
         self.conn.store(Some(Arc::new(manager.clone())));
         Ok(manager)
     }
@@ -223,9 +283,17 @@ impl RedisStore {
             .await
     }
 
-    /// The client, for connections of their own (pub/sub).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A client for the primary, for connections of their own (pub/sub): with Sentinel, the
+    /// one the sentinels name now.
+    pub async fn current_client(&self) -> Result<redis::Client, StoreError> {
+        let Some(sentinel) = &self.sentinel else {
+            return Ok(self.client.clone());
+        };
+        let ask = async { sentinel.lock().await.async_get_client().await };
+        match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ask).await {
+            Ok(r) => r.map_err(StoreError::Redis),
+            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+        }
     }
 
     /// Runs `f` on the shared connection under the breaker and the timeout; failures count
@@ -239,7 +307,7 @@ impl RedisStore {
         if !self.breaker.admit(now) {
             return Err(StoreError::BreakerOpen);
         }
-        let result = match self.connection() {
+        let result = match self.connection().await {
             Ok(conn) => match tokio::time::timeout(self.timeout, f(conn)).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(StoreError::Redis(e)),

@@ -529,3 +529,86 @@ async fn a_redis_limit_over_tls_and_a_wrong_ca_refused() {
         .await
         .assert_gateway_error(503);
 }
+
+/// Redis Sentinel: two gateways share a limit through a primary the sentinels watch (one
+/// primary, one replica, three sentinels). The primary is killed mid-run; the sentinels promote
+/// the replica, and both gateways follow by themselves, answering with the limit's
+/// `on_store_failure` (deny: 503) in between. The gap is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_follow_a_sentinel_failover() {
+    let mut primary = RedisServer::start().await;
+    let replica = RedisServer::start_replica_of(&primary).await;
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        sentinels.push(RedisServer::start_sentinel("portcullis", &primary).await);
+    }
+    // The replica is in sync before anything is counted.
+    let synced = Instant::now() + Duration::from_secs(10);
+    while !replica
+        .info("replication")
+        .await
+        .is_some_and(|i| i.contains("master_link_status:up"))
+    {
+        assert!(Instant::now() < synced, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let nodes: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("\"127.0.0.1:{}\"", s.port))
+        .collect();
+    let up = Upstream::start("up").await;
+    let yaml = local(&config(
+        &up,
+        "  - { name: shared, algorithm: sliding_window, limit: 100000, window_s: 3600, key: [route], store: redis, on_store_failure: deny }\n",
+        &route("api", "/api", "shared"),
+        &format!(
+            "redis: {{ url: \"redis://127.0.0.1/0\", timeout_ms: 200, breaker_failures: 1, breaker_open_ms: 200, sentinel: {{ master_name: portcullis, nodes: [{}] }} }}\n",
+            nodes.join(", ")
+        ),
+    ));
+    let a = TestGateway::start(&yaml).await;
+    let b = TestGateway::start(&yaml).await;
+    let c = client();
+    for gw in [&a, &b] {
+        assert_eq!(get(&c, &gw.url("/api"), &[]).await.status, 200);
+    }
+    let remaining = |r: &Reply| header(r, "ratelimit");
+    let before = remaining(&get(&c, &b.url("/api"), &[]).await);
+
+    primary.kill();
+    let killed = Instant::now();
+    let mut statuses = std::collections::BTreeSet::new();
+    let mut back = [None, None];
+    while back.iter().any(Option::is_none) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "not following the failover after 30 s: {statuses:?}"
+        );
+        for (i, gw) in [&a, &b].iter().enumerate() {
+            let s = get(&c, &gw.url("/api"), &[]).await.status.as_u16();
+            statuses.insert(s);
+            if s == 200 && back[i].is_none() && killed.elapsed() > Duration::from_millis(50) {
+                back[i] = Some(killed.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    statuses.remove(&200);
+    assert!(
+        statuses.iter().all(|s| *s == 503),
+        "between, only the configured failure answer: {statuses:?}"
+    );
+    let promoted = replica.info("replication").await.unwrap_or_default();
+    assert!(
+        promoted.contains("role:master"),
+        "the replica was promoted: {promoted}"
+    );
+    println!(
+        "sentinel failover followed after {:?} (gateway a) and {:?} (gateway b); refused in between with {statuses:?}",
+        back[0].unwrap(),
+        back[1].unwrap()
+    );
+    // The count carried over (it was replicated): still shared, still going down.
+    let after = remaining(&get(&c, &a.url("/api"), &[]).await);
+    assert_ne!(before, after);
+}

@@ -255,7 +255,7 @@ impl SharedTier {
         if self.subscriber.get().is_some() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let client = self.redis.client().clone();
+        let redis = Arc::clone(&self.redis);
         let channel = self.channel();
         let counters = Arc::clone(&self.counters);
         let task = tokio::spawn(async move {
@@ -266,6 +266,9 @@ impl SharedTier {
                     return;
                 }
                 let sub = async {
+                    let client = redis.current_client().await.map_err(|e| {
+                        redis::RedisError::from((redis::ErrorKind::Io, "redis", e.to_string()))
+                    })?;
                     let mut pubsub = client.get_async_pubsub().await?;
                     pubsub.subscribe(&channel).await?;
                     Ok::<_, redis::RedisError>(pubsub)

@@ -12,17 +12,55 @@ pub struct RedisServer {
     pub port: u16,
     /// With `start_tls`: a TLS port beside the plain one (which the test's own commands use).
     pub tls_port: Option<u16>,
+    /// More `redis-server` arguments (`--replicaof …`).
+    extra: Vec<String>,
+    /// Sentinel mode, with this config file (the sentinel rewrites it).
+    sentinel_conf: Option<std::path::PathBuf>,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        Self::start_with(Vec::new(), None).await
+    }
+
+    /// A replica of `master`.
+    pub async fn start_replica_of(master: &RedisServer) -> RedisServer {
+        Self::start_with(
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port.to_string(),
+            ],
+            None,
+        )
+        .await
+    }
+
+    /// A sentinel watching `master` as `name` (quorum 2, down after 1 s).
+    pub async fn start_sentinel(name: &str, master: &RedisServer) -> RedisServer {
+        let conf = format!(
+            "sentinel monitor {name} 127.0.0.1 {} 2\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\nsentinel parallel-syncs {name} 1\n",
+            master.port
+        );
+        Self::start_with(Vec::new(), Some(conf)).await
+    }
+
+    async fn start_with(extra: Vec<String>, sentinel: Option<String>) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let sentinel_conf = sentinel.map(|text| {
+            let p = dir.path().join("sentinel.conf");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
         let mut r = RedisServer {
             port: 0,
             tls_port: None,
+            extra,
+            sentinel_conf,
             child: None,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
         };
         for _ in 0..PORT_ATTEMPTS {
             r.port = free_addr().port();
@@ -50,6 +88,8 @@ impl RedisServer {
         let mut r = RedisServer {
             port: 0,
             tls_port: None,
+            extra: Vec::new(),
+            sentinel_conf: None,
             child: None,
             dir,
         };
@@ -96,6 +136,10 @@ impl RedisServer {
         let log = self.dir.path().join("redis.log");
         let _ = std::fs::remove_file(&log);
         let mut cmd = std::process::Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            cmd.arg(conf).arg("--sentinel");
+        }
+        cmd.args(&self.extra);
         if let Some(tls_port) = self.tls_port {
             let d = self.dir.path();
             cmd.args(["--tls-port", &tls_port.to_string()])
@@ -107,9 +151,12 @@ impl RedisServer {
                 .arg(d.join("ca.crt"))
                 .args(["--tls-auth-clients", "no"]);
         }
+        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()]);
+        if self.sentinel_conf.is_none() {
+            cmd.args(["--save", "", "--appendonly", "no"]);
+        }
         let child = cmd
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -172,28 +219,36 @@ impl RedisServer {
 
     /// The process id the server on the port reports (`INFO server`).
     async fn server_pid(&self) -> Option<u32> {
+        self.info("server")
+            .await?
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The text of `INFO section`, read whole.
+    pub async fn info(&self, section: &str) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        s.write_all(format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len()).as_bytes())
             .await
             .ok()?;
-        let mut buf = vec![0u8; 16384];
-        let mut n = 0;
-        while n < buf.len() {
-            let read = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf[n..]))
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 16384];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(2), s.read(&mut chunk))
                 .await
                 .ok()?
                 .ok()?;
             if read == 0 {
                 break;
             }
-            n += read;
-            let text = String::from_utf8_lossy(&buf[..n]);
-            if let Some(pid) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("process_id:"))
-                .and_then(|v| v.trim().parse().ok())
-            {
-                return Some(pid);
+            buf.extend_from_slice(&chunk[..read]);
+            // `$<len>\r\n<text>\r\n`: done once the whole bulk string is here.
+            let text = String::from_utf8_lossy(&buf);
+            let (head, body) = text.split_once("\r\n")?;
+            let len: usize = head.strip_prefix('$')?.parse().ok()?;
+            if body.len() >= len {
+                return Some(body[..len].to_string());
             }
         }
         None

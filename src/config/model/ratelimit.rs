@@ -99,6 +99,19 @@ pub struct RedisConfig {
     pub client_cert_file: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<Text>,
+    /// Find the primary through Redis Sentinel (and follow its failovers); `url` then gives
+    /// the database, password and TLS of the data nodes, its host is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<Located<RedisSentinel>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSentinel {
+    /// The name the sentinels monitor the primary under.
+    pub master_name: Text,
+    /// `host:port` of each sentinel.
+    pub nodes: Vec<Text>,
 }
 
 fn default_redis_timeout() -> u64 {
