@@ -201,25 +201,13 @@ fn push_list_diff_activate_rollback_on_sqlite_and_postgres() {
 /// CA (refused, the reason said).
 #[test]
 fn the_postgres_store_over_tls_verifies_the_server() {
-    let new_ca = |name: &str| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = p.self_signed(&key).unwrap();
-        (rcgen::Issuer::new(p, key), cert.pem())
-    };
-    let (db_ca, db_ca_pem) = new_ca("database CA");
-    let (_, other_ca_pem) = new_ca("another CA");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &db_ca)
-        .unwrap();
-    let pg = PostgresServer::start_tls(&cert.pem(), &key.serialize_pem());
+    let db_ca = ca("database CA");
+    let other_ca = ca("another CA");
+    let (cert, key, _) = leaf(&db_ca, "db", &["127.0.0.1"]);
+    let pg = PostgresServer::start_tls(&cert, &key);
     let dir = tempfile::tempdir().unwrap();
-    let ca = write(dir.path(), "db-ca.pem", &db_ca_pem);
-    let other = write(dir.path(), "other-ca.pem", &other_ca_pem);
+    let ca = write(dir.path(), "db-ca.pem", &db_ca.pem);
+    let other = write(dir.path(), "other-ca.pem", &other_ca.pem);
 
     let (code, out) = cli(&format!("{}?sslmode=disable", pg.url()), &["list"]);
     assert_ne!(code, 0, "a plain connection was accepted: {out}");

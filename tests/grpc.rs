@@ -118,17 +118,10 @@ async fn grpc_server() -> SocketAddr {
 async fn grpc_server_tls(
     client_ca_der: rustls::pki_types::CertificateDer<'static>,
 ) -> (SocketAddr, String) {
+    use rustls::pki_types::pem::PemObject;
     portcullis::tls::install_provider();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["notes.internal".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
+    let server_ca = ca("notes CA");
+    let (_, leaf_key, leaf_der) = leaf(&server_ca, "notes", &["notes.internal"]);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(client_ca_der).unwrap();
     let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
@@ -137,8 +130,8 @@ async fn grpc_server_tls(
     let mut cfg = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+            vec![leaf_der],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf_key.as_bytes()).unwrap(),
         )
         .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
@@ -167,7 +160,7 @@ async fn grpc_server_tls(
             });
         }
     });
-    (addr, ca_cert.pem())
+    (addr, server_ca.pem)
 }
 
 const READ_KEY: &str = "grpc-read-key-0123456789";
@@ -490,31 +483,19 @@ async fn gateway_grpc_errors_are_trailers_only_http_200_and_others_stay_json() {
 #[tokio::test]
 async fn grpc_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let new_ca = |name: &str| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = p.self_signed(&key).unwrap();
-        (rcgen::Issuer::new(p, key), cert.der().clone())
-    };
-    let (clients, clients_der) = new_ca("clients");
-    let (stranger, _) = new_ca("stranger");
-    let client_cert = |issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, name: &str| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["gateway.internal".to_string()])
-            .unwrap()
-            .signed_by(&key, issuer)
-            .unwrap();
+    let clients = ca("clients");
+    let stranger = ca("stranger");
+    let client_cert = |issuer: &Ca, name: &str| {
+        let (cert, key, _) = leaf(issuer, "gateway", &["gateway.internal"]);
         let c = dir.path().join(format!("{name}.pem"));
         let k = dir.path().join(format!("{name}.key"));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
         (c.display().to_string(), k.display().to_string())
     };
     let (good_cert, good_key) = client_cert(&clients, "good");
     let (bad_cert, bad_key) = client_cert(&stranger, "bad");
-    let (up, server_ca) = grpc_server_tls(clients_der).await;
+    let (up, server_ca) = grpc_server_tls(clients.der.clone()).await;
     let ca_file = dir.path().join("server-ca.pem");
     std::fs::write(&ca_file, server_ca).unwrap();
     let ca_file = ca_file.display();

@@ -480,22 +480,10 @@ async fn a_hung_redis_costs_the_breaker_threshold_in_timeouts_then_nothing() {
 /// the store is unusable and the limit's `on_store_failure: deny` answers 503.
 #[tokio::test]
 async fn a_redis_limit_over_tls_and_a_wrong_ca_refused() {
-    let new_ca = |name: &str| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = p.self_signed(&key).unwrap();
-        (rcgen::Issuer::new(p, key), cert.pem())
-    };
-    let (ca, ca_pem) = new_ca("redis CA");
-    let (_, other_pem) = new_ca("another CA");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let redis = RedisServer::start_tls(&cert.pem(), &key.serialize_pem(), &ca_pem).await;
+    let redis_ca = ca("redis CA");
+    let (ca_pem, other_pem) = (redis_ca.pem.clone(), ca("another CA").pem);
+    let (cert, key, _) = leaf(&redis_ca, "redis", &["127.0.0.1"]);
+    let redis = RedisServer::start_tls(&cert, &key, &ca_pem).await;
     let dir = tempfile::tempdir().unwrap();
     let (right, wrong) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
     std::fs::write(&right, &ca_pem).unwrap();

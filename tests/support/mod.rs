@@ -5,6 +5,7 @@
 //! `scripts/test` installs them — so a test never silently skips what it checks.
 #![allow(dead_code, unused_imports)]
 
+mod certs;
 mod client;
 mod gateway;
 mod idp;
@@ -15,6 +16,7 @@ mod service;
 mod store;
 mod upstream;
 
+pub use certs::*;
 pub use client::*;
 pub use gateway::*;
 pub use idp::*;
