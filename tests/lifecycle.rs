@@ -413,6 +413,33 @@ async fn sigterm_refuses_new_connections_and_cuts_off_what_outlives_the_drain_ti
     );
 }
 
+/// A client on one keep-alive connection (reopened when the server closes it), sending GET
+/// /echo until `stop` (at most 10 s): (answers 200, every failure).
+async fn keep_alive_client(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> (u64, Vec<String>) {
+    let c = client();
+    let url = format!("http://{addr}/echo");
+    let (mut ok, mut failed) = (0u64, Vec::new());
+    let until = Instant::now() + Duration::from_secs(10);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+        let req = http::Request::get(&url)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        match c.request(req).await {
+            Ok(r) if r.status() == 200 => {
+                use http_body_util::BodyExt;
+                let _ = r.into_body().collect().await;
+                ok += 1;
+            }
+            Ok(r) => failed.push(format!("status {}", r.status())),
+            Err(e) => failed.push(format!("{e:?}")),
+        }
+    }
+    (ok, failed)
+}
+
 /// `drain_delay_ms`: on SIGTERM readiness turns 503 while the gateway still serves (HTTP/1.1
 /// answers say `Connection: close`), and only then does the listener close. Four clients that
 /// stop when the load balancer's probe sees 503 (as a balancer would take the instance out) lose
@@ -452,30 +479,7 @@ async fn sigterm_turns_readiness_503_before_any_connection_is_refused() {
     };
     // Four clients, each with keep-alive, until the balancer takes the instance out.
     let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let out = Arc::clone(&out_of_rotation);
-            tokio::spawn(async move {
-                let c = client();
-                let url = format!("http://{addr}/echo");
-                let (mut ok, mut failed) = (0u64, Vec::new());
-                let until = Instant::now() + Duration::from_secs(10);
-                while !out.load(Ordering::Relaxed) && Instant::now() < until {
-                    let req = http::Request::get(&url)
-                        .body(http_body_util::Full::new(bytes::Bytes::new()))
-                        .unwrap();
-                    match c.request(req).await {
-                        Ok(r) if r.status() == 200 => {
-                            use http_body_util::BodyExt;
-                            let _ = r.into_body().collect().await;
-                            ok += 1;
-                        }
-                        Ok(r) => failed.push(format!("status {}", r.status())),
-                        Err(e) => failed.push(format!("{e:?}")),
-                    }
-                }
-                (ok, failed)
-            })
-        })
+        .map(|_| tokio::spawn(keep_alive_client(addr, Arc::clone(&out_of_rotation))))
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let term_at = start.elapsed();
@@ -593,29 +597,7 @@ async fn a_binary_upgrade_under_load_loses_no_connection_and_no_request() {
         })
         .collect();
     let keep_alive: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move {
-                let c = client();
-                let url = format!("http://{addr}/echo");
-                let (mut ok, mut failed) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    let req = http::Request::get(&url)
-                        .body(http_body_util::Full::new(bytes::Bytes::new()))
-                        .unwrap();
-                    match c.request(req).await {
-                        Ok(r) if r.status() == 200 => {
-                            use http_body_util::BodyExt;
-                            let _ = r.into_body().collect().await;
-                            ok += 1;
-                        }
-                        Ok(r) => failed.push(format!("status {}", r.status())),
-                        Err(e) => failed.push(format!("{e:?}")),
-                    }
-                }
-                (ok, failed)
-            })
-        })
+        .map(|_| tokio::spawn(keep_alive_client(addr, Arc::clone(&stop))))
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
