@@ -25,6 +25,8 @@ pub struct RedisSpec {
     client: redis::Client,
     /// With `sentinel`: the sentinels' URLs, the primary's name, and how to reach data nodes.
     sentinel: Option<SentinelSpec>,
+    /// With `cluster`: the cluster client (nothing contacted yet).
+    cluster: Option<redis::cluster::ClusterClient>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,10 +92,58 @@ impl RedisSpec {
                 node_info,
             })
         });
+        let cluster = r.cluster.as_ref().and_then(|c| {
+            if r.sentinel.is_some() {
+                diag.err(
+                    c.line,
+                    "redis.cluster",
+                    "give `sentinel` or `cluster`, not both",
+                );
+                return None;
+            }
+            if c.nodes.is_empty() {
+                diag.err(
+                    c.line,
+                    "redis.cluster.nodes",
+                    "give at least one node (host:port)",
+                );
+                return None;
+            }
+            let info = client.as_ref()?.get_connection_info();
+            let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+            let scheme = if tls { "rediss" } else { "redis" };
+            let nodes: Vec<String> = c.nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
+            let timeout = Duration::from_millis(r.timeout_ms.max(1));
+            let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                // No retry loop inside a request: the breaker decides when to try again.
+                .retries(0);
+            if let Some(p) = info.redis_settings().password() {
+                b = b.password(p);
+            }
+            if let Some(u) = info.redis_settings().username() {
+                b = b.username(u);
+            }
+            if tls {
+                b = b.tls(redis::TlsMode::Secure);
+                if let Ok(certs) = tls_certificates(r) {
+                    b = b.certs(certs);
+                }
+            }
+            match b.build() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    diag.err(c.line, "redis.cluster.nodes", format!("{e}"));
+                    None
+                }
+            }
+        });
         let spec = RedisSpec {
             config: r.value.clone(),
             client: client?,
             sentinel,
+            cluster,
         };
         diag.ok_since(mark, spec)
     }
@@ -114,6 +164,12 @@ fn client(r: &RedisConfig) -> Result<redis::Client, (&'static str, String)> {
         return redis::Client::open(url)
             .map_err(|e| ("redis.url", format!("invalid redis url: {e}")));
     }
+    redis::Client::build_with_tls(url, tls_certificates(r)?)
+        .map_err(|e| ("redis.url", format!("invalid redis url or TLS files: {e}")))
+}
+
+/// `ca_file` and the client certificate, read now.
+fn tls_certificates(r: &RedisConfig) -> Result<redis::TlsCertificates, (&'static str, String)> {
     crate::tls::install_provider();
     let read = |key: &'static str, path: &Text| {
         std::fs::read(path.as_str()).map_err(|e| (key, format!("cannot read {path}: {e}")))
@@ -136,14 +192,10 @@ fn client(r: &RedisConfig) -> Result<redis::Client, (&'static str, String)> {
             ))
         }
     };
-    redis::Client::build_with_tls(
-        url,
-        redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| ("redis.url", format!("invalid redis url or TLS files: {e}")))
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,14 +208,54 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
 }
 
+/// The shared connection: one server (or the primary Sentinel names), or a cluster (commands
+/// routed by their key's slot; every script here touches one key, or keys of one slot).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// One Redis server's connection and breaker; shared by every limit and provider using it and
 /// kept across reloads while `redis` does not change.
 pub struct RedisStore {
     client: redis::Client,
+    cluster: Option<redis::cluster::ClusterClient>,
     /// With `redis.sentinel`: asked for the current primary whenever a connection is made
     /// (after the breaker dropped the last one), so a failover is followed.
     sentinel: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
-    conn: ArcSwapOption<ConnectionManager>,
+    conn: ArcSwapOption<RedisConn>,
     /// Prefix of every rate-limit key the gateway writes.
     pub key_prefix: String,
     timeout: Duration,
@@ -239,6 +331,7 @@ impl RedisStore {
         });
         RedisStore {
             client: spec.client.clone(),
+            cluster: spec.cluster.clone(),
             sentinel,
             conn: ArcSwapOption::empty(),
             key_prefix: config.key_prefix.to_string(),
@@ -256,9 +349,27 @@ impl RedisStore {
         !self.breaker.is_open()
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    /// Whether this is a Redis Cluster (features whose commands span keys adapt).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    async fn connection(&self) -> Result<RedisConn, StoreError> {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
+        }
+        if let Some(cluster) = &self.cluster {
+            // Boxed: the rare path (a new connection) stays out of every call's future.
+            let connect = Box::pin(cluster.get_async_connection());
+            let conn =
+                match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), connect)
+                    .await
+                {
+                    Ok(c) => RedisConn::Cluster(c?),
+                    Err(_) => return Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+                };
+            self.conn.store(Some(Arc::new(conn.clone())));
+            return Ok(conn);
         }
         // Boxed: the rare path (a new connection) stays out of every call's future.
         let client = Box::pin(self.current_client()).await?;
@@ -269,7 +380,7 @@ impl RedisStore {
             .set_response_timeout(Some(self.timeout))
             // No retry loop inside a request: the breaker decides when to try again.
             .set_number_of_retries(0);
-        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+        let manager = RedisConn::Single(ConnectionManager::new_lazy_with_config(client, config)?);
         self.conn.store(Some(Arc::new(manager.clone())));
         Ok(manager)
     }
@@ -300,7 +411,7 @@ impl RedisStore {
     /// toward the breaker.
     pub async fn guarded<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let now = now_us();

@@ -18,10 +18,20 @@ fn sha(key: &str) -> String {
 
 /// A gateway config: one route `/api` behind `auth`, applying the plans.
 fn config(up: &Upstream, redis: &RedisServer, extra: &str, auth: &str) -> String {
+    config_with(
+        up,
+        &format!("{{ url: \"{}\", timeout_ms: 200 }}", redis.url()),
+        extra,
+        auth,
+    )
+}
+
+/// As `config`, with the `redis` section's value.
+fn config_with(up: &Upstream, redis: &str, extra: &str, auth: &str) -> String {
     format!(
         r#"listeners: [{{ name: public, address: "{{LISTEN}}" }}]
 admin: {{ address: "{{ADMIN}}" }}
-redis: {{ url: "{redis}", timeout_ms: 200 }}
+redis: {redis}
 consumer_store:
   key_prefix: "{PREFIX}"
   cache_ttl_ms: 300
@@ -46,7 +56,6 @@ routes:
     auth: {auth}
     rate_limits: [{{ by_plan: true }}]
 "#,
-        redis = redis.url(),
         up = up.addr,
     )
 }
@@ -636,4 +645,65 @@ async fn with_redis_stopped_cached_consumers_are_served_and_the_rest_get_the_doc
     let r = with_key(&c, &unauthorized.url("/api/x"), "k-new").await;
     r.assert_gateway_error(401);
     assert!(r.headers.contains_key("www-authenticate"));
+}
+
+/// The consumer store on a Redis Cluster: the key's record and its consumer live in different
+/// slots, so they are read one after the other; the consumer's plan applies, and an unknown
+/// key is still refused.
+#[tokio::test]
+async fn a_key_and_its_consumer_on_a_redis_cluster() {
+    let up = Upstream::start("up").await;
+    let nodes = RedisServer::start_cluster().await;
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("\"127.0.0.1:{}\"", n.port))
+        .collect();
+    let cluster = redis::cluster::ClusterClient::new(
+        nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut c = cluster.get_async_connection().await.unwrap();
+    let hset = |key: String, fields: Vec<(&'static str, String)>| {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(key);
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        cmd
+    };
+    let consumer = hset(
+        format!("{PREFIX}consumer:globex"),
+        vec![("tenant", "globex".into()), ("plan", "pro".into())],
+    );
+    let key = hset(
+        format!("{PREFIX}apikey:{}", sha("cluster-key")),
+        vec![("consumer", "globex".into()), ("id", "globex-key".into())],
+    );
+    let _: i64 = consumer.query_async(&mut c).await.unwrap();
+    let _: i64 = key.query_async(&mut c).await.unwrap();
+
+    let yaml = local(&config_with(
+        &up,
+        &format!(
+            "{{ url: \"redis://127.0.0.1/0\", timeout_ms: 300, cluster: {{ nodes: [{}] }} }}",
+            list.join(", ")
+        ),
+        "",
+        "{ api_key: keys }",
+    ));
+    let gw = TestGateway::start(&yaml).await;
+    let h = client();
+    let r = with_key(&h, &gw.url("/api"), "cluster-key").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let policy = r.headers["ratelimit-policy"].to_str().unwrap().to_string();
+    assert!(
+        policy.contains("pro/per-second"),
+        "the consumer's plan: {policy}"
+    );
+    with_key(&h, &gw.url("/api"), "no-such-key")
+        .await
+        .assert_gateway_error(401);
 }

@@ -225,13 +225,36 @@ async fn limits_survive_a_reload_unless_their_definition_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_sharing_redis_admit_the_limit_and_no_more() {
     let _alone = ALONE.lock().await;
-    let up = Upstream::start("up").await;
     let redis = RedisServer::start().await;
+    three_instances_admit_the_limit(&format!("redis: {{ url: \"{}\" }}\n", redis.url())).await;
+}
+
+/// The same accuracy test against a 3-master Redis Cluster: each limit's key lives in one slot
+/// (every script touches one key), wherever the cluster put it.
+#[tokio::test]
+async fn three_instances_sharing_a_redis_cluster_admit_the_limit_and_no_more() {
+    let _alone = ALONE.lock().await;
+    let nodes = RedisServer::start_cluster().await;
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("\"127.0.0.1:{}\"", n.port))
+        .collect();
+    three_instances_admit_the_limit(&format!(
+        "redis: {{ url: \"redis://127.0.0.1/0\", timeout_ms: 200, cluster: {{ nodes: [{}] }} }}\n",
+        list.join(", ")
+    ))
+    .await;
+}
+
+/// Three gateway processes sharing a token bucket and a sliding window of 300 through `redis`:
+/// 600 requests each, spread over the three, admit exactly 300.
+async fn three_instances_admit_the_limit(redis: &str) {
+    let up = Upstream::start("up").await;
     let yaml = config(
         &up,
         "  - { name: shared-bucket, algorithm: token_bucket, capacity: 300, refill_per_second: 0.001, key: [route], store: redis }\n  - { name: shared-window, algorithm: sliding_window, limit: 300, window_s: 3600, key: [route], store: redis }\n",
         &format!("{}{}", route("bucket", "/bucket", "shared-bucket"), route("window", "/window", "shared-window")),
-        &format!("redis: {{ url: \"{}\" }}\n", redis.url()),
+        redis,
     );
     let mut gws = Vec::new();
     for _ in 0..3 {

@@ -123,6 +123,46 @@ impl ConsumerStore {
         let prefix = &self.spec.key_prefix;
         let consumer_prefix = format!("{prefix}consumer:");
         let reply = match key {
+            // A cluster keeps the key and its consumer in different slots: two reads.
+            CacheKey::ApiKey(sha) if self.redis.is_cluster() => {
+                let redis_key = format!("{prefix}apikey:{}", hex::encode(sha));
+                let hgetall = |key: String| {
+                    self.redis.guarded(|mut conn| async move {
+                        redis::cmd("HGETALL")
+                            .arg(key)
+                            .query_async::<Vec<(String, String)>>(&mut conn)
+                            .await
+                    })
+                };
+                match hgetall(redis_key).await {
+                    Ok(key_fields) => {
+                        let field = |n: &str| {
+                            key_fields
+                                .iter()
+                                .find(|(k, _)| k == n)
+                                .map(|(_, v)| v.clone())
+                        };
+                        match field("consumer") {
+                            None => Ok(None),
+                            Some(id) => {
+                                hgetall(format!("{consumer_prefix}{id}"))
+                                    .await
+                                    .map(|fields| {
+                                        (!fields.is_empty()).then(|| {
+                                            Record::Key(Arc::new(KeyRecord {
+                                                consumer: Arc::new(consumer_from(&id, fields)),
+                                                key_id: field("id").unwrap_or_default(),
+                                                active: field("status")
+                                                    .is_none_or(|s| s == "active"),
+                                            }))
+                                        })
+                                    })
+                            }
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             CacheKey::ApiKey(sha) => {
                 let redis_key = format!("{prefix}apikey:{}", hex::encode(sha));
                 let mut inv = KEY_LOOKUP_SCRIPT.key(redis_key);

@@ -25,6 +25,60 @@ impl RedisServer {
         Self::start_with(Vec::new(), None).await
     }
 
+    /// Three masters forming a Redis Cluster (`redis-cli --cluster create`), ready once every
+    /// node says `cluster_state:ok`.
+    pub async fn start_cluster() -> Vec<RedisServer> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(
+                Self::start_with(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ]
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+                    None,
+                )
+                .await,
+            );
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (redis-tools) is installed with redis-server");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ready = std::time::Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while !n
+                .bulk(&["CLUSTER", "INFO"])
+                .await
+                .is_some_and(|i| i.contains("cluster_state:ok"))
+            {
+                assert!(
+                    std::time::Instant::now() < ready,
+                    "the cluster never became ok"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        nodes
+    }
+
     /// A replica of `master`.
     pub async fn start_replica_of(master: &RedisServer) -> RedisServer {
         Self::start_with(
@@ -228,10 +282,17 @@ impl RedisServer {
 
     /// The text of `INFO section`, read whole.
     pub async fn info(&self, section: &str) -> Option<String> {
+        self.bulk(&["INFO", section]).await
+    }
+
+    /// A command whose reply is one bulk string (`INFO`, `CLUSTER INFO`), read whole.
+    pub async fn bulk(&self, args: &[&str]) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        s.write_all(format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len()).as_bytes())
-            .await
-            .ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 16384];
         loop {

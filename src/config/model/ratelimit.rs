@@ -103,6 +103,17 @@ pub struct RedisConfig {
     /// the database, password and TLS of the data nodes, its host is not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<Located<RedisSentinel>>,
+    /// A Redis Cluster: its nodes (any of them; the rest are discovered); `url` then gives the
+    /// password and TLS, its host is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Located<RedisCluster>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisCluster {
+    /// `host:port` of cluster nodes.
+    pub nodes: Vec<Text>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
