@@ -148,19 +148,6 @@ pub fn document(doc: &Document) -> Result<Compiled, ConfigErrors> {
             .enumerate()
             .map(|(i, r)| (&r.name, format!("routes[{i}].name"))),
     );
-    // The cache's Redis tier writes an entry's keys together and purges by SCAN: not across
-    // a cluster's slots.
-    if let (Some(c), Some(r)) = (&cfg.cache, &cfg.redis) {
-        if let (Some(store), Some(cluster)) = (&c.store, &r.cluster) {
-            if store.as_str() == "redis" {
-                diag.err(
-                    store.line.max(cluster.line),
-                    "cache.store",
-                    "the cache's Redis tier does not work with redis.cluster yet: use store: local, or a single Redis (or Sentinel)",
-                );
-            }
-        }
-    }
     check_shadowing(cfg, &mut diag);
     check_unreachable_regex(cfg, &mut diag);
 

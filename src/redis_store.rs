@@ -25,8 +25,10 @@ pub struct RedisSpec {
     client: redis::Client,
     /// With `sentinel`: the sentinels' URLs, the primary's name, and how to reach data nodes.
     sentinel: Option<SentinelSpec>,
-    /// With `cluster`: the cluster client (nothing contacted yet).
+    /// With `cluster`: the cluster client (nothing contacted yet), and a client for its first
+    /// node.
     cluster: Option<redis::cluster::ClusterClient>,
+    cluster_first_node: Option<redis::Client>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,11 +141,23 @@ impl RedisSpec {
                 }
             }
         });
+        let cluster_first_node = r.cluster.as_ref().and_then(|c| {
+            let first = c.nodes.first()?;
+            let scheme = if r.url.starts_with("rediss://") {
+                "rediss"
+            } else {
+                "redis"
+            };
+            let mut url_cfg = r.value.clone();
+            url_cfg.url = Located::new(Text(format!("{scheme}://{first}")), r.url.line);
+            self::client(&url_cfg).ok()
+        });
         let spec = RedisSpec {
             config: r.value.clone(),
             client: client?,
             sentinel,
             cluster,
+            cluster_first_node,
         };
         diag.ok_since(mark, spec)
     }
@@ -196,6 +210,28 @@ fn tls_certificates(r: &RedisConfig) -> Result<redis::TlsCertificates, (&'static
         client_tls,
         root_cert,
     })
+}
+
+/// The Redis Cluster slot of `key` (CRC16-XMODEM mod 16384, of its hash tag when it has one).
+pub fn hash_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|b| *b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        let close = rest.iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for b in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(*b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +288,8 @@ impl redis::aio::ConnectionLike for RedisConn {
 pub struct RedisStore {
     client: redis::Client,
     cluster: Option<redis::cluster::ClusterClient>,
+    /// With a cluster: a client for its first configured node (for pub/sub).
+    cluster_first_node: Option<redis::Client>,
     /// With `redis.sentinel`: asked for the current primary whenever a connection is made
     /// (after the breaker dropped the last one), so a failover is followed.
     sentinel: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
@@ -332,6 +370,7 @@ impl RedisStore {
         RedisStore {
             client: spec.client.clone(),
             cluster: spec.cluster.clone(),
+            cluster_first_node: spec.cluster_first_node.clone(),
             sentinel,
             conn: ArcSwapOption::empty(),
             key_prefix: config.key_prefix.to_string(),
@@ -352,6 +391,41 @@ impl RedisStore {
     /// Whether this is a Redis Cluster (features whose commands span keys adapt).
     pub fn is_cluster(&self) -> bool {
         self.cluster.is_some()
+    }
+
+    /// One `SCAN` step (`cursor`, `MATCH pattern`, `COUNT count`) over the keys of the node that
+    /// holds `slot_key`'s slot — on a single server, over all of them. Keys that share a hash tag
+    /// share a slot, so this finds all of them on a cluster.
+    pub async fn scan_step(
+        &self,
+        slot_key: &str,
+        cursor: u64,
+        pattern: &str,
+        count: u32,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        let slot = hash_slot(slot_key);
+        self.guarded(|conn| async move {
+            match conn {
+                RedisConn::Single(mut c) => cmd.query_async(&mut c).await,
+                RedisConn::Cluster(mut c) => {
+                    use redis::cluster_routing::{
+                        Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+                    };
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                        Route::new(slot, SlotAddr::Master),
+                    ));
+                    let v = c.route_command(cmd, routing).await?;
+                    redis::FromRedisValue::from_redis_value(v).map_err(Into::into)
+                }
+            }
+        })
+        .await
     }
 
     async fn connection(&self) -> Result<RedisConn, StoreError> {
@@ -397,6 +471,10 @@ impl RedisStore {
     /// A client for the primary, for connections of their own (pub/sub): with Sentinel, the
     /// one the sentinels name now.
     pub async fn current_client(&self) -> Result<redis::Client, StoreError> {
+        // A cluster propagates PUBLISH to every node: any node's client subscribes.
+        if let Some(first) = &self.cluster_first_node {
+            return Ok(first.clone());
+        }
         let Some(sentinel) = &self.sentinel else {
             return Ok(self.client.clone());
         };
@@ -450,6 +528,21 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_slots_follow_the_redis_spec() {
+        // CRC16-XMODEM("123456789") = 0x31C3 (the spec's check value).
+        assert_eq!(hash_slot("123456789"), 0x31C3 % 16384);
+        assert_eq!(hash_slot("foo"), 12182);
+        // Only the first `{…}` with something inside counts.
+        assert_eq!(
+            hash_slot("{user1000}.following"),
+            hash_slot("{user1000}.followers")
+        );
+        assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+        assert_eq!(hash_slot("foo{}{bar}"), hash_slot("foo{}{bar}"));
+        assert_ne!(hash_slot("foo{}{bar}"), hash_slot("bar"));
+    }
 
     #[test]
     fn the_redis_section_is_checked_without_contacting_anything() {

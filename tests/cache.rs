@@ -961,12 +961,19 @@ async fn a_target_failing_most_requests_never_five_in_a_row_opens_a_failure_rate
 
 /// A gateway on the shared tier of `redis`.
 fn shared(origin: &Origin, redis: &RedisServer) -> String {
+    shared_on(
+        origin,
+        &format!("url: \"{}\", timeout_ms: 200", redis.url()),
+    )
+}
+
+/// A gateway on the shared tier of the `redis` section that `connection` describes.
+fn shared_on(origin: &Origin, connection: &str) -> String {
     config(
         origin,
         "{ ttl_s: 60 }",
         &format!(
-            "redis: {{ url: \"{}\", timeout_ms: 200, breaker_failures: 3, breaker_open_ms: 500 }}\ncache: {{ store: redis }}\n",
-            redis.url()
+            "redis: {{ {connection}, breaker_failures: 3, breaker_open_ms: 500 }}\ncache: {{ store: redis }}\n"
         ),
     )
 }
@@ -983,8 +990,37 @@ async fn two_gateways_share_entries_and_purges_through_redis() {
     let _alone = ALONE.lock().await;
     let redis = RedisServer::start().await;
     let origin = Origin::start().await;
-    let a = TestGateway::start(&shared(&origin, &redis)).await;
-    let b = TestGateway::start(&shared(&origin, &redis)).await;
+    let yaml = shared(&origin, &redis);
+    share_entries_and_purges(&origin, &yaml, &[&redis]).await;
+}
+
+/// The same on a 3-master Redis Cluster: the tier's keys share one hash tag (one slot), so the
+/// entry and its index sets are written together and purged together.
+#[tokio::test]
+async fn two_gateways_share_entries_and_purges_through_a_redis_cluster() {
+    let _alone = ALONE.lock().await;
+    let nodes = RedisServer::start_cluster().await;
+    let origin = Origin::start().await;
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("\"127.0.0.1:{}\"", n.port))
+        .collect();
+    let yaml = shared_on(
+        &origin,
+        &format!(
+            "url: \"redis://127.0.0.1/0\", timeout_ms: 300, cluster: {{ nodes: [{}] }}",
+            list.join(", ")
+        ),
+    );
+    let all: Vec<&RedisServer> = nodes.iter().collect();
+    share_entries_and_purges(&origin, &yaml, &all).await;
+}
+
+/// Two gateways on `yaml`'s shared tier (stored on `nodes`): one fills, the other answers from
+/// the shared copy, a purge on the first removes it everywhere.
+async fn share_entries_and_purges(origin: &Origin, yaml: &str, nodes: &[&RedisServer]) {
+    let a = TestGateway::start(yaml).await;
+    let b = TestGateway::start(yaml).await;
     let c = client();
     // Both gateways see the same host, so their keys agree.
     let path = "/c/shared?cc=max-age=60&skey=s1";
@@ -1008,8 +1044,15 @@ async fn two_gateways_share_entries_and_purges_through_redis() {
     // DBSIZE answers `:N`: the entry's hash and its URL and surrogate-key sets.
     let mut keys = 0;
     for _ in 0..250 {
-        let reply = redis.command(&["DBSIZE"]).await.unwrap_or_default();
-        keys = reply.trim_start_matches(':').trim().parse().unwrap_or(0);
+        keys = 0;
+        for node in nodes {
+            let reply = node.command(&["DBSIZE"]).await.unwrap_or_default();
+            keys += reply
+                .trim_start_matches(':')
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
         if keys >= 3 {
             break;
         }
@@ -1048,6 +1091,20 @@ async fn two_gateways_share_entries_and_purges_through_redis() {
     let after = via(&b).await;
     assert!(!cache_status(&after).contains("hit"));
     assert_eq!(origin.count(), 2);
+    // That answer was stored again; a purge by URL prefix finds it in Redis (SCAN: on a
+    // cluster, on the node of the tier's slot).
+    let host = format!("127.0.0.1:{}", a.addr.port());
+    let mut purged = 0;
+    for _ in 0..100 {
+        let r = purge(&a, &format!(r#"{{"prefix": "http://{host}/c/"}}"#)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        purged = r.json()["purged_shared"].as_u64().unwrap_or(0);
+        if purged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(purged, 1, "the prefix purge found the shared copy");
 }
 
 #[tokio::test]

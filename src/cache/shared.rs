@@ -88,6 +88,14 @@ impl Drop for SharedTier {
 
 impl SharedTier {
     pub fn new(redis: Arc<RedisStore>, prefix: String) -> SharedTier {
+        // On a Redis Cluster the tier's keys share one hash tag, so the scripts that write an
+        // entry with its index sets (and purge them) touch one slot, and a prefix purge's SCAN
+        // one node. The tier then lives on one node: it is a cache, not the fleet's store.
+        let prefix = if redis.is_cluster() && !prefix.contains('{') {
+            format!("{{{prefix}}}")
+        } else {
+            prefix
+        };
         SharedTier {
             redis,
             prefix,
@@ -226,18 +234,10 @@ impl SharedTier {
         let mut cursor: u64 = 0;
         // Bounded: a prefix purge looks at no more than this many batches.
         for _ in 0..10_000 {
-            let (next, keys): (u64, Vec<String>) = self
+            // On a cluster every key of the tier shares the prefix's hash tag: one node.
+            let (next, keys) = self
                 .redis
-                .guarded(|mut conn| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut conn)
-                        .await
-                })
+                .scan_step(&self.prefix, cursor, pattern, 500)
                 .await
                 .map_err(|e| e.to_string())?;
             found.extend(keys);
