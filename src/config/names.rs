@@ -3,7 +3,7 @@
 
 use super::model::Config;
 use super::Diag;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What one section refers to in others. Positions are file order; auth providers and rate
 /// limits are looked up by their own modules in the model, by position.
@@ -105,8 +105,17 @@ pub fn check_shadowing(config: &Config, diag: &mut Diag) {
             }
         })
         .collect();
+    // Only routes with the same path match, predicates and priority can shadow each other:
+    // grouped by those, each route is compared with the earlier ones of its group (a large
+    // table is not compared pair by pair).
+    type Group<'k> = (&'k str, &'k BTreeSet<String>, &'k BTreeSet<String>, i32);
+    let mut groups: HashMap<Group<'_>, Vec<usize>> = HashMap::new();
     for (j, b) in keys.iter().enumerate() {
-        for (i, a) in keys[..j].iter().enumerate() {
+        let group = groups
+            .entry((b.path.as_str(), &b.headers, &b.query, b.priority))
+            .or_default();
+        for &i in group.iter() {
+            let a = &keys[i];
             let hosts_overlap = (a.hosts.is_empty() && b.hosts.is_empty())
                 || a.hosts.intersection(&b.hosts).next().is_some();
             let methods_overlap = match (&a.methods, &b.methods) {
@@ -138,6 +147,7 @@ pub fn check_shadowing(config: &Config, diag: &mut Diag) {
                 );
             }
         }
+        group.push(j);
     }
 }
 
