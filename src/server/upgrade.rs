@@ -135,6 +135,23 @@ fn hand_over(stream: &UnixStream, sockets: &[(String, RawFd)]) -> std::io::Resul
     Ok(line == "READY\n")
 }
 
+/// A zeroed control buffer with room for one SCM_RIGHTS message of `fd_bytes`.
+fn control_buffer(fd_bytes: usize) -> Vec<u8> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    vec![0u8; unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize]
+}
+
+/// A message header over one data buffer and `control`; both must outlive its use.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = control.len() as _;
+    msg
+}
+
 fn send_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
     if fds.len() > MAX_SOCKETS {
         return Err(std::io::Error::other("too many sockets to hand over"));
@@ -144,15 +161,8 @@ fn send_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> std::io::Result<
         iov_len: data.len(),
     };
     let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
+    let mut control = control_buffer(fd_bytes);
+    let msg = message(&mut iov, &mut control);
     // SAFETY: the control buffer is CMSG_SPACE(fd_bytes) long, so the first header and its
     // data fit; the descriptors are copied into it.
     unsafe {
@@ -174,16 +184,8 @@ fn recv_fds(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<RawFd>)> {
         iov_base: data.as_mut_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    let fd_bytes = MAX_SOCKETS * std::mem::size_of::<RawFd>();
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the recvmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
+    let mut control = control_buffer(MAX_SOCKETS * std::mem::size_of::<RawFd>());
+    let mut msg = message(&mut iov, &mut control);
     // SAFETY: recvmsg fills at most the buffers it was given; the control messages are walked
     // with the CMSG macros within msg_controllen.
     let (n, fds) = unsafe {
